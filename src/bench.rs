@@ -1,0 +1,250 @@
+//! `edge-eval bench`: the engine's own benchmark (not a timed test).
+//!
+//! 1. A pipeline of the paper's size — 72 variants × 5 stages (plus 13 shared inputs) of
+//!    `test_stage` — is run once to fill a fresh cache; then `plan` and a no-op `run` (everything
+//!    cached) are timed, in-process and as whole `edge-eval` processes.
+//! 2. A file of `--hash-mib` MiB is hashed with edge-eval's hasher and, when `b3sum` is on PATH,
+//!    with `b3sum`, from a warm page cache.
+
+use crate::cache::{Cache, hash_file, hash_file_plain};
+use crate::hw::{Hardware, available_threads};
+use crate::plan::{Planner, State};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const MODELS: [&str; 6] = [
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.1-8b",
+    "qwen2.5-1.5b",
+    "qwen2.5-3b",
+    "qwen2.5-7b",
+];
+
+/// The benchmark pipeline: 6 models × 2 methods × 3 precisions × 2 tasks = 72 variants, each
+/// with finetune → quantize → {cold_load, evaluate, measure}.
+pub fn pipeline_text() -> String {
+    let list = |xs: &[&str]| {
+        xs.iter()
+            .map(|x| format!("\"{x}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"pipeline bench {{ results = "results" }}
+for m in [{models}] {{ base[m] = test_stage(emit = m, id = "model") }}
+for a in ["lora", "qlora"] {{ method[a] = test_stage(emit = a, id = "method") }}
+for q in ["f16", "q8_0", "q4_0"] {{ prec[q] = test_stage(emit = q, id = "precision") }}
+for t in ["rag", "summ"] {{ task[t] = test_stage(emit = t, id = "task") }}
+for m in [{models}], a in ["lora", "qlora"], q in ["f16", "q8_0", "q4_0"], t in ["rag", "summ"] {{
+  ft[m, a, q, t] = test_stage([base[m], method[a], task[t]], emit = "finetune", id = "finetune")
+  v[m, a, q, t] = test_stage([ft[m, a, q, t], prec[q]], emit = "quantize", id = "quantize")
+  test_stage(v[m, a, q, t], emit = "cold_load", id = "cold_load")
+  test_stage([v[m, a, q, t], task[t]], emit = "evaluate", id = "evaluate")
+  test_stage([v[m, a, q, t], task[t]], emit = "measure", id = "measure")
+}}
+"#,
+        models = list(&MODELS)
+    )
+}
+
+fn stats(mut xs: Vec<Duration>) -> (f64, f64, f64) {
+    xs.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (ms(xs[0]), ms(xs[xs.len() / 2]), ms(xs[xs.len() - 1]))
+}
+
+fn time<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<Duration>> {
+    let mut out = vec![];
+    for _ in 0..repeats {
+        let t = Instant::now();
+        f()?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
+    let repeats = repeats.max(1);
+    let tmp;
+    let dir = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.to_path_buf()
+        }
+        None => {
+            tmp = TempDir::new()?;
+            tmp.0.clone()
+        }
+    };
+    let file = dir.join("bench.eep");
+    std::fs::write(&file, pipeline_text())?;
+    let cache_dir = dir.join("cache");
+    let threads = available_threads();
+    let load = || {
+        crate::dsl::load(&file, &[])
+            .map(|(p, _)| p)
+            .map_err(|(d, m)| anyhow::anyhow!("{}", d.render(&m)))
+    };
+    let pipeline = load()?;
+    let stages = pipeline.nodes.len();
+    println!(
+        "engine benchmark: {stages} stage instances (72 variants × 5 stages + 13 inputs), {threads} threads"
+    );
+    println!(
+        "  machine: {}",
+        Hardware::detect(threads).fingerprint(crate::spec::Device::Cpu)
+    );
+
+    let t = Instant::now();
+    let code = crate::cli::run(&pipeline, &cache_dir, false, threads, false, true)?;
+    if code != 0 {
+        bail!("the benchmark pipeline failed to run (exit {code})");
+    }
+    println!(
+        "  first run (runs all {stages} stages):     {:>9.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    let cache = Cache::open(&cache_dir)?;
+    let hw = Hardware::detect(threads);
+    let parse = time(repeats, load)?;
+    let plan = time(repeats, || {
+        let p = load()?;
+        let states = Planner::new(&p, &cache, &hw).plan();
+        let cached = states
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s,
+                    State::Done {
+                        manifest: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        if cached != stages {
+            bail!("expected every stage cached, {cached} of {stages} are");
+        }
+        Ok(())
+    })?;
+    let noop = time(repeats, || {
+        let p = load()?;
+        let code = crate::cli::run(&p, &cache_dir, false, threads, false, true)?;
+        if code != 0 {
+            bail!("no-op run failed");
+        }
+        Ok(())
+    })?;
+    let exe = std::env::current_exe()?;
+    let process = time(repeats, || {
+        let out = Command::new(&exe)
+            .arg("--cache")
+            .arg(&cache_dir)
+            .args(["run", "--quiet", "--json"])
+            .arg(&file)
+            .output()?;
+        if !out.status.success() || String::from_utf8_lossy(&out.stdout).contains("\"ran\"") {
+            bail!(
+                "no-op process run did work or failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    })?;
+    let row = |name: &str, d: Vec<Duration>| {
+        let (min, med, max) = stats(d);
+        println!("  {name:<40} min {min:>8.2} ms   median {med:>8.2} ms   max {max:>8.2} ms");
+    };
+    println!("  ({repeats} repetitions each)");
+    row("parse + resolve", parse);
+    row("plan (parse + keys + cache lookups)", plan);
+    row("no-op run, in process (incl. tables)", noop);
+    row("no-op run, whole `edge-eval` process", process);
+
+    if hash_mib > 0 {
+        hash_bench(&dir, hash_mib)?;
+    }
+    Ok(0)
+}
+
+fn hash_bench(dir: &Path, mib: u64) -> Result<()> {
+    let path = dir.join("hash.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for chunk in buf.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+            }
+            f.write_all(&buf)?;
+        }
+        f.flush()?;
+    }
+    let bytes = (mib << 20) as f64;
+    let ours_digest = hash_file(&path)?; // warms the page cache
+    let best = |d: Vec<Duration>| d.into_iter().min().expect("repeats ≥ 1").as_secs_f64();
+    let ours = best(time(3, || hash_file(&path))?);
+    let plain = best(time(1, || hash_file_plain(&path))?);
+    println!("  hashing {mib} MiB (warm page cache, best of 3):");
+    println!(
+        "    edge-eval (mmap, all cores)     {:>8.0} MiB/s",
+        bytes / ours / 1048576.0
+    );
+    println!(
+        "    edge-eval (read, one thread)    {:>8.0} MiB/s",
+        bytes / plain / 1048576.0
+    );
+    let b3 = Command::new("b3sum").arg("--version").output();
+    if b3.is_err() {
+        println!("    b3sum: not on PATH (cargo install b3sum) — no comparison");
+    } else {
+        let mut digest = String::new();
+        let t = best(time(3, || {
+            let out = Command::new("b3sum")
+                .arg("--no-names")
+                .arg(&path)
+                .output()
+                .context("b3sum")?;
+            digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Ok(())
+        })?);
+        if digest != ours_digest {
+            bail!("b3sum disagrees with edge-eval's digest ({digest} vs {ours_digest})");
+        }
+        println!(
+            "    b3sum                           {:>8.0} MiB/s",
+            bytes / t / 1048576.0
+        );
+        println!("    edge-eval / b3sum speed         {:>8.2}", t / ours);
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// A temporary folder removed on drop.
+struct TempDir(std::path::PathBuf);
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let p = std::env::temp_dir().join(format!(
+            "edge-eval-bench-{}-{}",
+            std::process::id(),
+            crate::cache::now_us()
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        crate::cache::remove_tree(&self.0);
+    }
+}

@@ -1,0 +1,599 @@
+//! Command line: `run` (also `edge-eval FILE`), `check`, `plan`, `explain`, `cache ls|verify|gc`
+//! and `bench`. Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is
+//! invalid, 130 interrupted.
+
+use crate::cache::Cache;
+use crate::dsl::{self, Pipeline};
+use crate::exec::{self, RunOptions, Status};
+use crate::hw::{Hardware, available_threads};
+use crate::plan::{Planner, State, show_params};
+use crate::spec::Value;
+use crate::stages::Role;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "edge-eval",
+    version,
+    about = "Is this LLM worth deploying on this hardware? Declarative, cached, measured studies.",
+    after_help = "`edge-eval FILE.eep` is short for `edge-eval run FILE.eep`."
+)]
+pub struct Cli {
+    /// Cache folder (default: ./cache)
+    #[arg(long, global = true, env = "EDGE_EVAL_CACHE", default_value = "cache")]
+    pub cache: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct PipelineArgs {
+    /// Pipeline file (.eep)
+    pub file: PathBuf,
+    /// Override a `let` value or a BLOCK.KEY setting, e.g. --set samples=50
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a pipeline: every stage not in the cache runs; tables are written
+    Run {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Let independent stages finish when one fails
+        #[arg(long)]
+        keep_going: bool,
+        /// CPU threads the run may use (default: pipeline `threads`, else all cores)
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print one JSON object at the end instead of a summary
+        #[arg(long)]
+        json: bool,
+        /// No progress output (errors are still printed)
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Parse and resolve a pipeline without running anything
+    Check {
+        #[command(flatten)]
+        p: PipelineArgs,
+    },
+    /// Show every stage: cached or will run, and why
+    Plan {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the key components of one stage and how they differ from its last run
+    Explain {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Stage id, e.g. quantize[qa,q4_0]
+        stage: String,
+    },
+    /// Inspect and maintain the cache
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+    /// Engine benchmark: plan and no-op run of a 72-variant × 5-stage pipeline; file hashing speed
+    Bench {
+        /// Size of the file hashed, in MiB
+        #[arg(long, default_value_t = 1024)]
+        hash_mib: u64,
+        /// Repetitions of each timing
+        #[arg(long, default_value_t = 15)]
+        repeats: usize,
+        /// Working folder (default: a temporary folder)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheAction {
+    /// List cached stage results
+    Ls,
+    /// Rehash every object; remove (and report) damaged entries so they are recomputed
+    Verify,
+    /// Remove objects no cached result references, and stale temporary files
+    Gc,
+}
+
+/// `edge-eval FILE ...` → `edge-eval run FILE ...`.
+pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
+    const COMMANDS: &[&str] = &["run", "check", "plan", "explain", "cache", "bench", "help"];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if a == "--cache" {
+            i += 2; // the flag and its value
+        } else if a.starts_with('-') {
+            i += 1;
+        } else {
+            if !COMMANDS.contains(&a) {
+                args.insert(i, "run".into());
+            }
+            break;
+        }
+    }
+    args
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse_from(normalize_args(std::env::args().collect()));
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    }
+}
+
+fn load(p: &PipelineArgs) -> Result<Pipeline, i32> {
+    match dsl::load(&p.file, &p.overrides) {
+        Ok((pipeline, _)) => Ok(pipeline),
+        Err((diags, map)) => {
+            eprint!("{}", diags.render(&map));
+            Err(2)
+        }
+    }
+}
+
+fn threads_for(p: &Pipeline, flag: Option<usize>) -> usize {
+    flag.or_else(|| {
+        p.setting("pipeline.threads")
+            .and_then(Value::as_i64)
+            .map(|t| t as usize)
+    })
+    .unwrap_or_else(available_threads)
+    .max(1)
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Check { p } => {
+            let pipeline = match load(&p) {
+                Ok(x) => x,
+                Err(code) => return Ok(code),
+            };
+            let stages = pipeline
+                .nodes
+                .iter()
+                .filter(|n| n.stage.role() == Role::Stage)
+                .count();
+            println!(
+                "{}: ok — {} models/tasks, {stages} stages",
+                p.file.display(),
+                pipeline.nodes.len() - stages
+            );
+            Ok(0)
+        }
+        Command::Plan { p, json } => {
+            let pipeline = match load(&p) {
+                Ok(x) => x,
+                Err(code) => return Ok(code),
+            };
+            let cache = Cache::open(&cli.cache)?;
+            let _lock = cache.lock(false)?;
+            let hw = Hardware::detect(threads_for(&pipeline, None));
+            let planner = Planner::new(&pipeline, &cache, &hw);
+            let states = planner.plan();
+            print_plan(&pipeline, &states, json);
+            Ok(0)
+        }
+        Command::Explain { p, stage } => {
+            let pipeline = match load(&p) {
+                Ok(x) => x,
+                Err(code) => return Ok(code),
+            };
+            let cache = Cache::open(&cli.cache)?;
+            let _lock = cache.lock(false)?;
+            let hw = Hardware::detect(threads_for(&pipeline, None));
+            explain(&pipeline, &cache, &hw, &stage)
+        }
+        Command::Run {
+            p,
+            keep_going,
+            threads,
+            json,
+            quiet,
+        } => {
+            let pipeline = match load(&p) {
+                Ok(x) => x,
+                Err(code) => return Ok(code),
+            };
+            run(
+                &pipeline,
+                &cli.cache,
+                keep_going,
+                threads_for(&pipeline, threads),
+                json,
+                quiet,
+            )
+        }
+        Command::Cache { action } => cache_cmd(&cli.cache, action),
+        Command::Bench {
+            hash_mib,
+            repeats,
+            dir,
+        } => crate::bench::run(hash_mib, repeats, dir.as_deref()),
+    }
+}
+
+/// Runs a pipeline and writes its tables; returns the exit code.
+pub fn run(
+    pipeline: &Pipeline,
+    cache_dir: &Path,
+    keep_going: bool,
+    threads: usize,
+    json: bool,
+    quiet: bool,
+) -> Result<i32> {
+    let cache = Cache::open(cache_dir)?;
+    let _lock = cache.lock(true)?;
+    let hw = Hardware::detect(threads);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(threads.max(1) + 1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let opts = RunOptions {
+        keep_going,
+        threads,
+        quiet: quiet || json,
+    };
+    let report = rt.block_on(exec::run(pipeline, &cache, &hw, &opts));
+    let mut planner = Planner::new(pipeline, &cache, &hw);
+    planner.record_history(&report.states)?;
+    let tables = crate::table::write_run_tables(
+        pipeline,
+        &report,
+        &hw.fingerprint(crate::spec::Device::Cpu),
+    )?;
+
+    let count = |s: Status| {
+        report
+            .outcomes
+            .iter()
+            .flatten()
+            .filter(|o| o.status == s)
+            .count()
+    };
+    let failed = count(Status::Failed);
+    if json {
+        let stages: Vec<_> = report
+            .outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().map(|o| (i, o)))
+            .map(|(i, o)| {
+                json!({
+                    "id": pipeline.nodes[i].id,
+                    "kind": pipeline.nodes[i].kind(),
+                    "status": o.status.as_str(),
+                    "seconds": o.seconds,
+                    "error": o.error,
+                })
+            })
+            .collect();
+        let tables: Vec<String> = tables.iter().map(|t| t.display().to_string()).collect();
+        println!("{}", json!({ "stages": stages, "tables": tables }));
+    } else {
+        eprintln!(
+            "{}: {} ran, {} cached, {} failed, {} skipped",
+            pipeline.name,
+            count(Status::Ran),
+            count(Status::Cached),
+            failed,
+            count(Status::Skipped)
+        );
+        for (i, o) in report.outcomes.iter().enumerate() {
+            if let Some(o) = o.as_ref().filter(|o| o.status == Status::Failed) {
+                eprintln!(
+                    "  failed {}: {}",
+                    pipeline.nodes[i].id,
+                    o.error.as_deref().unwrap_or("")
+                );
+            }
+        }
+        for t in &tables {
+            eprintln!("  wrote {}", t.display());
+        }
+    }
+    Ok(if report.interrupted {
+        130
+    } else if failed > 0 {
+        1
+    } else {
+        0
+    })
+}
+
+fn is_input(pipeline: &Pipeline, i: usize, state: &State) -> bool {
+    pipeline.nodes[i].stage.role() == Role::Source
+        && matches!(
+            state,
+            State::Done { manifest: None, .. } | State::Failed { .. }
+        )
+}
+
+fn print_plan(pipeline: &Pipeline, states: &[State], json: bool) {
+    let mut inputs = vec![];
+    let mut stages = vec![];
+    for (i, (node, state)) in pipeline.nodes.iter().zip(states).enumerate() {
+        let (status, reason, key) = match state {
+            State::Done {
+                manifest: Some(m), ..
+            } => ("cached", String::new(), Some(m.key.clone())),
+            State::Done { manifest: None, .. } => ("ready", String::new(), None),
+            State::Stale { reason, key, .. } => ("stale", reason.clone(), Some(key.clone())),
+            State::Blocked { reason } => ("stale", reason.clone(), None),
+            State::Failed { error } if is_input(pipeline, i, state) => {
+                ("missing", error.clone(), None)
+            }
+            State::Failed { error } => ("stale", format!("blocked: {error}"), None),
+        };
+        let entry = json!({ "id": node.id, "kind": node.kind(), "status": status, "reason": reason, "key": key });
+        if is_input(pipeline, i, state) {
+            inputs.push(entry);
+        } else {
+            stages.push(entry);
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            json!({ "pipeline": pipeline.name, "inputs": inputs, "stages": stages })
+        );
+        return;
+    }
+    let n = |list: &[serde_json::Value], s: &str| list.iter().filter(|e| e["status"] == s).count();
+    println!(
+        "{}: {} stages — {} cached, {} will run; {} inputs — {} ready, {} missing",
+        pipeline.name,
+        stages.len(),
+        n(&stages, "cached"),
+        n(&stages, "stale"),
+        inputs.len(),
+        n(&inputs, "ready"),
+        n(&inputs, "missing"),
+    );
+    let width = pipeline
+        .nodes
+        .iter()
+        .map(|n| n.id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    for e in inputs.iter().chain(&stages) {
+        let status = match e["status"].as_str().unwrap_or("") {
+            "stale" => "run",
+            s => s,
+        };
+        let id = e["id"].as_str().unwrap_or("");
+        let reason = e["reason"].as_str().unwrap_or("");
+        println!("  {status:<7} {id:<width$}  {reason}");
+    }
+}
+
+fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Result<i32> {
+    let Some(i) = pipeline.node_index(stage) else {
+        let hint = dsl::resolve::suggest_id(stage, pipeline.nodes.iter().map(|n| n.id.as_str()))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        eprintln!("error: no stage `{stage}` in {}{hint}", pipeline.name);
+        eprintln!("  = hint: `edge-eval plan FILE` lists every stage id");
+        return Ok(2);
+    };
+    let planner = Planner::new(pipeline, cache, hw);
+    let states = planner.plan();
+    let node = &pipeline.nodes[i];
+    println!("{} ({} v{})", node.id, node.kind(), node.stage.version());
+    match &states[i] {
+        State::Done {
+            manifest: Some(m), ..
+        } => {
+            println!(
+                "status: cached (computed {} on {}, {:.2} s)",
+                fmt_time(m.started_us),
+                m.provenance.host,
+                m.seconds
+            )
+        }
+        State::Done {
+            manifest: None,
+            artifact,
+        } => println!("status: input, ready (output {})", artifact.digest),
+        State::Stale { reason, .. } => println!("status: will run — {reason}"),
+        State::Blocked { reason } => println!("status: will run — {reason}"),
+        State::Failed { error } => println!("status: cannot run — {error}"),
+    }
+    println!("parameters:");
+    for (k, v) in show_params(&pipeline.nodes, node) {
+        println!("  {k} = {v}");
+    }
+    let all_inputs_known = node.deps.iter().all(|d| states[*d].artifact().is_some());
+    if !all_inputs_known {
+        println!(
+            "key: not known yet — it contains the output digests of its inputs, and these are not all computed:"
+        );
+        for d in &node.deps {
+            if states[*d].artifact().is_none() {
+                println!(
+                    "  {} ({})",
+                    pipeline.nodes[*d].id,
+                    crate::plan::status_word(&states[*d])
+                );
+            }
+        }
+        return Ok(0);
+    }
+    if node.stage.role() == Role::Source && matches!(states[i], State::Done { manifest: None, .. })
+    {
+        return Ok(0);
+    }
+    let components = planner.components(node, &states);
+    println!("key: {}", components.key());
+    println!("key components:");
+    println!("  kind = {} v{}", components.kind, components.version);
+    for (k, v) in &components.params {
+        println!("  {k} = {v}");
+    }
+    println!(
+        "  hardware = {}",
+        components
+            .hardware
+            .as_deref()
+            .unwrap_or("(not a measuring stage)")
+    );
+    match planner.history.get(&node.id) {
+        None => println!("last run: none recorded for this stage id"),
+        Some(prev) => {
+            let before = prev
+                .get("components")
+                .and_then(|c| serde_json::from_value::<crate::plan::KeyComponents>(c.clone()).ok());
+            match before {
+                Some(b) if b == components => println!("last run: same key components"),
+                Some(b) => {
+                    println!(
+                        "last run: key {}; what changed since:",
+                        prev["key"].as_str().unwrap_or("?")
+                    );
+                    for d in crate::plan::diff(&pipeline.nodes, node, &b, &components) {
+                        println!("  - {d}");
+                    }
+                }
+                None => println!("last run: record unreadable"),
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn fmt_time(us: i64) -> String {
+    let secs = us / 1_000_000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn cache_cmd(dir: &Path, action: CacheAction) -> Result<i32> {
+    let cache = Cache::open(dir)?;
+    match action {
+        CacheAction::Ls => {
+            let _lock = cache.lock(false)?;
+            let mut ms = cache.manifests();
+            ms.sort_by(|a, b| {
+                (&a.provenance.pipeline, &a.stage_id).cmp(&(&b.provenance.pipeline, &b.stage_id))
+            });
+            let mut total = 0u64;
+            for m in &ms {
+                let bytes: u64 = m.files.values().map(|o| o.size).sum();
+                total += bytes;
+                println!(
+                    "{}  {:<12} {:<40} {:>10}  {}",
+                    &m.key[..16],
+                    m.kind,
+                    format!("{}/{}", m.provenance.pipeline, m.stage_id),
+                    human_bytes(bytes),
+                    fmt_time(m.started_us)
+                );
+            }
+            println!(
+                "{} results, {} of outputs, in {}",
+                ms.len(),
+                human_bytes(total),
+                dir.display()
+            );
+            Ok(0)
+        }
+        CacheAction::Verify => {
+            let _lock = cache.lock(true)?;
+            let r = cache.verify()?;
+            for p in &r.problems {
+                println!("damaged: {p}");
+            }
+            println!(
+                "verified {} objects and {} results: {} problem{}",
+                r.objects,
+                r.manifests,
+                r.problems.len(),
+                if r.problems.len() == 1 { "" } else { "s" }
+            );
+            Ok(if r.problems.is_empty() { 0 } else { 1 })
+        }
+        CacheAction::Gc => {
+            let _lock = cache.lock(true)?;
+            let r = cache.gc()?;
+            println!(
+                "removed {} unreferenced objects ({}), {} temporary entries, {} stale digest memos",
+                r.objects,
+                human_bytes(r.bytes),
+                r.temp,
+                r.memo
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_file_means_run() {
+        let a = |v: &[&str]| normalize_args(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(a(&["ee", "x.eep"]), ["ee", "run", "x.eep"]);
+        assert_eq!(a(&["ee", "plan", "x.eep"]), ["ee", "plan", "x.eep"]);
+        assert_eq!(
+            a(&["ee", "--cache", "c", "x.eep"]),
+            ["ee", "--cache", "c", "run", "x.eep"]
+        );
+        assert_eq!(a(&["ee", "--version"]), ["ee", "--version"]);
+    }
+
+    #[test]
+    fn time_formatting() {
+        assert_eq!(fmt_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(fmt_time(1_795_996_800_000_000), "2026-11-30 00:00:00 UTC");
+    }
+}

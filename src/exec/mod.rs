@@ -1,0 +1,435 @@
+//! The executor: runs a planned pipeline on tokio. Stages whose inputs are known are looked up in
+//! the cache; misses run on blocking threads within the CPU budget and device leases; results are
+//! committed atomically as they finish, so an interrupted or failing run keeps everything that
+//! completed.
+
+mod lease;
+
+pub use lease::{Leases, Need};
+
+use crate::cache::{Cache, Manifest, Provenance, now_us};
+use crate::dsl::Pipeline;
+use crate::hw::Hardware;
+use crate::plan::{KeyComponents, Planner, State};
+use crate::spec::NodeIdx;
+use crate::stages::{Artifact, Progress, StageCtx, output_digest};
+use crate::ui::Ui;
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Cached,
+    Ran,
+    Failed,
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Cached => "cached",
+            Status::Ran => "ran",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// Outcome of one node in a run.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub key: Option<String>,
+    pub started_us: Option<i64>,
+    pub finished_us: Option<i64>,
+    pub seconds: Option<f64>,
+    /// Error chain (failed) or why it did not run (skipped).
+    pub error: Option<String>,
+    pub manifest: Option<Box<Manifest>>,
+}
+
+impl Outcome {
+    fn simple(status: Status, error: Option<String>) -> Outcome {
+        Outcome {
+            status,
+            key: None,
+            started_us: None,
+            finished_us: None,
+            seconds: None,
+            error,
+            manifest: None,
+        }
+    }
+}
+
+pub struct RunOptions {
+    pub keep_going: bool,
+    pub threads: usize,
+    pub quiet: bool,
+}
+
+pub struct RunReport {
+    /// Per node; `None` for local inputs resolved at plan time (files, synthetic models).
+    pub outcomes: Vec<Option<Outcome>>,
+    pub interrupted: bool,
+    pub states: Vec<State>,
+}
+
+struct Finished {
+    node: NodeIdx,
+    need: Need,
+    started_us: i64,
+    result: Result<Manifest>,
+}
+
+/// Runs every node of the pipeline. Returns when all nodes are finished, failed or skipped.
+pub async fn run(
+    pipeline: &Pipeline,
+    cache: &Cache,
+    hardware: &Hardware,
+    opts: &RunOptions,
+) -> RunReport {
+    let planner = Planner::new(pipeline, cache, hardware);
+    let nodes = &pipeline.nodes;
+    let n = nodes.len();
+    let mut dependents: Vec<Vec<NodeIdx>> = vec![vec![]; n];
+    let mut waiting: Vec<usize> = nodes.iter().map(|x| x.deps.len()).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        for d in &node.deps {
+            dependents[*d].push(i);
+        }
+    }
+    let mut states = vec![
+        State::Blocked {
+            reason: "not reached".into()
+        };
+        n
+    ];
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut ready: BTreeSet<NodeIdx> = (0..n).filter(|i| waiting[*i] == 0).collect();
+    let mut runnable: BTreeSet<NodeIdx> = BTreeSet::new();
+    let mut leases = Leases::new(opts.threads);
+    let ui = Ui::new(n as u64, opts.quiet);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+    let mut bars: BTreeMap<NodeIdx, Arc<crate::ui::StageBar>> = BTreeMap::new();
+    let mut running = 0usize;
+    let mut stop: Option<String> = None;
+    let mut interrupted = false;
+    let provenance = Provenance {
+        edge_eval_version: env!("CARGO_PKG_VERSION").into(),
+        host: hostname(),
+        hardware: hardware.fingerprint(crate::spec::Device::Cpu),
+        pipeline: pipeline.name.clone(),
+    };
+
+    loop {
+        // 1. Settle every node whose inputs are known: plan-time sources and cache hits finish
+        //    here; misses become runnable.
+        while let Some(i) = ready.pop_first() {
+            let state = planner.evaluate(i, &states);
+            match &state {
+                State::Done { manifest, .. } => {
+                    if let Some(m) = manifest {
+                        outcomes[i] = Some(Outcome {
+                            status: Status::Cached,
+                            key: Some(m.key.clone()),
+                            manifest: Some(m.clone()),
+                            ..Outcome::simple(Status::Cached, None)
+                        });
+                    }
+                    ui.stage_done(None);
+                    release(i, &dependents, &mut waiting, &mut ready);
+                }
+                State::Stale { .. } => {
+                    runnable.insert(i);
+                }
+                State::Failed { error } => {
+                    ui.error(&format!("✗ {}: {error}", nodes[i].id));
+                    outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
+                    ui.stage_done(None);
+                    skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                    if !opts.keep_going && stop.is_none() {
+                        stop = Some(format!("run stopped after `{}` failed", nodes[i].id));
+                    }
+                }
+                State::Blocked { .. } => unreachable!("all inputs were known"),
+            }
+            states[i] = state;
+        }
+
+        // 2. Launch what the leases allow, in declaration order.
+        if stop.is_none() {
+            let candidates: Vec<NodeIdx> = runnable.iter().copied().collect();
+            for i in candidates {
+                let node = &nodes[i];
+                let need = Need {
+                    threads: node.stage.threads(&node.params),
+                    device: node.device(),
+                    exclusive: node.stage.measuring(&node.params),
+                };
+                if !leases.try_acquire(&need) {
+                    if need.exclusive {
+                        break; // do not starve a measurement waiting for its device
+                    }
+                    continue;
+                }
+                runnable.remove(&i);
+                let State::Stale {
+                    components, key, ..
+                } = &states[i]
+                else {
+                    unreachable!("runnable nodes are stale")
+                };
+                let bar = ui.stage_started(&node.id);
+                bars.insert(i, bar.clone());
+                let job = Job {
+                    node: node.clone(),
+                    inputs: node
+                        .deps
+                        .iter()
+                        .filter_map(|d| states[*d].artifact().map(|a| (*d, a.clone())))
+                        .collect(),
+                    components: components.clone(),
+                    key: key.clone(),
+                    cache: cache.clone(),
+                    provenance: provenance.clone(),
+                    cancel: cancel.clone(),
+                    progress: bar,
+                };
+                let tx = tx.clone();
+                running += 1;
+                tokio::task::spawn_blocking(move || {
+                    let started_us = now_us();
+                    let result = job.execute();
+                    let _ = tx.send(Finished {
+                        node: i,
+                        need,
+                        started_us,
+                        result,
+                    });
+                });
+            }
+        }
+
+        if running == 0 {
+            break;
+        }
+
+        // 3. Wait for a stage to finish, or for Ctrl-C.
+        let finished = tokio::select! {
+            f = rx.recv() => f,
+            _ = tokio::signal::ctrl_c() => {
+                if interrupted {
+                    ui.error("second interrupt: exiting now (finished results are already in the cache)");
+                    std::process::exit(130);
+                }
+                interrupted = true;
+                cancel.store(true, Ordering::Relaxed);
+                stop.get_or_insert_with(|| "interrupted (Ctrl-C)".into());
+                ui.error("interrupt: stopping running stages; results already finished are kept (Ctrl-C again to exit at once)");
+                None
+            }
+        };
+        let Some(f) = finished else { continue };
+        running -= 1;
+        leases.release(&f.need);
+        let i = f.node;
+        let finished_us = now_us();
+        match f.result {
+            Ok(m) => {
+                ui.line(&format!("✓ {} ({:.1} s)", nodes[i].id, m.seconds));
+                let artifact = planner.artifact_of(&m);
+                outcomes[i] = Some(Outcome {
+                    status: Status::Ran,
+                    key: Some(m.key.clone()),
+                    started_us: Some(m.started_us),
+                    finished_us: Some(m.finished_us),
+                    seconds: Some(m.seconds),
+                    error: None,
+                    manifest: Some(Box::new(m.clone())),
+                });
+                states[i] = State::Done {
+                    artifact,
+                    manifest: Some(Box::new(m)),
+                };
+                release(i, &dependents, &mut waiting, &mut ready);
+            }
+            Err(e) => {
+                let error = if cancel.load(Ordering::Relaxed) {
+                    "interrupted (Ctrl-C)".to_string()
+                } else {
+                    format!("{e:#}")
+                };
+                ui.error(&format!("✗ {}: {error}", nodes[i].id));
+                let key = match &states[i] {
+                    State::Stale { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                outcomes[i] = Some(Outcome {
+                    status: Status::Failed,
+                    key,
+                    started_us: Some(f.started_us),
+                    finished_us: Some(finished_us),
+                    seconds: Some((finished_us - f.started_us) as f64 / 1e6),
+                    error: Some(error.clone()),
+                    manifest: None,
+                });
+                states[i] = State::Failed { error };
+                skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                if !opts.keep_going && stop.is_none() {
+                    stop = Some(format!(
+                        "run stopped after `{}` failed (use --keep-going to continue independent stages)",
+                        nodes[i].id
+                    ));
+                }
+            }
+        }
+        ui.stage_done(bars.remove(&i));
+    }
+    ui.finish();
+
+    // Everything not reached was skipped, with the reason.
+    let why = stop.unwrap_or_else(|| "not reached".into());
+    for (i, o) in outcomes.iter_mut().enumerate() {
+        let reached = matches!(states[i], State::Done { .. } | State::Failed { .. });
+        if o.is_none() && !reached {
+            *o = Some(Outcome::simple(Status::Skipped, Some(why.clone())));
+        }
+    }
+    RunReport {
+        outcomes,
+        interrupted,
+        states,
+    }
+}
+
+fn release(
+    i: NodeIdx,
+    dependents: &[Vec<NodeIdx>],
+    waiting: &mut [usize],
+    ready: &mut BTreeSet<NodeIdx>,
+) {
+    for d in &dependents[i] {
+        waiting[*d] -= 1;
+        if waiting[*d] == 0 {
+            ready.insert(*d);
+        }
+    }
+}
+
+fn skip_downstream(
+    failed: NodeIdx,
+    pipeline: &Pipeline,
+    dependents: &[Vec<NodeIdx>],
+    outcomes: &mut [Option<Outcome>],
+    ui: &Ui,
+) {
+    let mut stack = dependents[failed].clone();
+    while let Some(d) = stack.pop() {
+        if outcomes[d].is_none() {
+            outcomes[d] = Some(Outcome::simple(
+                Status::Skipped,
+                Some(format!("upstream `{}` failed", pipeline.nodes[failed].id)),
+            ));
+            ui.stage_done(None);
+            stack.extend(dependents[d].iter().copied());
+        }
+    }
+}
+
+/// One stage execution, owned by a blocking thread.
+struct Job {
+    node: crate::dsl::Node,
+    inputs: BTreeMap<NodeIdx, Artifact>,
+    components: KeyComponents,
+    key: String,
+    cache: Cache,
+    provenance: Provenance,
+    cancel: Arc<AtomicBool>,
+    progress: Arc<crate::ui::StageBar>,
+}
+
+impl Job {
+    fn execute(self) -> Result<Manifest> {
+        let work = self.cache.work_dir()?;
+        let result = self.execute_in(&work);
+        crate::cache::remove_tree(&work);
+        result
+    }
+
+    fn execute_in(&self, work: &std::path::Path) -> Result<Manifest> {
+        let ctx = StageCtx {
+            id: &self.node.id,
+            params: &self.node.params,
+            inputs: &self.inputs,
+            base_dir: &self.node.base_dir,
+            work_dir: work,
+            device: self.node.device(),
+            progress: self.progress.clone() as Arc<dyn Progress>,
+            cancel: &self.cancel,
+        };
+        let started_us = now_us();
+        let t0 = Instant::now();
+        let out =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.node.stage.run(&ctx)))
+                .map_err(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                anyhow::anyhow!(
+                    "the `{}` stage crashed: {msg} (this is a bug in edge-eval)",
+                    self.node.kind()
+                )
+            })??;
+        let seconds = t0.elapsed().as_secs_f64();
+        let mut files = BTreeMap::new();
+        for (name, path) in &out.files {
+            if !path.starts_with(work) {
+                bail!(
+                    "stage `{}` returned a file outside its work folder: {}",
+                    self.node.id,
+                    path.display()
+                );
+            }
+            let obj = self
+                .cache
+                .put_file(path)
+                .with_context(|| format!("cannot store output `{name}`"))?;
+            files.insert(name.clone(), obj);
+        }
+        let digests = files
+            .iter()
+            .map(|(n, o)| (n.clone(), o.digest.clone()))
+            .collect();
+        let manifest = Manifest {
+            key: self.key.clone(),
+            kind: self.node.kind().into(),
+            stage_id: self.node.id.clone(),
+            components: serde_json::to_value(&self.components)?,
+            output_digest: output_digest(&digests, &out.record, &out.rows),
+            files,
+            record: out.record,
+            rows: out.rows,
+            started_us,
+            finished_us: now_us(),
+            seconds,
+            provenance: self.provenance.clone(),
+        };
+        self.cache.put_manifest(&manifest)?;
+        Ok(manifest)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,203 @@
+//! Stage kinds. Each kind is one module implementing [`Stage`]: its parameters (checked by the
+//! resolver), whether it measures (then its cache key includes the hardware fingerprint and it
+//! gets its device exclusively), and `run`, which receives typed parameters and resolved input
+//! artifacts — never syntax.
+//!
+//! Model and task *sources* (`path`, `hf`, `pip`, `synthetic`, `jsonl`) are stage kinds too:
+//! the ones that only point at local files compute their digest at plan time
+//! ([`Stage::plan_time`]); `pip` downloads, so it runs and is cached like any stage.
+
+mod lifecycle;
+pub use lifecycle::PRECISIONS;
+mod sources;
+mod test_stage;
+
+use crate::spec::{Device, NodeIdx, Output, ParamSpec, Value};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Where a kind may be used in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `model NAME = kind(...)` or `task NAME = kind(...)`.
+    Source,
+    /// A stage call statement.
+    Stage,
+}
+
+/// What one node hands to the nodes that use it.
+#[derive(Debug, Clone, Default)]
+pub struct Artifact {
+    /// Output digest: what downstream cache keys contain.
+    pub digest: String,
+    /// Named files (content-addressed objects, or the user's own files for local sources).
+    pub files: BTreeMap<String, PathBuf>,
+    /// Structured result (e.g. `{"synthetic": true}`), part of the digest.
+    pub record: serde_json::Value,
+}
+
+/// Column types of stage tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColType {
+    Str,
+    Int,
+    Float,
+    Bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Column {
+    pub name: &'static str,
+    pub ty: ColType,
+    pub doc: &'static str,
+}
+
+pub type Row = serde_json::Map<String, serde_json::Value>;
+
+/// What `run` returns. Files live in the stage's work directory and are moved into the cache.
+#[derive(Debug, Default)]
+pub struct StageOutput {
+    pub files: Vec<(String, PathBuf)>,
+    pub record: serde_json::Value,
+    pub rows: Vec<Row>,
+}
+
+/// Progress reporting from inside a stage (drawn as a bar with an ETA when the stage sets a length).
+pub trait Progress: Send + Sync {
+    fn set_length(&self, n: u64);
+    fn set_position(&self, n: u64);
+    fn message(&self, msg: &str);
+}
+
+/// A progress sink that draws nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn set_length(&self, _: u64) {}
+    fn set_position(&self, _: u64) {}
+    fn message(&self, _: &str) {}
+}
+
+/// Everything a stage may use while running.
+pub struct StageCtx<'a> {
+    pub id: &'a str,
+    pub params: &'a BTreeMap<String, Value>,
+    pub inputs: &'a BTreeMap<NodeIdx, Artifact>,
+    /// Directory relative paths in the stage's parameters are resolved against.
+    pub base_dir: &'a Path,
+    /// Private scratch directory; files returned in [`StageOutput`] must be inside it.
+    pub work_dir: &'a Path,
+    pub device: Device,
+    pub progress: Arc<dyn Progress>,
+    pub cancel: &'a AtomicBool,
+}
+
+impl StageCtx<'_> {
+    pub fn param(&self, name: &str) -> &Value {
+        self.params.get(name).unwrap_or(&Value::Null)
+    }
+
+    /// The artifact(s) a node-valued parameter refers to, in order.
+    pub fn artifacts(&self, name: &str) -> Vec<&Artifact> {
+        let mut nodes = vec![];
+        self.param(name).nodes(&mut nodes);
+        nodes.iter().filter_map(|n| self.inputs.get(n)).collect()
+    }
+
+    /// Errors out when the run was interrupted; call between units of work.
+    pub fn check_cancelled(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+}
+
+/// Plan-time services for sources (file digests are memoised by the cache).
+pub trait PlanCtx {
+    fn digest_path(&self, path: &Path) -> Result<String>;
+}
+
+pub trait Stage: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Bump when the stage's output for the same inputs changes: it invalidates cached results.
+    fn version(&self) -> u32;
+    fn role(&self) -> Role;
+    fn output(&self) -> Output;
+    fn summary(&self) -> &'static str;
+    fn params(&self) -> Vec<ParamSpec>;
+    /// Measuring stages are keyed by hardware and hold their device exclusively.
+    fn measuring(&self, _params: &BTreeMap<String, Value>) -> bool {
+        false
+    }
+    /// CPU threads the stage keeps busy (its share of the executor's CPU budget).
+    fn threads(&self, _params: &BTreeMap<String, Value>) -> usize {
+        1
+    }
+    /// For sources that only read local files: the artifact, computed at plan time.
+    fn plan_time(
+        &self,
+        _params: &BTreeMap<String, Value>,
+        _base_dir: &Path,
+        _ctx: &dyn PlanCtx,
+    ) -> Option<Result<Artifact>> {
+        None
+    }
+    /// Columns of this kind's table (`<kind>.parquet`); empty: no table.
+    fn table(&self) -> Vec<Column> {
+        vec![]
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput>;
+}
+
+static REGISTRY: &[&dyn Stage] = &[
+    &sources::PathSource,
+    &sources::HfSource,
+    &sources::PipSource,
+    &sources::SyntheticSource,
+    &sources::JsonlTask,
+    &lifecycle::Quantize,
+    &lifecycle::Finetune,
+    &lifecycle::ColdLoad,
+    &lifecycle::Evaluate,
+    &lifecycle::Measure,
+    &test_stage::TestStage,
+];
+
+pub fn all() -> &'static [&'static dyn Stage] {
+    REGISTRY
+}
+
+pub fn get(kind: &str) -> Option<&'static dyn Stage> {
+    REGISTRY.iter().copied().find(|s| s.kind() == kind)
+}
+
+/// Resolves a path parameter against the pipeline file's directory.
+pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// Reads a file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The output digest of a node: blake3 over its files' content digests (by name), its record and
+/// its table rows. Identical bytes give identical digests, which is what makes early cutoff work.
+pub fn output_digest(
+    file_digests: &BTreeMap<String, String>,
+    record: &serde_json::Value,
+    rows: &[Row],
+) -> String {
+    let canonical = serde_json::json!({ "files": file_digests, "record": record, "rows": rows });
+    blake3::hash(canonical.to_string().as_bytes())
+        .to_hex()
+        .to_string()
+}

