@@ -62,10 +62,9 @@ pub(super) fn memoised(cache: &Cache, path: &Path) -> Result<String> {
     if let Some(m) = fs::read(&memo_path)
         .ok()
         .and_then(|b| serde_json::from_slice::<Memo>(&b).ok())
+        && stamp(&abs, &meta, m.digest.clone()) == m
     {
-        if stamp(&abs, &meta, m.digest.clone()) == m {
-            return Ok(m.digest);
-        }
+        return Ok(m.digest);
     }
     let digest = hash_file(&abs)?;
     let memo = stamp(&abs, &meta, digest.clone());

@@ -24,6 +24,7 @@ pub fn parse_file(file: FileId, text: &str) -> Result<Vec<Item>, Diagnostics> {
         diags.push(d);
         return Err(diags);
     }
+    pest::set_error_detail(true);
     let pairs = match EepParser::parse(Rule::file, text) {
         Ok(p) => p,
         Err(e) => {
@@ -203,10 +204,26 @@ fn describe(rule: &Rule) -> Option<&'static str> {
 }
 
 fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diagnostic {
-    let pos = match e.location {
+    let mut pos = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
+    // pest records rules, not punctuation, as "positives"; its parse attempts know the
+    // punctuation expected further on (a missing `)` is found where the next token starts).
+    let mut punctuation: Vec<String> = vec![];
+    if let Some(att) = e.parse_attempts()
+        && att.max_position > pos
+    {
+        pos = att.max_position;
+        punctuation = att
+            .expected_tokens()
+            .into_iter()
+            .map(|t| t.to_string())
+            .filter(|t| [")", "]", "}", ",", "=", "(", "[", "{"].contains(&t.as_str()))
+            .map(|t| format!("`{t}`"))
+            .collect();
+    }
+    let pos = super::source::floor_char(text, pos);
     let rest = &text[pos..];
     // The token found: a word, a string start, or one character.
     let found_len = if rest.is_empty() {
@@ -248,11 +265,15 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diagn
         .with_hint("close it with `\"` on the same line; write `\\\"` for a quote inside it");
     }
 
-    let mut expected: Vec<&str> = match &e.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } => {
-            positives.iter().filter_map(describe).collect()
+    let mut expected: Vec<&str> = if punctuation.is_empty() {
+        match &e.variant {
+            pest::error::ErrorVariant::ParsingError { positives, .. } => {
+                positives.iter().filter_map(describe).collect()
+            }
+            pest::error::ErrorVariant::CustomError { .. } => vec![],
         }
-        pest::error::ErrorVariant::CustomError { .. } => vec![],
+    } else {
+        punctuation.iter().map(String::as_str).collect()
     };
     expected.sort();
     expected.dedup();
@@ -266,7 +287,11 @@ fn syntax_error(file: FileId, text: &str, e: &pest::error::Error<Rule>) -> Diagn
         Some(
             "stage results are named as `name = stage(...)` or `name[i, j] = stage(...)`; plain values need `let`",
         )
-    } else if rest.starts_with('}') || rest.is_empty() {
+    } else if rest.starts_with('}')
+        || rest.is_empty()
+        || expected.contains(&"`)`")
+        || expected.contains(&"`]`")
+    {
         Some("check that every `(`, `[` and `{` before this point is closed")
     } else {
         None

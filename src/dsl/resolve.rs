@@ -175,9 +175,7 @@ pub fn load(
     r.apply_overrides(overrides);
     r.settings();
     r.expand_all();
-    if r.diags.is_empty() {
-        r.bind_all();
-    }
+    r.bind_all();
     if r.diags.is_empty() {
         r.check_cycles();
     }
@@ -771,12 +769,7 @@ impl Resolver {
         }
     }
 
-    fn add_stage(
-        &mut self,
-        target: Option<&Target>,
-        call: &Call,
-        env: &mut Vec<(String, Raw, Span)>,
-    ) {
+    fn add_stage(&mut self, target: Option<&Target>, call: &Call, env: &[(String, Raw, Span)]) {
         let stage = match stages::get(&call.func.name) {
             Some(s) if s.role() == Role::Stage => s,
             found => {
@@ -825,7 +818,24 @@ impl Resolver {
                 }
             }
         }
-        let labels: Vec<String> = env.iter().map(|(_, v, _)| self.label(v)).collect();
+        // Ids: a named result is `name[its index]`; an unnamed call is `kind[loop values]`.
+        let labels: Vec<String> = match target {
+            Some(t) if base == stage.kind() => {
+                base = t.name.name.clone();
+                let mut labels = vec![];
+                for e in &t.index {
+                    match self.eval(e, env) {
+                        Ok(r) => labels.push(self.label(&r)),
+                        Err(d) => {
+                            self.diags.push(d);
+                            return;
+                        }
+                    }
+                }
+                labels
+            }
+            _ => env.iter().map(|(_, v, _)| self.label(v)).collect(),
+        };
         let id = if labels.is_empty() {
             base
         } else {
@@ -848,10 +858,10 @@ impl Resolver {
             return;
         }
         self.ids.insert(id.clone(), call.span);
-        if let Some(t) = target {
-            if !self.register_target(t, idx, env) {
-                return;
-            }
+        if let Some(t) = target
+            && !self.register_target(t, idx, env)
+        {
+            return;
         }
         self.nodes.push(Node {
             id,
@@ -864,7 +874,7 @@ impl Resolver {
         self.pending.push(Pending {
             node: idx,
             call: call.clone(),
-            env: env.clone(),
+            env: env.to_vec(),
         });
     }
 

@@ -163,20 +163,28 @@ pub async fn run(
             states[i] = state;
         }
 
-        // 2. Launch what the leases allow, in declaration order.
+        // 2. Launch what the leases allow, in declaration order: first stages that share their
+        //    device, then measuring ones. A measurement starts once its device has drained (on
+        //    `cpu`: once nothing else runs), so it never shares the machine, and the shared work
+        //    is not held up behind it.
         if stop.is_none() {
-            let candidates: Vec<NodeIdx> = runnable.iter().copied().collect();
-            for i in candidates {
+            let needs: Vec<(NodeIdx, Need)> = runnable
+                .iter()
+                .map(|&i| {
+                    let node = &nodes[i];
+                    let need = Need {
+                        threads: node.stage.threads(&node.params),
+                        device: node.device(),
+                        exclusive: node.stage.measuring(&node.params),
+                    };
+                    (i, need)
+                })
+                .collect();
+            let shared = needs.iter().filter(|(_, n)| !n.exclusive);
+            let exclusive = needs.iter().filter(|(_, n)| n.exclusive);
+            for &(i, need) in shared.chain(exclusive) {
                 let node = &nodes[i];
-                let need = Need {
-                    threads: node.stage.threads(&node.params),
-                    device: node.device(),
-                    exclusive: node.stage.measuring(&node.params),
-                };
                 if !leases.try_acquire(&need) {
-                    if need.exclusive {
-                        break; // do not starve a measurement waiting for its device
-                    }
                     continue;
                 }
                 runnable.remove(&i);

@@ -6,7 +6,7 @@
 
 use crate::dsl::Pipeline;
 use crate::exec::{Outcome, RunReport};
-use crate::stages::{ColType, Column};
+use crate::stages::{ColType, Column, Row};
 use anyhow::{Context, Result};
 use arrow_array::builder::{
     BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
@@ -82,27 +82,32 @@ impl Table {
     /// the wrong type is an error naming the column (a stage bug, never silently a null).
     pub fn push(&mut self, row: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
         use serde_json::Value as J;
+        // Check every cell first: a rejected row must not leave the columns uneven.
+        for (field, b) in self.fields.iter().zip(&self.builders) {
+            let cell = row.get(field.name()).unwrap_or(&J::Null);
+            let ok = match (b, cell) {
+                (_, J::Null) => true,
+                (Builder::Str(_), J::String(_)) => true,
+                (Builder::Int(_) | Builder::Time(_), J::Number(n)) => n.as_i64().is_some(),
+                (Builder::Float(_), J::Number(_)) => true,
+                (Builder::Bool(_), J::Bool(_)) => true,
+                _ => false,
+            };
+            anyhow::ensure!(
+                ok,
+                "column `{}`: cannot store {cell} as {}",
+                field.name(),
+                field.data_type()
+            );
+        }
         for (field, b) in self.fields.iter().zip(&mut self.builders) {
             let cell = row.get(field.name()).unwrap_or(&J::Null);
-            let bad = || {
-                anyhow::anyhow!(
-                    "column `{}`: cannot store {cell} as {}",
-                    field.name(),
-                    field.data_type()
-                )
-            };
-            match (b, cell) {
-                (Builder::Str(b), J::Null) => b.append_null(),
-                (Builder::Int(b), J::Null) => b.append_null(),
-                (Builder::Float(b), J::Null) => b.append_null(),
-                (Builder::Bool(b), J::Null) => b.append_null(),
-                (Builder::Time(b), J::Null) => b.append_null(),
-                (Builder::Str(b), J::String(s)) => b.append_value(s),
-                (Builder::Int(b), J::Number(n)) => b.append_value(n.as_i64().ok_or_else(bad)?),
-                (Builder::Time(b), J::Number(n)) => b.append_value(n.as_i64().ok_or_else(bad)?),
-                (Builder::Float(b), J::Number(n)) => b.append_value(n.as_f64().ok_or_else(bad)?),
-                (Builder::Bool(b), J::Bool(x)) => b.append_value(*x),
-                _ => return Err(bad()),
+            match b {
+                Builder::Str(b) => b.append_option(cell.as_str()),
+                Builder::Int(b) => b.append_option(cell.as_i64()),
+                Builder::Time(b) => b.append_option(cell.as_i64()),
+                Builder::Float(b) => b.append_option(cell.as_f64()),
+                Builder::Bool(b) => b.append_option(cell.as_bool()),
             }
         }
         Ok(())
@@ -239,10 +244,7 @@ pub fn write_run_tables(p: &Pipeline, report: &RunReport, hardware: &str) -> Res
     let mut written = vec![];
 
     let mut runs = Table::new(RUN_COLUMNS);
-    let mut per_kind: BTreeMap<
-        &str,
-        (Vec<Column>, Vec<serde_json::Map<String, serde_json::Value>>),
-    > = BTreeMap::new();
+    let mut per_kind: BTreeMap<&str, (Vec<Column>, Vec<Row>)> = BTreeMap::new();
     for (i, o) in report.outcomes.iter().enumerate() {
         let Some(o) = o else { continue };
         runs.push(&outcome_row(p, i, o))?;

@@ -1,0 +1,530 @@
+//! Integration tests of the engine through the real binary: caching, early cutoff, file
+//! digests, failures, interruption by SIGKILL, locking, cache maintenance and the tables.
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new(pipeline: &str) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.gguf"), b"weights v1").unwrap();
+        std::fs::write(dir.path().join("p.eep"), pipeline).unwrap();
+        Env { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_edge-eval"));
+        c.current_dir(self.dir.path())
+            .env("EDGE_EVAL_CACHE", self.path("cache"));
+        c
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// `run --json` → (exit code, id → status).
+    fn run(&self, extra: &[&str]) -> (i32, BTreeMap<String, String>, Value) {
+        let mut args = vec!["run", "p.eep", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.exec(&args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+                panic!(
+                    "no JSON ({e}): stdout={stdout} stderr={}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let statuses = json["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    s["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        (out.status.code().unwrap_or(-1), statuses, json)
+    }
+
+    fn plan(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["plan", "p.eep", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.exec(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn with(statuses: &BTreeMap<String, String>, status: &str) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|(_, s)| *s == status)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+const CHAIN: &str = r#"
+pipeline chain { results = "out" }
+model m = path("model.gguf")
+let flavour = "plain"
+let upstream_note = "n1"
+for b in ["x", "y"] {
+  base[b] = test_stage(m, emit = b, note = upstream_note)
+  test_stage(base[b], emit = flavour, id = "derived")
+}
+other = test_stage(emit = "independent")
+"#;
+
+#[test]
+fn second_run_of_an_unchanged_pipeline_runs_nothing() {
+    let env = Env::new(CHAIN);
+    let (code, first, _) = env.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(first.len(), 5);
+    assert_eq!(with(&first, "ran").len(), 5);
+    let (code, second, _) = env.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with(&second, "cached").len(), 5, "{second:?}");
+    let plan = env.plan(&[]);
+    assert!(
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "cached")
+    );
+}
+
+#[test]
+fn editing_one_parameter_reruns_exactly_the_dependent_stages() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let plan = env.plan(&["--set", "flavour=\"spicy\""]);
+    let stale: Vec<&str> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "stale")
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stale, ["derived[x]", "derived[y]"]);
+    let reason = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "derived[x]")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("`emit` changed") && reason.contains("spicy"),
+        "{reason}"
+    );
+    let (_, st, _) = env.run(&["--set", "flavour=\"spicy\""]);
+    assert_eq!(with(&st, "ran"), ["derived[x]", "derived[y]"]);
+    assert_eq!(with(&st, "cached"), ["base[x]", "base[y]", "other"]);
+}
+
+#[test]
+fn touching_a_file_without_changing_its_bytes_reruns_nothing() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(env.path("model.gguf"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+        .unwrap();
+    drop(f);
+    let (_, st, _) = env.run(&[]);
+    assert_eq!(with(&st, "cached").len(), 5, "{st:?}");
+}
+
+#[test]
+fn changing_a_model_file_reruns_everything_downstream_of_it() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    std::fs::write(env.path("model.gguf"), b"weights v2").unwrap();
+    let plan = env.plan(&[]);
+    let reason = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "base[x]")
+        .unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("input `input` changed") && reason.contains("model:m"),
+        "{reason}"
+    );
+    let (_, st, _) = env.run(&[]);
+    assert_eq!(
+        with(&st, "ran"),
+        ["base[x]", "base[y]", "derived[x]", "derived[y]"]
+    );
+    assert_eq!(with(&st, "cached"), ["other"]);
+}
+
+#[test]
+fn an_upstream_rerun_with_identical_output_leaves_downstream_cached() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    // `note` changes the key of base[*] but not the bytes they produce.
+    let (_, st, _) = env.run(&["--set", "upstream_note=\"n2\""]);
+    assert_eq!(with(&st, "ran"), ["base[x]", "base[y]"]);
+    assert_eq!(with(&st, "cached"), ["derived[x]", "derived[y]", "other"]);
+}
+
+#[test]
+fn a_run_killed_mid_stage_leaves_nothing_that_is_read_as_valid() {
+    let env = Env::new(
+        r#"
+pipeline killed { results = "out" }
+model m = path("model.gguf")
+slow = test_stage(m, emit = "slow", sleep_ms = 2500)
+after = test_stage(slow, emit = "after")
+"#,
+    );
+    let mut child = env.cmd().args(["run", "p.eep", "--quiet"]).spawn().unwrap();
+    // Wait until the slow stage has written its partial output in a work folder.
+    let tmp = env.path("cache/tmp");
+    let t0 = Instant::now();
+    loop {
+        let partial = std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("out").exists());
+        if partial {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the stage never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let plan = env.plan(&[]);
+    for s in plan["stages"].as_array().unwrap() {
+        assert_eq!(s["status"], "stale", "{s}");
+    }
+    let verify = env.exec(&["cache", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let (code, st, _) = env.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with(&st, "ran"), ["after", "slow"]);
+}
+
+#[test]
+fn failures_stop_the_run_unless_keep_going() {
+    let pipeline = r#"
+pipeline failing { results = "out" threads = 1 }
+bad = test_stage(emit = "a", fail = "boom: disk on fire")
+good = test_stage(emit = "b")
+child = test_stage(bad, emit = "c")
+"#;
+    let env = Env::new(pipeline);
+    let (code, st, json) = env.run(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(st["bad"], "failed");
+    assert_eq!(st["good"], "skipped");
+    assert_eq!(st["child"], "skipped");
+    let bad = json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "bad")
+        .unwrap()
+        .clone();
+    assert!(
+        bad["error"]
+            .as_str()
+            .unwrap()
+            .contains("boom: disk on fire")
+    );
+
+    let (code, st, json) = env.run(&["--keep-going"]);
+    assert_eq!(code, 1);
+    assert_eq!(st["bad"], "failed");
+    assert_eq!(st["good"], "ran");
+    assert_eq!(st["child"], "skipped");
+    let child = json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "child")
+        .unwrap()
+        .clone();
+    assert!(
+        child["error"]
+            .as_str()
+            .unwrap()
+            .contains("upstream `bad` failed")
+    );
+    // The failure is recorded in runs.parquet.
+    let runs = read_table(&env.path("out/runs.parquet"));
+    let row = runs.iter().find(|r| r["stage_id"] == "bad").unwrap();
+    assert_eq!(row["status"], "failed");
+    assert!(row["error"].as_str().unwrap().contains("boom"));
+}
+
+#[test]
+fn measuring_stages_run_alone() {
+    let env = Env::new(
+        r#"
+pipeline leases { results = "out" threads = 4 }
+for i in ["1", "2", "3"] {
+  test_stage(emit = i, sleep_ms = 300, id = "work")
+  test_stage(emit = i, sleep_ms = 300, exclusive = true, id = "measure")
+}
+"#,
+    );
+    let (code, st, _) = env.run(&[]);
+    assert_eq!(code, 0, "{st:?}");
+    let runs = read_table(&env.path("out/runs.parquet"));
+    let span = |r: &BTreeMap<String, Value>| {
+        (
+            r["started_at"].as_i64().unwrap(),
+            r["finished_at"].as_i64().unwrap(),
+        )
+    };
+    for m in runs
+        .iter()
+        .filter(|r| r["stage_id"].as_str().unwrap().starts_with("measure"))
+    {
+        let (ms, mf) = span(m);
+        for other in runs.iter().filter(|r| r["stage_id"] != m["stage_id"]) {
+            let (os, of) = span(other);
+            assert!(
+                of <= ms || os >= mf,
+                "{} overlapped {}",
+                other["stage_id"],
+                m["stage_id"]
+            );
+        }
+    }
+    // the three `work` stages did overlap each other (4 threads)
+    let work: Vec<_> = runs
+        .iter()
+        .filter(|r| r["stage_id"].as_str().unwrap().starts_with("work"))
+        .map(span)
+        .collect();
+    let overlapping = work
+        .iter()
+        .any(|a| work.iter().any(|b| a != b && a.0 < b.1 && b.0 < a.1));
+    assert!(
+        overlapping,
+        "independent stages should run in parallel: {work:?}"
+    );
+}
+
+#[test]
+fn tables_have_rows_and_provenance_metadata() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let (_, _, json) = env.run(&[]);
+    let tables: Vec<&str> = json["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tables.len(), 2);
+    let runs = read_table(&env.path("out/runs.parquet"));
+    assert_eq!(runs.len(), 5);
+    assert!(
+        runs.iter()
+            .all(|r| r["status"] == "cached" && r["cache_key"].as_str().unwrap().len() == 64)
+    );
+    assert!(
+        runs.iter()
+            .all(|r| r["computed_at"].as_i64().is_some() && r["seconds"].is_null())
+    );
+    let kinds = read_table(&env.path("out/test_stage.parquet"));
+    assert_eq!(kinds.len(), 5);
+    let derived = kinds
+        .iter()
+        .find(|r| r["stage_id"] == "derived[x]")
+        .unwrap();
+    assert_eq!(derived["emit"], "plain");
+    // "plain" + "x" + "weights v1"
+    assert_eq!(derived["bytes"], 5 + 1 + 10);
+    let file = std::fs::File::open(env.path("out/runs.parquet")).unwrap();
+    let b = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let kv = b.metadata().file_metadata().key_value_metadata().unwrap();
+    let keys: Vec<&str> = kv.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "edge_eval.pipeline_digest",
+        "edge_eval.version",
+        "edge_eval.hardware",
+    ] {
+        assert!(keys.contains(&k), "{keys:?}");
+    }
+}
+
+#[test]
+fn verify_removes_damaged_entries_and_gc_drops_unreferenced_objects() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let objects = files_under(&env.path("cache/objects"));
+    assert!(!objects.is_empty());
+    // Damage one object.
+    let victim = &objects[0];
+    let mut perms = std::fs::metadata(victim).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(victim, perms).unwrap();
+    std::fs::write(victim, b"bit rot").unwrap();
+    let out = env.exec(&["cache", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("damaged"), "{text}");
+    let (_, st, _) = env.run(&[]);
+    assert!(
+        !with(&st, "ran").is_empty(),
+        "damaged entries are recomputed: {st:?}"
+    );
+    assert_eq!(env.exec(&["cache", "verify"]).status.code(), Some(0));
+
+    // Drop every manifest: gc removes all objects.
+    std::fs::remove_dir_all(env.path("cache/actions")).unwrap();
+    std::fs::create_dir_all(env.path("cache/actions")).unwrap();
+    let out = env.exec(&["cache", "gc"]);
+    assert!(out.status.success());
+    assert!(files_under(&env.path("cache/objects")).is_empty());
+}
+
+#[test]
+fn concurrent_runs_on_one_cache_are_safe() {
+    let env = Env::new(
+        r#"
+pipeline concurrent { results = "out" }
+for i in ["1", "2", "3", "4"] { test_stage(emit = i, sleep_ms = 200) }
+"#,
+    );
+    let spawn = || {
+        env.cmd()
+            .args(["run", "p.eep", "--json", "--quiet"])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert!(a.status.success() && b.status.success());
+    let ran = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .matches("\"ran\"")
+            .count()
+    };
+    assert_eq!(
+        ran(&a) + ran(&b),
+        4,
+        "each stage ran exactly once across both runs"
+    );
+}
+
+#[test]
+fn explain_shows_key_components_and_what_changed() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let out = env.exec(&[
+        "explain",
+        "p.eep",
+        "derived[x]",
+        "--set",
+        "flavour=\"sweet\"",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("status: will run"), "{text}");
+    assert!(text.contains("emit = \"sweet\""), "{text}");
+    assert!(
+        text.contains("`emit` changed: \"plain\" → \"sweet\""),
+        "{text}"
+    );
+    let out = env.exec(&["explain", "p.eep", "derived[z]"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `derived[x]`?"));
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Reads a Parquet table into JSON-like rows (strings, integers, floats, timestamps as µs).
+fn read_table(path: &Path) -> Vec<BTreeMap<String, Value>> {
+    use arrow_array::{
+        Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = vec![];
+    for batch in reader {
+        let batch = batch.unwrap();
+        for i in 0..batch.num_rows() {
+            let mut row = BTreeMap::new();
+            for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
+                let v = if col.is_null(i) {
+                    Value::Null
+                } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+                    Value::from(a.value(i))
+                } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
+                    Value::from(a.value(i))
+                } else if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
+                    Value::from(a.value(i))
+                } else if let Some(a) = col.as_any().downcast_ref::<BooleanArray>() {
+                    Value::from(a.value(i))
+                } else if let Some(a) = col.as_any().downcast_ref::<TimestampMicrosecondArray>() {
+                    Value::from(a.value(i))
+                } else {
+                    panic!("unexpected column type {}", f.data_type())
+                };
+                row.insert(f.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
