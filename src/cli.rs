@@ -379,8 +379,10 @@ fn print_plan(pipeline: &Pipeline, states: &[State], json: bool) {
             s => s,
         };
         let id = e["id"].as_str().unwrap_or("");
+        let kind = e["kind"].as_str().unwrap_or("");
         let reason = e["reason"].as_str().unwrap_or("");
-        println!("  {status:<7} {id:<width$}  {reason}");
+        let line = format!("  {status:<7} {kind:<10} {id:<width$}  {reason}");
+        println!("{}", line.trim_end());
     }
 }
 

@@ -851,8 +851,8 @@ impl Resolver {
                 )
                 .with_secondary(*first, "first one")
                 .with_hint(format!(
-                    "give one an explicit id: `{}(..., id = \"other\")`",
-                    stage.kind()
+                    "name one result (`x[…] = {kind}(...)` gets the id `x[…]`) or give it an explicit id: `{kind}(..., id = \"other\")`",
+                    kind = stage.kind()
                 )),
             );
             return;

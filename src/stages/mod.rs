@@ -174,14 +174,38 @@ pub fn get(kind: &str) -> Option<&'static dyn Stage> {
     REGISTRY.iter().copied().find(|s| s.kind() == kind)
 }
 
-/// Resolves a path parameter against the pipeline file's directory.
+/// Resolves a path parameter against the pipeline file's directory, removing `.` and `..`
+/// lexically (so messages show `/repo/results`, not `/repo/pipelines/../results`).
 pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base_dir.join(p)
+    use std::path::Component;
+    let joined = base_dir.join(p);
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
     }
+    out
+}
+
+#[cfg(test)]
+#[test]
+fn paths_resolve_against_the_pipeline_folder() {
+    assert_eq!(
+        resolve_path(Path::new("/r/pipelines"), "../tasks/qa.jsonl"),
+        Path::new("/r/tasks/qa.jsonl")
+    );
+    assert_eq!(
+        resolve_path(Path::new("/r/p"), "/abs/x"),
+        Path::new("/abs/x")
+    );
+    assert_eq!(resolve_path(Path::new("rel"), "../../x"), Path::new("../x"));
 }
 
 /// Reads a file, naming it in the error.
