@@ -7,6 +7,7 @@
 //!    with `b3sum`, from a warm page cache.
 
 use crate::cache::{Cache, hash_file, hash_file_plain};
+use crate::exec::Status;
 use crate::hw::{Hardware, available_threads};
 use crate::plan::{Planner, State};
 use anyhow::{Context, Result, bail};
@@ -100,9 +101,9 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     );
 
     let t = Instant::now();
-    let code = crate::cli::run(&pipeline, &cache_dir, false, threads, false, true)?;
-    if code != 0 {
-        bail!("the benchmark pipeline failed to run (exit {code})");
+    let (report, _) = crate::cli::execute(&pipeline, &cache_dir, false, threads, true)?;
+    if report.outcomes.iter().flatten().any(|o| o.status != Status::Ran) {
+        bail!("the benchmark pipeline did not run cleanly");
     }
     println!(
         "  first run (runs all {stages} stages):     {:>9.1} ms",
@@ -134,9 +135,9 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     })?;
     let noop = time(repeats, || {
         let p = load()?;
-        let code = crate::cli::run(&p, &cache_dir, false, threads, false, true)?;
-        if code != 0 {
-            bail!("no-op run failed");
+        let (report, _) = crate::cli::execute(&p, &cache_dir, false, threads, true)?;
+        if report.outcomes.iter().flatten().any(|o| o.status != Status::Cached) {
+            bail!("the no-op run did work");
         }
         Ok(())
     })?;

@@ -227,15 +227,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Runs a pipeline and writes its tables; returns the exit code.
-pub fn run(
+/// Runs a pipeline, records history and writes its tables.
+pub fn execute(
     pipeline: &Pipeline,
     cache_dir: &Path,
     keep_going: bool,
     threads: usize,
-    json: bool,
     quiet: bool,
-) -> Result<i32> {
+) -> Result<(exec::RunReport, Vec<PathBuf>)> {
     let cache = Cache::open(cache_dir)?;
     let _lock = cache.lock(true)?;
     let hw = Hardware::detect(threads);
@@ -248,7 +247,7 @@ pub fn run(
     let opts = RunOptions {
         keep_going,
         threads,
-        quiet: quiet || json,
+        quiet,
     };
     let report = rt.block_on(exec::run(pipeline, &cache, &hw, &opts));
     let mut planner = Planner::new(pipeline, &cache, &hw);
@@ -258,7 +257,19 @@ pub fn run(
         &report,
         &hw.fingerprint(crate::spec::Device::Cpu),
     )?;
+    Ok((report, tables))
+}
 
+/// Runs a pipeline, prints the summary (or JSON) and returns the exit code.
+pub fn run(
+    pipeline: &Pipeline,
+    cache_dir: &Path,
+    keep_going: bool,
+    threads: usize,
+    json: bool,
+    quiet: bool,
+) -> Result<i32> {
+    let (report, tables) = execute(pipeline, cache_dir, keep_going, threads, quiet || json)?;
     let count = |s: Status| {
         report
             .outcomes
