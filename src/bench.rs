@@ -102,7 +102,12 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
 
     let t = Instant::now();
     let (report, _) = crate::cli::execute(&pipeline, &cache_dir, false, threads, true)?;
-    if report.outcomes.iter().flatten().any(|o| o.status != Status::Ran) {
+    if report
+        .outcomes
+        .iter()
+        .flatten()
+        .any(|o| o.status != Status::Ran)
+    {
         bail!("the benchmark pipeline did not run cleanly");
     }
     println!(
@@ -136,7 +141,12 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     let noop = time(repeats, || {
         let p = load()?;
         let (report, _) = crate::cli::execute(&p, &cache_dir, false, threads, true)?;
-        if report.outcomes.iter().flatten().any(|o| o.status != Status::Cached) {
+        if report
+            .outcomes
+            .iter()
+            .flatten()
+            .any(|o| o.status != Status::Cached)
+        {
             bail!("the no-op run did work");
         }
         Ok(())

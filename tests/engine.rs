@@ -245,6 +245,62 @@ after = test_stage(slow, emit = "after")
 }
 
 #[test]
+fn ctrl_c_stops_cleanly_and_keeps_finished_results() {
+    let env = Env::new(
+        r#"
+pipeline interrupted { results = "out" }
+fast = test_stage(emit = "fast")
+slow = test_stage(fast, emit = "slow", sleep_ms = 60000)
+after = test_stage(slow, emit = "after")
+"#,
+    );
+    let mut child = env.cmd().args(["run", "p.eep", "--quiet"]).spawn().unwrap();
+    let t0 = Instant::now();
+    while files_under(&env.path("cache/actions")).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "`fast` never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t1 = Instant::now();
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130));
+    assert!(
+        t1.elapsed() < Duration::from_secs(10),
+        "stopping took {:?}",
+        t1.elapsed()
+    );
+    let plan = env.plan(&[]);
+    let status_of = |id: &str| {
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status_of("fast"), "cached");
+    assert_eq!(status_of("slow"), "stale");
+    assert_eq!(status_of("after"), "stale");
+    let runs = read_table(&env.path("out/runs.parquet"));
+    let slow = runs.iter().find(|r| r["stage_id"] == "slow").unwrap();
+    assert_eq!(slow["status"], "failed");
+    assert!(slow["error"].as_str().unwrap().contains("interrupted"));
+    assert_eq!(
+        runs.iter().find(|r| r["stage_id"] == "after").unwrap()["status"],
+        "skipped"
+    );
+}
+
+#[test]
 fn failures_stop_the_run_unless_keep_going() {
     let pipeline = r#"
 pipeline failing { results = "out" threads = 1 }

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 /// Largest file read (a pipeline is a few KB; this only stops accidents).
 const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Deepest chain of `let` values referring to each other, and of nested imports.
+const MAX_LET_DEPTH: usize = 256;
+const MAX_IMPORT_DEPTH: usize = 64;
 /// Most stage instances one pipeline may expand to.
 pub const MAX_STAGES: usize = 100_000;
 
@@ -309,6 +312,15 @@ impl Resolver {
                 )
                 .with_hint("move what both files need into a third file that imports neither"),
             );
+            return;
+        }
+        if self.import_stack.len() >= MAX_IMPORT_DEPTH {
+            let span = from.expect("the main file is at depth 0");
+            self.diags.push(Diagnostic::at(
+                span,
+                format!("imports nested more than {MAX_IMPORT_DEPTH} deep"),
+                "too deep",
+            ));
             return;
         }
         if !self.imported.insert(canonical.clone()) {
@@ -1069,6 +1081,14 @@ impl Resolver {
     fn eval_let(&mut self, i: usize, use_span: Span) -> Result<Raw, Diagnostic> {
         if let Some(v) = self.let_cache.get(&i) {
             return Ok(v.clone());
+        }
+        if self.let_active.len() >= MAX_LET_DEPTH {
+            return Err(Diagnostic::at(
+                use_span,
+                format!("`let` values refer to each other more than {MAX_LET_DEPTH} deep"),
+                "too deep",
+            )
+            .with_hint("write the value directly"));
         }
         if !self.let_active.insert(i) {
             return Err(Diagnostic::at(

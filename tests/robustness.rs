@@ -1,0 +1,174 @@
+//! No input, however malformed, makes loading a pipeline panic or hang: random bytes, random
+//! token soups built from the language's own vocabulary (which get past the parser and exercise
+//! the resolver), very long lines, deep nesting and long `let` chains all end in diagnostics.
+
+use std::time::{Duration, Instant};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+fn load_text(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    let t = Instant::now();
+    let r = edge_eval::dsl::load(&path, &[]);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "loading {name} took {:?}",
+        t.elapsed()
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err((d, map)) => {
+            let text = d.render(&map);
+            assert!(text.contains("error"), "{text}");
+            Err(text)
+        }
+    }
+}
+
+#[test]
+fn random_bytes_and_token_soups_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m.gguf"), b"x").unwrap();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    for i in 0..300 {
+        let len = (rng.next() % 400) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let _ = load_text(dir.path(), &format!("bytes{i}.eep"), &bytes);
+    }
+    let vocab = [
+        "pipeline",
+        "p",
+        "{",
+        "}",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        "=",
+        "model",
+        "task",
+        "let",
+        "for",
+        "in",
+        "import",
+        "\"m.gguf\"",
+        "\"x.eep\"",
+        "path",
+        "quantize",
+        "finetune",
+        "evaluate",
+        "measure",
+        "cold_load",
+        "test_stage",
+        "jsonl",
+        "m",
+        "t",
+        "q",
+        "v",
+        "v[q]",
+        "q4_0",
+        "f16",
+        "12",
+        "0.5",
+        "12 W",
+        "1 usd/kWh",
+        "true",
+        "economics",
+        "hardware",
+        "report",
+        "device",
+        "cpu",
+        "cuda(0)",
+        "seed",
+        "emit",
+        "id",
+        "\"s\"",
+        "#c\n",
+        "\n",
+        "samples",
+        "-3",
+        "1e400",
+        "99999999999999999999",
+    ];
+    let mut accepted = 0;
+    for i in 0..600 {
+        let n = 1 + (rng.next() % 40) as usize;
+        let text: Vec<&str> = (0..n).map(|_| rng.pick(&vocab)).collect();
+        if load_text(
+            dir.path(),
+            &format!("soup{i}.eep"),
+            text.join(" ").as_bytes(),
+        )
+        .is_ok()
+        {
+            accepted += 1;
+        }
+    }
+    // Most soups are invalid; the point is that none panicked.
+    assert!(accepted < 600);
+}
+
+#[test]
+fn huge_lines_deep_nesting_and_long_chains_end_in_diagnostics() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!(
+        "let x = \"{}\"\nlet y = [{}]\nbad bad",
+        "a".repeat(10 << 20),
+        "1,".repeat(200_000)
+    );
+    let err = load_text(dir.path(), "long.eep", long.as_bytes()).unwrap_err();
+    assert!(
+        err.len() < 2000,
+        "the message stays short: {} bytes",
+        err.len()
+    );
+    let deep = format!("let x = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(
+        load_text(dir.path(), "deep.eep", deep.as_bytes())
+            .unwrap_err()
+            .contains("nested more than")
+    );
+    let mut chain = String::from("let a0 = 1\n");
+    for i in 1..5000 {
+        chain.push_str(&format!("let a{i} = a{}\n", i - 1));
+    }
+    chain.push_str("test_stage(emit = \"x\", sleep_ms = a4999)\n");
+    assert!(
+        load_text(dir.path(), "chain.eep", chain.as_bytes())
+            .unwrap_err()
+            .contains("more than 256 deep")
+    );
+    let mut big = String::from("for a in [");
+    big.push_str(
+        &(0..1000)
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    big.push_str("], b in [");
+    big.push_str(
+        &(0..1000)
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    big.push_str("] { test_stage(emit = a) }");
+    assert!(
+        load_text(dir.path(), "big.eep", big.as_bytes())
+            .unwrap_err()
+            .contains("more than 100000 stages")
+    );
+}
