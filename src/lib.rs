@@ -8,6 +8,7 @@ pub mod dsl;
 pub mod exec;
 pub mod hw;
 pub mod plan;
+pub mod runtime;
 pub mod spec;
 pub mod stages;
 pub mod table;

@@ -422,7 +422,7 @@ impl Job {
             kind: self.node.kind().into(),
             stage_id: self.node.id.clone(),
             components: serde_json::to_value(&self.components)?,
-            output_digest: output_digest(&digests, &out.record, &out.rows),
+            output_digest: output_digest(&digests, &out.record),
             files,
             record: out.record,
             rows: out.rows,

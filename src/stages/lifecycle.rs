@@ -1,7 +1,8 @@
-//! The lifecycle stages: `quantize`, `finetune`, `cold_load`, `evaluate`, `measure`.
+//! The lifecycle stages still to be implemented: `finetune`, `cold_load`, `evaluate`, `measure`.
 //!
-//! Their parameters are declared here so that pipelines are checked, planned and cached now; the
-//! model runtime (issue #3), measurement (#4), evaluation (#5) and fine-tuning (#6) fill in `run`.
+//! Their parameters are declared here so that pipelines are checked, planned and cached now;
+//! measurement (#4), evaluation (#5) and fine-tuning (#6) fill in `run` (and each moves to a
+//! module of its own, as `quantize` did).
 //! Until then `run` fails with a clear error and the failure is recorded like any other.
 
 use super::{Role, Stage, StageCtx, StageOutput};
@@ -13,7 +14,7 @@ pub const PRECISIONS: &[&str] = &[
     "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
 ];
 
-fn device_param() -> ParamSpec {
+pub(super) fn device_param() -> ParamSpec {
     ParamSpec::setting(
         "device",
         Ty::Device,
@@ -48,25 +49,6 @@ macro_rules! meta {
             $summary
         }
     };
-}
-
-pub struct Quantize;
-impl Stage for Quantize {
-    meta!(
-        "quantize",
-        Output::Model,
-        "convert a model to a precision (GGUF out)"
-    );
-    fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("model", Ty::Ref(Output::Model), "model to convert"),
-            ParamSpec::required("precision", Ty::Enum(PRECISIONS), "target precision"),
-            device_param(),
-        ]
-    }
-    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
-        not_yet(self.kind(), 3)
-    }
 }
 
 pub struct Finetune;

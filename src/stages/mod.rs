@@ -8,6 +8,7 @@
 //! ([`Stage::plan_time`]); `pip` downloads, so it runs and is cached like any stage.
 
 mod lifecycle;
+mod quantize;
 pub use lifecycle::PRECISIONS;
 mod sources;
 mod test_stage;
@@ -61,7 +62,10 @@ pub type Row = serde_json::Map<String, serde_json::Value>;
 #[derive(Debug, Default)]
 pub struct StageOutput {
     pub files: Vec<(String, PathBuf)>,
+    /// What downstream stages consume besides the files (part of the output digest): must be
+    /// deterministic for stages whose outputs are deterministic.
     pub record: serde_json::Value,
+    /// Rows for this kind's table (timings, measurements); not part of the output digest.
     pub rows: Vec<Row>,
 }
 
@@ -158,7 +162,7 @@ static REGISTRY: &[&dyn Stage] = &[
     &sources::PipSource,
     &sources::SyntheticSource,
     &sources::JsonlTask,
-    &lifecycle::Quantize,
+    &quantize::Quantize,
     &lifecycle::Finetune,
     &lifecycle::ColdLoad,
     &lifecycle::Evaluate,
@@ -213,14 +217,15 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// The output digest of a node: blake3 over its files' content digests (by name), its record and
-/// its table rows. Identical bytes give identical digests, which is what makes early cutoff work.
+/// The output digest of a node: blake3 over its files' content digests (by name) and its record.
+/// Identical bytes give identical digests, which is what makes early cutoff work. Table rows are
+/// not part of it (they hold timings and measurements that differ on every run); whatever a
+/// downstream stage consumes must be in the files or the record.
 pub fn output_digest(
     file_digests: &BTreeMap<String, String>,
     record: &serde_json::Value,
-    rows: &[Row],
 ) -> String {
-    let canonical = serde_json::json!({ "files": file_digests, "record": record, "rows": rows });
+    let canonical = serde_json::json!({ "files": file_digests, "record": record });
     blake3::hash(canonical.to_string().as_bytes())
         .to_hex()
         .to_string()

@@ -23,7 +23,7 @@ fn local_artifact(
         digests.insert(name.clone(), ctx.digest_path(path)?);
     }
     Ok(Artifact {
-        digest: output_digest(&digests, &record, &[]),
+        digest: output_digest(&digests, &record),
         files,
         record,
     })
@@ -368,7 +368,7 @@ impl Stage for SyntheticSource {
             "seed": params.get("seed").and_then(Value::as_i64),
         });
         Some(Ok(Artifact {
-            digest: output_digest(&BTreeMap::new(), &record, &[]),
+            digest: output_digest(&BTreeMap::new(), &record),
             files: BTreeMap::new(),
             record,
         }))

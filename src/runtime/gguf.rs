@@ -1,0 +1,384 @@
+//! GGUF files: reading with errors that name the file, and requantization (dequantize every
+//! tensor to f32, quantize to the target type) that keeps all metadata — architecture keys,
+//! tokenizer vocabulary, merges, special ids, chat template — so llama.cpp can load the output.
+//!
+//! Output is deterministic: metadata is written in key order and tensors in their source order,
+//! so the same input and type give byte-identical files (the cache's early cutoff relies on it).
+
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::{Device, Tensor};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+
+/// Precision names of the language → GGML types.
+pub fn dtype_of(precision: &str) -> Option<GgmlDType> {
+    Some(match precision {
+        "f32" => GgmlDType::F32,
+        "f16" => GgmlDType::F16,
+        "bf16" => GgmlDType::BF16,
+        "q8_0" => GgmlDType::Q8_0,
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q5_0" => GgmlDType::Q5_0,
+        "q5_1" => GgmlDType::Q5_1,
+        "q4_k" => GgmlDType::Q4K,
+        "q5_k" => GgmlDType::Q5K,
+        "q6_k" => GgmlDType::Q6K,
+        _ => return None,
+    })
+}
+
+pub fn type_name(t: GgmlDType) -> &'static str {
+    match t {
+        GgmlDType::F32 => "f32",
+        GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
+        GgmlDType::Q4_0 => "q4_0",
+        GgmlDType::Q4_1 => "q4_1",
+        GgmlDType::Q5_0 => "q5_0",
+        GgmlDType::Q5_1 => "q5_1",
+        GgmlDType::Q8_0 => "q8_0",
+        GgmlDType::Q8_1 => "q8_1",
+        GgmlDType::Q2K => "q2_k",
+        GgmlDType::Q3K => "q3_k",
+        GgmlDType::Q4K => "q4_k",
+        GgmlDType::Q5K => "q5_k",
+        GgmlDType::Q6K => "q6_k",
+        GgmlDType::Q8K => "q8_k",
+    }
+}
+
+/// llama.cpp's `general.file_type` (enum llama_ftype) for a file mostly of type `t`.
+fn llama_ftype(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 => 7,
+        GgmlDType::Q5_0 => 8,
+        GgmlDType::Q5_1 => 9,
+        GgmlDType::Q4K => 15, // Q4_K_M
+        GgmlDType::Q5K => 17, // Q5_K_M
+        GgmlDType::Q6K => 18,
+        GgmlDType::BF16 => 32,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 12,
+        GgmlDType::Q8_1 | GgmlDType::Q8K => 7,
+    }
+}
+
+/// A parsed GGUF header and its open file.
+pub struct Gguf {
+    pub content: gguf_file::Content,
+    reader: BufReader<File>,
+    path: std::path::PathBuf,
+}
+
+impl Gguf {
+    pub fn open(path: &Path) -> Result<Gguf> {
+        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = BufReader::new(file);
+        let content = gguf_file::Content::read(&mut reader)
+            .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
+        Ok(Gguf {
+            content,
+            reader,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Tensor names in file order.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<(&String, u64)> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(n, i)| (n, i.offset))
+            .collect();
+        names.sort_by_key(|(n, off)| (*off, n.to_string()));
+        names.into_iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", self.path.display()))
+    }
+
+    pub fn metadata_str(&self, key: &str) -> Option<&str> {
+        self.content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_string().ok())
+            .map(String::as_str)
+    }
+}
+
+/// What a requantization did.
+#[derive(Debug, Clone)]
+pub struct Requantized {
+    pub target: GgmlDType,
+    /// Parameters (elements over all tensors).
+    pub params: u64,
+    /// Bytes of tensor data in and out.
+    pub input_tensor_bytes: u64,
+    pub output_tensor_bytes: u64,
+    /// Most common tensor type of the source (by elements), e.g. "q4_1".
+    pub source_type: &'static str,
+    /// Tensors not written in the target type, and why (shape not divisible by the block).
+    pub fallbacks: Vec<String>,
+}
+
+/// Type for one tensor: 1-D tensors (norms, biases) stay f32 as llama.cpp keeps them; a matrix
+/// whose rows do not split into the target's blocks falls back to q8_0, then f16.
+fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>) {
+    if dims.len() < 2 {
+        return (GgmlDType::F32, None);
+    }
+    let row = *dims.last().expect("≥ 2 dims");
+    for t in [target, GgmlDType::Q8_0, GgmlDType::F16] {
+        if row % t.block_size() == 0 {
+            let why = (t != target).then(|| {
+                format!(
+                    "rows of {row} are not a multiple of {}'s block of {}",
+                    type_name(target),
+                    target.block_size()
+                )
+            });
+            return (t, why);
+        }
+    }
+    (
+        GgmlDType::F32,
+        Some(format!("rows of {row} fit no block size")),
+    )
+}
+
+/// Rewrites `src` as a GGUF of `target` precision at `dst`. `progress(done, total)` is called
+/// per tensor; `cancelled()` is polled between tensors.
+pub fn requantize(
+    src: &Path,
+    dst: &Path,
+    target: GgmlDType,
+    progress: &dyn Fn(u64, u64),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Requantized> {
+    let mut g = Gguf::open(src)?;
+    let names = g.tensor_names();
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    let mut report = Requantized {
+        target,
+        params: 0,
+        input_tensor_bytes: 0,
+        output_tensor_bytes: 0,
+        source_type: "f32",
+        fallbacks: vec![],
+    };
+    let mut by_type: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    for (i, name) in names.iter().enumerate() {
+        if cancelled() {
+            bail!("interrupted");
+        }
+        let q = g.tensor(name)?;
+        let dims = q.shape().dims().to_vec();
+        let elems: u64 = dims.iter().product::<usize>() as u64;
+        report.params += elems;
+        report.input_tensor_bytes += q.storage_size_in_bytes() as u64;
+        *by_type.entry(type_name(q.dtype())).or_default() += elems;
+        let (t, why) = tensor_type(&dims, target);
+        if let Some(why) = why {
+            report
+                .fallbacks
+                .push(format!("{name} → {}: {why}", type_name(t)));
+        }
+        let out = if q.dtype() == t {
+            q
+        } else {
+            let f: Tensor = q
+                .dequantize(&Device::Cpu)
+                .with_context(|| format!("{}: cannot dequantize `{name}`", src.display()))?;
+            QTensor::quantize(&f, t)
+                .with_context(|| format!("cannot quantize `{name}` to {}", type_name(t)))?
+        };
+        report.output_tensor_bytes += out.storage_size_in_bytes() as u64;
+        tensors.push((name.clone(), out));
+        progress(i as u64 + 1, names.len() as u64);
+    }
+    report.source_type = by_type
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(t, _)| *t)
+        .unwrap_or("f32");
+
+    // Metadata: everything from the source (tokenizer, template, architecture) in key order,
+    // with the file type updated and the alignment the writer actually uses.
+    let mut meta: Vec<(String, gguf_file::Value)> = g
+        .content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.alignment" && k.as_str() != "general.file_type")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.push((
+        "general.file_type".into(),
+        gguf_file::Value::U32(llama_ftype(target)),
+    ));
+    meta.push(("general.alignment".into(), gguf_file::Value::U32(32)));
+    meta.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta_refs: Vec<(&str, &gguf_file::Value)> =
+        meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let file = File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    let mut w = BufWriter::new(file);
+    gguf_file::write(&mut w, &meta_refs, &tensor_refs)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
+    w.flush()?;
+    Ok(report)
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// Writes a small llama-shaped GGUF of random f32 weights; returns the weights by name.
+    pub fn tiny_gguf(path: &Path, seed: u64) -> Vec<(String, Vec<f32>)> {
+        let mut x = seed | 1;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        };
+        let shapes: &[(&str, &[usize])] = &[
+            ("token_embd.weight", &[64, 256]),
+            ("blk.0.attn_norm.weight", &[256]),
+            ("blk.0.attn_q.weight", &[256, 256]),
+            ("blk.0.ffn_down.weight", &[256, 96]),
+            ("output_norm.weight", &[256]),
+        ];
+        let mut tensors = vec![];
+        let mut values = vec![];
+        for (name, dims) in shapes {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rand() * 0.1).collect();
+            let t = Tensor::from_vec(v.clone(), *dims, &Device::Cpu).unwrap();
+            tensors.push((
+                name.to_string(),
+                QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+            ));
+            values.push((name.to_string(), v));
+        }
+        let arch = gguf_file::Value::String("llama".into());
+        let vocab = gguf_file::Value::Array(vec![
+            gguf_file::Value::String("a".into()),
+            gguf_file::Value::String("b".into()),
+        ]);
+        let meta = [
+            ("general.architecture", &arch),
+            ("tokenizer.ggml.tokens", &vocab),
+        ];
+        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut f = File::create(path).unwrap();
+        gguf_file::write(&mut f, &meta, &refs).unwrap();
+        values
+    }
+
+    fn rel_rms(a: &[f32], b: &[f32]) -> f64 {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
+        (num / den).sqrt()
+    }
+
+    #[test]
+    fn every_type_round_trips_within_its_error_bound_and_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.gguf");
+        let original = tiny_gguf(&src, 7);
+        // relative RMS error bounds per type (4-bit ≈ 1/16 step, 8-bit ≈ 1/256)
+        let cases = [
+            ("f32", 1e-7),
+            ("f16", 1e-3),
+            ("bf16", 8e-3),
+            ("q8_0", 1e-2),
+            ("q5_0", 6e-2),
+            ("q4_0", 0.12),
+            ("q4_1", 0.12),
+            ("q4_k", 0.12),
+            ("q6_k", 3e-2),
+        ];
+        for (name, bound) in cases {
+            let t = dtype_of(name).unwrap();
+            let out = dir.path().join(format!("{name}.gguf"));
+            let r = requantize(&src, &out, t, &|_, _| {}, &|| false).unwrap();
+            assert_eq!(
+                r.params,
+                original.iter().map(|(_, v)| v.len() as u64).sum::<u64>()
+            );
+            let mut g = Gguf::open(&out).unwrap();
+            assert_eq!(g.metadata_str("general.architecture"), Some("llama"));
+            assert!(g.content.metadata.contains_key("tokenizer.ggml.tokens"));
+            for (tname, values) in &original {
+                let q = g.tensor(tname).unwrap();
+                let back: Vec<f32> = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let err = rel_rms(values, &back);
+                let is_matrix = q.shape().dims().len() == 2;
+                let expected = match (is_matrix, tname.as_str()) {
+                    (false, _) => 1e-7, // norms stay f32
+                    // rows of 96 cannot hold K-quant blocks of 256: q8_0 fallback
+                    (true, "blk.0.ffn_down.weight") if name.ends_with("_k") => 1e-2,
+                    (true, _) => bound,
+                };
+                assert!(
+                    err <= expected,
+                    "{name}/{tname}: relative error {err} > {expected}"
+                );
+            }
+            if name == "q4_k" {
+                assert_eq!(r.fallbacks.len(), 1, "{:?}", r.fallbacks);
+            }
+            // same input, same type → same bytes
+            let again = dir.path().join(format!("{name}.again.gguf"));
+            requantize(&src, &again, t, &|_, _| {}, &|| false).unwrap();
+            assert_eq!(
+                std::fs::read(&out).unwrap(),
+                std::fs::read(&again).unwrap(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_files_give_errors_that_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.gguf");
+        tiny_gguf(&src, 3);
+        let bytes = std::fs::read(&src).unwrap();
+        let cut = dir.path().join("cut.gguf");
+        std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+        let err = requantize(
+            &cut,
+            &dir.path().join("o.gguf"),
+            GgmlDType::Q8_0,
+            &|_, _| {},
+            &|| false,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("cut.gguf"), "{err:#}");
+        let junk = dir.path().join("junk.gguf");
+        std::fs::write(&junk, b"not a gguf at all").unwrap();
+        let err = Gguf::open(&junk).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("junk.gguf is not a readable GGUF"),
+            "{err:#}"
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! `quantize(model, precision)`: a model → a GGUF file of that precision, with the source's
+//! metadata (architecture, tokenizer, chat template) carried over so llama.cpp can load it.
+//!
+//! From a GGUF source this is dequantize → requantize, which is lossy when the source is itself
+//! quantized; the row and the record say so in `requantized_from`. The output is byte-identical
+//! for the same input and precision, so an unchanged upstream leaves everything below cached.
+
+use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use crate::runtime::gguf::{self, dtype_of, type_name};
+use crate::spec::{Output, ParamSpec, Ty};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::time::Instant;
+
+pub struct Quantize;
+
+fn is_quantized(t: &str) -> bool {
+    !matches!(t, "f32" | "f16" | "bf16")
+}
+
+impl Stage for Quantize {
+    fn kind(&self) -> &'static str {
+        "quantize"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn role(&self) -> Role {
+        Role::Stage
+    }
+    fn output(&self) -> Output {
+        Output::Model
+    }
+    fn summary(&self) -> &'static str {
+        "convert a model to a precision (GGUF out, metadata kept)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "model to convert"),
+            ParamSpec::required("precision", Ty::Enum(super::PRECISIONS), "target precision"),
+            super::lifecycle::device_param(),
+        ]
+    }
+    fn table(&self) -> Vec<Column> {
+        let c = |name, ty, doc| Column { name, ty, doc };
+        vec![
+            c("precision", ColType::Str, "target precision"),
+            c(
+                "source_type",
+                ColType::Str,
+                "most common tensor type of the input",
+            ),
+            c(
+                "requantized_from",
+                ColType::Str,
+                "quantized input type when this was dequantize → requantize (lossy), else null",
+            ),
+            c("params", ColType::Int, "parameters (tensor elements)"),
+            c("input_bytes", ColType::Int, "input file size"),
+            c("output_bytes", ColType::Int, "output file size"),
+            c(
+                "bits_per_weight",
+                ColType::Float,
+                "output tensor bits per parameter",
+            ),
+            c(
+                "fallback_tensors",
+                ColType::Int,
+                "matrices stored in another type (rows not a multiple of the block)",
+            ),
+            c("seconds", ColType::Float, "wall time of the conversion"),
+            c(
+                "energy_j",
+                ColType::Float,
+                "energy of the conversion (null until a meter exists)",
+            ),
+            c("energy_source", ColType::Str, "how energy_j was obtained"),
+            c("energy_null_reason", ColType::Str, "why energy_j is null"),
+        ]
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        let precision = ctx.param("precision").as_str().unwrap_or_default();
+        let target =
+            dtype_of(precision).with_context(|| format!("unknown precision `{precision}`"))?;
+        let model = ctx.artifacts("model");
+        let Some(model) = model.first() else {
+            bail!("quantize received no model (engine bug)")
+        };
+        if model.record.get("synthetic").and_then(|s| s.as_bool()) == Some(true) {
+            bail!(
+                "synthetic models have no weights file to quantize yet (the runtime generates them; issue #3)"
+            );
+        }
+        let Some(src) = model.files.get("model.gguf") else {
+            bail!(
+                "quantize reads GGUF models; this model is a {} folder, which the runtime does not read yet (issue #3)",
+                model
+                    .record
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .unwrap_or("non-GGUF")
+            );
+        };
+        let dst = ctx.work_dir.join("model.gguf");
+        let t0 = Instant::now();
+        let progress = |done: u64, total: u64| {
+            ctx.progress.set_length(total);
+            ctx.progress.set_position(done);
+        };
+        let cancelled = || ctx.cancel.load(std::sync::atomic::Ordering::Relaxed);
+        let r = gguf::requantize(src, &dst, target, &progress, &cancelled)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let requantized_from = is_quantized(r.source_type).then_some(r.source_type);
+        let mut row = Row::new();
+        row.insert("precision".into(), json!(precision));
+        row.insert("source_type".into(), json!(r.source_type));
+        row.insert("requantized_from".into(), json!(requantized_from));
+        row.insert("params".into(), json!(r.params));
+        row.insert("input_bytes".into(), json!(size(src)));
+        row.insert("output_bytes".into(), json!(size(&dst)));
+        row.insert(
+            "bits_per_weight".into(),
+            json!(r.output_tensor_bytes as f64 * 8.0 / r.params.max(1) as f64),
+        );
+        row.insert("fallback_tensors".into(), json!(r.fallbacks.len()));
+        row.insert("seconds".into(), json!(seconds));
+        row.insert("energy_j".into(), serde_json::Value::Null);
+        row.insert("energy_source".into(), json!("none"));
+        row.insert(
+            "energy_null_reason".into(),
+            json!("no energy meter in this build yet (measurement arrives with issue #4)"),
+        );
+        Ok(StageOutput {
+            files: vec![("model.gguf".into(), dst)],
+            record: json!({
+                "format": "gguf",
+                "precision": precision,
+                "type": type_name(target),
+                "requantized_from": requantized_from,
+                "synthetic": false,
+            }),
+            rows: vec![row],
+        })
+    }
+}
