@@ -140,7 +140,7 @@ fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>)
     }
     let row = *dims.last().expect("≥ 2 dims");
     for t in [target, GgmlDType::Q8_0, GgmlDType::F16] {
-        if row % t.block_size() == 0 {
+        if row.is_multiple_of(t.block_size()) {
             let why = (t != target).then(|| {
                 format!(
                     "rows of {row} are not a multiple of {}'s block of {}",
