@@ -1,4 +1,7 @@
-//! The model runtime: reading and writing model files (GGUF today), and — as issue #3 continues —
-//! tokenizers, the forward pass and generation. It knows models, not the cache.
+//! The model runtime: GGUF files (reading, requantizing), tokenizers, the llama forward pass and
+//! generation. It knows models, not the cache.
 
+pub mod generate;
 pub mod gguf;
+pub mod llama;
+pub mod tokenizer;

