@@ -259,3 +259,52 @@ impl Drop for TempDir {
         crate::cache::remove_tree(&self.0);
     }
 }
+
+/// `edge-eval bench-model FILE.gguf`: prompt processing (one forward pass over `prompt` tokens)
+/// and generation (`tokens` greedy decode steps from a one-token context, end tokens ignored), as
+/// llama-bench's pp/tg tests measure them. Median of `repeats` runs after one warm-up.
+pub fn model(path: &Path, prompt: usize, tokens: usize, repeats: usize) -> Result<i32> {
+    use crate::runtime::gguf::Gguf;
+    use crate::runtime::llama::{KvCache, Llama, argmax};
+    use candle_core::{Device, Tensor};
+    let t = Instant::now();
+    let mut g = Gguf::open(path)?;
+    let model = Llama::load(&mut g)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let vocab = model.cfg.vocab as u32;
+    // A deterministic prompt of ordinary tokens.
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| 1000 + (i * 7919) % (vocab - 2000)).collect();
+    let run_pp = || -> Result<Duration> {
+        let mut cache = KvCache::new(model.cfg.n_layer);
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let t = Instant::now();
+        model.forward_last(&input, &mut cache)?;
+        Ok(t.elapsed())
+    };
+    let run_tg = || -> Result<Duration> {
+        let mut cache = KvCache::new(model.cfg.n_layer);
+        let mut next = ids[0];
+        let t = Instant::now();
+        for _ in 0..tokens {
+            let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
+            let logits = model.forward_last(&input, &mut cache)?.squeeze(0)?;
+            next = argmax(&logits)?;
+        }
+        Ok(t.elapsed())
+    };
+    run_pp()?;
+    run_tg()?;
+    let median = |mut xs: Vec<Duration>| {
+        xs.sort();
+        xs[xs.len() / 2]
+    };
+    let pp: Vec<Duration> = (0..repeats.max(1)).map(|_| run_pp()).collect::<Result<_>>()?;
+    let tg: Vec<Duration> = (0..repeats.max(1)).map(|_| run_tg()).collect::<Result<_>>()?;
+    let (pp, tg) = (median(pp), median(tg));
+    println!("model {} ({} layers, hidden {}, vocab {})", path.display(), model.cfg.n_layer, model.cfg.hidden, model.cfg.vocab);
+    println!("  load {load_s:.2} s, weights resident {:.1} MiB", model.weight_bytes as f64 / 1048576.0);
+    println!("  threads {}", available_threads());
+    println!("  pp{prompt}: {:>8.1} tok/s   (median of {repeats})", prompt as f64 / pp.as_secs_f64());
+    println!("  tg{tokens}: {:>8.1} tok/s   (median of {repeats})", tokens as f64 / tg.as_secs_f64());
+    Ok(0)
+}

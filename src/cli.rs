@@ -81,6 +81,18 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheAction,
     },
+    /// Runtime benchmark of a GGUF model: prompt and generation tokens/s (as llama-bench pp/tg)
+    BenchModel {
+        /// GGUF file
+        model: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        prompt: usize,
+        /// Tokens generated
+        #[arg(long = "gen", default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
     /// Engine benchmark: plan and no-op run of a 72-variant × 5-stage pipeline; file hashing speed
     Bench {
         /// Size of the file hashed, in MiB
@@ -107,7 +119,16 @@ pub enum CacheAction {
 
 /// `edge-eval FILE ...` → `edge-eval run FILE ...`.
 pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
-    const COMMANDS: &[&str] = &["run", "check", "plan", "explain", "cache", "bench", "help"];
+    const COMMANDS: &[&str] = &[
+        "run",
+        "check",
+        "plan",
+        "explain",
+        "cache",
+        "bench",
+        "bench-model",
+        "help",
+    ];
     let mut i = 1;
     while i < args.len() {
         let a = args[i].as_str();
@@ -219,6 +240,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             )
         }
         Command::Cache { action } => cache_cmd(&cli.cache, action),
+        Command::BenchModel {
+            model,
+            prompt,
+            tokens,
+            repeats,
+        } => crate::bench::model(&model, prompt, tokens, repeats),
         Command::Bench {
             hash_mib,
             repeats,
