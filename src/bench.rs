@@ -273,7 +273,9 @@ pub fn model(path: &Path, prompt: usize, tokens: usize, repeats: usize) -> Resul
     let load_s = t.elapsed().as_secs_f64();
     let vocab = model.cfg.vocab as u32;
     // A deterministic prompt of ordinary tokens.
-    let ids: Vec<u32> = (0..prompt as u32).map(|i| 1000 + (i * 7919) % (vocab - 2000)).collect();
+    let ids: Vec<u32> = (0..prompt as u32)
+        .map(|i| 1000 + (i * 7919) % (vocab - 2000))
+        .collect();
     let run_pp = || -> Result<Duration> {
         let mut cache = KvCache::new(model.cfg.n_layer);
         let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
@@ -298,13 +300,32 @@ pub fn model(path: &Path, prompt: usize, tokens: usize, repeats: usize) -> Resul
         xs.sort();
         xs[xs.len() / 2]
     };
-    let pp: Vec<Duration> = (0..repeats.max(1)).map(|_| run_pp()).collect::<Result<_>>()?;
-    let tg: Vec<Duration> = (0..repeats.max(1)).map(|_| run_tg()).collect::<Result<_>>()?;
+    let pp: Vec<Duration> = (0..repeats.max(1))
+        .map(|_| run_pp())
+        .collect::<Result<_>>()?;
+    let tg: Vec<Duration> = (0..repeats.max(1))
+        .map(|_| run_tg())
+        .collect::<Result<_>>()?;
     let (pp, tg) = (median(pp), median(tg));
-    println!("model {} ({} layers, hidden {}, vocab {})", path.display(), model.cfg.n_layer, model.cfg.hidden, model.cfg.vocab);
-    println!("  load {load_s:.2} s, weights resident {:.1} MiB", model.weight_bytes as f64 / 1048576.0);
+    println!(
+        "model {} ({} layers, hidden {}, vocab {})",
+        path.display(),
+        model.cfg.n_layer,
+        model.cfg.hidden,
+        model.cfg.vocab
+    );
+    println!(
+        "  load {load_s:.2} s, weights resident {:.1} MiB",
+        model.weight_bytes as f64 / 1048576.0
+    );
     println!("  threads {}", available_threads());
-    println!("  pp{prompt}: {:>8.1} tok/s   (median of {repeats})", prompt as f64 / pp.as_secs_f64());
-    println!("  tg{tokens}: {:>8.1} tok/s   (median of {repeats})", tokens as f64 / tg.as_secs_f64());
+    println!(
+        "  pp{prompt}: {:>8.1} tok/s   (median of {repeats})",
+        prompt as f64 / pp.as_secs_f64()
+    );
+    println!(
+        "  tg{tokens}: {:>8.1} tok/s   (median of {repeats})",
+        tokens as f64 / tg.as_secs_f64()
+    );
     Ok(0)
 }

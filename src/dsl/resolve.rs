@@ -831,20 +831,17 @@ impl Resolver {
             }
         }
         // Ids: a named result is `name[its index]`; an unnamed call is `kind[loop values]`.
-        let labels: Vec<String> = match target {
-            Some(t) if base == stage.kind() => {
+        let target_key = match target {
+            Some(t) => match self.index_labels(&t.index, env) {
+                Some(key) => Some(key),
+                None => return,
+            },
+            None => None,
+        };
+        let labels: Vec<String> = match (target, &target_key) {
+            (Some(t), Some(key)) if base == stage.kind() => {
                 base = t.name.name.clone();
-                let mut labels = vec![];
-                for e in &t.index {
-                    match self.eval(e, env) {
-                        Ok(r) => labels.push(self.label(&r)),
-                        Err(d) => {
-                            self.diags.push(d);
-                            return;
-                        }
-                    }
-                }
-                labels
+                key.clone()
             }
             _ => env.iter().map(|(_, v, _)| self.label(v)).collect(),
         };
@@ -870,8 +867,8 @@ impl Resolver {
             return;
         }
         self.ids.insert(id.clone(), call.span);
-        if let Some(t) = target
-            && !self.register_target(t, idx, env)
+        if let (Some(t), Some(key)) = (target, target_key)
+            && !self.register_target(t, key, idx)
         {
             return;
         }
@@ -890,7 +887,22 @@ impl Resolver {
         });
     }
 
-    fn register_target(&mut self, t: &Target, idx: NodeIdx, env: &[(String, Raw, Span)]) -> bool {
+    /// Labels of index expressions (`v[t, q]` → `["qa", "f16"]`); a diagnostic on error.
+    fn index_labels(&mut self, index: &[Expr], env: &[(String, Raw, Span)]) -> Option<Vec<String>> {
+        let mut labels = vec![];
+        for e in index {
+            match self.eval(e, env) {
+                Ok(r) => labels.push(self.label(&r)),
+                Err(d) => {
+                    self.diags.push(d);
+                    return None;
+                }
+            }
+        }
+        Some(labels)
+    }
+
+    fn register_target(&mut self, t: &Target, key: Vec<String>, idx: NodeIdx) -> bool {
         if let Some((_, span)) = self.globals.get(&t.name.name) {
             self.diags.push(
                 Diagnostic::at(
@@ -902,16 +914,6 @@ impl Resolver {
                 .with_hint("give the stage result another name"),
             );
             return false;
-        }
-        let mut key = vec![];
-        for e in &t.index {
-            match self.eval(e, env) {
-                Ok(r) => key.push(self.label(&r)),
-                Err(d) => {
-                    self.diags.push(d);
-                    return false;
-                }
-            }
         }
         let table = self
             .targets

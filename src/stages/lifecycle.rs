@@ -31,30 +31,12 @@ fn not_yet(kind: &str, issue: u32) -> Result<StageOutput> {
     )
 }
 
-macro_rules! meta {
-    ($kind:literal, $out:expr, $summary:literal) => {
-        fn kind(&self) -> &'static str {
-            $kind
-        }
-        fn version(&self) -> u32 {
-            1
-        }
-        fn role(&self) -> Role {
-            Role::Stage
-        }
-        fn output(&self) -> Output {
-            $out
-        }
-        fn summary(&self) -> &'static str {
-            $summary
-        }
-    };
-}
-
 pub struct Finetune;
 impl Stage for Finetune {
-    meta!(
+    stage_meta!(
         "finetune",
+        1,
+        Role::Stage,
         Output::Model,
         "LoRA / QLoRA fine-tuning on a task's train split"
     );
@@ -150,8 +132,10 @@ impl Stage for Finetune {
 
 pub struct ColdLoad;
 impl Stage for ColdLoad {
-    meta!(
+    stage_meta!(
         "cold_load",
+        1,
+        Role::Stage,
         Output::Record,
         "time and energy from nothing in memory to the first token"
     );
@@ -185,7 +169,13 @@ impl Stage for ColdLoad {
 
 pub struct Evaluate;
 impl Stage for Evaluate {
-    meta!("evaluate", Output::Record, "score a model on a task");
+    stage_meta!(
+        "evaluate",
+        1,
+        Role::Stage,
+        Output::Record,
+        "score a model on a task"
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "model to evaluate"),
@@ -217,8 +207,10 @@ impl Stage for Evaluate {
 
 pub struct Measure;
 impl Stage for Measure {
-    meta!(
+    stage_meta!(
         "measure",
+        1,
+        Role::Stage,
         Output::Record,
         "throughput, latency, energy and memory of serving a task"
     );

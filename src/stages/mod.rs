@@ -7,6 +7,27 @@
 //! the ones that only point at local files compute their digest at plan time
 //! ([`Stage::plan_time`]); `pip` downloads, so it runs and is cached like any stage.
 
+/// The identity part of a [`Stage`] impl: kind, version, role, output and summary.
+macro_rules! stage_meta {
+    ($kind:literal, $version:literal, $role:expr, $out:expr, $summary:literal) => {
+        fn kind(&self) -> &'static str {
+            $kind
+        }
+        fn version(&self) -> u32 {
+            $version
+        }
+        fn role(&self) -> Role {
+            $role
+        }
+        fn output(&self) -> Output {
+            $out
+        }
+        fn summary(&self) -> &'static str {
+            $summary
+        }
+    };
+}
+
 mod lifecycle;
 mod quantize;
 pub use lifecycle::PRECISIONS;

@@ -19,21 +19,13 @@ fn is_quantized(t: &str) -> bool {
 }
 
 impl Stage for Quantize {
-    fn kind(&self) -> &'static str {
-        "quantize"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Stage
-    }
-    fn output(&self) -> Output {
-        Output::Model
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "quantize",
+        1,
+        Role::Stage,
+        Output::Model,
         "convert a model to a precision (GGUF out, metadata kept)"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "model to convert"),

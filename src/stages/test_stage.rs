@@ -14,21 +14,13 @@ use std::time::{Duration, Instant};
 pub struct TestStage;
 
 impl Stage for TestStage {
-    fn kind(&self) -> &'static str {
-        "test_stage"
-    }
-    fn version(&self) -> u32 {
-        1
-    }
-    fn role(&self) -> Role {
-        Role::Stage
-    }
-    fn output(&self) -> Output {
-        Output::Model
-    }
-    fn summary(&self) -> &'static str {
+    stage_meta!(
+        "test_stage",
+        1,
+        Role::Stage,
+        Output::Model,
         "engine test stage: concatenates `emit` and its inputs' bytes"
-    }
+    );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::optional(
