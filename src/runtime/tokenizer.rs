@@ -7,12 +7,19 @@
 
 use super::gguf::Gguf;
 use anyhow::{Context, Result, bail};
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, Tokenizer};
+
+/// Llama 3's splitting expression (numbers in groups of up to three digits).
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's: the same with single digits.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// A chat message.
 #[derive(Debug, Clone)]
@@ -84,11 +91,15 @@ impl ChatFormat {
 }
 
 pub struct Tok {
+    /// Recognises special tokens written in the text (for chat prompts).
     inner: Tokenizer,
+    /// The same without special-token matching.
+    plain: Tokenizer,
     pub bos: Option<u32>,
     /// Tokens that end generation (eos, and end-of-turn tokens of the chat format).
     pub stop_ids: Vec<u32>,
-    pub chat: Option<ChatFormat>,
+    /// The chat format, or why there is none (no template, or one not recognised).
+    pub chat: std::result::Result<ChatFormat, String>,
     pub add_bos: bool,
 }
 
@@ -137,28 +148,52 @@ impl Tok {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
+        // Llama 3 takes a whole pre-token from the vocabulary when it is there, before merging
+        // (llama.cpp's `ignore_merges`, HF's `"ignore_merges": true`).
+        let ignore_merges = matches!(pre, "llama-bpe" | "llama3");
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(ignore_merges)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the BPE tokenizer: {e}"))?;
         let mut inner = Tokenizer::new(bpe);
         let byte_level = ByteLevel::new(false, true, true);
+        // The splitting expressions of llama.cpp's `tokenizer.ggml.pre` types.
+        let split = |re: &str| -> Result<Sequence> {
+            let split = Split::new(
+                SplitPattern::Regex(re.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow::anyhow!("pre-tokenizer expression: {e}"))?;
+            Ok(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ]))
+        };
         match pre {
-            // llama.cpp: digits one by one, then the GPT-2 expression.
+            // Digits one by one, then the GPT-2 expression.
             "smollm" | "starcoder" | "refact" => {
                 inner.with_pre_tokenizer(Some(Sequence::new(vec![
                     Digits::new(true).into(),
                     byte_level.into(),
                 ])));
             }
-            "gpt2" | "default" => {
+            "gpt2" | "gpt-2" | "default" => {
                 inner.with_pre_tokenizer(Some(byte_level));
             }
+            "llama-bpe" | "llama3" => {
+                inner.with_pre_tokenizer(Some(split(LLAMA3_SPLIT)?));
+            }
+            "qwen2" => {
+                inner.with_pre_tokenizer(Some(split(QWEN2_SPLIT)?));
+            }
             other => bail!(
-                "pre-tokenizer `{other}` is not supported yet (supported: smollm, starcoder, refact, gpt2)"
+                "pre-tokenizer `{other}` is not supported yet (supported: smollm, starcoder, refact, gpt-2, llama-bpe, qwen2)"
             ),
         }
         inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let plain = inner.clone();
         // Control (3) and user-defined (4) tokens are matched whole, never split.
         let special: Vec<AddedToken> = tokens
             .iter()
@@ -179,11 +214,12 @@ impl Tok {
         stop_ids.sort();
         stop_ids.dedup();
         let chat = match g.metadata_str("tokenizer.chat_template") {
-            Some(t) => Some(ChatFormat::from_template(t)?),
-            None => None,
+            Some(t) => ChatFormat::from_template(t).map_err(|e| e.to_string()),
+            None => Err("the model has no chat template".to_string()),
         };
         Ok(Tok {
             inner,
+            plain,
             bos: id("tokenizer.ggml.bos_token_id"),
             stop_ids,
             chat,
@@ -209,6 +245,16 @@ impl Tok {
         Ok(ids)
     }
 
+    /// Token ids of plain `text`: no BOS, special-token names in the text are ordinary text
+    /// (llama.cpp's `tokenize(text, add_special = false, parse_special = false)`).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .plain
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)
@@ -217,11 +263,10 @@ impl Tok {
 
     /// A chat prompt rendered with the model's template.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
-        let chat = self
-            .chat
-            .as_ref()
-            .context("this model has no chat template")?;
-        Ok(chat.render(messages))
+        match &self.chat {
+            Ok(chat) => Ok(chat.render(messages)),
+            Err(why) => bail!("cannot build a chat prompt: {why}"),
+        }
     }
 }
 
