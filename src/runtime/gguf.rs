@@ -51,7 +51,7 @@ pub fn type_name(t: GgmlDType) -> &'static str {
 }
 
 /// llama.cpp's `general.file_type` (enum llama_ftype) for a file mostly of type `t`.
-fn llama_ftype(t: GgmlDType) -> u32 {
+pub(crate) fn llama_ftype(t: GgmlDType) -> u32 {
     match t {
         GgmlDType::F32 => 0,
         GgmlDType::F16 => 1,
@@ -134,7 +134,7 @@ pub struct Requantized {
 
 /// Type for one tensor: 1-D tensors (norms, biases) stay f32 as llama.cpp keeps them; a matrix
 /// whose rows do not split into the target's blocks falls back to q8_0, then f16.
-fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>) {
+pub(crate) fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>) {
     if dims.len() < 2 {
         return (GgmlDType::F32, None);
     }

@@ -4,8 +4,10 @@
 
 use super::gguf::Gguf;
 use anyhow::{Context, Result, bail};
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::ggml_file::qtensor_from_ggml;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -32,15 +34,61 @@ struct Layer {
     down: QMatMul,
 }
 
+/// Token embeddings kept in their GGUF type; rows are dequantized on lookup (a Llama-3 vocabulary
+/// in f32 would be 1 GB).
+struct Embedding {
+    q: Arc<QTensor>,
+    hidden: usize,
+    row_bytes: usize,
+}
+
+impl Embedding {
+    fn new(q: Arc<QTensor>) -> Result<Embedding> {
+        let (_, hidden) = q.shape().dims2()?;
+        let t = q.dtype();
+        Ok(Embedding {
+            row_bytes: hidden / t.block_size() * t.type_size(),
+            hidden,
+            q,
+        })
+    }
+
+    /// `[ids.len(), hidden]` f32.
+    fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+        let data = self.q.data()?;
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            let start = *id as usize * self.row_bytes;
+            let Some(row) = data.get(start..start + self.row_bytes) else {
+                bail!("token id {id} is outside the vocabulary");
+            };
+            let q = qtensor_from_ggml(self.q.dtype(), row, vec![1, self.hidden], &Device::Cpu)?;
+            rows.push(q.dequantize(&Device::Cpu)?);
+        }
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+}
+
+/// Bytes a matrix occupies once loaded (candle keeps f32/f16/bf16 matrices dequantized to f32).
+fn resident_bytes(m: &QMatMul) -> u64 {
+    match m {
+        QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
+            (t.elem_count() * t.dtype().size_in_bytes()) as u64
+        }
+    }
+}
+
 pub struct Llama {
     pub cfg: Config,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     head: QMatMul,
     cos: Tensor,
     sin: Tensor,
-    /// Bytes of the weights as loaded (quantized matrices + f32 embedding and norms).
+    /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
+    /// GGUF type (shared with the head when tied), norms in f32.
     pub weight_bytes: u64,
 }
 
@@ -99,16 +147,17 @@ impl Llama {
         let head_dim = hidden / n_head;
         let mut weight_bytes = 0u64;
         let mut qmat = |g: &mut Gguf, name: &str| -> Result<QMatMul> {
-            let t = g.tensor(name)?;
-            weight_bytes += t.storage_size_in_bytes() as u64;
-            QMatMul::from_qtensor(t).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))
+            let m = QMatMul::from_qtensor(g.tensor(name)?)
+                .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?;
+            weight_bytes += resident_bytes(&m);
+            Ok(m)
         };
         let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             let t = g.tensor(name)?;
             Ok(t.dequantize(&Device::Cpu)?)
         };
-        let embed = dense(g, "token_embd.weight")?;
-        let (vocab, ehidden) = embed.dims2()?;
+        let embed_q = Arc::new(g.tensor("token_embd.weight")?);
+        let (vocab, ehidden) = embed_q.shape().dims2()?;
         if ehidden != hidden {
             bail!(
                 "token_embd.weight has width {ehidden}, but llama.embedding_length says {hidden}"
@@ -131,13 +180,18 @@ impl Llama {
         }
         let norm = dense(g, "output_norm.weight")?;
         // Tied embeddings: no `output.weight`, the embedding matrix is the head.
-        let head_name = if g.content.tensor_infos.contains_key("output.weight") {
-            "output.weight"
+        let head = if g.content.tensor_infos.contains_key("output.weight") {
+            qmat(g, "output.weight")?
         } else {
-            "token_embd.weight"
+            let m = QMatMul::from_arc(embed_q.clone())?;
+            if !matches!(m, QMatMul::QTensor(_)) {
+                weight_bytes += resident_bytes(&m); // a dequantized copy, not shared
+            }
+            m
         };
-        let head = qmat(g, head_name)?;
-        weight_bytes += (embed.elem_count() * 4) as u64;
+        weight_bytes += embed_q.storage_size_in_bytes() as u64;
+        weight_bytes += ((2 * n_layer + 1) * hidden * 4) as u64; // norms
+        let embed = Embedding::new(embed_q)?;
         let inv: Vec<f32> = (0..head_dim / 2)
             .map(|i| 1.0 / rope_base.powf(2.0 * i as f32 / head_dim as f32))
             .collect();
@@ -194,10 +248,8 @@ impl Llama {
             );
         }
         let c = &self.cfg;
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, c.hidden))?;
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let mut x = self.embed.lookup(&flat)?.reshape((b, t, c.hidden))?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
         let mask = if t > 1 {

@@ -4,4 +4,5 @@
 pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod synthetic;
 pub mod tokenizer;

@@ -2,11 +2,13 @@
 //! metadata (architecture, tokenizer, chat template) carried over so llama.cpp can load it.
 //!
 //! From a GGUF source this is dequantize → requantize, which is lossy when the source is itself
-//! quantized; the row and the record say so in `requantized_from`. The output is byte-identical
+//! quantized; the row and the record say so in `requantized_from`. From a `synthetic(...)`
+//! model, the random weights are generated straight into the target type. The output is byte-identical
 //! for the same input and precision, so an unchanged upstream leaves everything below cached.
 
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
 use crate::runtime::gguf::{self, dtype_of, type_name};
+use crate::runtime::synthetic;
 use crate::spec::{Output, ParamSpec, Ty};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
@@ -47,8 +49,17 @@ impl Stage for Quantize {
                 ColType::Str,
                 "quantized input type when this was dequantize → requantize (lossy), else null",
             ),
+            c(
+                "synthetic",
+                ColType::Bool,
+                "random weights: valid for speed, energy and memory, never quality",
+            ),
             c("params", ColType::Int, "parameters (tensor elements)"),
-            c("input_bytes", ColType::Int, "input file size"),
+            c(
+                "input_bytes",
+                ColType::Int,
+                "input file size (null for synthetic models, generated in place)",
+            ),
             c("output_bytes", ColType::Int, "output file size"),
             c(
                 "bits_per_weight",
@@ -78,21 +89,7 @@ impl Stage for Quantize {
         let Some(model) = model.first() else {
             bail!("quantize received no model (engine bug)")
         };
-        if model.record.get("synthetic").and_then(|s| s.as_bool()) == Some(true) {
-            bail!(
-                "synthetic models have no weights file to quantize yet (the runtime generates them; issue #3)"
-            );
-        }
-        let Some(src) = model.files.get("model.gguf") else {
-            bail!(
-                "quantize reads GGUF models; this model is a {} folder, which the runtime does not read yet (issue #3)",
-                model
-                    .record
-                    .get("format")
-                    .and_then(|f| f.as_str())
-                    .unwrap_or("non-GGUF")
-            );
-        };
+        let synthetic = model.record.get("synthetic").and_then(|s| s.as_bool()) == Some(true);
         let dst = ctx.work_dir.join("model.gguf");
         let t0 = Instant::now();
         let progress = |done: u64, total: u64| {
@@ -100,17 +97,46 @@ impl Stage for Quantize {
             ctx.progress.set_position(done);
         };
         let cancelled = || ctx.cancel.load(std::sync::atomic::Ordering::Relaxed);
-        let r = gguf::requantize(src, &dst, target, &progress, &cancelled)?;
+        let (r, input_bytes) = if synthetic {
+            let arch = model
+                .record
+                .get("arch")
+                .and_then(|a| a.as_str())
+                .unwrap_or_default();
+            let seed = model
+                .record
+                .get("seed")
+                .and_then(|s| s.as_u64())
+                .unwrap_or(0);
+            (
+                synthetic::write_gguf(arch, seed, target, &dst, &progress, &cancelled)?,
+                None,
+            )
+        } else {
+            let Some(src) = model.files.get("model.gguf") else {
+                bail!(
+                    "quantize reads GGUF models; this model is a {} folder, which the runtime does not read yet (issue #3)",
+                    model
+                        .record
+                        .get("format")
+                        .and_then(|f| f.as_str())
+                        .unwrap_or("non-GGUF")
+                );
+            };
+            let r = gguf::requantize(src, &dst, target, &progress, &cancelled)?;
+            let size = std::fs::metadata(src).map(|m| m.len()).ok();
+            (r, size)
+        };
         let seconds = t0.elapsed().as_secs_f64();
-        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let requantized_from = is_quantized(r.source_type).then_some(r.source_type);
+        let requantized_from = (!synthetic && is_quantized(r.source_type)).then_some(r.source_type);
         let mut row = Row::new();
         row.insert("precision".into(), json!(precision));
         row.insert("source_type".into(), json!(r.source_type));
         row.insert("requantized_from".into(), json!(requantized_from));
         row.insert("params".into(), json!(r.params));
-        row.insert("input_bytes".into(), json!(size(src)));
-        row.insert("output_bytes".into(), json!(size(&dst)));
+        row.insert("synthetic".into(), json!(synthetic));
+        row.insert("input_bytes".into(), json!(input_bytes));
+        row.insert("output_bytes".into(), json!(std::fs::metadata(&dst)?.len()));
         row.insert(
             "bits_per_weight".into(),
             json!(r.output_tensor_bytes as f64 * 8.0 / r.params.max(1) as f64),
@@ -130,7 +156,7 @@ impl Stage for Quantize {
                 "precision": precision,
                 "type": type_name(target),
                 "requantized_from": requantized_from,
-                "synthetic": false,
+                "synthetic": synthetic,
             }),
             rows: vec![row],
         })

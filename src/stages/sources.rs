@@ -298,16 +298,6 @@ fn name_for_model(file: &str) -> String {
     }
 }
 
-/// Architectures `synthetic(...)` knows the exact shapes of.
-pub const SYNTHETIC_ARCHS: &[&str] = &[
-    "llama-3.2-1b",
-    "llama-3.2-3b",
-    "llama-3.1-8b",
-    "qwen2.5-1.5b",
-    "qwen2.5-3b",
-    "qwen2.5-7b",
-];
-
 /// `synthetic("llama-3.2-1b", seed = 1)`: deterministic random weights of a published shape.
 pub struct SyntheticSource;
 impl Stage for SyntheticSource {
@@ -320,7 +310,11 @@ impl Stage for SyntheticSource {
     );
     fn params(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec::required("arch", Ty::Enum(SYNTHETIC_ARCHS), "architecture"),
+            ParamSpec::required(
+                "arch",
+                Ty::Enum(crate::runtime::synthetic::ARCH_NAMES),
+                "architecture",
+            ),
             ParamSpec::default("seed", Ty::int(0, i64::MAX), Value::Int(0), "weight seed"),
         ]
     }
