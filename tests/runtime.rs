@@ -34,23 +34,53 @@ fn smollm2() -> Option<PathBuf> {
 }
 
 fn load() -> Option<(Llama, Tok)> {
-    let path = smollm2()?;
-    let mut g = Gguf::open(&path).unwrap();
+    load_from(&smollm2()?)
+}
+
+fn load_from(path: &std::path::Path) -> Option<(Llama, Tok)> {
+    let mut g = Gguf::open(path).unwrap();
     let tok = Tok::from_gguf(&g).unwrap();
     let model = Llama::load(&mut g).unwrap();
     Some((model, tok))
 }
 
+/// Token ids of a one-question chat prompt.
+fn chat_ids(tok: &Tok, question: &str) -> Vec<u32> {
+    let messages = [Message {
+        role: "user".into(),
+        content: question.into(),
+    }];
+    tok.encode(&tok.chat_prompt(&messages).unwrap()).unwrap()
+}
+
+fn ask(model: &Llama, tok: &Tok, question: &str) -> String {
+    let options = GenOptions {
+        max_tokens: 24,
+        ..Default::default()
+    };
+    generate(model, tok, &chat_ids(tok, question), &options)
+        .unwrap()
+        .text
+}
+
+#[test]
+fn requantized_variants_still_answer() {
+    let Some(src) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for precision in ["f16", "q8_0", "q4_0"] {
+        let dst = dir.path().join(format!("{precision}.gguf"));
+        let t = edge_eval::runtime::gguf::dtype_of(precision).unwrap();
+        edge_eval::runtime::gguf::requantize(&src, &dst, t, &|_, _| {}, &|| false).unwrap();
+        let (model, tok) = load_from(&dst).unwrap();
+        let answer = ask(&model, &tok, "What is the capital of France?");
+        assert!(answer.contains("Paris"), "{precision}: {answer:?}");
+    }
+}
+
 #[test]
 fn answers_a_simple_question_coherently() {
     let Some((model, tok)) = load() else { return };
-    let prompt = tok
-        .chat_prompt(&[Message {
-            role: "user".into(),
-            content: "What is the capital of France?".into(),
-        }])
-        .unwrap();
-    let ids = tok.encode(&prompt).unwrap();
+    let ids = chat_ids(&tok, "What is the capital of France?");
     let g = generate(
         &model,
         &tok,

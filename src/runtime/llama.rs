@@ -5,7 +5,7 @@
 use super::gguf::Gguf;
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 use std::sync::Arc;
 
@@ -147,8 +147,14 @@ impl Llama {
         let head_dim = hidden / n_head;
         let mut weight_bytes = 0u64;
         let mut qmat = |g: &mut Gguf, name: &str| -> Result<QMatMul> {
-            let m = QMatMul::from_qtensor(g.tensor(name)?)
-                .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?;
+            let q = g.tensor(name)?;
+            // f16 matrices stay f16 and go through the quantized kernels (f16 dot products);
+            // candle's default would hold them as f32, doubling the bytes read per token.
+            let m = if q.dtype() == GgmlDType::F16 {
+                QMatMul::QTensor(Arc::new(q))
+            } else {
+                QMatMul::from_qtensor(q).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?
+            };
             weight_bytes += resident_bytes(&m);
             Ok(m)
         };
