@@ -180,3 +180,33 @@ fn cached_and_batched_forward_match_the_full_sequence() {
         assert!(diff < 1e-3, "batch row {row}: max |Δlogit| = {diff}");
     }
 }
+
+#[test]
+fn a_padded_batch_generates_what_each_prompt_generates_alone() {
+    let Some((model, tok)) = load() else { return };
+    let questions = [
+        "What is the capital of France?",
+        "Name three colours of the rainbow, please.",
+        "Hi",
+    ];
+    let prompts: Vec<Vec<u32>> = questions.iter().map(|q| chat_ids(&tok, q)).collect();
+    assert!(
+        prompts[0].len() != prompts[1].len(),
+        "the batch must need padding"
+    );
+    let options = GenOptions {
+        max_tokens: 12,
+        ..Default::default()
+    };
+    let batch =
+        edge_eval::runtime::generate::generate_batch(&model, &tok, &prompts, &options).unwrap();
+    for (p, got) in prompts.iter().zip(&batch) {
+        let alone = generate(&model, &tok, p, &options).unwrap();
+        assert_eq!(
+            got.tokens, alone.tokens,
+            "batched {:?} vs alone {:?}",
+            got.text, alone.text
+        );
+        assert_eq!(got.stop, alone.stop);
+    }
+}

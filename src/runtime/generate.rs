@@ -100,43 +100,97 @@ fn sample(logits: &Tensor, opts: &GenOptions, rng: &mut Rng) -> Result<u32> {
     Ok(p.last().map(|(i, _)| *i as u32).unwrap_or(0))
 }
 
-/// Generates a continuation of `prompt` (token ids).
-pub fn generate(model: &Llama, tok: &Tok, prompt: &[u32], opts: &GenOptions) -> Result<Generation> {
-    anyhow::ensure!(!prompt.is_empty(), "empty prompt");
+/// Generates continuations of several prompts at once (one batched forward per step). Prompts of
+/// different lengths are left-padded and masked; each row stops on its own, and the batch steps
+/// until every row has stopped. Token times are per row, from the common start.
+pub fn generate_batch(
+    model: &Llama,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    opts: &GenOptions,
+) -> Result<Vec<Generation>> {
+    anyhow::ensure!(
+        !prompts.is_empty() && prompts.iter().all(|p| !p.is_empty()),
+        "empty prompt"
+    );
     let start = Instant::now();
-    let mut cache = KvCache::new(model.cfg.n_layer);
-    let mut rng = Rng(opts.seed);
-    let input = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
-    let mut logits = model.forward_last(&input, &mut cache)?.squeeze(0)?;
-    let mut out = Generation {
-        prompt_tokens: prompt.len(),
-        tokens: vec![],
-        text: String::new(),
-        token_times: vec![],
-        stop: StopReason::MaxTokens,
-    };
-    while out.tokens.len() < opts.max_tokens {
-        let next = sample(&logits, opts, &mut rng)?;
-        out.token_times.push(start.elapsed());
-        if tok.stop_ids.contains(&next) {
-            out.stop = StopReason::EndToken;
-            break;
-        }
-        out.tokens.push(next);
-        if !opts.stop.is_empty() {
-            let text = tok.decode(&out.tokens)?;
-            if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                out.text = text[..cut].to_string();
-                out.stop = StopReason::StopString;
-                return Ok(out);
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let mut flat = Vec::with_capacity(prompts.len() * longest);
+    for (p, pad) in prompts.iter().zip(&pads) {
+        flat.extend(std::iter::repeat_n(p[0], *pad));
+        flat.extend_from_slice(p);
+    }
+    let b = prompts.len();
+    let mut cache = KvCache::with_padding(model.cfg.n_layer, pads);
+    let mut rngs: Vec<Rng> = (0..b as u64)
+        .map(|r| Rng(opts.seed.wrapping_add(r)))
+        .collect();
+    let mut logits = model.forward_last(
+        &Tensor::from_vec(flat, (b, longest), &Device::Cpu)?,
+        &mut cache,
+    )?;
+    let mut outs: Vec<Generation> = prompts
+        .iter()
+        .map(|p| Generation {
+            prompt_tokens: p.len(),
+            tokens: vec![],
+            text: String::new(),
+            token_times: vec![],
+            stop: StopReason::MaxTokens,
+        })
+        .collect();
+    let mut done = vec![false; b];
+    let mut last: Vec<u32> = prompts
+        .iter()
+        .map(|p| *p.last().expect("non-empty"))
+        .collect();
+    for _ in 0..opts.max_tokens {
+        for r in 0..b {
+            if done[r] {
+                continue;
+            }
+            let next = sample(&logits.get(r)?, opts, &mut rngs[r])?;
+            let out = &mut outs[r];
+            out.token_times.push(start.elapsed());
+            if tok.stop_ids.contains(&next) {
+                out.stop = StopReason::EndToken;
+                done[r] = true;
+                continue;
+            }
+            out.tokens.push(next);
+            last[r] = next;
+            if !opts.stop.is_empty() {
+                let text = tok.decode(&out.tokens)?;
+                if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                    out.text = text[..cut].to_string();
+                    out.stop = StopReason::StopString;
+                    done[r] = true;
+                }
+            }
+            if out.tokens.len() == opts.max_tokens {
+                done[r] = true;
             }
         }
-        if out.tokens.len() == opts.max_tokens || cache.len + 1 >= model.cfg.context {
+        if done.iter().all(|d| *d) || cache.len + 1 >= model.cfg.context {
             break;
         }
-        let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
-        logits = model.forward_last(&input, &mut cache)?.squeeze(0)?;
+        // Finished rows keep stepping with their last token; their outputs are ignored.
+        logits = model.forward_last(
+            &Tensor::from_vec(last.clone(), (b, 1), &Device::Cpu)?,
+            &mut cache,
+        )?;
     }
-    out.text = tok.decode(&out.tokens)?;
-    Ok(out)
+    for out in &mut outs {
+        if out.stop != StopReason::StopString {
+            out.text = tok.decode(&out.tokens)?;
+        }
+    }
+    Ok(outs)
+}
+
+/// Generates a continuation of `prompt` (token ids).
+pub fn generate(model: &Llama, tok: &Tok, prompt: &[u32], opts: &GenOptions) -> Result<Generation> {
+    let mut out = generate_batch(model, tok, &[prompt.to_vec()], opts)?;
+    Ok(out.remove(0))
 }

@@ -96,13 +96,22 @@ pub struct Llama {
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     pub len: usize,
+    /// Left padding of each batch row: keys before it are never attended to.
+    pads: Vec<usize>,
 }
 
 impl KvCache {
     pub fn new(n_layer: usize) -> KvCache {
+        KvCache::with_padding(n_layer, vec![])
+    }
+
+    /// A cache for a batch whose rows are left-padded by `pads[row]` positions (prompts of
+    /// different lengths). Relative positions inside each row are unchanged, so RoPE is exact.
+    pub fn with_padding(n_layer: usize, pads: Vec<usize>) -> KvCache {
         KvCache {
             layers: vec![None; n_layer],
             len: 0,
+            pads,
         }
     }
 }
@@ -257,13 +266,34 @@ impl Llama {
         let mut x = self.embed.lookup(&flat)?.reshape((b, t, c.hidden))?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
-        let mask = if t > 1 {
-            let m: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..pos + t).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })
-                })
-                .collect();
-            Some(Tensor::from_vec(m, (t, pos + t), &Device::Cpu)?)
+        // Additive mask [batch or 1, 1, t, pos + t]: causal, plus each row's left padding.
+        let padded = cache.pads.iter().any(|p| *p > 0);
+        if padded && cache.pads.len() != b {
+            bail!(
+                "the cache was made for {} rows, the input has {b}",
+                cache.pads.len()
+            );
+        }
+        let mask = if t > 1 || padded {
+            let rows = if padded { b } else { 1 };
+            let total = pos + t;
+            let mut m = Vec::with_capacity(rows * t * total);
+            for r in 0..rows {
+                let pad = if padded { cache.pads[r] } else { 0 };
+                for i in 0..t {
+                    // A padding position still sees itself, so its (unused) values stay finite
+                    // and cannot turn real rows into NaN through 0 × NaN.
+                    let q = pos + i;
+                    m.extend((0..total).map(|j| {
+                        if j > q || (j < pad && j != q) {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    }));
+                }
+            }
+            Some(Tensor::from_vec(m, (rows, 1, t, total), &Device::Cpu)?)
         } else {
             None
         };
