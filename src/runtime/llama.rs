@@ -1,4 +1,4 @@
-//! The llama architecture (SmolLM2, Llama 3.x) over GGUF weights, with a forward pass of our own:
+//! The llama architecture (SmolLM2, Llama 3.x) and its qwen2 variant (Qwen2.5) over GGUF weights, with a forward pass of our own:
 //! batched input, full-sequence logits (for perplexity and KL), and a KV cache. Matrix weights
 //! stay in their GGUF type and are multiplied with candle's quantized kernels (`QMatMul`).
 
@@ -20,6 +20,9 @@ pub struct Config {
     pub eps: f64,
     pub rope_base: f32,
     pub context: usize,
+    /// GGUF architecture: `llama` (interleaved RoPE, q/k permuted at conversion) or `qwen2`
+    /// (NeoX RoPE on halves, q/k/v biases).
+    pub family: String,
 }
 
 struct Layer {
@@ -27,6 +30,8 @@ struct Layer {
     q: QMatMul,
     k: QMatMul,
     v: QMatMul,
+    /// q, k, v biases (qwen2).
+    bias: Option<[Tensor; 3]>,
     o: QMatMul,
     ffn_norm: Tensor,
     gate: QMatMul,
@@ -122,14 +127,16 @@ impl Llama {
             .metadata_str("general.architecture")
             .unwrap_or("?")
             .to_string();
-        if arch != "llama" {
-            bail!("architecture `{arch}` is not supported by this runtime yet (supported: llama)");
+        if arch != "llama" && arch != "qwen2" {
+            bail!(
+                "architecture `{arch}` is not supported by this runtime yet (supported: llama, qwen2)"
+            );
         }
         let meta = &g.content.metadata;
         let get = |k: &str| -> Result<u32> {
-            meta.get(&format!("llama.{k}"))
+            meta.get(&format!("{arch}.{k}"))
                 .and_then(|v| v.to_u32().ok())
-                .with_context(|| format!("the GGUF lacks llama.{k}"))
+                .with_context(|| format!("the GGUF lacks {arch}.{k}"))
         };
         let hidden = get("embedding_length")? as usize;
         let n_head = get("attention.head_count")? as usize;
@@ -137,11 +144,11 @@ impl Llama {
         let n_layer = get("block_count")? as usize;
         let context = get("context_length").unwrap_or(4096) as usize;
         let eps = meta
-            .get("llama.attention.layer_norm_rms_epsilon")
+            .get(&format!("{arch}.attention.layer_norm_rms_epsilon"))
             .and_then(|v| v.to_f32().ok())
             .unwrap_or(1e-5) as f64;
         let rope_base = meta
-            .get("llama.rope.freq_base")
+            .get(&format!("{arch}.rope.freq_base"))
             .and_then(|v| v.to_f32().ok())
             .unwrap_or(10_000.0);
         if n_head == 0
@@ -181,11 +188,22 @@ impl Llama {
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let bias = if arch == "qwen2" {
+                let b = |s: &str| format!("blk.{i}.{s}.bias");
+                Some([
+                    dense(g, &b("attn_q"))?,
+                    dense(g, &b("attn_k"))?,
+                    dense(g, &b("attn_v"))?,
+                ])
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: dense(g, &p("attn_norm"))?,
                 q: qmat(g, &p("attn_q"))?,
                 k: qmat(g, &p("attn_k"))?,
                 v: qmat(g, &p("attn_v"))?,
+                bias,
                 o: qmat(g, &p("attn_output"))?,
                 ffn_norm: dense(g, &p("ffn_norm"))?,
                 gate: qmat(g, &p("ffn_gate"))?,
@@ -223,6 +241,7 @@ impl Llama {
                 eps,
                 rope_base,
                 context,
+                family: arch.clone(),
             },
             embed,
             layers,
@@ -301,25 +320,38 @@ impl Llama {
         let rep = c.n_head / c.n_kv_head;
         for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
-            let q = layer
-                .q
-                .forward(&h)?
+            let (mut q, mut k, mut v) = (
+                layer.q.forward(&h)?,
+                layer.k.forward(&h)?,
+                layer.v.forward(&h)?,
+            );
+            if let Some([bq, bk, bv]) = &layer.bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let q = q
                 .reshape((b, t, c.n_head, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
-            let k = layer
-                .k
-                .forward(&h)?
+            let k = k
                 .reshape((b, t, c.n_kv_head, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()?;
-            let v = layer
-                .v
-                .forward(&h)?
+            let v = v
                 .reshape((b, t, c.n_kv_head, c.head_dim))?
                 .transpose(1, 2)?;
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?;
+            let (q, k) = if c.family == "qwen2" {
+                (
+                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                )
+            } else {
+                (
+                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                )
+            };
             let (k, v) = match slot.take() {
                 Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
                 None => (k, v.contiguous()?),

@@ -29,7 +29,8 @@ pub struct Arch {
     pub context: usize,
 }
 
-/// Published configurations (config.json of each model), plus `llama-tiny` for tests and demos.
+/// Published configurations (config.json of each model), plus `qwen2-tiny` and `llama-tiny` for
+/// tests and demos.
 pub const ARCHS: &[Arch] = &[
     Arch {
         name: "llama-3.2-1b",
@@ -116,6 +117,20 @@ pub const ARCHS: &[Arch] = &[
         context: 32768,
     },
     Arch {
+        name: "qwen2-tiny",
+        family: "qwen2",
+        layers: 2,
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 512,
+        vocab: 1024,
+        tied_embeddings: true,
+        qkv_bias: true,
+        rope_base: 1000000.0,
+        context: 2048,
+    },
+    Arch {
         name: "llama-tiny",
         family: "llama",
         layers: 2,
@@ -139,6 +154,7 @@ pub const ARCH_NAMES: &[&str] = &[
     "qwen2.5-1.5b",
     "qwen2.5-3b",
     "qwen2.5-7b",
+    "qwen2-tiny",
     "llama-tiny",
 ];
 
@@ -181,6 +197,9 @@ fn values(seed: u64, name: &str, dims: &[usize]) -> Vec<f32> {
     let n: usize = dims.iter().product();
     if name.contains("_norm") {
         return vec![1.0; n];
+    }
+    if name.ends_with(".bias") {
+        return vec![0.01; n];
     }
     let fan_in = *dims.last().unwrap_or(&1) as f32;
     let scale = 1.0 / fan_in.sqrt();
@@ -316,6 +335,44 @@ mod tests {
                 (got / want - 1.0).abs() < 0.01,
                 "{n}: {got} parameters, model card says {want}"
             );
+        }
+    }
+
+    #[test]
+    fn tiny_qwen2_runs_and_its_cache_matches_the_full_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.gguf");
+        write_gguf("qwen2-tiny", 3, GgmlDType::F16, &path, &|_, _| {}, &|| {
+            false
+        })
+        .unwrap();
+        let m = Llama::load(&mut Gguf::open(&path).unwrap()).unwrap();
+        assert_eq!(m.cfg.family, "qwen2");
+        let ids = [3u32, 17, 99, 512, 7];
+        let full = m
+            .forward(
+                &Tensor::new(&[ids], &Device::Cpu).unwrap(),
+                &mut KvCache::new(m.cfg.n_layer),
+            )
+            .unwrap()
+            .squeeze(0)
+            .unwrap();
+        let mut cache = KvCache::new(m.cfg.n_layer);
+        for (i, id) in ids.iter().enumerate() {
+            let step = m
+                .forward_last(&Tensor::new(&[[*id]], &Device::Cpu).unwrap(), &mut cache)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            let diff: f32 = (step - full.get(i).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-3, "position {i}: {diff}");
         }
     }
 
