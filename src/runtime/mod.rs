@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod gguf;
+pub mod hf;
 pub mod llama;
 pub mod synthetic;
 pub mod tokenizer;

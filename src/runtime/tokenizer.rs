@@ -255,6 +255,13 @@ impl Tok {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The tokenizer as a Hugging Face tokenizer.json.
+    pub fn to_json(&self) -> Result<String> {
+        self.plain
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)

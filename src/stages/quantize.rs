@@ -1,5 +1,6 @@
 //! `quantize(model, precision)`: a model → a GGUF file of that precision, with the source's
-//! metadata (architecture, tokenizer, chat template) carried over so llama.cpp can load it.
+//! metadata (architecture, tokenizer, chat template) carried over so llama.cpp can load it. A
+//! Hugging Face folder (llama / qwen2) is converted as llama.cpp's converter does (`runtime::hf`).
 //!
 //! From a GGUF source this is dequantize → requantize, which is lossy when the source is itself
 //! quantized; the row and the record say so in `requantized_from`. From a `synthetic(...)`
@@ -8,6 +9,7 @@
 
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
 use crate::runtime::gguf::{self, dtype_of, type_name};
+use crate::runtime::hf;
 use crate::runtime::synthetic;
 use crate::spec::{Output, ParamSpec, Ty};
 use anyhow::{Context, Result, bail};
@@ -112,20 +114,21 @@ impl Stage for Quantize {
                 synthetic::write_gguf(arch, seed, target, &dst, &progress, &cancelled)?,
                 None,
             )
-        } else {
-            let Some(src) = model.files.get("model.gguf") else {
-                bail!(
-                    "quantize reads GGUF models; this model is a {} folder, which the runtime does not read yet (issue #3)",
-                    model
-                        .record
-                        .get("format")
-                        .and_then(|f| f.as_str())
-                        .unwrap_or("non-GGUF")
-                );
-            };
+        } else if let Some(src) = model.files.get("model.gguf") {
             let r = gguf::requantize(src, &dst, target, &progress, &cancelled)?;
-            let size = std::fs::metadata(src).map(|m| m.len()).ok();
-            (r, size)
+            (r, std::fs::metadata(src).map(|m| m.len()).ok())
+        } else if let Some(config) = model.files.get("config.json") {
+            let dir = config.parent().context("config.json has no folder")?;
+            let r = hf::to_gguf(dir, &dst, target, &progress, &cancelled)?;
+            let bytes = model
+                .files
+                .values()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            (r, Some(bytes))
+        } else {
+            bail!("the model has neither a GGUF file nor a Hugging Face config.json (engine bug?)");
         };
         let seconds = t0.elapsed().as_secs_f64();
         let requantized_from = (!synthetic && is_quantized(r.source_type)).then_some(r.source_type);
