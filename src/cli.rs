@@ -76,6 +76,8 @@ pub enum Command {
         /// Stage id, e.g. quantize[qa,q4_0]
         stage: String,
     },
+    /// List the stage kinds and model/task sources, with their parameters
+    Stages,
     /// Inspect and maintain the cache
     Cache {
         #[command(subcommand)]
@@ -127,6 +129,7 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
         "cache",
         "bench",
         "bench-model",
+        "stages",
         "help",
     ];
     let mut i = 1;
@@ -240,6 +243,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             )
         }
         Command::Cache { action } => cache_cmd(&cli.cache, action),
+        Command::Stages => {
+            print!("{}", describe_stages());
+            Ok(0)
+        }
         Command::BenchModel {
             model,
             prompt,
@@ -518,6 +525,53 @@ fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Re
     Ok(0)
 }
 
+/// Every kind a pipeline can use, with its parameters (what `edge-eval stages` prints).
+pub fn describe_stages() -> String {
+    use crate::spec::Default as D;
+    let mut out = String::new();
+    for (title, role) in [
+        ("Model and task sources", Role::Source),
+        ("Stages", Role::Stage),
+    ] {
+        out.push_str(&format!("{title}:\n"));
+        for s in crate::stages::all().iter().filter(|s| s.role() == role) {
+            let measuring = if s.measuring(&Default::default()) {
+                " [measuring]"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "\n  {}(...) → {}{measuring}: {}\n",
+                s.kind(),
+                s.output().noun(),
+                s.summary()
+            ));
+            for p in s.params() {
+                let default = match &p.default {
+                    D::Required => "required".to_string(),
+                    D::Optional => "optional".to_string(),
+                    D::Value(v) => format!("default {v}"),
+                    D::Setting(keys, v) => format!(
+                        "default: setting {}{}",
+                        keys.join(" or "),
+                        v.as_ref()
+                            .map(|v| format!(", else {v}"))
+                            .unwrap_or_default()
+                    ),
+                };
+                out.push_str(&format!(
+                    "      {:<12} {} — {} ({default})\n",
+                    p.name,
+                    p.ty.describe(),
+                    p.doc
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn fmt_time(us: i64) -> String {
     let secs = us / 1_000_000;
     let days = secs.div_euclid(86_400);
@@ -629,6 +683,21 @@ mod tests {
             ["ee", "--cache", "c", "run", "x.eep"]
         );
         assert_eq!(a(&["ee", "--version"]), ["ee", "--version"]);
+    }
+
+    #[test]
+    fn every_kind_is_described_with_its_parameters() {
+        let text = describe_stages();
+        for s in crate::stages::all() {
+            assert!(
+                text.contains(&format!("  {}(...)", s.kind())),
+                "{}",
+                s.kind()
+            );
+            for p in s.params() {
+                assert!(text.contains(p.doc), "{}.{}", s.kind(), p.name);
+            }
+        }
     }
 
     #[test]

@@ -183,9 +183,6 @@ impl Diagnostics {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
     pub fn render(&self, map: &SourceMap) -> String {
         let mut ds: Vec<&Diagnostic> = self.0.iter().collect();
         ds.sort_by_key(|d| d.sort_key());

@@ -23,15 +23,6 @@ impl Span {
             end: end as u32,
         }
     }
-
-    /// The smallest span covering both (same file assumed).
-    pub fn to(self, other: Span) -> Span {
-        Span {
-            file: self.file,
-            start: self.start.min(other.start),
-            end: self.end.max(other.end),
-        }
-    }
 }
 
 /// One loaded file: the name shown to users, its absolute path (for resolving relative paths
@@ -129,14 +120,6 @@ impl SourceMap {
         self.files()
             .find(|(_, f)| f.path.as_deref() == Some(path))
             .map(|(id, _)| id)
-    }
-
-    /// The source text a span covers.
-    pub fn snippet(&self, span: Span) -> &str {
-        let f = self.get(span.file);
-        let s = floor_char(&f.text, span.start as usize);
-        let e = floor_char(&f.text, span.end as usize);
-        &f.text[s..e.max(s)]
     }
 }
 

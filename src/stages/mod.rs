@@ -97,14 +97,6 @@ pub trait Progress: Send + Sync {
     fn message(&self, msg: &str);
 }
 
-/// A progress sink that draws nothing.
-pub struct NoProgress;
-impl Progress for NoProgress {
-    fn set_length(&self, _: u64) {}
-    fn set_position(&self, _: u64) {}
-    fn message(&self, _: &str) {}
-}
-
 /// Everything a stage may use while running.
 pub struct StageCtx<'a> {
     pub id: &'a str,

@@ -33,8 +33,8 @@ impl Stage for Quantize {
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "model to convert"),
+            // Conversion is CPU work (tensor by tensor); it has no device parameter.
             ParamSpec::required("precision", Ty::Enum(super::PRECISIONS), "target precision"),
-            super::lifecycle::device_param(),
         ]
     }
     fn table(&self) -> Vec<Column> {
