@@ -294,7 +294,7 @@ fn hugging_face_folder_round_trip() {
     let out = dir.path().join("back.gguf");
     let t = edge_eval::runtime::gguf::dtype_of("f32").unwrap();
     let r = hf::to_gguf(&folder, &out, t, &|_, _| {}, &|| false).unwrap();
-    assert_eq!(r.source_type, "f32");
+    assert_eq!(r.source_type(), "f32");
     let mut back = Gguf::open(&out).unwrap();
     for (name, want) in &originals {
         let got = back.tensor(name).unwrap().dequantize(&Device::Cpu).unwrap();

@@ -51,7 +51,7 @@ pub fn type_name(t: GgmlDType) -> &'static str {
 }
 
 /// llama.cpp's `general.file_type` (enum llama_ftype) for a file mostly of type `t`.
-pub(crate) fn llama_ftype(t: GgmlDType) -> u32 {
+fn llama_ftype(t: GgmlDType) -> u32 {
     match t {
         GgmlDType::F32 => 0,
         GgmlDType::F16 => 1,
@@ -117,7 +117,8 @@ impl Gguf {
     }
 }
 
-/// What a requantization did.
+/// What a conversion did; built tensor by tensor with [`Requantized::input`] and
+/// [`Requantized::encode`].
 #[derive(Debug, Clone)]
 pub struct Requantized {
     pub target: GgmlDType,
@@ -126,15 +127,136 @@ pub struct Requantized {
     /// Bytes of tensor data in and out.
     pub input_tensor_bytes: u64,
     pub output_tensor_bytes: u64,
-    /// Most common tensor type of the source (by elements), e.g. "q4_1".
-    pub source_type: &'static str,
     /// Tensors not written in the target type, and why (shape not divisible by the block).
     pub fallbacks: Vec<String>,
+    /// Input elements per source type.
+    by_type: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Requantized {
+    pub fn new(target: GgmlDType) -> Requantized {
+        Requantized {
+            target,
+            params: 0,
+            input_tensor_bytes: 0,
+            output_tensor_bytes: 0,
+            fallbacks: vec![],
+            by_type: Default::default(),
+        }
+    }
+
+    /// Counts one input tensor.
+    pub fn input(&mut self, source_type: &'static str, elems: usize, bytes: usize) {
+        self.params += elems as u64;
+        self.input_tensor_bytes += bytes as u64;
+        *self.by_type.entry(source_type).or_default() += elems as u64;
+    }
+
+    /// The type `name` is written in (see [`tensor_type`]), recording a fallback.
+    pub fn type_for(&mut self, name: &str, dims: &[usize]) -> GgmlDType {
+        let (t, why) = tensor_type(dims, self.target);
+        if let Some(why) = why {
+            self.fallbacks
+                .push(format!("{name} → {}: {why}", type_name(t)));
+        }
+        t
+    }
+
+    /// Counts one output tensor.
+    pub fn output(&mut self, q: &QTensor) {
+        self.output_tensor_bytes += q.storage_size_in_bytes() as u64;
+    }
+
+    /// Quantizes an f32 tensor to the type chosen for it and counts it.
+    pub fn encode(&mut self, name: &str, t: &Tensor) -> Result<QTensor> {
+        let ty = self.type_for(name, t.dims());
+        let q = QTensor::quantize(t, ty)
+            .with_context(|| format!("cannot quantize `{name}` to {}", type_name(ty)))?;
+        self.output(&q);
+        Ok(q)
+    }
+
+    /// Most common tensor type of the source (by elements), e.g. "q4_1".
+    pub fn source_type(&self) -> &'static str {
+        self.by_type
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(t, _)| *t)
+            .unwrap_or("f32")
+    }
+}
+
+/// Writes a GGUF: `meta` (sorted by key, with `general.file_type` for `target` and the 32-byte
+/// alignment the writer uses) and `tensors` in the given order.
+pub fn write_file(
+    dst: &Path,
+    mut meta: Vec<(String, gguf_file::Value)>,
+    target: GgmlDType,
+    tensors: &[(String, QTensor)],
+) -> Result<()> {
+    meta.retain(|(k, _)| k != "general.alignment" && k != "general.file_type");
+    meta.push((
+        "general.file_type".into(),
+        gguf_file::Value::U32(llama_ftype(target)),
+    ));
+    meta.push(("general.alignment".into(), gguf_file::Value::U32(32)));
+    meta.sort_by(|a, b| a.0.cmp(&b.0));
+    let meta_refs: Vec<(&str, &gguf_file::Value)> =
+        meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let file = File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    let mut w = BufWriter::new(file);
+    gguf_file::write(&mut w, &meta_refs, &refs)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
+    w.flush()?;
+    Ok(())
+}
+
+/// The architecture keys llama.cpp reads for `llama` / `qwen2` models.
+pub struct ArchMeta<'a> {
+    pub family: &'a str,
+    pub layers: usize,
+    pub context: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub eps: f32,
+    pub rope_base: f32,
+    pub vocab: usize,
+}
+
+impl ArchMeta<'_> {
+    pub fn metadata(&self) -> Vec<(String, gguf_file::Value)> {
+        let f = self.family;
+        let u = |x: usize| gguf_file::Value::U32(x as u32);
+        vec![
+            (
+                "general.architecture".into(),
+                gguf_file::Value::String(f.into()),
+            ),
+            (format!("{f}.block_count"), u(self.layers)),
+            (format!("{f}.context_length"), u(self.context)),
+            (format!("{f}.embedding_length"), u(self.hidden)),
+            (format!("{f}.feed_forward_length"), u(self.ffn)),
+            (format!("{f}.attention.head_count"), u(self.heads)),
+            (format!("{f}.attention.head_count_kv"), u(self.kv_heads)),
+            (
+                format!("{f}.attention.layer_norm_rms_epsilon"),
+                gguf_file::Value::F32(self.eps),
+            ),
+            (
+                format!("{f}.rope.freq_base"),
+                gguf_file::Value::F32(self.rope_base),
+            ),
+            (format!("{f}.vocab_size"), u(self.vocab)),
+        ]
+    }
 }
 
 /// Type for one tensor: 1-D tensors (norms, biases) stay f32 as llama.cpp keeps them; a matrix
 /// whose rows do not split into the target's blocks falls back to q8_0, then f16.
-pub(crate) fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>) {
+fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>) {
     if dims.len() < 2 {
         return (GgmlDType::F32, None);
     }
@@ -169,73 +291,40 @@ pub fn requantize(
     let mut g = Gguf::open(src)?;
     let names = g.tensor_names();
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
-    let mut report = Requantized {
-        target,
-        params: 0,
-        input_tensor_bytes: 0,
-        output_tensor_bytes: 0,
-        source_type: "f32",
-        fallbacks: vec![],
-    };
-    let mut by_type: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut report = Requantized::new(target);
     for (i, name) in names.iter().enumerate() {
         if cancelled() {
             bail!("interrupted");
         }
         let q = g.tensor(name)?;
         let dims = q.shape().dims().to_vec();
-        let elems: u64 = dims.iter().product::<usize>() as u64;
-        report.params += elems;
-        report.input_tensor_bytes += q.storage_size_in_bytes() as u64;
-        *by_type.entry(type_name(q.dtype())).or_default() += elems;
-        let (t, why) = tensor_type(&dims, target);
-        if let Some(why) = why {
-            report
-                .fallbacks
-                .push(format!("{name} → {}: {why}", type_name(t)));
-        }
-        let out = if q.dtype() == t {
+        report.input(
+            type_name(q.dtype()),
+            q.shape().elem_count(),
+            q.storage_size_in_bytes(),
+        );
+        let ty = report.type_for(name, &dims);
+        let out = if q.dtype() == ty {
             q
         } else {
             let f: Tensor = q
                 .dequantize(&Device::Cpu)
                 .with_context(|| format!("{}: cannot dequantize `{name}`", src.display()))?;
-            QTensor::quantize(&f, t)
-                .with_context(|| format!("cannot quantize `{name}` to {}", type_name(t)))?
+            QTensor::quantize(&f, ty)
+                .with_context(|| format!("cannot quantize `{name}` to {}", type_name(ty)))?
         };
-        report.output_tensor_bytes += out.storage_size_in_bytes() as u64;
+        report.output(&out);
         tensors.push((name.clone(), out));
         progress(i as u64 + 1, names.len() as u64);
     }
-    report.source_type = by_type
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(t, _)| *t)
-        .unwrap_or("f32");
-
-    // Metadata: everything from the source (tokenizer, template, architecture) in key order,
-    // with the file type updated and the alignment the writer actually uses.
-    let mut meta: Vec<(String, gguf_file::Value)> = g
+    // Metadata: everything from the source (tokenizer, template, architecture).
+    let meta = g
         .content
         .metadata
         .iter()
-        .filter(|(k, _)| k.as_str() != "general.alignment" && k.as_str() != "general.file_type")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    meta.push((
-        "general.file_type".into(),
-        gguf_file::Value::U32(llama_ftype(target)),
-    ));
-    meta.push(("general.alignment".into(), gguf_file::Value::U32(32)));
-    meta.sort_by(|a, b| a.0.cmp(&b.0));
-    let meta_refs: Vec<(&str, &gguf_file::Value)> =
-        meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let file = File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
-    let mut w = BufWriter::new(file);
-    gguf_file::write(&mut w, &meta_refs, &tensor_refs)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
-    w.flush()?;
+    write_file(dst, meta, target, &tensors)?;
     Ok(report)
 }
 

@@ -4,14 +4,12 @@
 //! tokenizer vocabulary, merges, token types, special ids, pre-tokenizer type and chat template in
 //! the metadata. Everything downstream (runtime, quantize) then reads GGUF only.
 
-use super::gguf::{Requantized, llama_ftype, tensor_type, type_name};
+use super::gguf::{ArchMeta, Requantized, write_file};
 use anyhow::{Context, Result, bail};
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as J;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The fields of config.json the conversion needs.
@@ -275,15 +273,7 @@ pub fn to_gguf(
         .filter(|(g, _)| !(cfg.tied && g == "output.weight"))
         .collect();
     names.sort();
-    let mut report = Requantized {
-        target,
-        params: 0,
-        input_tensor_bytes: 0,
-        output_tensor_bytes: 0,
-        source_type: "f32",
-        fallbacks: vec![],
-    };
-    let mut by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut report = Requantized::new(target);
     let mut out = Vec::with_capacity(names.len());
     for (i, (gname, hf)) in names.iter().enumerate() {
         if cancelled() {
@@ -301,9 +291,11 @@ pub fn to_gguf(
                 dir.display()
             ),
         };
-        *by_type.entry(dtype).or_default() += t.elem_count() as u64;
-        report.input_tensor_bytes += (t.elem_count() * t.dtype().size_in_bytes()) as u64;
-        report.params += t.elem_count() as u64;
+        report.input(
+            dtype,
+            t.elem_count(),
+            t.elem_count() * t.dtype().size_in_bytes(),
+        );
         let mut t = t.to_dtype(DType::F32)?;
         if cfg.family == "llama" {
             if gname.ends_with("attn_q.weight") {
@@ -312,61 +304,24 @@ pub fn to_gguf(
                 t = permute_qk(&t, cfg.kv_heads)?;
             }
         }
-        let (ty, why) = tensor_type(t.dims(), target);
-        if let Some(why) = why {
-            report
-                .fallbacks
-                .push(format!("{gname} → {}: {why}", type_name(ty)));
-        }
-        let q = QTensor::quantize(&t, ty)?;
-        report.output_tensor_bytes += q.storage_size_in_bytes() as u64;
-        out.push((gname.clone(), q));
+        out.push((gname.clone(), report.encode(gname, &t)?));
         progress(i as u64 + 1, names.len() as u64);
     }
-    report.source_type = by_type
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(t, _)| *t)
-        .unwrap_or("f32");
-    let f = cfg.family;
-    let u = |x: usize| gguf_file::Value::U32(x as u32);
-    let mut meta: Vec<(String, gguf_file::Value)> = vec![
-        (
-            "general.architecture".into(),
-            gguf_file::Value::String(f.into()),
-        ),
-        (
-            "general.file_type".into(),
-            gguf_file::Value::U32(llama_ftype(target)),
-        ),
-        ("general.alignment".into(), gguf_file::Value::U32(32)),
-        (format!("{f}.block_count"), u(cfg.layers)),
-        (format!("{f}.context_length"), u(cfg.context)),
-        (format!("{f}.embedding_length"), u(cfg.hidden)),
-        (format!("{f}.feed_forward_length"), u(cfg.ffn)),
-        (format!("{f}.attention.head_count"), u(cfg.heads)),
-        (format!("{f}.attention.head_count_kv"), u(cfg.kv_heads)),
-        (
-            format!("{f}.attention.layer_norm_rms_epsilon"),
-            gguf_file::Value::F32(cfg.eps as f32),
-        ),
-        (
-            format!("{f}.rope.freq_base"),
-            gguf_file::Value::F32(cfg.rope_theta as f32),
-        ),
-        (format!("{f}.vocab_size"), u(cfg.vocab)),
-    ];
+    let mut meta = ArchMeta {
+        family: cfg.family,
+        layers: cfg.layers,
+        context: cfg.context,
+        hidden: cfg.hidden,
+        ffn: cfg.ffn,
+        heads: cfg.heads,
+        kv_heads: cfg.kv_heads,
+        eps: cfg.eps as f32,
+        rope_base: cfg.rope_theta as f32,
+        vocab: cfg.vocab,
+    }
+    .metadata();
     meta.extend(tokenizer_metadata(dir, cfg.vocab)?);
-    meta.sort_by(|a, b| a.0.cmp(&b.0));
-    let meta_refs: Vec<(&str, &gguf_file::Value)> =
-        meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let refs: Vec<(&str, &QTensor)> = out.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut w = BufWriter::new(
-        File::create(dst).with_context(|| format!("cannot create {}", dst.display()))?,
-    );
-    gguf_file::write(&mut w, &meta_refs, &refs)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
-    w.flush()?;
+    write_file(dst, meta, target, &out)?;
     Ok(report)
 }
 

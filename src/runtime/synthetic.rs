@@ -3,12 +3,10 @@
 //! type. Valid for speed, energy and memory — never for quality (no tokenizer; every record says
 //! `synthetic = true`).
 
-use super::gguf::{Requantized, tensor_type, type_name};
+use super::gguf::{ArchMeta, Requantized, write_file};
 use anyhow::{Result, bail};
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::{Device, Tensor};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 /// Shape of a decoder-only transformer.
@@ -230,75 +228,37 @@ pub fn write_gguf(
         bail!("unknown synthetic architecture `{arch_name}`")
     };
     let specs = tensors(a);
-    let mut report = Requantized {
-        target,
-        params: 0,
-        input_tensor_bytes: 0,
-        output_tensor_bytes: 0,
-        source_type: "f32",
-        fallbacks: vec![],
-    };
+    let mut report = Requantized::new(target);
     let mut qtensors = Vec::with_capacity(specs.len());
     for (i, (name, dims)) in specs.iter().enumerate() {
         if cancelled() {
             bail!("interrupted");
         }
         let v = values(seed, name, dims);
-        report.params += v.len() as u64;
+        report.input("f32", v.len(), v.len() * 4);
         let t = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu)?;
-        let (ty, why) = tensor_type(dims, target);
-        if let Some(why) = why {
-            report
-                .fallbacks
-                .push(format!("{name} → {}: {why}", type_name(ty)));
-        }
-        let q = QTensor::quantize(&t, ty)?;
-        report.output_tensor_bytes += q.storage_size_in_bytes() as u64;
-        qtensors.push((name.clone(), q));
+        qtensors.push((name.clone(), report.encode(name, &t)?));
         progress(i as u64 + 1, specs.len() as u64);
     }
-    let f = a.family;
-    let u32v = |x: usize| gguf_file::Value::U32(x as u32);
-    let meta: Vec<(String, gguf_file::Value)> = vec![
-        (
-            "general.architecture".into(),
-            gguf_file::Value::String(f.into()),
-        ),
-        (
-            "general.name".into(),
-            gguf_file::Value::String(format!("synthetic {} seed {seed}", a.name)),
-        ),
-        (
-            "general.file_type".into(),
-            gguf_file::Value::U32(super::gguf::llama_ftype(target)),
-        ),
-        ("general.alignment".into(), gguf_file::Value::U32(32)),
-        ("edge_eval.synthetic".into(), gguf_file::Value::Bool(true)),
-        (format!("{f}.block_count"), u32v(a.layers)),
-        (format!("{f}.context_length"), u32v(a.context)),
-        (format!("{f}.embedding_length"), u32v(a.hidden)),
-        (format!("{f}.feed_forward_length"), u32v(a.ffn)),
-        (format!("{f}.attention.head_count"), u32v(a.heads)),
-        (format!("{f}.attention.head_count_kv"), u32v(a.kv_heads)),
-        (
-            format!("{f}.attention.layer_norm_rms_epsilon"),
-            gguf_file::Value::F32(1e-5),
-        ),
-        (
-            format!("{f}.rope.freq_base"),
-            gguf_file::Value::F32(a.rope_base),
-        ),
-        (format!("{f}.vocab_size"), u32v(a.vocab)),
-    ];
-    let mut meta = meta;
-    meta.sort_by(|x, y| x.0.cmp(&y.0));
-    let meta_refs: Vec<(&str, &gguf_file::Value)> =
-        meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut w = BufWriter::new(File::create(dst)?);
-    gguf_file::write(&mut w, &meta_refs, &refs)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", dst.display()))?;
-    w.flush()?;
+    let mut meta = ArchMeta {
+        family: a.family,
+        layers: a.layers,
+        context: a.context,
+        hidden: a.hidden,
+        ffn: a.ffn,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        eps: 1e-5,
+        rope_base: a.rope_base,
+        vocab: a.vocab,
+    }
+    .metadata();
+    meta.push((
+        "general.name".into(),
+        gguf_file::Value::String(format!("synthetic {} seed {seed}", a.name)),
+    ));
+    meta.push(("edge_eval.synthetic".into(), gguf_file::Value::Bool(true)));
+    write_file(dst, meta, target, &qtensors)?;
     Ok(report)
 }
 

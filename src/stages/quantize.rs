@@ -131,10 +131,11 @@ impl Stage for Quantize {
             bail!("the model has neither a GGUF file nor a Hugging Face config.json (engine bug?)");
         };
         let seconds = t0.elapsed().as_secs_f64();
-        let requantized_from = (!synthetic && is_quantized(r.source_type)).then_some(r.source_type);
+        let requantized_from =
+            (!synthetic && is_quantized(r.source_type())).then_some(r.source_type());
         let mut row = Row::new();
         row.insert("precision".into(), json!(precision));
-        row.insert("source_type".into(), json!(r.source_type));
+        row.insert("source_type".into(), json!(r.source_type()));
         row.insert("requantized_from".into(), json!(requantized_from));
         row.insert("params".into(), json!(r.params));
         row.insert("synthetic".into(), json!(synthetic));
