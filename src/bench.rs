@@ -16,14 +16,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MODELS: [&str; 6] = [
-    "llama-3.2-1b",
-    "llama-3.2-3b",
-    "llama-3.1-8b",
-    "qwen2.5-1.5b",
-    "qwen2.5-3b",
-    "qwen2.5-7b",
-];
+/// The paper's six models (the published shapes `synthetic(...)` knows, without the test ones).
+const MODELS: &[&str] = crate::runtime::synthetic::PAPER_MODELS;
 
 /// The benchmark pipeline: 6 models × 2 methods × 3 precisions × 2 tasks = 72 variants, each
 /// with finetune → quantize → {cold_load, evaluate, measure}.
@@ -48,7 +42,7 @@ for m in [{models}], a in ["lora", "qlora"], q in ["f16", "q8_0", "q4_0"], t in 
   test_stage([v[m, a, q, t], task[t]], emit = "measure", id = "measure")
 }}
 "#,
-        models = list(&MODELS)
+        models = list(MODELS)
     )
 }
 
@@ -328,4 +322,27 @@ pub fn model(path: &Path, prompt: usize, tokens: usize, repeats: usize) -> Resul
         tokens as f64 / tg.as_secs_f64()
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_benchmark_pipeline_has_the_papers_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bench.eep");
+        std::fs::write(&file, super::pipeline_text()).unwrap();
+        let (p, _) =
+            crate::dsl::load(&file, &[]).unwrap_or_else(|(d, m)| panic!("{}", d.render(&m)));
+        let count = |prefix: &str| p.nodes.iter().filter(|n| n.id.starts_with(prefix)).count();
+        assert_eq!(p.nodes.len(), 72 * 5 + 13);
+        for stage in [
+            "finetune[",
+            "quantize[",
+            "cold_load[",
+            "evaluate[",
+            "measure[",
+        ] {
+            assert_eq!(count(stage), 72, "{stage}");
+        }
+    }
 }

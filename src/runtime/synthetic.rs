@@ -144,6 +144,9 @@ pub const ARCHS: &[Arch] = &[
     },
 ];
 
+/// The six models of the EDGE-EVAL study (the first entries of [`ARCH_NAMES`]).
+pub const PAPER_MODELS: &[&str] = ARCH_NAMES.split_at(6).0;
+
 /// The names of [`ARCHS`], as the language's `synthetic(...)` accepts them.
 pub const ARCH_NAMES: &[&str] = &[
     "llama-3.2-1b",
