@@ -36,6 +36,9 @@ pub struct PipelineArgs {
     /// Override a `let` value or a BLOCK.KEY setting, e.g. --set samples=50
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub overrides: Vec<String>,
+    /// CPU threads (default: pipeline `threads`, else all cores); part of measuring stages' keys
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -47,9 +50,6 @@ pub enum Command {
         /// Let independent stages finish when one fails
         #[arg(long)]
         keep_going: bool,
-        /// CPU threads the run may use (default: pipeline `threads`, else all cores)
-        #[arg(long)]
-        threads: Option<usize>,
         /// Print one JSON object at the end instead of a summary
         #[arg(long)]
         json: bool,
@@ -206,7 +206,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             let cache = Cache::open(&cli.cache)?;
             let _lock = cache.lock(false)?;
-            let hw = Hardware::detect(threads_for(&pipeline, None));
+            let hw = Hardware::detect(threads_for(&pipeline, p.threads));
             let planner = Planner::new(&pipeline, &cache, &hw);
             let states = planner.plan();
             print_plan(&pipeline, &states, json);
@@ -219,13 +219,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             let cache = Cache::open(&cli.cache)?;
             let _lock = cache.lock(false)?;
-            let hw = Hardware::detect(threads_for(&pipeline, None));
+            let hw = Hardware::detect(threads_for(&pipeline, p.threads));
             explain(&pipeline, &cache, &hw, &stage)
         }
         Command::Run {
             p,
             keep_going,
-            threads,
             json,
             quiet,
         } => {
@@ -237,7 +236,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 &pipeline,
                 &cli.cache,
                 keep_going,
-                threads_for(&pipeline, threads),
+                threads_for(&pipeline, p.threads),
                 json,
                 quiet,
             )
