@@ -282,9 +282,7 @@ pub fn execute(
         threads,
         quiet,
     };
-    let report = rt.block_on(exec::run(pipeline, &cache, &hw, &opts));
-    let mut planner = Planner::new(pipeline, &cache, &hw);
-    planner.record_history(&report.states)?;
+    let report = rt.block_on(exec::run(pipeline, &cache, &hw, &opts))?;
     let tables = crate::table::write_run_tables(
         pipeline,
         &report,

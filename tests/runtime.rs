@@ -9,28 +9,14 @@ use edge_eval::runtime::llama::{KvCache, Llama};
 use edge_eval::runtime::tokenizer::{Message, Tok};
 use std::path::PathBuf;
 
+mod common;
+
 fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var_os("EDGE_EVAL_SMOLLM2")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/edge-eval/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: .ci/fetch-models.sh should have fetched it",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} not found (run .ci/fetch-models.sh)",
-        path.display()
-    );
-    None
+    common::fetched(
+        "EDGE_EVAL_SMOLLM2",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "",
+    )
 }
 
 fn load() -> Option<(Llama, Tok)> {
@@ -146,14 +132,7 @@ fn cached_and_batched_forward_match_the_full_sequence() {
             .squeeze(0)
             .unwrap();
         let want = full.get(split + i).unwrap();
-        let diff: f32 = (step - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = common::max_abs_diff(&step, &want);
         assert!(diff < 1e-3, "position {}: max |Δlogit| = {diff}", split + i);
     }
     // A batch of two copies gives the same logits as one.
@@ -167,16 +146,7 @@ fn cached_and_batched_forward_match_the_full_sequence() {
         .forward(&two, &mut KvCache::new(model.cfg.n_layer))
         .unwrap();
     for row in 0..2 {
-        let diff: f32 = (batched.get(row).unwrap() - &full)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = common::max_abs_diff(&batched.get(row).unwrap(), &full);
         assert!(diff < 1e-3, "batch row {row}: max |Δlogit| = {diff}");
     }
 }
@@ -298,16 +268,7 @@ fn hugging_face_folder_round_trip() {
     let mut back = Gguf::open(&out).unwrap();
     for (name, want) in &originals {
         let got = back.tensor(name).unwrap().dequantize(&Device::Cpu).unwrap();
-        let diff: f32 = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = common::max_abs_diff(&got, want);
         assert_eq!(diff, 0.0, "{name} changed in the round trip");
     }
     let tok2 = Tok::from_gguf(&back).unwrap();

@@ -7,28 +7,14 @@ use edge_eval::runtime::gguf::Gguf;
 use edge_eval::runtime::tokenizer::Tok;
 use std::path::PathBuf;
 
+mod common;
+
 fn vocab_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("EDGE_EVAL_LLAMA_VOCAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/edge-eval/llama-vocab")
-        });
-    if dir.join("ggml-vocab-gpt-2.gguf").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: .ci/fetch-models.sh should have fetched it",
-        dir.display()
-    );
-    eprintln!(
-        "skipping: {} not found (run .ci/fetch-models.sh)",
-        dir.display()
-    );
-    None
+    common::fetched(
+        "EDGE_EVAL_LLAMA_VOCAB",
+        "llama-vocab",
+        "ggml-vocab-gpt-2.gguf",
+    )
 }
 
 /// (input, expected ids) pairs of one family.

@@ -87,14 +87,15 @@ struct Finished {
     result: Result<Manifest>,
 }
 
-/// Runs every node of the pipeline. Returns when all nodes are finished, failed or skipped.
+/// Runs every node of the pipeline and records the key history. Returns when all nodes are
+/// finished, failed or skipped; an error only if the history cannot be written.
 pub async fn run(
     pipeline: &Pipeline,
     cache: &Cache,
     hardware: &Hardware,
     opts: &RunOptions,
-) -> RunReport {
-    let planner = Planner::new(pipeline, cache, hardware);
+) -> Result<RunReport> {
+    let mut planner = Planner::new(pipeline, cache, hardware);
     let nodes = &pipeline.nodes;
     let n = nodes.len();
     let mut dependents: Vec<Vec<NodeIdx>> = vec![vec![]; n];
@@ -310,11 +311,13 @@ pub async fn run(
             *o = Some(Outcome::simple(Status::Skipped, Some(why.clone())));
         }
     }
-    RunReport {
+    // What ran or was found cached is the history `plan` explains reruns against.
+    planner.record_history(&states)?;
+    Ok(RunReport {
         outcomes,
         interrupted,
         states,
-    }
+    })
 }
 
 fn release(

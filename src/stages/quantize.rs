@@ -60,7 +60,7 @@ impl Stage for Quantize {
             c(
                 "input_bytes",
                 ColType::Int,
-                "input file size (null for synthetic models, generated in place)",
+                "bytes of the input: the GGUF file, or all files of a Hugging Face folder (null for synthetic models, generated in place)",
             ),
             c("output_bytes", ColType::Int, "output file size"),
             c(

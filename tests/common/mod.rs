@@ -1,0 +1,51 @@
+//! Helpers shared by the integration tests that read fetched third-party files.
+
+use candle_core::Tensor;
+use std::path::PathBuf;
+
+/// A file or folder fetched by `.ci/fetch-models.sh`: `$env_var`, else `~/.cache/edge-eval/REL`
+/// (a folder is present when it holds `probe`; pass "" for a file).
+/// Absent: under CI that is a failure; locally the test is skipped with a notice (`None`).
+pub fn fetched(env_var: &str, rel: &str, probe: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            home.join(".cache/edge-eval").join(rel)
+        });
+    let present = if probe.is_empty() {
+        path.exists()
+    } else {
+        path.join(probe).exists()
+    };
+    if present {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: .ci/fetch-models.sh should have fetched it",
+        path.display()
+    );
+    eprintln!(
+        "skipping: {} not found (run .ci/fetch-models.sh)",
+        path.display()
+    );
+    None
+}
+
+/// Largest absolute elementwise difference of two tensors of one shape.
+#[allow(dead_code)] // not every test binary uses it
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
