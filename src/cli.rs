@@ -76,6 +76,14 @@ pub enum Command {
         /// Stage id, e.g. quantize[qa,q4_0]
         stage: String,
     },
+    /// Print the metrics table of a results folder and rewrite its report.html
+    Report {
+        /// Results folder (holds metrics.parquet)
+        dir: PathBuf,
+        /// Metrics to show (default: all five)
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+    },
     /// List the stage kinds and model/task sources, with their parameters
     Stages,
     /// Inspect and maintain the cache
@@ -242,6 +250,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             )
         }
         Command::Cache { action } => cache_cmd(&cli.cache, action),
+        Command::Report { dir, metrics } => report_cmd(&dir, &metrics),
         Command::Stages => {
             print!("{}", describe_stages());
             Ok(0)
@@ -283,12 +292,54 @@ pub fn execute(
         quiet,
     };
     let report = rt.block_on(exec::run(pipeline, &cache, &hw, &opts))?;
-    let tables = crate::table::write_run_tables(
-        pipeline,
-        &report,
-        &hw.fingerprint(crate::spec::Device::Cpu),
-    )?;
+    let fingerprint = hw.fingerprint(crate::spec::Device::Cpu);
+    let mut tables = crate::table::write_run_tables(pipeline, &report, &fingerprint)?;
+    let metrics = crate::metrics::report::compute(pipeline, &report);
+    if !metrics.is_empty() {
+        let meta = crate::table::run_metadata(pipeline, &fingerprint);
+        tables.extend(crate::metrics::report::write(
+            &pipeline.results_dir(),
+            &pipeline.name,
+            &metrics,
+            &report_metrics(pipeline),
+            &meta,
+        )?);
+    }
     Ok((report, tables))
+}
+
+/// The metrics the pipeline's `report { metrics = [...] }` shows (empty: all).
+fn report_metrics(p: &Pipeline) -> Vec<String> {
+    match p.setting("report.metrics") {
+        Some(Value::List(xs)) => xs.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        _ => vec![],
+    }
+}
+
+/// `edge-eval report DIR`: the metrics table of a finished run, and its HTML page rewritten.
+fn report_cmd(dir: &Path, metrics: &[String]) -> Result<i32> {
+    let path = dir.join("metrics.parquet");
+    if !path.is_file() {
+        eprintln!(
+            "error: {} does not exist: run a pipeline with `evaluate` or `measure` stages first \
+             (its `results` folder holds metrics.parquet)",
+            path.display()
+        );
+        return Ok(2);
+    }
+    let rows = crate::table::read_rows(&path)?;
+    print!("{}", crate::metrics::report::terminal_table(&rows, metrics));
+    let title = dir
+        .file_name()
+        .map_or("edge-eval".to_string(), |n| n.to_string_lossy().to_string());
+    let page = dir.join("report.html");
+    crate::cache::write_atomic_via(
+        &dir.join(".report.html.tmp"),
+        &page,
+        crate::metrics::report::html(&title, &rows, metrics).as_bytes(),
+    )?;
+    eprintln!("wrote {}", page.display());
+    Ok(0)
 }
 
 /// Runs a pipeline, prints the summary (or JSON) and returns the exit code.
@@ -348,6 +399,14 @@ pub fn run(
         }
         for t in &tables {
             eprintln!("  wrote {}", t.display());
+        }
+        let metrics = crate::metrics::report::compute(pipeline, &report);
+        if !metrics.is_empty() {
+            println!();
+            print!(
+                "{}",
+                crate::metrics::report::terminal_table(&metrics, &report_metrics(pipeline))
+            );
         }
     }
     Ok(if report.interrupted {

@@ -154,6 +154,14 @@ impl Cache {
         Ok(dir)
     }
 
+    /// A stage's resume folder: kept when an attempt fails or is interrupted, so the next attempt
+    /// with the same key continues from its partial progress; `gc` does not touch it.
+    pub fn resume_dir(&self, key: &str) -> Result<PathBuf> {
+        let dir = self.root.join("partial").join(key);
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
     pub fn lookup(&self, key: &str) -> Lookup {
         let path = self.action_path(key);
         let text = match fs::read(&path) {

@@ -369,18 +369,23 @@ struct Job {
 impl Job {
     fn execute(self) -> Result<Manifest> {
         let work = self.cache.work_dir()?;
-        let result = self.execute_in(&work);
+        let resume = self.cache.resume_dir(&self.key)?;
+        let result = self.execute_in(&work, &resume);
         crate::cache::remove_tree(&work);
+        if result.is_ok() {
+            crate::cache::remove_tree(&resume);
+        }
         result
     }
 
-    fn execute_in(&self, work: &std::path::Path) -> Result<Manifest> {
+    fn execute_in(&self, work: &std::path::Path, resume: &std::path::Path) -> Result<Manifest> {
         let ctx = StageCtx {
             id: &self.node.id,
             params: &self.node.params,
             inputs: &self.inputs,
             base_dir: &self.node.base_dir,
             work_dir: work,
+            resume_dir: resume,
             device: self.node.device(),
             progress: self.progress.clone() as Arc<dyn Progress>,
             cancel: &self.cancel,

@@ -16,6 +16,9 @@ pub struct GenOptions {
     pub top_p: f64,
     pub seed: u64,
     pub stop: Vec<String>,
+    /// Generate exactly `max_tokens` tokens, never stopping on an end token (equal work for
+    /// every variant when measuring).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenOptions {
@@ -26,6 +29,7 @@ impl Default for GenOptions {
             top_p: 1.0,
             seed: 0,
             stop: vec![],
+            ignore_eos: false,
         }
     }
 }
@@ -153,7 +157,7 @@ pub fn generate_batch(
             let next = sample(&logits.get(r)?, opts, &mut rngs[r])?;
             let out = &mut outs[r];
             out.token_times.push(start.elapsed());
-            if tok.stop_ids.contains(&next) {
+            if !opts.ignore_eos && tok.stop_ids.contains(&next) {
                 out.stop = StopReason::EndToken;
                 done[r] = true;
                 continue;

@@ -1,12 +1,11 @@
-//! The lifecycle stages still to be implemented: `finetune`, `cold_load`, `evaluate`, `measure`.
+//! The lifecycle stage still to be implemented: `finetune` (issue #6), plus what the stages share
+//! (the precision list, the device parameter).
 //!
-//! Their parameters are declared here so that pipelines are checked, planned and cached now;
-//! measurement (#4), evaluation (#5) and fine-tuning (#6) fill in `run` (and each moves to a
-//! module of its own, as `quantize` did).
-//! Until then `run` fails with a clear error and the failure is recorded like any other.
+//! Its parameters are declared here so that pipelines are checked, planned and cached now; until
+//! fine-tuning lands `run` fails with a clear error, recorded like any other failure.
 
 use super::{Role, Stage, StageCtx, StageOutput};
-use crate::spec::{Dim, Output, ParamSpec, Ty, Value};
+use crate::spec::{Output, ParamSpec, Ty, Value};
 use anyhow::{Result, bail};
 use std::collections::BTreeMap;
 
@@ -14,7 +13,7 @@ pub const PRECISIONS: &[&str] = &[
     "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
 ];
 
-fn device_param() -> ParamSpec {
+pub(super) fn device_param() -> ParamSpec {
     ParamSpec::setting(
         "device",
         Ty::Device,
@@ -127,123 +126,5 @@ impl Stage for Finetune {
     }
     fn run(&self, _: &StageCtx) -> Result<StageOutput> {
         not_yet(self.kind(), 6)
-    }
-}
-
-pub struct ColdLoad;
-impl Stage for ColdLoad {
-    stage_meta!(
-        "cold_load",
-        1,
-        Role::Stage,
-        Output::Record,
-        "time and energy from nothing in memory to the first token"
-    );
-    fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("model", Ty::Ref(Output::Model), "model to load"),
-            ParamSpec::default("repeats", Ty::int(1, 1000), Value::Int(3), "repetitions"),
-            ParamSpec::default(
-                "cache_state",
-                Ty::Enum(&["cold", "warm"]),
-                Value::Symbol("cold".into()),
-                "page cache state",
-            ),
-            ParamSpec::setting(
-                "cpu_power",
-                Ty::Quantity(Dim::Power),
-                &["hardware.cpu_power", "economics.cpu_power"],
-                None,
-                "declared CPU power for estimated energy",
-            ),
-            device_param(),
-        ]
-    }
-    fn measuring(&self, _: &BTreeMap<String, Value>) -> bool {
-        true
-    }
-    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
-        not_yet(self.kind(), 4)
-    }
-}
-
-pub struct Evaluate;
-impl Stage for Evaluate {
-    stage_meta!(
-        "evaluate",
-        1,
-        Role::Stage,
-        Output::Record,
-        "score a model on a task"
-    );
-    fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("model", Ty::Ref(Output::Model), "model to evaluate"),
-            ParamSpec::required("task", Ty::Ref(Output::Task), "task"),
-            ParamSpec::optional(
-                "samples",
-                Ty::int(1, i64::MAX),
-                "records evaluated (default: all)",
-            ),
-            ParamSpec::optional(
-                "judge",
-                Ty::Ref(Output::Model),
-                "judge model for score = judge",
-            ),
-            ParamSpec::setting(
-                "seed",
-                Ty::int(0, i64::MAX),
-                &["pipeline.seed"],
-                Some(Value::Int(0)),
-                "seed",
-            ),
-            device_param(),
-        ]
-    }
-    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
-        not_yet(self.kind(), 5)
-    }
-}
-
-pub struct Measure;
-impl Stage for Measure {
-    stage_meta!(
-        "measure",
-        1,
-        Role::Stage,
-        Output::Record,
-        "throughput, latency, energy and memory of serving a task"
-    );
-    fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::required("model", Ty::Ref(Output::Model), "model to measure"),
-            ParamSpec::required(
-                "task",
-                Ty::Ref(Output::Task),
-                "task whose prompts are served",
-            ),
-            ParamSpec::default(
-                "batch",
-                Ty::OneOrList(Box::new(Ty::int(1, 4096))),
-                Value::List(vec![Value::Int(1)]),
-                "batch sizes",
-            ),
-            ParamSpec::default("repeats", Ty::int(1, 1000), Value::Int(3), "repetitions"),
-            ParamSpec::optional("requests", Ty::int(1, i64::MAX), "requests per repetition"),
-            ParamSpec::setting(
-                "cpu_power",
-                Ty::Quantity(Dim::Power),
-                &["hardware.cpu_power", "economics.cpu_power"],
-                None,
-                "declared CPU power for estimated energy",
-            ),
-            device_param(),
-        ]
-    }
-    fn measuring(&self, _: &BTreeMap<String, Value>) -> bool {
-        true
-    }
-    fn run(&self, _: &StageCtx) -> Result<StageOutput> {
-        not_yet(self.kind(), 4)
     }
 }

@@ -28,7 +28,9 @@ macro_rules! stage_meta {
     };
 }
 
+mod evaluate;
 mod lifecycle;
+mod measuring;
 mod quantize;
 pub use lifecycle::PRECISIONS;
 mod sources;
@@ -106,6 +108,9 @@ pub struct StageCtx<'a> {
     pub base_dir: &'a Path,
     /// Private scratch directory; files returned in [`StageOutput`] must be inside it.
     pub work_dir: &'a Path,
+    /// Kept across interrupted attempts of the same stage (same cache key) and removed once the
+    /// result is committed: where a stage saves partial progress to resume from.
+    pub resume_dir: &'a Path,
     pub device: Device,
     pub progress: Arc<dyn Progress>,
     pub cancel: &'a AtomicBool,
@@ -177,9 +182,9 @@ static REGISTRY: &[&dyn Stage] = &[
     &sources::JsonlTask,
     &quantize::Quantize,
     &lifecycle::Finetune,
-    &lifecycle::ColdLoad,
-    &lifecycle::Evaluate,
-    &lifecycle::Measure,
+    &measuring::ColdLoad,
+    &evaluate::Evaluate,
+    &measuring::Measure,
     &test_stage::TestStage,
 ];
 
@@ -242,4 +247,120 @@ pub fn output_digest(
     blake3::hash(canonical.to_string().as_bytes())
         .to_hex()
         .to_string()
+}
+
+/// The GGUF file of a model artifact, or an error saying how to get one.
+pub fn model_gguf(ctx: &StageCtx, param: &str) -> Result<PathBuf> {
+    let Some(model) = ctx.artifacts(param).into_iter().next() else {
+        bail!("no `{param}` model was given (engine bug)")
+    };
+    if let Some(p) = model.files.get("model.gguf") {
+        return Ok(p.clone());
+    }
+    if model.record.get("synthetic").and_then(|s| s.as_bool()) == Some(true) {
+        bail!(
+            "a synthetic model has no weights until it is generated: pass it through \
+             `quantize(MODEL, f16)` (or another precision) first"
+        );
+    }
+    bail!(
+        "the runtime loads GGUF files; convert this Hugging Face folder with `quantize(MODEL, f16)` first"
+    )
+}
+
+/// Whether the model artifact behind `param` holds random (synthetic) weights.
+pub fn is_synthetic(ctx: &StageCtx, param: &str) -> bool {
+    ctx.artifacts(param)
+        .first()
+        .and_then(|a| a.record.get("synthetic"))
+        .and_then(|s| s.as_bool())
+        == Some(true)
+}
+
+/// Model-running stages run on the CPU in this build; a CUDA device is a clear error.
+pub fn require_cpu(ctx: &StageCtx) -> Result<()> {
+    if let Device::Cuda(i) = ctx.device {
+        bail!(
+            "device cuda({i}): this build of edge-eval runs models on the CPU only (the CUDA \
+             build arrives with issue #7); use `device = cpu`"
+        );
+    }
+    Ok(())
+}
+
+/// Parameters every energy-metered stage takes from the pipeline's `hardware`/`economics` blocks.
+pub fn meter_params() -> Vec<ParamSpec> {
+    use crate::spec::{Dim, Ty};
+    vec![
+        ParamSpec::setting(
+            "cpu_power",
+            Ty::Quantity(Dim::Power),
+            &["hardware.cpu_power", "economics.cpu_power"],
+            None,
+            "declared CPU power for estimated energy",
+        ),
+        ParamSpec::setting(
+            "meter",
+            Ty::Enum(&["auto", "nvml", "rapl", "estimated"]),
+            &["hardware.meter"],
+            Some(Value::Symbol("auto".into())),
+            "energy meter",
+        ),
+        ParamSpec::setting(
+            "idle_window",
+            Ty::Quantity(Dim::Time),
+            &["hardware.idle_window"],
+            Some(Value::Quantity {
+                value: 0.5,
+                dim: Dim::Time,
+            }),
+            "idle baseline measured before and after each window",
+        ),
+    ]
+}
+
+/// The meter the stage's parameters ask for (see [`meter_params`]).
+pub fn open_meter(ctx: &StageCtx) -> crate::meter::Metered {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let meter = crate::meter::open(
+        ctx.param("meter").as_str().unwrap_or("auto"),
+        ctx.device,
+        ctx.param("cpu_power").as_f64(),
+        cores,
+    );
+    let idle = ctx.param("idle_window").as_f64().unwrap_or(0.0).max(0.0);
+    crate::meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
+}
+
+/// The task artifact behind `param`: its kind, scorer, generation budget and record files.
+pub struct TaskInfo {
+    pub kind: String,
+    pub scorer: String,
+    pub max_tokens: usize,
+    pub eval: PathBuf,
+    pub train: Option<PathBuf>,
+}
+
+pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
+    let Some(t) = ctx.artifacts(param).into_iter().next() else {
+        bail!("no `{param}` task was given (engine bug)")
+    };
+    let s = |k: &str| {
+        t.record
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    Ok(TaskInfo {
+        kind: s("kind"),
+        scorer: s("score"),
+        max_tokens: t
+            .record
+            .get("max_tokens")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(64) as usize,
+        eval: t.files.get("eval").cloned().context("the task has no records")?,
+        train: t.files.get("train").cloned(),
+    })
 }

@@ -395,6 +395,9 @@ impl Stage for JsonlTask {
             "kind": str_param(params, "kind"),
             "score": str_param(params, "score"),
             "max_tokens": params.get("max_tokens").and_then(Value::as_i64),
+            // The prompt template is part of the task's digest, so every stage that prompts a
+            // model with it reruns when it changes.
+            "template": crate::tasks::template(str_param(params, "kind")),
         });
         Some(local_artifact(files, record, ctx))
     }

@@ -90,6 +90,7 @@ impl Table {
                 (Builder::Str(_), J::String(_)) => true,
                 (Builder::Int(_) | Builder::Time(_), J::Number(n)) => n.as_i64().is_some(),
                 (Builder::Float(_), J::Number(_)) => true,
+                (Builder::Float(_), J::String(s)) => float_word(s).is_some(),
                 (Builder::Bool(_), J::Bool(_)) => true,
                 _ => false,
             };
@@ -106,7 +107,9 @@ impl Table {
                 Builder::Str(b) => b.append_option(cell.as_str()),
                 Builder::Int(b) => b.append_option(cell.as_i64()),
                 Builder::Time(b) => b.append_option(cell.as_i64()),
-                Builder::Float(b) => b.append_option(cell.as_f64()),
+                Builder::Float(b) => {
+                    b.append_option(cell.as_f64().or_else(|| cell.as_str().and_then(float_word)))
+                }
                 Builder::Bool(b) => b.append_option(cell.as_bool()),
             }
         }
@@ -131,6 +134,16 @@ impl Table {
             Arc::new(Schema::new(self.fields)),
             arrays,
         )?)
+    }
+}
+
+/// JSON has no infinity: rows spell it "inf" / "-inf" (e.g. N_break when local serving never
+/// breaks even) and the table stores the float.
+fn float_word(s: &str) -> Option<f64> {
+    match s {
+        "inf" => Some(f64::INFINITY),
+        "-inf" => Some(f64::NEG_INFINITY),
+        _ => None,
     }
 }
 
@@ -227,9 +240,8 @@ fn outcome_row(p: &Pipeline, i: usize, o: &Outcome) -> serde_json::Map<String, s
     row
 }
 
-/// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows; returns the paths.
-pub fn write_run_tables(p: &Pipeline, report: &RunReport, hardware: &str) -> Result<Vec<PathBuf>> {
-    let dir = p.results_dir();
+/// Key-value metadata every table of a run carries.
+pub fn run_metadata(p: &Pipeline, hardware: &str) -> BTreeMap<String, String> {
     let mut meta = BTreeMap::new();
     meta.insert("edge_eval.pipeline".to_string(), p.name.clone());
     meta.insert(
@@ -241,6 +253,56 @@ pub fn write_run_tables(p: &Pipeline, report: &RunReport, hardware: &str) -> Res
         env!("CARGO_PKG_VERSION").to_string(),
     );
     meta.insert("edge_eval.hardware".to_string(), hardware.to_string());
+    meta
+}
+
+/// Reads a Parquet file back into JSON rows (string, integer, float, boolean and timestamp
+/// columns; infinities as "inf"), e.g. `metrics.parquet` for `edge-eval report`.
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{} is not a Parquet file", path.display()))?
+        .build()?;
+    let mut rows = vec![];
+    for batch in reader {
+        let batch = batch?;
+        let schema = batch.schema();
+        for r in 0..batch.num_rows() {
+            let mut row = Row::new();
+            for (c, field) in schema.fields().iter().enumerate() {
+                let col = batch.column(c);
+                let v = if col.is_null(r) {
+                    serde_json::Value::Null
+                } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+                    serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
+                    serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
+                    let x = a.value(r);
+                    match x {
+                        f64::INFINITY => serde_json::json!("inf"),
+                        f64::NEG_INFINITY => serde_json::json!("-inf"),
+                        x => serde_json::json!(x),
+                    }
+                } else if let Some(a) = col.as_any().downcast_ref::<BooleanArray>() {
+                    serde_json::json!(a.value(r))
+                } else {
+                    serde_json::Value::Null
+                };
+                row.insert(field.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows; returns the paths.
+pub fn write_run_tables(p: &Pipeline, report: &RunReport, hardware: &str) -> Result<Vec<PathBuf>> {
+    let dir = p.results_dir();
+    let meta = run_metadata(p, hardware);
     let mut written = vec![];
 
     let mut runs = Table::new(RUN_COLUMNS);

@@ -1,0 +1,77 @@
+//! Process memory and CPU time from the kernel: resident set (VmRSS), its peak (VmHWM, which
+//! [`reset_peak`] restarts), and the process's CPU time.
+
+use anyhow::{Context, Result};
+
+fn status_kib(field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("/proc/self/status has no {field}"))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("unreadable {field} line: {line}"))
+}
+
+/// Bytes resident now.
+pub fn rss_bytes() -> Result<u64> {
+    Ok(status_kib("VmRSS:")? * 1024)
+}
+
+/// Peak resident bytes since the process started or since [`reset_peak`].
+pub fn peak_rss_bytes() -> Result<u64> {
+    Ok(status_kib("VmHWM:")? * 1024)
+}
+
+/// Restarts the peak-RSS mark at the current RSS (`/proc/self/clear_refs`, value 5). Returns
+/// false where the kernel refuses, in which case the peak is the process's lifetime peak.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Hands memory the allocator keeps after frees back to the kernel (glibc `malloc_trim`), so an
+/// RSS difference around a load measures the load, not what an earlier model left behind.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// CPU seconds (user + system, all threads) this process has used.
+pub fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the pointer it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_grows_with_touched_pages_and_peak_resets() {
+        let before = rss_bytes().unwrap();
+        let v = vec![1u8; 64 << 20];
+        std::hint::black_box(&v);
+        let during = rss_bytes().unwrap();
+        assert!(during >= before + (48 << 20), "{before} → {during}");
+        assert!(peak_rss_bytes().unwrap() >= during);
+        drop(v);
+        if reset_peak() {
+            assert!(peak_rss_bytes().unwrap() < during);
+        }
+    }
+}

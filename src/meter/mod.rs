@@ -1,0 +1,368 @@
+//! Energy meters and measurement windows.
+//!
+//! A [`Meter`] reports cumulative joules since it was opened (monotone: counter wrap-around is
+//! handled inside the meter). [`Metered::window`] wraps the work being measured: an idle baseline
+//! before and after, a reading at the window's edges, and the gross and idle-subtracted (net)
+//! energy. Anything the work does before or after the closure (loading, warm-up) is outside the
+//! window by construction.
+//!
+//! Implementations: RAPL (`/sys/class/powercap`, package + DRAM, wrap-safe) and an estimate
+//! (declared watts × the process's CPU time). A GPU counter (NVML) plugs in behind the same trait.
+//! When no meter can be had, every energy figure is null with the reason, never 0.
+
+pub mod memory;
+pub mod pagecache;
+mod rapl;
+
+use anyhow::Result;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+pub use rapl::Rapl;
+
+/// How an energy figure was obtained; every energy column is accompanied by one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A hardware energy counter (NVML `total_energy_consumption`).
+    Counter,
+    /// Integrated timestamped power samples.
+    Sampled,
+    /// CPU package/DRAM energy counters (RAPL).
+    Rapl,
+    /// Declared watts × measured busy time: an estimate, not a measurement.
+    Estimated,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Counter => "counter",
+            Source::Sampled => "sampled",
+            Source::Rapl => "rapl",
+            Source::Estimated => "estimated",
+        }
+    }
+}
+
+/// A source of cumulative energy readings.
+pub trait Meter: Send {
+    fn source(&self) -> Source;
+    /// Smallest energy step the meter can tell apart, in joules.
+    fn resolution_j(&self) -> f64;
+    /// One line saying what is measured and how (goes into every row).
+    fn describe(&self) -> String;
+    /// Joules since the meter was opened (monotone).
+    fn joules(&mut self) -> Result<f64>;
+}
+
+/// Declared watts × the CPU time this process used, over the share of the machine it could use:
+/// `cpu_power` is the declared power of the whole CPU when all `cores` are busy.
+pub struct Estimated {
+    pub cpu_power_w: f64,
+    pub cores: usize,
+    start: f64,
+}
+
+impl Estimated {
+    pub fn new(cpu_power_w: f64, cores: usize) -> Estimated {
+        Estimated {
+            cpu_power_w,
+            cores: cores.max(1),
+            start: memory::process_cpu_seconds(),
+        }
+    }
+}
+
+impl Meter for Estimated {
+    fn source(&self) -> Source {
+        Source::Estimated
+    }
+    fn resolution_j(&self) -> f64 {
+        // CLOCK_PROCESS_CPUTIME_ID is nanosecond-resolution; the estimate is far coarser than
+        // that, which the `estimated` label says.
+        self.cpu_power_w * 1e-6 / self.cores as f64
+    }
+    fn describe(&self) -> String {
+        format!(
+            "estimated: declared {} W × process CPU time / {} cores (no energy counter on this machine)",
+            self.cpu_power_w, self.cores
+        )
+    }
+    fn joules(&mut self) -> Result<f64> {
+        let busy = memory::process_cpu_seconds() - self.start;
+        Ok(self.cpu_power_w * busy / self.cores as f64)
+    }
+}
+
+/// The energy of one measuring window. `gross_j`/`net_j` are null exactly when `null_reason` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowEnergy {
+    pub seconds: f64,
+    pub gross_j: Option<f64>,
+    /// Gross minus idle power × seconds.
+    pub net_j: Option<f64>,
+    /// Mean power of the idle windows before and after.
+    pub idle_w: Option<f64>,
+    pub source: Option<Source>,
+    pub resolution_j: Option<f64>,
+    pub null_reason: Option<String>,
+}
+
+impl WindowEnergy {
+    /// A window with no energy figure, and why.
+    pub fn unmeasured(seconds: f64, why: &str) -> WindowEnergy {
+        WindowEnergy {
+            seconds,
+            gross_j: None,
+            net_j: None,
+            idle_w: None,
+            source: None,
+            resolution_j: None,
+            null_reason: Some(why.to_string()),
+        }
+    }
+
+    /// Columns every measuring row carries (`energy_*`, `idle_power_w`).
+    pub fn columns(&self, row: &mut serde_json::Map<String, serde_json::Value>) {
+        row.insert("energy_j".into(), json!(self.gross_j));
+        row.insert("energy_net_j".into(), json!(self.net_j));
+        row.insert("idle_power_w".into(), json!(self.idle_w));
+        row.insert(
+            "energy_source".into(),
+            json!(self.source.map(Source::as_str)),
+        );
+        row.insert("energy_resolution_j".into(), json!(self.resolution_j));
+        row.insert("energy_null_reason".into(), json!(self.null_reason));
+    }
+}
+
+/// Idle power: the meter's joules over a quiet interval.
+fn idle_power(meter: &mut dyn Meter, idle: Duration) -> Result<f64> {
+    let t0 = Instant::now();
+    let e0 = meter.joules()?;
+    std::thread::sleep(idle);
+    let e1 = meter.joules()?;
+    Ok((e1 - e0) / t0.elapsed().as_secs_f64())
+}
+
+/// A meter (or the reason there is none) and the idle window used around each measurement.
+pub struct Metered {
+    meter: Result<Box<dyn Meter>, String>,
+    pub idle: Duration,
+}
+
+impl Metered {
+    pub fn new(meter: Result<Box<dyn Meter>, String>, idle: Duration) -> Metered {
+        Metered { meter, idle }
+    }
+
+    /// What is measured and how, or why nothing is.
+    pub fn describe(&self) -> String {
+        match &self.meter {
+            Ok(m) => m.describe(),
+            Err(why) => format!("none: {why}"),
+        }
+    }
+
+    /// Runs `work` inside a measuring window: idle baseline, reading, work, reading, idle
+    /// baseline. The work's own error is returned as is; a meter error makes the energy null
+    /// with its reason and keeps the work's result.
+    pub fn window<T>(&mut self, work: impl FnOnce() -> Result<T>) -> Result<(T, WindowEnergy)> {
+        let meter = match &mut self.meter {
+            Ok(m) => m,
+            Err(why) => {
+                let why = why.clone();
+                let t0 = Instant::now();
+                let out = work()?;
+                return Ok((out, WindowEnergy::unmeasured(t0.elapsed().as_secs_f64(), &why)));
+            }
+        };
+        let idle = self.idle;
+        let before = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
+        let start = meter.joules();
+        let t0 = Instant::now();
+        let out = work()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let end = meter.joules();
+        let after = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
+        let energy = match (start, end) {
+            (Ok(s), Ok(e)) => {
+                let idle_w = match (before, after) {
+                    (Some(Ok(b)), Some(Ok(a))) => Some((b + a) / 2.0),
+                    _ => None,
+                };
+                WindowEnergy {
+                    seconds,
+                    gross_j: Some(e - s),
+                    net_j: idle_w.map(|w| e - s - w * seconds),
+                    idle_w,
+                    source: Some(meter.source()),
+                    resolution_j: Some(meter.resolution_j()),
+                    null_reason: None,
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                WindowEnergy::unmeasured(seconds, &format!("meter read failed: {e:#}"))
+            }
+        };
+        Ok((out, energy))
+    }
+}
+
+/// Which meter to use: `choice` is the pipeline's `hardware.meter` (auto, rapl, estimated, nvml).
+pub fn open(
+    choice: &str,
+    device: crate::spec::Device,
+    cpu_power_w: Option<f64>,
+    cores: usize,
+) -> Result<Box<dyn Meter>, String> {
+    let estimated = || match cpu_power_w {
+        Some(w) => Ok(Box::new(Estimated::new(w, cores)) as Box<dyn Meter>),
+        None => Err("no energy counter is readable here and no `cpu_power` is declared \
+                     (set `hardware { cpu_power = 15 W }` for an estimate)"
+            .to_string()),
+    };
+    if let crate::spec::Device::Cuda(_) = device {
+        return Err("the NVML GPU meter is not in this build yet (issue #7)".into());
+    }
+    match choice {
+        "nvml" => Err("the NVML GPU meter is not in this build yet (issue #7)".into()),
+        "rapl" => Rapl::open_system().map(|r| Box::new(r) as Box<dyn Meter>),
+        "estimated" => estimated(),
+        _ => match Rapl::open_system() {
+            Ok(r) => Ok(Box::new(r)),
+            Err(rapl_why) => estimated().map_err(|e| format!("{e}; RAPL: {rapl_why}")),
+        },
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A scripted meter: returns the queued readings in order, or an error when told to.
+    pub struct Scripted(pub Arc<Mutex<Vec<Result<f64, String>>>>);
+    impl Meter for Scripted {
+        fn source(&self) -> Source {
+            Source::Counter
+        }
+        fn resolution_j(&self) -> f64 {
+            0.001
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        fn joules(&mut self) -> Result<f64> {
+            let mut q = self.0.lock().unwrap();
+            anyhow::ensure!(!q.is_empty(), "script exhausted");
+            q.remove(0).map_err(anyhow::Error::msg)
+        }
+    }
+
+    fn scripted(readings: Vec<Result<f64, String>>) -> (Metered, Arc<Mutex<Vec<Result<f64, String>>>>) {
+        let q = Arc::new(Mutex::new(readings));
+        let m = Metered::new(Ok(Box::new(Scripted(q.clone()))), Duration::from_millis(20));
+        (m, q)
+    }
+
+    #[test]
+    fn window_subtracts_idle_power_and_keeps_the_work_inside() {
+        // idle before: 0 → 0.2 J over ~20 ms (≈10 W); window 100 → 150 J; idle after 150 → 150.2.
+        let (mut m, q) = scripted(vec![
+            Ok(0.0),
+            Ok(0.2),
+            Ok(100.0),
+            Ok(150.0),
+            Ok(150.0),
+            Ok(150.2),
+        ]);
+        let (v, e) = m
+            .window(|| {
+                // The work runs between the 3rd and 4th reading, never during an idle window.
+                assert_eq!(q.lock().unwrap().len(), 3);
+                std::thread::sleep(Duration::from_millis(50));
+                Ok(7)
+            })
+            .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(e.gross_j, Some(50.0));
+        let idle = e.idle_w.unwrap();
+        assert!(idle > 3.0 && idle <= 10.0, "{idle}");
+        let net = e.net_j.unwrap();
+        assert!((net - (50.0 - idle * e.seconds)).abs() < 1e-9);
+        assert!(net < 50.0);
+        assert_eq!(e.source, Some(Source::Counter));
+        assert!(e.null_reason.is_none());
+    }
+
+    #[test]
+    fn a_failed_reading_makes_energy_null_with_a_reason_and_keeps_the_result() {
+        let (mut m, _) = scripted(vec![
+            Ok(0.0),
+            Ok(0.1),
+            Ok(10.0),
+            Err("device lost".into()),
+            Ok(0.0),
+            Ok(0.1),
+        ]);
+        let (v, e) = m.window(|| Ok("kept")).unwrap();
+        assert_eq!(v, "kept");
+        assert_eq!(e.gross_j, None);
+        assert_eq!(e.net_j, None);
+        assert!(e.null_reason.unwrap().contains("device lost"));
+    }
+
+    #[test]
+    fn no_meter_means_null_energy_never_zero() {
+        let mut m = Metered::new(Err("no counter".into()), Duration::ZERO);
+        let (_, e) = m.window(|| Ok(())).unwrap();
+        assert_eq!(e.gross_j, None);
+        assert_eq!(e.null_reason.as_deref(), Some("no counter"));
+        let mut row = serde_json::Map::new();
+        e.columns(&mut row);
+        assert_eq!(row["energy_j"], serde_json::Value::Null);
+        assert_eq!(row["energy_source"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn idle_subtraction_failure_leaves_gross_and_nulls_net() {
+        let (mut m, _) = scripted(vec![
+            Err("busy".into()),
+            Ok(5.0),
+            Ok(9.0),
+            Ok(9.0),
+            Ok(9.1),
+        ]);
+        let (_, e) = m.window(|| Ok(())).unwrap();
+        assert_eq!(e.gross_j, Some(4.0));
+        assert_eq!(e.net_j, None);
+        assert_eq!(e.idle_w, None);
+    }
+
+    #[test]
+    fn estimated_meter_counts_busy_cpu_time() {
+        let mut m = Estimated::new(10.0, 2);
+        let e0 = m.joules().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let idle = m.joules().unwrap() - e0;
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let busy = m.joules().unwrap() - e0 - idle;
+        // 0.2 s busy on one of two cores at 10 W ≈ 1 J; sleeping costs (almost) nothing.
+        assert!(idle < 0.05, "idle {idle}");
+        assert!(busy > 0.7 && busy < 1.3, "busy {busy}");
+        assert_eq!(m.source(), Source::Estimated);
+    }
+
+    #[test]
+    fn meter_choice_says_why_when_nothing_can_be_had() {
+        let err = open("estimated", crate::spec::Device::Cpu, None, 2).err().unwrap();
+        assert!(err.contains("cpu_power"), "{err}");
+        assert!(open("estimated", crate::spec::Device::Cpu, Some(12.0), 2).is_ok());
+    }
+}

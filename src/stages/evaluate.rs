@@ -1,0 +1,315 @@
+//! `evaluate(model, task, samples = N, reference = MODEL)`: generates an answer for each task
+//! sample (greedy, batched), scores it, and writes one row per sample plus a summary row (mean,
+//! standard error, 95 % bootstrap interval). With `reference`, it also runs the reference model
+//! teacher-forced on each prompt + gold answer and reports token-level fidelity against it:
+//! KL(P_ref ‖ P_model) per answer position (mean, p99) and top-1 agreement.
+//!
+//! Resumable: each finished batch of samples is appended to the stage's resume folder; an
+//! interrupted evaluation continues from there on the next run (same cache key).
+
+use super::lifecycle::device_param;
+use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use crate::metrics::fidelity::Fidelity;
+use crate::metrics::{score, stats};
+use crate::runtime::generate::{GenOptions, StopReason, generate_batch};
+use crate::runtime::llama::{KvCache, Llama};
+use crate::runtime::tokenizer::Tok;
+use crate::spec::{Output, ParamSpec, Ty, Value};
+use crate::tasks::Sample;
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+
+pub struct Evaluate;
+
+const RESUME_FILE: &str = "samples.jsonl";
+
+fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
+    Column { name, ty, doc }
+}
+
+impl Stage for Evaluate {
+    stage_meta!(
+        "evaluate",
+        2,
+        Role::Stage,
+        Output::Record,
+        "score a model on a task (and its fidelity against a reference model)"
+    );
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "model to evaluate"),
+            ParamSpec::required("task", Ty::Ref(Output::Task), "task"),
+            ParamSpec::optional(
+                "samples",
+                Ty::int(1, i64::MAX),
+                "records evaluated, from the top of the file (default: all)",
+            ),
+            ParamSpec::optional(
+                "reference",
+                Ty::Ref(Output::Model),
+                "model to measure token-level fidelity against (KL divergence, top-1 agreement)",
+            ),
+            ParamSpec::default(
+                "batch",
+                Ty::int(1, 256),
+                Value::Int(4),
+                "samples generated together (results equal one at a time)",
+            ),
+            ParamSpec::setting(
+                "seed",
+                Ty::int(0, i64::MAX),
+                &["pipeline.seed"],
+                Some(Value::Int(0)),
+                "seed",
+            ),
+            device_param(),
+        ]
+    }
+    fn threads(&self, _: &BTreeMap<String, Value>) -> usize {
+        usize::MAX
+    }
+    fn table(&self) -> Vec<Column> {
+        vec![
+            c("row", ColType::Str, "sample | summary"),
+            c("sample_id", ColType::Str, "record id (null in the summary)"),
+            c("scorer", ColType::Str, "exact_match | f1 | rouge_l"),
+            c("score", ColType::Float, "0–1; summary: mean over samples"),
+            c("score_se", ColType::Float, "standard error of the mean"),
+            c("score_ci_lo", ColType::Float, "95 % bootstrap interval, low"),
+            c("score_ci_hi", ColType::Float, "95 % bootstrap interval, high"),
+            c("samples", ColType::Int, "samples scored (summary)"),
+            c("prompt_digest", ColType::Str, "blake3 of the prompt token ids"),
+            c("output", ColType::Str, "generated text"),
+            c("prompt_tokens", ColType::Int, "prompt tokens"),
+            c("output_tokens", ColType::Int, "generated tokens"),
+            c("stop", ColType::Str, "end_token | stop_string | max_tokens"),
+            c(
+                "kl_mean",
+                ColType::Float,
+                "mean KL(P_reference ‖ P_model) over answer positions (nats)",
+            ),
+            c("kl_p99", ColType::Float, "99th percentile of the per-position KL (nats)"),
+            c(
+                "top1_agreement",
+                ColType::Float,
+                "fraction of answer positions where both models' top token agree",
+            ),
+            c("kl_positions", ColType::Int, "positions compared"),
+        ]
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        super::require_cpu(ctx)?;
+        if super::is_synthetic(ctx, "model") {
+            bail!(
+                "synthetic models have random weights: they are valid for speed, energy and \
+                 memory, never for quality, so `evaluate` refuses them"
+            );
+        }
+        let path = super::model_gguf(ctx, "model")?;
+        let task = super::task_info(ctx, "task")?;
+        if score::score(&task.scorer, "", &[String::new()]).is_none() {
+            bail!("scorer `{}` is not available in this build", task.scorer);
+        }
+        let mut samples = crate::tasks::load(&task.eval, &task.kind)?;
+        if let Some(n) = ctx.param("samples").as_i64() {
+            samples.truncate(n as usize);
+        }
+        let batch = ctx.param("batch").as_i64().unwrap_or(4).max(1) as usize;
+        let reference = match ctx.param("reference") {
+            Value::Node(_) => Some(super::model_gguf(ctx, "reference")?),
+            _ => None,
+        };
+
+        // Samples finished by an earlier, interrupted attempt.
+        let resume_path = ctx.resume_dir.join(RESUME_FILE);
+        let mut done: HashMap<String, Row> = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&resume_path) {
+            for line in text.lines() {
+                // A torn last line (killed mid-write) is simply redone.
+                if let Ok(serde_json::Value::Object(row)) = serde_json::from_str(line)
+                    && let Some(id) = row.get("sample_id").and_then(|v| v.as_str())
+                {
+                    done.insert(id.to_string(), row);
+                }
+            }
+        }
+        let todo: Vec<&Sample> = samples.iter().filter(|s| !done.contains_key(&s.id)).collect();
+        ctx.progress.set_length(samples.len() as u64);
+        ctx.progress.set_position((samples.len() - todo.len()) as u64);
+        if !done.is_empty() {
+            ctx.progress
+                .message(&format!("resuming: {} samples already scored", done.len()));
+        }
+
+        if !todo.is_empty() {
+            let (model, tok) = crate::runtime::load_gguf(&path)?;
+            let reference = match &reference {
+                Some(p) => Some(crate::runtime::load_gguf(p)?),
+                None => None,
+            };
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&resume_path)
+                .with_context(|| format!("cannot write {}", resume_path.display()))?;
+            let opts = GenOptions {
+                max_tokens: task.max_tokens,
+                ..Default::default()
+            };
+            for chunk in todo.chunks(batch) {
+                ctx.check_cancelled()?;
+                let prompts = chunk
+                    .iter()
+                    .map(|s| prompt_ids(&tok, &model, s, task.max_tokens))
+                    .collect::<Result<Vec<_>>>()?;
+                let gens = generate_batch(&model, &tok, &prompts, &opts)?;
+                for ((s, ids), g) in chunk.iter().zip(&prompts).zip(gens) {
+                    let mut row = Row::new();
+                    row.insert("row".into(), json!("sample"));
+                    row.insert("sample_id".into(), json!(s.id));
+                    row.insert("scorer".into(), json!(task.scorer));
+                    let sc = score::score(&task.scorer, g.text.trim(), &s.references);
+                    row.insert("score".into(), json!(sc));
+                    let digest = blake3::hash(
+                        &ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>(),
+                    );
+                    row.insert("prompt_digest".into(), json!(digest.to_hex().to_string()));
+                    row.insert("output".into(), json!(g.text));
+                    row.insert("prompt_tokens".into(), json!(g.prompt_tokens));
+                    row.insert("output_tokens".into(), json!(g.tokens.len()));
+                    let stop = match g.stop {
+                        StopReason::EndToken => "end_token",
+                        StopReason::StopString => "stop_string",
+                        StopReason::MaxTokens => "max_tokens",
+                    };
+                    row.insert("stop".into(), json!(stop));
+                    if let Some((rm, rt)) = &reference {
+                        let f = fidelity(&model, &tok, rm, rt, ids, &s.references[0])?;
+                        row.insert("kl_mean".into(), json!(f.mean_kl()));
+                        row.insert("kl_p99".into(), json!(f.p99_kl()));
+                        row.insert("top1_agreement".into(), json!(f.top1_agreement()));
+                        row.insert("kl_positions".into(), json!(f.positions()));
+                        row.insert("kl_values".into(), json!(f.kl));
+                        row.insert("top1_same".into(), json!(f.top1_same));
+                    }
+                    writeln!(log, "{}", serde_json::Value::Object(row.clone()))?;
+                    done.insert(s.id.clone(), row);
+                }
+                log.flush()?;
+                ctx.progress.set_position(done.len() as u64);
+            }
+        }
+
+        let mut rows: Vec<Row> = samples
+            .iter()
+            .filter_map(|s| done.get(&s.id).cloned())
+            .collect();
+        let summary = summary_row(&task.scorer, &rows);
+        for r in &mut rows {
+            // Per-position values feed the summary only; the table keeps the per-sample stats.
+            r.remove("kl_values");
+            r.remove("top1_same");
+        }
+        let record = json!({
+            "scorer": task.scorer,
+            "mean": summary.get("score"),
+            "samples": rows.len(),
+        });
+        rows.push(summary);
+        Ok(StageOutput {
+            files: vec![],
+            record,
+            rows,
+        })
+    }
+}
+
+/// The chat-templated prompt of a sample, checked against the context.
+fn prompt_ids(tok: &Tok, model: &Llama, s: &Sample, max_tokens: usize) -> Result<Vec<u32>> {
+    let ids = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+    if ids.len() + max_tokens > model.cfg.context {
+        bail!(
+            "sample `{}` needs {} prompt + {max_tokens} generated tokens, more than the model's \
+             context of {}",
+            s.id,
+            ids.len(),
+            model.cfg.context
+        );
+    }
+    Ok(ids)
+}
+
+/// Logits `[tokens, vocab]` of one sequence.
+fn all_logits(model: &Llama, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+    let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
+    let logits = model.forward(&t, &mut KvCache::new(model.cfg.n_layer))?;
+    Ok(logits.squeeze(0)?.to_vec2()?)
+}
+
+/// Teacher-forced fidelity on prompt + gold answer: the positions that predict answer tokens.
+fn fidelity(
+    model: &Llama,
+    tok: &Tok,
+    reference: &Llama,
+    ref_tok: &Tok,
+    prompt: &[u32],
+    answer: &str,
+) -> Result<Fidelity> {
+    let answer_ids = tok.encode_plain(answer)?;
+    let mut ids = prompt.to_vec();
+    ids.extend(&answer_ids);
+    if reference.cfg.vocab != model.cfg.vocab || ref_tok.encode_plain(answer)? != answer_ids {
+        bail!("the reference model has another vocabulary: token-level KL needs the same tokenizer");
+    }
+    ids.truncate(model.cfg.context.min(reference.cfg.context));
+    let a = all_logits(model, &ids)?;
+    let b = all_logits(reference, &ids)?;
+    let mut f = Fidelity::default();
+    for pos in prompt.len().saturating_sub(1)..ids.len().saturating_sub(1) {
+        f.add(&b[pos], &a[pos]);
+    }
+    Ok(f)
+}
+
+/// Mean, standard error and bootstrap interval of the sample scores; fidelity pooled over every
+/// answer position of every sample.
+fn summary_row(scorer: &str, rows: &[Row]) -> Row {
+    let scores: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.get("score").and_then(|v| v.as_f64()))
+        .collect();
+    let mut s = Row::new();
+    s.insert("row".into(), json!("summary"));
+    s.insert("scorer".into(), json!(scorer));
+    s.insert("samples".into(), json!(scores.len()));
+    s.insert("score".into(), json!(stats::mean(&scores)));
+    s.insert("score_se".into(), json!(stats::std_error(&scores)));
+    let ci = stats::mean_interval(&scores);
+    s.insert("score_ci_lo".into(), json!(ci.map(|c| c.0)));
+    s.insert("score_ci_hi".into(), json!(ci.map(|c| c.1)));
+    let mut f = Fidelity::default();
+    for r in rows {
+        if let Some(kl) = r.get("kl_values").and_then(|v| v.as_array()) {
+            f.kl.extend(kl.iter().filter_map(|x| x.as_f64()));
+            f.top1_same += r.get("top1_same").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+        }
+    }
+    if f.positions() > 0 {
+        s.insert("kl_mean".into(), json!(f.mean_kl()));
+        s.insert("kl_p99".into(), json!(f.p99_kl()));
+        s.insert("top1_agreement".into(), json!(f.top1_agreement()));
+        s.insert("kl_positions".into(), json!(f.positions()));
+    }
+    s.insert(
+        "output_tokens".into(),
+        json!(
+            rows.iter()
+                .filter_map(|r| r.get("output_tokens").and_then(|v| v.as_u64()))
+                .sum::<u64>()
+        ),
+    );
+    s
+}

@@ -1,0 +1,567 @@
+//! The measuring stages: `cold_load` (nothing in memory → first token can be produced) and
+//! `measure` (a serving benchmark on a task's prompts). Both hold their device alone (the
+//! executor's leases), run every repetition inside a [`Metered::window`] that contains only the
+//! work measured, and write one row per repetition plus summary rows (`row = "summary"`) with
+//! medians and spread.
+
+use super::lifecycle::device_param;
+use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use crate::meter::{Metered, WindowEnergy, memory, pagecache};
+use crate::metrics::stats;
+use crate::runtime::generate::{GenOptions, Generation, generate_batch};
+use crate::runtime::llama::{KvCache, Llama};
+use crate::runtime::tokenizer::Tok;
+use crate::spec::{Output, ParamSpec, Ty, Value};
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
+    Column { name, ty, doc }
+}
+
+/// The energy columns every measuring row has (see [`WindowEnergy::columns`]).
+fn energy_columns() -> Vec<Column> {
+    vec![
+        c("energy_j", ColType::Float, "gross energy of the window (J)"),
+        c(
+            "energy_net_j",
+            ColType::Float,
+            "energy minus idle power × window length (J)",
+        ),
+        c(
+            "idle_power_w",
+            ColType::Float,
+            "idle power before/after the window (W)",
+        ),
+        c(
+            "energy_source",
+            ColType::Str,
+            "counter | sampled | rapl | estimated (null: not measured)",
+        ),
+        c(
+            "energy_resolution_j",
+            ColType::Float,
+            "smallest step the meter resolves (J)",
+        ),
+        c(
+            "energy_null_reason",
+            ColType::Str,
+            "why the energy columns are null",
+        ),
+        c("meter", ColType::Str, "what measured the energy, and how"),
+    ]
+}
+
+fn base_row(kind: &str, repeat: Option<usize>, meter: &Metered) -> Row {
+    let mut row = Row::new();
+    row.insert("row".into(), json!(kind));
+    row.insert("repeat".into(), json!(repeat));
+    row.insert("meter".into(), json!(meter.describe()));
+    row
+}
+
+/// Summary cells shared by both stages: median, spread and CV of a per-repetition column.
+fn summarise(rows: &[Row], col: &str, out: &mut Row) {
+    let xs: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| r.get(col).and_then(|v| v.as_f64()))
+        .collect();
+    // A column that is null in any repetition is null in the summary (never a partial median).
+    let complete = xs.len() == rows.len();
+    let med = complete.then(|| stats::median(&xs)).flatten();
+    // Counts (bytes, tokens) stay integers: the median of an even count is rounded.
+    let integral = rows.iter().all(|r| r.get(col).is_some_and(|v| v.is_i64() || v.is_u64()));
+    if integral {
+        out.insert(col.into(), json!(med.map(|m| m.round() as i64)));
+    } else {
+        out.insert(col.into(), json!(med));
+    }
+    out.insert(format!("{col}_cv"), json!(complete.then(|| stats::cv(&xs)).flatten()));
+}
+
+/// Copies the energy source / reason of the repetitions into a summary row.
+fn summary_energy_labels(rows: &[Row], out: &mut Row) {
+    for k in ["energy_source", "energy_resolution_j", "energy_null_reason"] {
+        if let Some(v) = rows.iter().find_map(|r| r.get(k).filter(|v| !v.is_null())) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+}
+
+/// One forward pass on a single token: after it, the first token can be produced.
+fn first_forward(model: &Llama, tok: &Tok) -> Result<u32> {
+    let id = match tok.bos {
+        Some(b) => b,
+        None => *tok.encode("Hello")?.first().context("empty tokenization")?,
+    };
+    let ids = candle_core::Tensor::from_vec(vec![id], (1, 1), &candle_core::Device::Cpu)?;
+    let logits = model.forward_last(&ids, &mut KvCache::new(model.cfg.n_layer))?;
+    crate::runtime::llama::argmax(&logits.get(0)?)
+}
+
+pub struct ColdLoad;
+impl Stage for ColdLoad {
+    stage_meta!(
+        "cold_load",
+        3,
+        Role::Stage,
+        Output::Record,
+        "time and energy from nothing in memory to the first token"
+    );
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "model to load"),
+            ParamSpec::default("repeats", Ty::int(1, 1000), Value::Int(3), "repetitions"),
+            ParamSpec::default(
+                "cache_state",
+                Ty::Enum(&["cold", "warm"]),
+                Value::Symbol("cold".into()),
+                "cold: the model file is evicted from the page cache before each load",
+            ),
+        ];
+        p.extend(super::meter_params());
+        p.push(device_param());
+        p
+    }
+    fn measuring(&self, _: &BTreeMap<String, Value>) -> bool {
+        true
+    }
+    fn threads(&self, _: &BTreeMap<String, Value>) -> usize {
+        usize::MAX
+    }
+    fn table(&self) -> Vec<Column> {
+        let mut cols = vec![
+            c("row", ColType::Str, "repeat | summary"),
+            c("repeat", ColType::Int, "repetition (null in the summary)"),
+            c("cache_state", ColType::Str, "cold | warm (as requested)"),
+            c(
+                "page_cache_before",
+                ColType::Float,
+                "fraction of the file in the page cache when the load started (cold: after eviction)",
+            ),
+            c(
+                "eviction_note",
+                ColType::Str,
+                "set when eviction did not empty the page cache, with the reason",
+            ),
+            c(
+                "seconds",
+                ColType::Float,
+                "load + first forward pass (s); summary: median",
+            ),
+            c("seconds_cv", ColType::Float, "coefficient of variation"),
+            c(
+                "file_bytes",
+                ColType::Int,
+                "size of the model file (B)",
+            ),
+            c(
+                "weight_bytes",
+                ColType::Int,
+                "bytes the loaded weights occupy as held in memory (B)",
+            ),
+            c(
+                "resident_bytes",
+                ColType::Int,
+                "measured: process RSS after the load minus before (B)",
+            ),
+            c(
+                "peak_bytes",
+                ColType::Int,
+                "measured: peak RSS during the load minus RSS before (B)",
+            ),
+            c("synthetic", ColType::Bool, "random weights"),
+        ];
+        cols.extend(energy_columns());
+        cols.push(c("energy_j_cv", ColType::Float, "coefficient of variation"));
+        cols.push(c("energy_net_j_cv", ColType::Float, "coefficient of variation"));
+        cols
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        super::require_cpu(ctx)?;
+        let path = super::model_gguf(ctx, "model")?;
+        let cold = ctx.param("cache_state").as_str() == Some("cold");
+        let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
+        let mut meter = super::open_meter(ctx);
+        let file_bytes = std::fs::metadata(&path)?.len();
+        ctx.progress.set_length(repeats as u64);
+        let mut rows = vec![];
+        for r in 0..repeats {
+            ctx.check_cancelled()?;
+            let (fraction, note) = prepare_page_cache(&path, cold);
+            memory::release_free_memory();
+            let rss0 = memory::rss_bytes()?;
+            let peak_reset = memory::reset_peak();
+            let ((model, _first), energy) = meter.window(|| {
+                let (model, tok) = crate::runtime::load_gguf(&path)?;
+                let first = first_forward(&model, &tok)?;
+                Ok((model, first))
+            })?;
+            let rss1 = memory::rss_bytes()?;
+            let peak = memory::peak_rss_bytes()?;
+            let mut row = base_row("repeat", Some(r), &meter);
+            row.insert("cache_state".into(), json!(if cold { "cold" } else { "warm" }));
+            row.insert("page_cache_before".into(), json!(fraction));
+            row.insert("eviction_note".into(), json!(note));
+            row.insert("seconds".into(), json!(energy.seconds));
+            row.insert("file_bytes".into(), json!(file_bytes));
+            row.insert("weight_bytes".into(), json!(model.weight_bytes));
+            row.insert("resident_bytes".into(), json!(rss1.saturating_sub(rss0)));
+            // Without a peak reset the kernel's mark is the process lifetime peak: say nothing.
+            row.insert(
+                "peak_bytes".into(),
+                json!(peak_reset.then(|| peak.saturating_sub(rss0))),
+            );
+            row.insert("synthetic".into(), json!(super::is_synthetic(ctx, "model")));
+            energy.columns(&mut row);
+            rows.push(row);
+            drop(model);
+            ctx.progress.set_position(r as u64 + 1);
+        }
+        let mut summary = base_row("summary", None, &meter);
+        for k in ["cache_state", "file_bytes", "weight_bytes", "synthetic"] {
+            summary.insert(k.into(), rows[0][k].clone());
+        }
+        for k in [
+            "seconds",
+            "energy_j",
+            "energy_net_j",
+            "idle_power_w",
+            "resident_bytes",
+            "peak_bytes",
+            "page_cache_before",
+        ] {
+            summarise(&rows, k, &mut summary);
+        }
+        summary_energy_labels(&rows, &mut summary);
+        rows.push(summary);
+        Ok(StageOutput {
+            files: vec![],
+            record: json!({ "measured": "cold_load" }),
+            rows,
+        })
+    }
+}
+
+/// Evicts (cold) or warms (warm) the file's pages; returns the resident fraction and a note when
+/// the requested state could not be reached.
+fn prepare_page_cache(path: &Path, cold: bool) -> (Option<f64>, Option<String>) {
+    if cold {
+        if let Err(e) = pagecache::evict(path) {
+            return (None, Some(format!("eviction impossible: {e:#}")));
+        }
+    } else if let Err(e) = std::fs::read(path) {
+        return (None, Some(format!("cannot pre-read the file: {e}")));
+    }
+    match pagecache::resident_fraction(path) {
+        Ok(f) if cold && f > 0.01 => (
+            Some(f),
+            Some(format!(
+                "{:.0} % of the file stayed in the page cache after eviction (filesystem keeps it)",
+                f * 100.0
+            )),
+        ),
+        Ok(f) => (Some(f), None),
+        Err(e) => (None, Some(format!("page cache state unknown: {e:#}"))),
+    }
+}
+
+pub struct Measure;
+impl Stage for Measure {
+    stage_meta!(
+        "measure",
+        3,
+        Role::Stage,
+        Output::Record,
+        "throughput, latency, energy and memory of serving a task"
+    );
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "model to measure"),
+            ParamSpec::required(
+                "task",
+                Ty::Ref(Output::Task),
+                "task whose prompts are served",
+            ),
+            ParamSpec::default(
+                "batch",
+                Ty::OneOrList(Box::new(Ty::int(1, 4096))),
+                Value::List(vec![Value::Int(1)]),
+                "batch sizes (concurrent requests per forward pass), swept",
+            ),
+            ParamSpec::default("repeats", Ty::int(1, 1000), Value::Int(5), "repetitions per batch size"),
+            ParamSpec::default(
+                "requests",
+                Ty::int(1, 1_000_000),
+                Value::Int(8),
+                "requests per repetition (the task's prompts in order, cycled)",
+            ),
+            ParamSpec::default(
+                "warmup",
+                Ty::int(0, 1_000_000),
+                Value::Int(2),
+                "requests served before measuring, outside every window",
+            ),
+            ParamSpec::optional(
+                "max_tokens",
+                Ty::int(1, 65536),
+                "generation budget (default: the task's)",
+            ),
+            ParamSpec::default(
+                "fixed_length",
+                Ty::Bool,
+                Value::Bool(false),
+                "generate exactly max_tokens per request, ignoring end tokens (equal work)",
+            ),
+        ];
+        p.extend(super::meter_params());
+        p.push(device_param());
+        p
+    }
+    fn measuring(&self, _: &BTreeMap<String, Value>) -> bool {
+        true
+    }
+    fn threads(&self, _: &BTreeMap<String, Value>) -> usize {
+        usize::MAX
+    }
+    fn table(&self) -> Vec<Column> {
+        let mut cols = vec![
+            c("row", ColType::Str, "repeat | summary (per batch size)"),
+            c("repeat", ColType::Int, "repetition (null in summaries)"),
+            c("batch", ColType::Int, "requests per forward pass"),
+            c("requests", ColType::Int, "requests in the window"),
+            c("fixed_length", ColType::Bool, "end tokens ignored"),
+            c("max_tokens", ColType::Int, "generation budget per request"),
+            c("prompt_tokens", ColType::Int, "prompt tokens in the window"),
+            c(
+                "output_tokens",
+                ColType::Int,
+                "generated tokens (the model's own tokenizer)",
+            ),
+            c("seconds", ColType::Float, "window length (s)"),
+            c(
+                "tokens_per_s",
+                ColType::Float,
+                "generated tokens / window seconds; summary: median",
+            ),
+            c("tokens_per_s_cv", ColType::Float, "coefficient of variation over repetitions"),
+            c(
+                "prompt_tokens_per_s",
+                ColType::Float,
+                "prompt tokens / time to the first token of each batch",
+            ),
+            c("ttft_ms_mean", ColType::Float, "time to first token, mean (ms)"),
+            c("ttft_ms_p50", ColType::Float, "time to first token, p50 (ms)"),
+            c("ttft_ms_p90", ColType::Float, "time to first token, p90 (ms)"),
+            c("ttft_ms_p99", ColType::Float, "time to first token, p99 (ms)"),
+            c("itl_ms_mean", ColType::Float, "inter-token latency, mean (ms)"),
+            c("itl_ms_p50", ColType::Float, "inter-token latency, p50 (ms)"),
+            c("itl_ms_p90", ColType::Float, "inter-token latency, p90 (ms)"),
+            c("itl_ms_p99", ColType::Float, "inter-token latency, p99 (ms)"),
+            c(
+                "energy_per_request_j",
+                ColType::Float,
+                "gross energy / requests (J)",
+            ),
+            c(
+                "energy_per_request_j_cv",
+                ColType::Float,
+                "coefficient of variation over repetitions",
+            ),
+            c(
+                "energy_per_request_net_j",
+                ColType::Float,
+                "net energy / requests (J)",
+            ),
+            c("energy_per_token_j", ColType::Float, "gross energy / generated tokens (J)"),
+            c("avg_power_w", ColType::Float, "gross energy / window seconds (W)"),
+            c("peak_rss_bytes", ColType::Int, "peak process RSS in the window (B)"),
+            c("synthetic", ColType::Bool, "random weights"),
+        ];
+        cols.extend(energy_columns());
+        cols
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        super::require_cpu(ctx)?;
+        let path = super::model_gguf(ctx, "model")?;
+        let task = super::task_info(ctx, "task")?;
+        let samples = crate::tasks::load(&task.eval, &task.kind)?;
+        let mut batches = vec![];
+        if let Value::List(xs) = ctx.param("batch") {
+            batches.extend(xs.iter().filter_map(Value::as_i64).map(|b| b.max(1) as usize));
+        }
+        if batches.is_empty() {
+            batches.push(1);
+        }
+        let repeats = ctx.param("repeats").as_i64().unwrap_or(5).max(1) as usize;
+        let requests = ctx.param("requests").as_i64().unwrap_or(8).max(1) as usize;
+        let warmup = ctx.param("warmup").as_i64().unwrap_or(2).max(0) as usize;
+        let fixed = ctx.param("fixed_length").as_bool().unwrap_or(false);
+        let max_tokens = ctx
+            .param("max_tokens")
+            .as_i64()
+            .map_or(task.max_tokens, |m| m as usize);
+        let synthetic = super::is_synthetic(ctx, "model");
+
+        // Loading and warm-up happen before any window opens.
+        let (model, tok) = crate::runtime::load_gguf(&path)?;
+        let mut prompts = vec![];
+        for s in &samples {
+            let ids = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+            if ids.len() + max_tokens > model.cfg.context {
+                bail!(
+                    "sample `{}` needs {} prompt + {max_tokens} generated tokens, more than the \
+                     model's context of {}; lower max_tokens or shorten the record",
+                    s.id,
+                    ids.len(),
+                    model.cfg.context
+                );
+            }
+            prompts.push(ids);
+        }
+        let opts = GenOptions {
+            max_tokens,
+            ignore_eos: fixed,
+            ..Default::default()
+        };
+        // Serves `n` requests from prompt `start` on, `batch` at a time: the generations and each
+        // batch's prefill time (its earliest first token).
+        let serve = |start: usize, n: usize, batch: usize| -> Result<(Vec<Generation>, Vec<f64>)> {
+            let mut out = vec![];
+            let mut prefills = vec![];
+            let ids: Vec<Vec<u32>> = (start..start + n)
+                .map(|i| prompts[i % prompts.len()].clone())
+                .collect();
+            for chunk in ids.chunks(batch) {
+                ctx.check_cancelled()?;
+                let gens = generate_batch(&model, &tok, chunk, &opts)?;
+                if let Some(t) = gens.iter().filter_map(|g| g.time_to_first_token()).min() {
+                    prefills.push(t.as_secs_f64());
+                }
+                out.extend(gens);
+            }
+            Ok((out, prefills))
+        };
+        ctx.progress.message("warming up");
+        if warmup > 0 {
+            serve(0, warmup, 1)?;
+        }
+        let mut meter = super::open_meter(ctx);
+        ctx.progress.set_length((batches.len() * repeats) as u64);
+        let mut rows = vec![];
+        let mut done = 0;
+        for &batch in &batches {
+            let mut reps = vec![];
+            for r in 0..repeats {
+                ctx.progress.message(&format!("batch {batch}, repetition {}", r + 1));
+                memory::reset_peak();
+                let ((gens, prefills), energy) = meter.window(|| serve(warmup, requests, batch))?;
+                let mut row = base_row("repeat", Some(r), &meter);
+                row.insert("batch".into(), json!(batch));
+                row.insert("peak_rss_bytes".into(), json!(memory::peak_rss_bytes().ok()));
+                request_stats(&gens, &prefills, &energy, &mut row);
+                row.insert("fixed_length".into(), json!(fixed));
+                row.insert("max_tokens".into(), json!(max_tokens));
+                row.insert("synthetic".into(), json!(synthetic));
+                energy.columns(&mut row);
+                reps.push(row);
+                done += 1;
+                ctx.progress.set_position(done);
+            }
+            let mut summary = base_row("summary", None, &meter);
+            for k in ["batch", "requests", "fixed_length", "max_tokens", "synthetic"] {
+                summary.insert(k.into(), reps[0][k].clone());
+            }
+            for k in [
+                "seconds",
+                "tokens_per_s",
+                "prompt_tokens_per_s",
+                "output_tokens",
+                "prompt_tokens",
+                "ttft_ms_mean",
+                "ttft_ms_p50",
+                "ttft_ms_p90",
+                "ttft_ms_p99",
+                "itl_ms_mean",
+                "itl_ms_p50",
+                "itl_ms_p90",
+                "itl_ms_p99",
+                "energy_j",
+                "energy_net_j",
+                "idle_power_w",
+                "energy_per_request_j",
+                "energy_per_request_net_j",
+                "energy_per_token_j",
+                "avg_power_w",
+                "peak_rss_bytes",
+            ] {
+                summarise(&reps, k, &mut summary);
+            }
+            summary_energy_labels(&reps, &mut summary);
+            // Per-repetition energies per request, for intervals downstream (IPW).
+            summary.insert(
+                "energy_per_request_j_reps".into(),
+                json!(
+                    reps.iter()
+                        .map(|r| r["energy_per_request_j"].clone())
+                        .collect::<Vec<_>>()
+                ),
+            );
+            rows.extend(reps);
+            rows.push(summary);
+        }
+        Ok(StageOutput {
+            files: vec![],
+            record: json!({ "measured": "measure" }),
+            rows,
+        })
+    }
+}
+
+/// Latency, throughput and energy-per-unit cells of one repetition.
+fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, row: &mut Row) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let ttft: Vec<f64> = gens
+        .iter()
+        .filter_map(|g| g.time_to_first_token().map(ms))
+        .collect();
+    let itl: Vec<f64> = gens
+        .iter()
+        .flat_map(|g| g.token_times.windows(2).map(|w| ms(w[1] - w[0])))
+        .collect();
+    let output: usize = gens.iter().map(|g| g.tokens.len()).sum();
+    let prompt: usize = gens.iter().map(|g| g.prompt_tokens).sum();
+    let prefill: f64 = prefills.iter().sum();
+    let n = gens.len();
+    row.insert("requests".into(), json!(n));
+    row.insert("prompt_tokens".into(), json!(prompt));
+    row.insert("output_tokens".into(), json!(output));
+    row.insert("seconds".into(), json!(energy.seconds));
+    row.insert(
+        "tokens_per_s".into(),
+        json!(output as f64 / energy.seconds),
+    );
+    row.insert(
+        "prompt_tokens_per_s".into(),
+        json!((prefill > 0.0).then(|| prompt as f64 / prefill)),
+    );
+    for (name, xs) in [("ttft", &ttft), ("itl", &itl)] {
+        row.insert(format!("{name}_ms_mean"), json!(stats::mean(xs)));
+        for p in [50, 90, 99] {
+            row.insert(
+                format!("{name}_ms_p{p}"),
+                json!(stats::percentile(xs, p as f64)),
+            );
+        }
+    }
+    let per = |e: Option<f64>, d: usize| e.filter(|_| d > 0).map(|e| e / d as f64);
+    row.insert("energy_per_request_j".into(), json!(per(energy.gross_j, n)));
+    row.insert("energy_per_request_net_j".into(), json!(per(energy.net_j, n)));
+    row.insert("energy_per_token_j".into(), json!(per(energy.gross_j, output)));
+    row.insert(
+        "avg_power_w".into(),
+        json!(energy.gross_j.map(|e| e / energy.seconds)),
+    );
+}
