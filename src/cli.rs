@@ -311,7 +311,10 @@ pub fn execute(
 /// The metrics the pipeline's `report { metrics = [...] }` shows (empty: all).
 fn report_metrics(p: &Pipeline) -> Vec<String> {
     match p.setting("report.metrics") {
-        Some(Value::List(xs)) => xs.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        Some(Value::List(xs)) => xs
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
         _ => vec![],
     }
 }

@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 
 fn status_kib(field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    let text =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
     let line = text
         .lines()
         .find(|l| l.starts_with(field))
@@ -43,14 +44,18 @@ pub fn release_free_memory() {
     }
 }
 
-/// CPU seconds (user + system, all threads) this process has used.
-pub fn process_cpu_seconds() -> f64 {
+/// CPU seconds (user + system) used by the whole process or by the calling thread.
+pub fn cpu_seconds(scope: super::Scope) -> f64 {
+    let clock = match scope {
+        super::Scope::Process => libc::CLOCK_PROCESS_CPUTIME_ID,
+        super::Scope::Thread => libc::CLOCK_THREAD_CPUTIME_ID,
+    };
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into the pointer it is given.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     if rc != 0 {
         return 0.0;
     }

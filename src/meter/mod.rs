@@ -55,20 +55,31 @@ pub trait Meter: Send {
     fn joules(&mut self) -> Result<f64>;
 }
 
-/// Declared watts × the CPU time this process used, over the share of the machine it could use:
+/// Whose CPU time an estimate counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every thread of the process: right for measuring stages, which run alone.
+    Process,
+    /// The calling thread only: for single-threaded work that shares the process with others.
+    Thread,
+}
+
+/// Declared watts × the CPU time used, over the share of the machine it could use:
 /// `cpu_power` is the declared power of the whole CPU when all `cores` are busy.
 pub struct Estimated {
     pub cpu_power_w: f64,
     pub cores: usize,
+    scope: Scope,
     start: f64,
 }
 
 impl Estimated {
-    pub fn new(cpu_power_w: f64, cores: usize) -> Estimated {
+    pub fn new(cpu_power_w: f64, cores: usize, scope: Scope) -> Estimated {
         Estimated {
             cpu_power_w,
             cores: cores.max(1),
-            start: memory::process_cpu_seconds(),
+            scope,
+            start: memory::cpu_seconds(scope),
         }
     }
 }
@@ -83,13 +94,17 @@ impl Meter for Estimated {
         self.cpu_power_w * 1e-6 / self.cores as f64
     }
     fn describe(&self) -> String {
+        let whose = match self.scope {
+            Scope::Process => "process",
+            Scope::Thread => "thread",
+        };
         format!(
-            "estimated: declared {} W × process CPU time / {} cores (no energy counter on this machine)",
+            "estimated: declared {} W × {whose} CPU time / {} cores (no energy counter on this machine)",
             self.cpu_power_w, self.cores
         )
     }
     fn joules(&mut self) -> Result<f64> {
-        let busy = memory::process_cpu_seconds() - self.start;
+        let busy = memory::cpu_seconds(self.scope) - self.start;
         Ok(self.cpu_power_w * busy / self.cores as f64)
     }
 }
@@ -174,7 +189,10 @@ impl Metered {
                 let why = why.clone();
                 let t0 = Instant::now();
                 let out = work()?;
-                return Ok((out, WindowEnergy::unmeasured(t0.elapsed().as_secs_f64(), &why)));
+                return Ok((
+                    out,
+                    WindowEnergy::unmeasured(t0.elapsed().as_secs_f64(), &why),
+                ));
             }
         };
         let idle = self.idle;
@@ -209,18 +227,22 @@ impl Metered {
     }
 }
 
-/// Which meter to use: `choice` is the pipeline's `hardware.meter` (auto, rapl, estimated, nvml).
+/// Which meter to use: `choice` is the pipeline's `hardware.meter` (auto, rapl, estimated, nvml);
+/// `scope` says whose CPU time an estimate counts (counters measure the whole device).
 pub fn open(
     choice: &str,
     device: crate::spec::Device,
     cpu_power_w: Option<f64>,
     cores: usize,
+    scope: Scope,
 ) -> Result<Box<dyn Meter>, String> {
     let estimated = || match cpu_power_w {
-        Some(w) => Ok(Box::new(Estimated::new(w, cores)) as Box<dyn Meter>),
-        None => Err("no energy counter is readable here and no `cpu_power` is declared \
+        Some(w) => Ok(Box::new(Estimated::new(w, cores, scope)) as Box<dyn Meter>),
+        None => Err(
+            "no energy counter is readable here and no `cpu_power` is declared \
                      (set `hardware { cpu_power = 15 W }` for an estimate)"
-            .to_string()),
+                .to_string(),
+        ),
     };
     if let crate::spec::Device::Cuda(_) = device {
         return Err("the NVML GPU meter is not in this build yet (issue #7)".into());
@@ -260,7 +282,9 @@ pub(crate) mod tests {
         }
     }
 
-    fn scripted(readings: Vec<Result<f64, String>>) -> (Metered, Arc<Mutex<Vec<Result<f64, String>>>>) {
+    fn scripted(
+        readings: Vec<Result<f64, String>>,
+    ) -> (Metered, Arc<Mutex<Vec<Result<f64, String>>>>) {
         let q = Arc::new(Mutex::new(readings));
         let m = Metered::new(Ok(Box::new(Scripted(q.clone()))), Duration::from_millis(20));
         (m, q)
@@ -327,13 +351,7 @@ pub(crate) mod tests {
 
     #[test]
     fn idle_subtraction_failure_leaves_gross_and_nulls_net() {
-        let (mut m, _) = scripted(vec![
-            Err("busy".into()),
-            Ok(5.0),
-            Ok(9.0),
-            Ok(9.0),
-            Ok(9.1),
-        ]);
+        let (mut m, _) = scripted(vec![Err("busy".into()), Ok(5.0), Ok(9.0), Ok(9.0), Ok(9.1)]);
         let (_, e) = m.window(|| Ok(())).unwrap();
         assert_eq!(e.gross_j, Some(4.0));
         assert_eq!(e.net_j, None);
@@ -342,7 +360,7 @@ pub(crate) mod tests {
 
     #[test]
     fn estimated_meter_counts_busy_cpu_time() {
-        let mut m = Estimated::new(10.0, 2);
+        let mut m = Estimated::new(10.0, 2, Scope::Process);
         let e0 = m.joules().unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let idle = m.joules().unwrap() - e0;
@@ -361,8 +379,34 @@ pub(crate) mod tests {
 
     #[test]
     fn meter_choice_says_why_when_nothing_can_be_had() {
-        let err = open("estimated", crate::spec::Device::Cpu, None, 2).err().unwrap();
+        let cpu = crate::spec::Device::Cpu;
+        let err = open("estimated", cpu, None, 2, Scope::Process)
+            .err()
+            .unwrap();
         assert!(err.contains("cpu_power"), "{err}");
-        assert!(open("estimated", crate::spec::Device::Cpu, Some(12.0), 2).is_ok());
+        assert!(open("estimated", cpu, Some(12.0), 2, Scope::Process).is_ok());
+        let gpu = crate::spec::Device::Cuda(0);
+        assert!(
+            open("auto", gpu, Some(12.0), 2, Scope::Process)
+                .err()
+                .unwrap()
+                .contains("NVML")
+        );
+    }
+
+    #[test]
+    fn thread_scope_ignores_other_threads() {
+        let mut m = Estimated::new(10.0, 1, Scope::Thread);
+        let e0 = m.joules().unwrap();
+        std::thread::spawn(|| {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(150) {
+                std::hint::black_box(0u64);
+            }
+        })
+        .join()
+        .unwrap();
+        // 150 ms of another thread's work: not this thread's energy.
+        assert!(m.joules().unwrap() - e0 < 0.2);
     }
 }

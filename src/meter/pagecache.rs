@@ -12,7 +12,10 @@ pub fn evict(path: &Path) -> Result<()> {
     // SAFETY: plain syscall on an open descriptor.
     let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
-        bail!("posix_fadvise(DONTNEED) on {} failed: error {rc}", path.display());
+        bail!(
+            "posix_fadvise(DONTNEED) on {} failed: error {rc}",
+            path.display()
+        );
     }
     Ok(())
 }

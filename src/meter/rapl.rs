@@ -47,9 +47,9 @@ impl Rapl {
             .with_context(|| format!("no RAPL: {} is absent", root.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with("intel-rapl:") && n.matches(':').count() == 1
-                })
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("intel-rapl:") && n.matches(':').count() == 1)
             })
             .collect();
         dirs.sort();
@@ -104,7 +104,10 @@ impl Meter for Rapl {
         1e-6
     }
     fn describe(&self) -> String {
-        format!("rapl: {} (CPU package/DRAM counters)", self.names.join(" + "))
+        format!(
+            "rapl: {} (CPU package/DRAM counters)",
+            self.names.join(" + ")
+        )
     }
     fn joules(&mut self) -> Result<f64> {
         for z in &mut self.zones {

@@ -5,7 +5,12 @@
 /// log-softmax of one row of logits, in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    let lse = logits
+        .iter()
+        .map(|&x| (x as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
     logits.iter().map(|&x| x as f64 - lse).collect()
 }
 
@@ -15,7 +20,13 @@ pub fn kl_divergence(reference: &[f32], variant: &[f32]) -> f64 {
     let lq = log_softmax(variant);
     lp.iter()
         .zip(&lq)
-        .map(|(p, q)| if p.is_finite() { p.exp() * (p - q) } else { 0.0 })
+        .map(|(p, q)| {
+            if p.is_finite() {
+                p.exp() * (p - q)
+            } else {
+                0.0
+            }
+        })
         .sum::<f64>()
         .max(0.0)
 }

@@ -99,7 +99,10 @@ fn independent_ratio_interval(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
     if values.len() < stats::BOOTSTRAP_RESAMPLES / 2 {
         return None;
     }
-    Some((stats::percentile(&values, 2.5)?, stats::percentile(&values, 97.5)?))
+    Some((
+        stats::percentile(&values, 2.5)?,
+        stats::percentile(&values, 97.5)?,
+    ))
 }
 
 /// IPW: scores (0–1, per sample) / energy per request (J, per repetition).
@@ -156,7 +159,10 @@ mod tests {
     use super::*;
 
     fn ids(xs: &[f64]) -> Vec<(String, f64)> {
-        xs.iter().enumerate().map(|(i, s)| (format!("s{i}"), *s)).collect()
+        xs.iter()
+            .enumerate()
+            .map(|(i, s)| (format!("s{i}"), *s))
+            .collect()
     }
 
     #[test]
@@ -170,7 +176,12 @@ mod tests {
         let mut var2 = var.clone();
         var2.push(("zz".into(), 0.0));
         assert_eq!(q_ret(&var2, &base).value, m.value);
-        assert!(q_ret(&var, &ids(&[0.0, 0.0, 0.0, 0.0])).null_reason.unwrap().contains("scores 0"));
+        assert!(
+            q_ret(&var, &ids(&[0.0, 0.0, 0.0, 0.0]))
+                .null_reason
+                .unwrap()
+                .contains("scores 0")
+        );
         assert!(q_ret(&[("x".into(), 1.0)], &base).value.is_none());
     }
 
@@ -180,7 +191,12 @@ mod tests {
         assert!((m.value.unwrap() - 0.3).abs() < 1e-12);
         let (lo, hi) = (m.lo.unwrap(), m.hi.unwrap());
         assert!(lo <= 0.3 && 0.3 <= hi && lo >= 0.25 && hi <= 0.35);
-        assert!(ipw(&[0.5], &[]).null_reason.unwrap().contains("energy per request"));
+        assert!(
+            ipw(&[0.5], &[])
+                .null_reason
+                .unwrap()
+                .contains("energy per request")
+        );
         assert!(ipw(&[], &[1.0]).null_reason.unwrap().contains("score"));
         assert!(ipw(&[0.5], &[0.0]).value.is_none());
     }
@@ -188,8 +204,18 @@ mod tests {
     #[test]
     fn rho_c_tax_by_hand() {
         assert_eq!(rho_sys(Some(50.0), Some(250e6)).value, Some(200.0));
-        assert!(rho_sys(None, Some(1.0)).null_reason.unwrap().contains("throughput"));
-        assert!(rho_sys(Some(1.0), None).null_reason.unwrap().contains("memory"));
+        assert!(
+            rho_sys(None, Some(1.0))
+                .null_reason
+                .unwrap()
+                .contains("throughput")
+        );
+        assert!(
+            rho_sys(Some(1.0), None)
+                .null_reason
+                .unwrap()
+                .contains("memory")
+        );
         assert_eq!(c_tax(Some(30.0), Some(1.5)).value, Some(20.0));
         assert!(c_tax(None, Some(1.0)).value.is_none());
     }

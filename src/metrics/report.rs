@@ -56,7 +56,13 @@ pub const COLUMNS: &[(&str, Ty)] = &[
 ];
 
 fn manifest_rows(report: &RunReport, i: NodeIdx) -> Option<&[Row]> {
-    report.outcomes.get(i)?.as_ref()?.manifest.as_ref().map(|m| m.rows.as_slice())
+    report
+        .outcomes
+        .get(i)?
+        .as_ref()?
+        .manifest
+        .as_ref()
+        .map(|m| m.rows.as_slice())
 }
 
 fn node_ref(p: &Pipeline, i: NodeIdx, param: &str) -> Option<NodeIdx> {
@@ -102,11 +108,19 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
         match node.kind() {
             "quantize" | "finetune" => {
                 if node.kind() == "quantize" && l.quantized_from.is_none() {
-                    l.precision = node.params.get("precision").map(|v| v.to_string()).unwrap_or_default();
+                    l.precision = node
+                        .params
+                        .get("precision")
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
                     l.quantized_from = node_ref(p, i, "model");
                 }
                 if node.kind() == "finetune" {
-                    l.method = node.params.get("method").map(|v| v.to_string()).unwrap_or_default();
+                    l.method = node
+                        .params
+                        .get("method")
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
                 }
                 let row = manifest_rows(report, i).and_then(|r| r.last());
                 match (f(row, "energy_j"), &mut l.train_j) {
@@ -117,11 +131,15 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
                             .and_then(|r| r.get("energy_null_reason"))
                             .and_then(|v| v.as_str())
                             .unwrap_or("not computed in this run");
-                        l.train_why.get_or_insert(format!("{} energy: {why}", node.id));
+                        l.train_why
+                            .get_or_insert(format!("{} energy: {why}", node.id));
                     }
                     _ => {}
                 }
-                if let Some(s) = row.and_then(|r| r.get("energy_source")).and_then(|v| v.as_str()) {
+                if let Some(s) = row
+                    .and_then(|r| r.get("energy_source"))
+                    .and_then(|v| v.as_str())
+                {
                     l.sources.push(format!("{}={s}", node.kind()));
                 }
                 match node_ref(p, i, "model") {
@@ -130,7 +148,11 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
                 }
             }
             _ => {
-                l.source = node.id.split_once(':').map_or(node.id.as_str(), |x| x.1).to_string();
+                l.source = node
+                    .id
+                    .split_once(':')
+                    .map_or(node.id.as_str(), |x| x.1)
+                    .to_string();
                 break;
             }
         }
@@ -177,7 +199,10 @@ fn put(row: &mut Row, name: &str, m: &Metric, reasons: &mut Vec<String>) {
 
 /// One metrics row per variant × task of the run.
 pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
-    let baseline = p.setting("report.baseline").and_then(Value::as_str).unwrap_or("f16");
+    let baseline = p
+        .setting("report.baseline")
+        .and_then(Value::as_str)
+        .unwrap_or("f16");
     let price = p.setting("economics.electricity").and_then(Value::as_f64);
     let api = p.setting("economics.api_request").and_then(Value::as_f64);
     let mut subjects: Vec<(NodeIdx, NodeIdx)> = vec![];
@@ -208,23 +233,37 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         row.insert("model".into(), json!(lin.source));
         row.insert("method".into(), json!(lin.method));
         row.insert("precision".into(), json!(lin.precision));
-        row.insert("task".into(), json!(p.nodes[t].id.split_once(':').map_or("", |x| x.1)));
+        row.insert(
+            "task".into(),
+            json!(p.nodes[t].id.split_once(':').map_or("", |x| x.1)),
+        );
         row.insert("device".into(), json!(p.nodes[m].device().to_string()));
         let synthetic = [meas_sum, cold]
             .iter()
             .any(|r| r.and_then(|r| r.get("synthetic")).and_then(|v| v.as_bool()) == Some(true));
         row.insert("synthetic".into(), json!(synthetic));
-        for k in ["score", "score_ci_lo", "score_ci_hi", "kl_mean", "kl_p99", "top1_agreement"] {
+        for k in [
+            "score",
+            "score_ci_lo",
+            "score_ci_hi",
+            "kl_mean",
+            "kl_p99",
+            "top1_agreement",
+        ] {
             row.insert(k.into(), json!(f(eval_sum, k)));
         }
-        row.insert("samples".into(), json!(eval_sum.and_then(|s| s.get("samples")).cloned()));
+        row.insert(
+            "samples".into(),
+            json!(eval_sum.and_then(|s| s.get("samples")).cloned()),
+        );
         // Q_ret against the baseline sibling.
         let base_eval = lin.quantized_from.and_then(|up| {
             (0..p.nodes.len())
                 .find(|&i| {
                     p.nodes[i].kind() == "quantize"
                         && node_ref(p, i, "model") == Some(up)
-                        && p.nodes[i].params.get("precision").and_then(Value::as_str) == Some(baseline)
+                        && p.nodes[i].params.get("precision").and_then(Value::as_str)
+                            == Some(baseline)
                 })
                 .and_then(|b| uses(p, "evaluate", b, Some(t)))
                 .and_then(|i| manifest_rows(report, i))
@@ -232,13 +271,18 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         let qr = match (eval, base_eval) {
             (Some(v), Some(b)) => q_ret(&sample_scores(v), &sample_scores(b)),
             (None, _) => Metric::null("the variant was not evaluated"),
-            (_, None) => Metric::null(format!("no evaluated `{baseline}` baseline of the same model")),
+            (_, None) => Metric::null(format!(
+                "no evaluated `{baseline}` baseline of the same model"
+            )),
         };
         put(&mut row, "q_ret_pct", &qr, &mut reasons);
         let per_req = f(meas_sum, "energy_per_request_j");
         let tps = f(meas_sum, "tokens_per_s");
         row.insert("tokens_per_s".into(), json!(tps));
-        row.insert("at_batch".into(), json!(meas_sum.and_then(|s| s.get("batch")).cloned()));
+        row.insert(
+            "at_batch".into(),
+            json!(meas_sum.and_then(|s| s.get("batch")).cloned()),
+        );
         row.insert("energy_per_request_j".into(), json!(per_req));
         row.insert(
             "energy_per_request_net_j".into(),
@@ -246,17 +290,28 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         );
         let resident = f(cold, "resident_bytes");
         let peak = f(cold, "peak_bytes");
-        row.insert("memory_resident_bytes".into(), json!(resident.map(|x| x as i64)));
+        row.insert(
+            "memory_resident_bytes".into(),
+            json!(resident.map(|x| x as i64)),
+        );
         row.insert("memory_peak_bytes".into(), json!(peak.map(|x| x as i64)));
-        let scores: Vec<f64> = eval.map(|r| sample_scores(r).into_iter().map(|x| x.1).collect()).unwrap_or_default();
+        let scores: Vec<f64> = eval
+            .map(|r| sample_scores(r).into_iter().map(|x| x.1).collect())
+            .unwrap_or_default();
         let reps: Vec<f64> = meas_sum
             .and_then(|s| s.get("energy_per_request_j_reps"))
             .and_then(|v| v.as_array())
             .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
             .unwrap_or_default();
-        let energy_reps = if reps.is_empty() { per_req.into_iter().collect() } else { reps };
+        let energy_reps = if reps.is_empty() {
+            per_req.into_iter().collect()
+        } else {
+            reps
+        };
         put(&mut row, "ipw", &ipw(&scores, &energy_reps), &mut reasons);
-        let net: Vec<f64> = f(meas_sum, "energy_per_request_net_j").into_iter().collect();
+        let net: Vec<f64> = f(meas_sum, "energy_per_request_net_j")
+            .into_iter()
+            .collect();
         row.insert("ipw_net".into(), json!(ipw(&scores, &net).value));
         put(&mut row, "rho_sys", &rho_sys(tps, resident), &mut reasons);
         row.insert("rho_sys_peak".into(), json!(rho_sys(tps, peak).value));
@@ -271,12 +326,18 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         put(&mut row, "n_break", &nb, &mut reasons);
         let mut sources = lin.sources.clone();
         for (name, r) in [("measure", meas_sum), ("cold_load", cold)] {
-            if let Some(s) = r.and_then(|r| r.get("energy_source")).and_then(|v| v.as_str()) {
+            if let Some(s) = r
+                .and_then(|r| r.get("energy_source"))
+                .and_then(|v| v.as_str())
+            {
                 sources.push(format!("{name}={s}"));
             }
         }
         row.insert("energy_sources".into(), json!(sources.join(", ")));
-        row.insert("null_reasons".into(), json!((!reasons.is_empty()).then(|| reasons.join("; "))));
+        row.insert(
+            "null_reasons".into(),
+            json!((!reasons.is_empty()).then(|| reasons.join("; "))),
+        );
         out.push(row);
     }
     out
@@ -316,11 +377,7 @@ fn cell(row: &Row, k: &str) -> String {
 
 /// The columns the terminal and HTML tables show for the chosen metrics.
 fn shown(metrics: &[String]) -> Vec<(&'static str, &'static str)> {
-    let mut cols = vec![
-        ("variant", "variant"),
-        ("task", "task"),
-        ("score", "score"),
-    ];
+    let mut cols = vec![("variant", "variant"), ("task", "task"), ("score", "score")];
     let all = [
         ("q_ret", ("q_ret_pct", "Q_ret %")),
         ("ipw", ("ipw", "IPW 1/J")),
@@ -386,7 +443,10 @@ pub fn terminal_table(rows: &[Row], metrics: &[String]) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// An SVG scatter of score (y) against `x`, Pareto-optimal points highlighted.
@@ -420,8 +480,14 @@ fn frontier_svg(rows: &[Row], x: &str, x_label: &str, lower_is_better: bool) -> 
         .map(|(_, xv, s)| (*s, if lower_is_better { *xv } else { -*xv }))
         .collect();
     let front = pareto(&costs);
-    let (xmin, xmax) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let (xmin, xmax) = if xmax > xmin { (xmin, xmax) } else { (xmin - 1.0, xmax + 1.0) };
+    let (xmin, xmax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (xmin, xmax) = if xmax > xmin {
+        (xmin, xmax)
+    } else {
+        (xmin - 1.0, xmax + 1.0)
+    };
     let pad = (xmax - xmin) * 0.08;
     let (xmin, xmax) = (xmin - pad, xmax + pad);
     let sx = |v: f64| m + (v - xmin) / (xmax - xmin) * (w - 2.0 * m);
@@ -474,7 +540,11 @@ fn frontier_svg(rows: &[Row], x: &str, x_label: &str, lower_is_better: bool) -> 
         );
     }
     for ((label, xv, s), on) in pts.iter().zip(&front) {
-        let (fill, r) = if *on { ("#d62728", 6.0) } else { ("#1f77b4", 4.5) };
+        let (fill, r) = if *on {
+            ("#d62728", 6.0)
+        } else {
+            ("#1f77b4", 4.5)
+        };
         svg += &format!(
             r##"<circle cx="{:.1}" cy="{:.1}" r="{r}" fill="{fill}"><title>{}</title></circle><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
             sx(*xv),
@@ -517,7 +587,11 @@ pub fn html(title: &str, rows: &[Row], metrics: &[String]) -> String {
         .collect();
     let sources: std::collections::BTreeSet<String> = rows
         .iter()
-        .filter_map(|r| r.get("energy_sources").and_then(|v| v.as_str()).map(str::to_string))
+        .filter_map(|r| {
+            r.get("energy_sources")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
         .collect();
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>{t0} — edge-eval report</title>
@@ -531,10 +605,24 @@ pub fn html(title: &str, rows: &[Row], metrics: &[String]) -> String {
 <p>Written by edge-eval {ver}. The full table, with intervals, is metrics.parquet beside this file.</p></body></html>
 "#,
         t0 = esc(title),
-        svg1 = frontier_svg(rows, "energy_per_request_j", "energy per request (J) — lower is better", true),
-        svg2 = frontier_svg(rows, "rho_sys", "ρ_sys (tokens/s per GB) — higher is better", false),
+        svg1 = frontier_svg(
+            rows,
+            "energy_per_request_j",
+            "energy per request (J) — lower is better",
+            true
+        ),
+        svg2 = frontier_svg(
+            rows,
+            "rho_sys",
+            "ρ_sys (tokens/s per GB) — higher is better",
+            false
+        ),
         src = esc(&sources.into_iter().collect::<Vec<_>>().join(" | ")),
-        notes = if notes.is_empty() { String::new() } else { format!("<h3>Null metrics</h3><ul>{notes}</ul>") },
+        notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!("<h3>Null metrics</h3><ul>{notes}</ul>")
+        },
         ver = env!("CARGO_PKG_VERSION"),
     )
 }
@@ -581,7 +669,10 @@ mod tests {
         r.insert("task".into(), json!("qa"));
         r.insert("score".into(), json!(0.5));
         r.insert("n_break".into(), json!("inf"));
-        r.insert("null_reasons".into(), json!("ipw: energy per request is null"));
+        r.insert(
+            "null_reasons".into(),
+            json!("ipw: energy per request is null"),
+        );
         let t = terminal_table(&[r.clone()], &["n_break".into(), "ipw".into()]);
         assert!(t.contains("∞"), "{t}");
         assert!(t.contains("null"), "{t}");

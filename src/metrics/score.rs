@@ -8,7 +8,10 @@ use std::collections::HashMap;
 /// whitespace collapsed.
 pub fn normalize_answer(s: &str) -> String {
     let lower = s.to_lowercase();
-    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let no_punct: String = lower
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
     no_punct
         .split_whitespace()
         .filter(|w| !matches!(*w, "a" | "an" | "the"))
@@ -29,7 +32,11 @@ fn f1_one(prediction: &str, gold: &str) -> f64 {
     let gt: Vec<&str> = g.split_whitespace().collect();
     if pt.is_empty() || gt.is_empty() {
         // SQuAD v2 convention: both empty = agreement, one empty = none.
-        return if pt.is_empty() && gt.is_empty() { 1.0 } else { 0.0 };
+        return if pt.is_empty() && gt.is_empty() {
+            1.0
+        } else {
+            0.0
+        };
     }
     let mut counts: HashMap<&str, i64> = HashMap::new();
     for t in &gt {
@@ -130,7 +137,10 @@ mod tests {
         assert_eq!(normalize_answer("The  Eiffel-Tower!"), "eiffeltower");
         assert_eq!(normalize_answer("an apple, a pear"), "apple pear");
         // "the" inside a word stays.
-        assert_eq!(normalize_answer("Theatre of the Absurd"), "theatre of absurd");
+        assert_eq!(
+            normalize_answer("Theatre of the Absurd"),
+            "theatre of absurd"
+        );
         assert_eq!(normalize_answer("  "), "");
     }
 
@@ -159,7 +169,10 @@ mod tests {
 
     #[test]
     fn rouge_l_by_hand() {
-        assert_eq!(rouge_tokens("It's 3-D, OK?"), vec!["it", "s", "3", "d", "ok"]);
+        assert_eq!(
+            rouge_tokens("It's 3-D, OK?"),
+            vec!["it", "s", "3", "d", "ok"]
+        );
         // ref: the cat sat on the mat (6); pred: the cat on a mat (5); LCS = the cat on mat = 4
         // P = 4/5, R = 4/6, F = 2PR/(P+R) = 0.727272…
         let f = rouge_l("The cat on a mat", &golds(&["the cat sat on the mat"]));

@@ -81,7 +81,9 @@ pub fn bootstrap(n: usize, stat: impl Fn(&[usize]) -> Option<f64>) -> Option<(f6
 
 /// Interval of the mean.
 pub fn mean_interval(xs: &[f64]) -> Option<(f64, f64)> {
-    bootstrap(xs.len(), |idx| mean(&idx.iter().map(|&i| xs[i]).collect::<Vec<_>>()))
+    bootstrap(xs.len(), |idx| {
+        mean(&idx.iter().map(|&i| xs[i]).collect::<Vec<_>>())
+    })
 }
 
 /// Paired interval of mean(a) / mean(b) (a and b scored on the same samples, same order).
@@ -135,7 +137,10 @@ mod tests {
         let b: Vec<f64> = (0..40).map(|i| 0.1 + (i % 7) as f64 / 7.0).collect();
         let a: Vec<f64> = b.iter().map(|x| x * 0.9).collect();
         let (lo, hi) = paired_ratio_interval(&a, &b).unwrap();
-        assert!((lo - 0.9).abs() < 1e-9 && (hi - 0.9).abs() < 1e-9, "{lo} {hi}");
+        assert!(
+            (lo - 0.9).abs() < 1e-9 && (hi - 0.9).abs() < 1e-9,
+            "{lo} {hi}"
+        );
         // A baseline of all zeros has no ratio.
         assert_eq!(paired_ratio_interval(&[1.0, 1.0], &[0.0, 0.0]), None);
         assert_eq!(paired_ratio_interval(&[1.0], &[1.0, 2.0]), None);

@@ -78,10 +78,22 @@ impl Stage for Evaluate {
             c("scorer", ColType::Str, "exact_match | f1 | rouge_l"),
             c("score", ColType::Float, "0–1; summary: mean over samples"),
             c("score_se", ColType::Float, "standard error of the mean"),
-            c("score_ci_lo", ColType::Float, "95 % bootstrap interval, low"),
-            c("score_ci_hi", ColType::Float, "95 % bootstrap interval, high"),
+            c(
+                "score_ci_lo",
+                ColType::Float,
+                "95 % bootstrap interval, low",
+            ),
+            c(
+                "score_ci_hi",
+                ColType::Float,
+                "95 % bootstrap interval, high",
+            ),
             c("samples", ColType::Int, "samples scored (summary)"),
-            c("prompt_digest", ColType::Str, "blake3 of the prompt token ids"),
+            c(
+                "prompt_digest",
+                ColType::Str,
+                "blake3 of the prompt token ids",
+            ),
             c("output", ColType::Str, "generated text"),
             c("prompt_tokens", ColType::Int, "prompt tokens"),
             c("output_tokens", ColType::Int, "generated tokens"),
@@ -91,7 +103,11 @@ impl Stage for Evaluate {
                 ColType::Float,
                 "mean KL(P_reference ‖ P_model) over answer positions (nats)",
             ),
-            c("kl_p99", ColType::Float, "99th percentile of the per-position KL (nats)"),
+            c(
+                "kl_p99",
+                ColType::Float,
+                "99th percentile of the per-position KL (nats)",
+            ),
             c(
                 "top1_agreement",
                 ColType::Float,
@@ -136,9 +152,13 @@ impl Stage for Evaluate {
                 }
             }
         }
-        let todo: Vec<&Sample> = samples.iter().filter(|s| !done.contains_key(&s.id)).collect();
+        let todo: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| !done.contains_key(&s.id))
+            .collect();
         ctx.progress.set_length(samples.len() as u64);
-        ctx.progress.set_position((samples.len() - todo.len()) as u64);
+        ctx.progress
+            .set_position((samples.len() - todo.len()) as u64);
         if !done.is_empty() {
             ctx.progress
                 .message(&format!("resuming: {} samples already scored", done.len()));
@@ -174,7 +194,9 @@ impl Stage for Evaluate {
                     let sc = score::score(&task.scorer, g.text.trim(), &s.references);
                     row.insert("score".into(), json!(sc));
                     let digest = blake3::hash(
-                        &ids.iter().flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>(),
+                        &ids.iter()
+                            .flat_map(|i| i.to_le_bytes())
+                            .collect::<Vec<u8>>(),
                     );
                     row.insert("prompt_digest".into(), json!(digest.to_hex().to_string()));
                     row.insert("output".into(), json!(g.text));
@@ -262,7 +284,9 @@ fn fidelity(
     let mut ids = prompt.to_vec();
     ids.extend(&answer_ids);
     if reference.cfg.vocab != model.cfg.vocab || ref_tok.encode_plain(answer)? != answer_ids {
-        bail!("the reference model has another vocabulary: token-level KL needs the same tokenizer");
+        bail!(
+            "the reference model has another vocabulary: token-level KL needs the same tokenizer"
+        );
     }
     ids.truncate(model.cfg.context.min(reference.cfg.context));
     let a = all_logits(model, &ids)?;

@@ -72,13 +72,18 @@ fn summarise(rows: &[Row], col: &str, out: &mut Row) {
     let complete = xs.len() == rows.len();
     let med = complete.then(|| stats::median(&xs)).flatten();
     // Counts (bytes, tokens) stay integers: the median of an even count is rounded.
-    let integral = rows.iter().all(|r| r.get(col).is_some_and(|v| v.is_i64() || v.is_u64()));
+    let integral = rows
+        .iter()
+        .all(|r| r.get(col).is_some_and(|v| v.is_i64() || v.is_u64()));
     if integral {
         out.insert(col.into(), json!(med.map(|m| m.round() as i64)));
     } else {
         out.insert(col.into(), json!(med));
     }
-    out.insert(format!("{col}_cv"), json!(complete.then(|| stats::cv(&xs)).flatten()));
+    out.insert(
+        format!("{col}_cv"),
+        json!(complete.then(|| stats::cv(&xs)).flatten()),
+    );
 }
 
 /// Copies the energy source / reason of the repetitions into a summary row.
@@ -152,11 +157,7 @@ impl Stage for ColdLoad {
                 "load + first forward pass (s); summary: median",
             ),
             c("seconds_cv", ColType::Float, "coefficient of variation"),
-            c(
-                "file_bytes",
-                ColType::Int,
-                "size of the model file (B)",
-            ),
+            c("file_bytes", ColType::Int, "size of the model file (B)"),
             c(
                 "weight_bytes",
                 ColType::Int,
@@ -176,7 +177,11 @@ impl Stage for ColdLoad {
         ];
         cols.extend(energy_columns());
         cols.push(c("energy_j_cv", ColType::Float, "coefficient of variation"));
-        cols.push(c("energy_net_j_cv", ColType::Float, "coefficient of variation"));
+        cols.push(c(
+            "energy_net_j_cv",
+            ColType::Float,
+            "coefficient of variation",
+        ));
         cols
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
@@ -184,7 +189,7 @@ impl Stage for ColdLoad {
         let path = super::model_gguf(ctx, "model")?;
         let cold = ctx.param("cache_state").as_str() == Some("cold");
         let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
-        let mut meter = super::open_meter(ctx);
+        let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
         let file_bytes = std::fs::metadata(&path)?.len();
         ctx.progress.set_length(repeats as u64);
         let mut rows = vec![];
@@ -202,7 +207,10 @@ impl Stage for ColdLoad {
             let rss1 = memory::rss_bytes()?;
             let peak = memory::peak_rss_bytes()?;
             let mut row = base_row("repeat", Some(r), &meter);
-            row.insert("cache_state".into(), json!(if cold { "cold" } else { "warm" }));
+            row.insert(
+                "cache_state".into(),
+                json!(if cold { "cold" } else { "warm" }),
+            );
             row.insert("page_cache_before".into(), json!(fraction));
             row.insert("eviction_note".into(), json!(note));
             row.insert("seconds".into(), json!(energy.seconds));
@@ -291,7 +299,12 @@ impl Stage for Measure {
                 Value::List(vec![Value::Int(1)]),
                 "batch sizes (concurrent requests per forward pass), swept",
             ),
-            ParamSpec::default("repeats", Ty::int(1, 1000), Value::Int(5), "repetitions per batch size"),
+            ParamSpec::default(
+                "repeats",
+                Ty::int(1, 1000),
+                Value::Int(5),
+                "repetitions per batch size",
+            ),
             ParamSpec::default(
                 "requests",
                 Ty::int(1, 1_000_000),
@@ -346,20 +359,56 @@ impl Stage for Measure {
                 ColType::Float,
                 "generated tokens / window seconds; summary: median",
             ),
-            c("tokens_per_s_cv", ColType::Float, "coefficient of variation over repetitions"),
+            c(
+                "tokens_per_s_cv",
+                ColType::Float,
+                "coefficient of variation over repetitions",
+            ),
             c(
                 "prompt_tokens_per_s",
                 ColType::Float,
                 "prompt tokens / time to the first token of each batch",
             ),
-            c("ttft_ms_mean", ColType::Float, "time to first token, mean (ms)"),
-            c("ttft_ms_p50", ColType::Float, "time to first token, p50 (ms)"),
-            c("ttft_ms_p90", ColType::Float, "time to first token, p90 (ms)"),
-            c("ttft_ms_p99", ColType::Float, "time to first token, p99 (ms)"),
-            c("itl_ms_mean", ColType::Float, "inter-token latency, mean (ms)"),
-            c("itl_ms_p50", ColType::Float, "inter-token latency, p50 (ms)"),
-            c("itl_ms_p90", ColType::Float, "inter-token latency, p90 (ms)"),
-            c("itl_ms_p99", ColType::Float, "inter-token latency, p99 (ms)"),
+            c(
+                "ttft_ms_mean",
+                ColType::Float,
+                "time to first token, mean (ms)",
+            ),
+            c(
+                "ttft_ms_p50",
+                ColType::Float,
+                "time to first token, p50 (ms)",
+            ),
+            c(
+                "ttft_ms_p90",
+                ColType::Float,
+                "time to first token, p90 (ms)",
+            ),
+            c(
+                "ttft_ms_p99",
+                ColType::Float,
+                "time to first token, p99 (ms)",
+            ),
+            c(
+                "itl_ms_mean",
+                ColType::Float,
+                "inter-token latency, mean (ms)",
+            ),
+            c(
+                "itl_ms_p50",
+                ColType::Float,
+                "inter-token latency, p50 (ms)",
+            ),
+            c(
+                "itl_ms_p90",
+                ColType::Float,
+                "inter-token latency, p90 (ms)",
+            ),
+            c(
+                "itl_ms_p99",
+                ColType::Float,
+                "inter-token latency, p99 (ms)",
+            ),
             c(
                 "energy_per_request_j",
                 ColType::Float,
@@ -375,9 +424,21 @@ impl Stage for Measure {
                 ColType::Float,
                 "net energy / requests (J)",
             ),
-            c("energy_per_token_j", ColType::Float, "gross energy / generated tokens (J)"),
-            c("avg_power_w", ColType::Float, "gross energy / window seconds (W)"),
-            c("peak_rss_bytes", ColType::Int, "peak process RSS in the window (B)"),
+            c(
+                "energy_per_token_j",
+                ColType::Float,
+                "gross energy / generated tokens (J)",
+            ),
+            c(
+                "avg_power_w",
+                ColType::Float,
+                "gross energy / window seconds (W)",
+            ),
+            c(
+                "peak_rss_bytes",
+                ColType::Int,
+                "peak process RSS in the window (B)",
+            ),
             c("synthetic", ColType::Bool, "random weights"),
         ];
         cols.extend(energy_columns());
@@ -390,7 +451,11 @@ impl Stage for Measure {
         let samples = crate::tasks::load(&task.eval, &task.kind)?;
         let mut batches = vec![];
         if let Value::List(xs) = ctx.param("batch") {
-            batches.extend(xs.iter().filter_map(Value::as_i64).map(|b| b.max(1) as usize));
+            batches.extend(
+                xs.iter()
+                    .filter_map(Value::as_i64)
+                    .map(|b| b.max(1) as usize),
+            );
         }
         if batches.is_empty() {
             batches.push(1);
@@ -448,19 +513,23 @@ impl Stage for Measure {
         if warmup > 0 {
             serve(0, warmup, 1)?;
         }
-        let mut meter = super::open_meter(ctx);
+        let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
         ctx.progress.set_length((batches.len() * repeats) as u64);
         let mut rows = vec![];
         let mut done = 0;
         for &batch in &batches {
             let mut reps = vec![];
             for r in 0..repeats {
-                ctx.progress.message(&format!("batch {batch}, repetition {}", r + 1));
+                ctx.progress
+                    .message(&format!("batch {batch}, repetition {}", r + 1));
                 memory::reset_peak();
                 let ((gens, prefills), energy) = meter.window(|| serve(warmup, requests, batch))?;
                 let mut row = base_row("repeat", Some(r), &meter);
                 row.insert("batch".into(), json!(batch));
-                row.insert("peak_rss_bytes".into(), json!(memory::peak_rss_bytes().ok()));
+                row.insert(
+                    "peak_rss_bytes".into(),
+                    json!(memory::peak_rss_bytes().ok()),
+                );
                 request_stats(&gens, &prefills, &energy, &mut row);
                 row.insert("fixed_length".into(), json!(fixed));
                 row.insert("max_tokens".into(), json!(max_tokens));
@@ -471,7 +540,13 @@ impl Stage for Measure {
                 ctx.progress.set_position(done);
             }
             let mut summary = base_row("summary", None, &meter);
-            for k in ["batch", "requests", "fixed_length", "max_tokens", "synthetic"] {
+            for k in [
+                "batch",
+                "requests",
+                "fixed_length",
+                "max_tokens",
+                "synthetic",
+            ] {
                 summary.insert(k.into(), reps[0][k].clone());
             }
             for k in [
@@ -539,10 +614,7 @@ fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, r
     row.insert("prompt_tokens".into(), json!(prompt));
     row.insert("output_tokens".into(), json!(output));
     row.insert("seconds".into(), json!(energy.seconds));
-    row.insert(
-        "tokens_per_s".into(),
-        json!(output as f64 / energy.seconds),
-    );
+    row.insert("tokens_per_s".into(), json!(output as f64 / energy.seconds));
     row.insert(
         "prompt_tokens_per_s".into(),
         json!((prefill > 0.0).then(|| prompt as f64 / prefill)),
@@ -558,8 +630,14 @@ fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, r
     }
     let per = |e: Option<f64>, d: usize| e.filter(|_| d > 0).map(|e| e / d as f64);
     row.insert("energy_per_request_j".into(), json!(per(energy.gross_j, n)));
-    row.insert("energy_per_request_net_j".into(), json!(per(energy.net_j, n)));
-    row.insert("energy_per_token_j".into(), json!(per(energy.gross_j, output)));
+    row.insert(
+        "energy_per_request_net_j".into(),
+        json!(per(energy.net_j, n)),
+    );
+    row.insert(
+        "energy_per_token_j".into(),
+        json!(per(energy.gross_j, output)),
+    );
     row.insert(
         "avg_power_w".into(),
         json!(energy.gross_j.map(|e| e / energy.seconds)),

@@ -319,14 +319,16 @@ pub fn meter_params() -> Vec<ParamSpec> {
     ]
 }
 
-/// The meter the stage's parameters ask for (see [`meter_params`]).
-pub fn open_meter(ctx: &StageCtx) -> crate::meter::Metered {
+/// The meter the stage's parameters ask for (see [`meter_params`]); an estimate counts the CPU
+/// time of `scope`.
+pub fn open_meter(ctx: &StageCtx, scope: crate::meter::Scope) -> crate::meter::Metered {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let meter = crate::meter::open(
         ctx.param("meter").as_str().unwrap_or("auto"),
         ctx.device,
         ctx.param("cpu_power").as_f64(),
         cores,
+        scope,
     );
     let idle = ctx.param("idle_window").as_f64().unwrap_or(0.0).max(0.0);
     crate::meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
@@ -360,7 +362,11 @@ pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
             .get("max_tokens")
             .and_then(|v| v.as_u64())
             .unwrap_or(64) as usize,
-        eval: t.files.get("eval").cloned().context("the task has no records")?,
+        eval: t
+            .files
+            .get("eval")
+            .cloned()
+            .context("the task has no records")?,
         train: t.files.get("train").cloned(),
     })
 }

@@ -14,7 +14,6 @@ use crate::runtime::synthetic;
 use crate::spec::{Output, ParamSpec, Ty};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use std::time::Instant;
 
 pub struct Quantize;
 
@@ -25,7 +24,7 @@ fn is_quantized(t: &str) -> bool {
 impl Stage for Quantize {
     stage_meta!(
         "quantize",
-        1,
+        2,
         Role::Stage,
         Output::Model,
         "convert a model to a precision (GGUF out, metadata kept)"
@@ -36,6 +35,9 @@ impl Stage for Quantize {
             // Conversion is CPU work (tensor by tensor); it has no device parameter.
             ParamSpec::required("precision", Ty::Enum(super::PRECISIONS), "target precision"),
         ]
+        .into_iter()
+        .chain(super::meter_params())
+        .collect()
     }
     fn table(&self) -> Vec<Column> {
         let c = |name, ty, doc| Column { name, ty, doc };
@@ -77,10 +79,30 @@ impl Stage for Quantize {
             c(
                 "energy_j",
                 ColType::Float,
-                "energy of the conversion (null until a meter exists)",
+                "energy of the conversion (J); part of C_train in N_break",
             ),
-            c("energy_source", ColType::Str, "how energy_j was obtained"),
+            c(
+                "energy_net_j",
+                ColType::Float,
+                "energy minus idle power × seconds (J)",
+            ),
+            c(
+                "idle_power_w",
+                ColType::Float,
+                "idle power around the conversion (W)",
+            ),
+            c(
+                "energy_source",
+                ColType::Str,
+                "counter | sampled | rapl | estimated (null: not measured)",
+            ),
+            c(
+                "energy_resolution_j",
+                ColType::Float,
+                "meter resolution (J)",
+            ),
             c("energy_null_reason", ColType::Str, "why energy_j is null"),
+            c("meter", ColType::Str, "what measured the energy, and how"),
         ]
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
@@ -93,44 +115,54 @@ impl Stage for Quantize {
         };
         let synthetic = model.record.get("synthetic").and_then(|s| s.as_bool()) == Some(true);
         let dst = ctx.work_dir.join("model.gguf");
-        let t0 = Instant::now();
-        let progress = |done: u64, total: u64| {
-            ctx.progress.set_length(total);
-            ctx.progress.set_position(done);
-        };
-        let cancelled = || ctx.cancel.load(std::sync::atomic::Ordering::Relaxed);
-        let (r, input_bytes) = if synthetic {
-            let arch = model
-                .record
-                .get("arch")
-                .and_then(|a| a.as_str())
-                .unwrap_or_default();
-            let seed = model
-                .record
-                .get("seed")
-                .and_then(|s| s.as_u64())
-                .unwrap_or(0);
-            (
-                synthetic::write_gguf(arch, seed, target, &dst, &progress, &cancelled)?,
-                None,
-            )
-        } else if let Some(src) = model.files.get("model.gguf") {
-            let r = gguf::requantize(src, &dst, target, &progress, &cancelled)?;
-            (r, std::fs::metadata(src).map(|m| m.len()).ok())
-        } else if let Some(config) = model.files.get("config.json") {
-            let dir = config.parent().context("config.json has no folder")?;
-            let r = hf::to_gguf(dir, &dst, target, &progress, &cancelled)?;
-            let bytes = model
-                .files
-                .values()
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            (r, Some(bytes))
-        } else {
-            bail!("the model has neither a GGUF file nor a Hugging Face config.json (engine bug?)");
-        };
-        let seconds = t0.elapsed().as_secs_f64();
+        // Quantizing is not a measuring stage: it may share the process and the CPU with other
+        // stages. An estimate therefore counts this (single-threaded) conversion's own thread,
+        // and no idle windows are taken: gross energy of the conversion. A device counter
+        // (RAPL) cannot tell stages apart; its row says so through `meter`.
+        let mut meter = super::open_meter(ctx, crate::meter::Scope::Thread);
+        meter.idle = std::time::Duration::ZERO;
+        let ((r, input_bytes), energy) = meter.window(|| {
+            let progress = |done: u64, total: u64| {
+                ctx.progress.set_length(total);
+                ctx.progress.set_position(done);
+            };
+            let cancelled = || ctx.cancel.load(std::sync::atomic::Ordering::Relaxed);
+            let (r, input_bytes) = if synthetic {
+                let arch = model
+                    .record
+                    .get("arch")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default();
+                let seed = model
+                    .record
+                    .get("seed")
+                    .and_then(|s| s.as_u64())
+                    .unwrap_or(0);
+                (
+                    synthetic::write_gguf(arch, seed, target, &dst, &progress, &cancelled)?,
+                    None,
+                )
+            } else if let Some(src) = model.files.get("model.gguf") {
+                let r = gguf::requantize(src, &dst, target, &progress, &cancelled)?;
+                (r, std::fs::metadata(src).map(|m| m.len()).ok())
+            } else if let Some(config) = model.files.get("config.json") {
+                let dir = config.parent().context("config.json has no folder")?;
+                let r = hf::to_gguf(dir, &dst, target, &progress, &cancelled)?;
+                let bytes = model
+                    .files
+                    .values()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum();
+                (r, Some(bytes))
+            } else {
+                bail!(
+                    "the model has neither a GGUF file nor a Hugging Face config.json (engine bug?)"
+                );
+            };
+            Ok((r, input_bytes))
+        })?;
+        let seconds = energy.seconds;
         let requantized_from =
             (!synthetic && is_quantized(r.source_type())).then_some(r.source_type());
         let mut row = Row::new();
@@ -147,12 +179,8 @@ impl Stage for Quantize {
         );
         row.insert("fallback_tensors".into(), json!(r.fallbacks.len()));
         row.insert("seconds".into(), json!(seconds));
-        row.insert("energy_j".into(), serde_json::Value::Null);
-        row.insert("energy_source".into(), json!("none"));
-        row.insert(
-            "energy_null_reason".into(),
-            json!("no energy meter in this build yet (measurement arrives with issue #4)"),
-        );
+        energy.columns(&mut row);
+        row.insert("meter".into(), json!(meter.describe()));
         Ok(StageOutput {
             files: vec![("model.gguf".into(), dst)],
             record: json!({

@@ -261,7 +261,8 @@ pub fn run_metadata(p: &Pipeline, hardware: &str) -> BTreeMap<String, String> {
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
     use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a Parquet file", path.display()))?
         .build()?;

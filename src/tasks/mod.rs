@@ -141,9 +141,8 @@ pub fn load(path: &Path, kind: &str) -> Result<Vec<Sample>> {
         if line.trim().is_empty() {
             continue;
         }
-        let rec: J = serde_json::from_str(line).with_context(|| {
-            format!("{}:{}: not a JSON record", path.display(), i + 1)
-        })?;
+        let rec: J = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON record", path.display(), i + 1))?;
         let s = sample(kind, &rec, path, i + 1)?;
         if !ids.insert(s.id.clone()) {
             bail!(
@@ -209,7 +208,10 @@ mod tests {
         let e = sample("extractive_qa", &json!({"id": "a", "context": "c"}), p, 7)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("data/qa.jsonl:7") && e.contains("`question`"), "{e}");
+        assert!(
+            e.contains("data/qa.jsonl:7") && e.contains("`question`"),
+            "{e}"
+        );
         let e = sample(
             "chat",
             &json!({"prompt_id": "p", "messages": [{"role": "user", "content": "x"}]}),
@@ -221,10 +223,19 @@ mod tests {
         assert!(e.contains("no assistant turn"), "{e}");
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("x.jsonl");
-        std::fs::write(&f, "{\"document\": \"d\", \"summary\": \"s\", \"id\": 1}\n\nnot json\n").unwrap();
+        std::fs::write(
+            &f,
+            "{\"document\": \"d\", \"summary\": \"s\", \"id\": 1}\n\nnot json\n",
+        )
+        .unwrap();
         let e = format!("{:#}", load(&f, "summarize").unwrap_err());
         assert!(e.contains("x.jsonl:3: not a JSON record"), "{e}");
         std::fs::write(&f, "\n").unwrap();
-        assert!(load(&f, "summarize").unwrap_err().to_string().contains("no records"));
+        assert!(
+            load(&f, "summarize")
+                .unwrap_err()
+                .to_string()
+                .contains("no records")
+        );
     }
 }

@@ -1,0 +1,291 @@
+//! The measuring and evaluating stages end to end through the binary, on SmolLM2-135M (fetched by
+//! `.ci/fetch-models.sh`; skipped locally when absent): quantize → cold_load / evaluate / measure
+//! → metrics.parquet and report.html; nulls with reasons when nothing can measure energy; an
+//! interrupted evaluation resumes where it stopped.
+
+use edge_eval::table::read_rows;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+mod common;
+
+fn smollm2() -> Option<PathBuf> {
+    common::fetched(
+        "EDGE_EVAL_SMOLLM2",
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "",
+    )
+}
+
+fn tasks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks")
+}
+
+fn pipeline(model: &Path, economics: &str, body: &str) -> String {
+    format!(
+        r#"pipeline life {{ device = cpu  results = "out"  seed = 7 }}
+{economics}
+hardware {{ idle_window = 50 ms }}
+model smol = path("{}")
+task qa = jsonl("{}/qa.jsonl", kind = extractive_qa, score = f1, max_tokens = 8)
+{body}
+report {{ baseline = f16 }}
+"#,
+        model.display(),
+        tasks_dir().display()
+    )
+}
+
+const ECONOMICS: &str =
+    "economics { electricity = 0.12 usd/kWh  api_request = 0.00125 usd  cpu_power = 12 W }";
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-eval"))
+        .current_dir(dir)
+        .env("EDGE_EVAL_CACHE", dir.join("cache"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn rows(dir: &Path, table: &str) -> Vec<serde_json::Map<String, Value>> {
+    read_rows(&dir.join("out").join(format!("{table}.parquet"))).unwrap()
+}
+
+fn by<'a>(
+    rows: &'a [serde_json::Map<String, Value>],
+    key: &str,
+    value: &str,
+) -> Vec<&'a serde_json::Map<String, Value>> {
+    rows.iter()
+        .filter(|r| r.get(key).and_then(|v| v.as_str()) == Some(value))
+        .collect()
+}
+
+#[test]
+fn lifecycle_measures_scores_and_reports_the_five_metrics() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+for q in [f16, q8_0] {
+  v[q] = quantize(smol, q)
+  cold_load(v[q], repeats = 2)
+  evaluate(v[q], qa, samples = 4, reference = v[f16])
+  measure(v[q], qa, batch = [1, 2], repeats = 2, requests = 2, warmup = 1)
+}"#;
+    std::fs::write(dir.path().join("p.eep"), pipeline(&model, ECONOMICS, body)).unwrap();
+    let out = run(dir.path(), &["run", "p.eep"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The metrics table is printed.
+    assert!(
+        stdout.contains("Q_ret %") && stdout.contains("v[q8_0]"),
+        "{stdout}"
+    );
+
+    let cold = rows(dir.path(), "cold_load");
+    assert_eq!(cold.len(), 2 * 3, "2 repeats + 1 summary per variant");
+    for r in by(&cold, "row", "repeat") {
+        assert_eq!(r["energy_source"], "estimated");
+        assert!(r["energy_j"].as_f64().unwrap() > 0.0);
+        assert!(r["seconds"].as_f64().unwrap() > 0.0);
+        // Measured memory: at least the weights as held, and less than 4× them.
+        let weights = r["weight_bytes"].as_i64().unwrap();
+        let resident = r["resident_bytes"].as_i64().unwrap();
+        assert!(resident > weights / 2 && resident < weights * 4, "{r:?}");
+    }
+
+    let measure = rows(dir.path(), "measure");
+    let summaries = by(&measure, "row", "summary");
+    assert_eq!(summaries.len(), 4, "one summary per variant × batch size");
+    for s in &summaries {
+        assert!(s["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(s["ttft_ms_p50"].as_f64().unwrap() > 0.0);
+        assert!(s["energy_per_request_j"].as_f64().unwrap() > 0.0);
+        assert_eq!(s["energy_source"], "estimated");
+        assert!(s["meter"].as_str().unwrap().contains("12 W"));
+    }
+
+    let eval = rows(dir.path(), "evaluate");
+    let samples: Vec<_> = by(&eval, "row", "sample");
+    assert_eq!(samples.len(), 8);
+    for s in &samples {
+        let score = s["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score));
+        assert!(!s["prompt_digest"].as_str().unwrap().is_empty());
+    }
+
+    let metrics = rows(dir.path(), "metrics");
+    assert_eq!(metrics.len(), 2);
+    let f16 = by(&metrics, "precision", "f16")[0];
+    let q8 = by(&metrics, "precision", "q8_0")[0];
+    assert_eq!(f16["q_ret_pct"].as_f64(), Some(100.0));
+    // The f16 variant against itself: no divergence; q8_0 diverges a little.
+    assert_eq!(f16["kl_mean"].as_f64(), Some(0.0));
+    assert_eq!(f16["top1_agreement"].as_f64(), Some(1.0));
+    let kl = q8["kl_mean"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 1.0, "kl {kl}");
+    for m in [f16, q8] {
+        for k in ["ipw", "rho_sys", "c_tax", "n_break", "energy_per_request_j"] {
+            let v = m[k].as_f64().unwrap_or_else(|| panic!("{k} null: {m:?}"));
+            assert!(v > 0.0 && v.is_finite(), "{k} = {v}");
+        }
+        let sources = m["energy_sources"].as_str().unwrap();
+        assert!(sources.contains("measure=estimated"), "{sources}");
+        assert!(sources.contains("quantize=estimated"), "{sources}");
+    }
+    pyarrow_reads(&dir.path().join("out"));
+    let page = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
+    assert!(page.contains("<svg") && page.contains("v[q8_0]"));
+
+    // A second run computes nothing and rewrites the same metrics.
+    let t = Instant::now();
+    let again = run(dir.path(), &["run", "p.eep", "--json"]);
+    assert!(again.status.success());
+    assert!(!String::from_utf8_lossy(&again.stdout).contains("\"ran\""));
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_eq!(rows(dir.path(), "metrics"), metrics);
+
+    // `edge-eval report DIR` prints the same table from metrics.parquet.
+    let rep = run(dir.path(), &["report", "out"]);
+    assert!(rep.status.success());
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(
+        text.contains("v[f16]") && text.contains("N_break"),
+        "{text}"
+    );
+}
+
+/// The tables read back with pyarrow with the expected column types (`tests/python`). CI installs
+/// pyarrow; locally the check is skipped with a notice when it is missing.
+fn pyarrow_reads(results: &Path) {
+    let has = Command::new("python3")
+        .args(["-c", "import pyarrow"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        assert!(std::env::var_os("CI").is_none(), "CI must install pyarrow");
+        eprintln!("skipping the pyarrow check: `pip install pyarrow`");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/check_tables.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(results)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pyarrow: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn without_any_meter_energy_is_null_with_a_reason_never_zero() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let body = r#"
+v = quantize(smol, q8_0)
+cold_load(v, repeats = 1)
+measure(v, qa, repeats = 1, requests = 1, warmup = 0)"#;
+    let economics = "economics { electricity = 0.12 usd/kWh  api_request = 0.00125 usd }";
+    std::fs::write(dir.path().join("p.eep"), pipeline(&model, economics, body)).unwrap();
+    let out = run(dir.path(), &["run", "p.eep"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in ["cold_load", "measure", "quantize"] {
+        for r in rows(dir.path(), table) {
+            assert!(r["energy_j"].is_null(), "{table}: {r:?}");
+            assert!(r["energy_source"].is_null());
+            let why = r["energy_null_reason"].as_str().unwrap();
+            assert!(why.contains("cpu_power"), "{why}");
+        }
+    }
+    let m = &rows(dir.path(), "metrics")[0];
+    for k in ["ipw", "c_tax", "n_break"] {
+        assert!(m[k].is_null(), "{k}: {m:?}");
+    }
+    // Throughput and memory are still measured, so density is not null.
+    assert!(m["rho_sys"].as_f64().unwrap() > 0.0);
+    let reasons = m["null_reasons"].as_str().unwrap();
+    assert!(
+        reasons.contains("ipw") && reasons.contains("cpu_power"),
+        "{reasons}"
+    );
+}
+
+#[test]
+fn an_interrupted_evaluation_resumes_where_it_stopped() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let body = "evaluate(smol, qa, samples = 10, batch = 1)";
+    std::fs::write(dir.path().join("p.eep"), pipeline(&model, ECONOMICS, body)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-eval"))
+        .current_dir(dir.path())
+        .env("EDGE_EVAL_CACHE", dir.path().join("cache"))
+        .args(["run", "p.eep", "--quiet"])
+        .spawn()
+        .unwrap();
+    // Wait until some samples are saved, then Ctrl-C.
+    let partial = dir.path().join("cache/partial");
+    let saved = || -> usize {
+        std::fs::read_dir(&partial)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("samples.jsonl")).ok())
+            .map(|t| t.lines().count())
+            .sum()
+    };
+    let t = Instant::now();
+    while saved() < 2 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = saved();
+    assert!(before >= 2, "no progress saved");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let kept = saved();
+    assert!((2..10).contains(&kept), "{kept} samples kept");
+
+    let out = run(dir.path(), &["run", "p.eep"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval = rows(dir.path(), "evaluate");
+    assert_eq!(by(&eval, "row", "sample").len(), 10);
+    // Finished: the resume folder is gone.
+    assert_eq!(saved(), 0);
+
+    // The resumed result equals an uninterrupted one.
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::write(
+        fresh.path().join("p.eep"),
+        pipeline(&model, ECONOMICS, body),
+    )
+    .unwrap();
+    assert!(run(fresh.path(), &["run", "p.eep"]).status.success());
+    let scores = |rows: &[serde_json::Map<String, Value>]| -> Vec<(String, String)> {
+        by(rows, "row", "sample")
+            .iter()
+            .map(|r| (r["sample_id"].to_string(), r["output"].to_string()))
+            .collect()
+    };
+    assert_eq!(scores(&eval), scores(&rows(fresh.path(), "evaluate")));
+}

@@ -1,0 +1,47 @@
+"""Reads edge-eval's Parquet tables with pyarrow and checks their column types.
+
+Usage: python3 check_tables.py RESULTS_DIR — exits non-zero, naming the column, on a mismatch.
+"""
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EXPECTED = {
+    "metrics": {
+        "variant": pa.string(), "precision": pa.string(), "task": pa.string(),
+        "synthetic": pa.bool_(), "score": pa.float64(), "samples": pa.int64(),
+        "q_ret_pct": pa.float64(), "kl_mean": pa.float64(), "ipw": pa.float64(),
+        "rho_sys": pa.float64(), "c_tax": pa.float64(), "n_break": pa.float64(),
+        "memory_resident_bytes": pa.int64(), "energy_sources": pa.string(),
+    },
+    "measure": {
+        "row": pa.string(), "batch": pa.int64(), "tokens_per_s": pa.float64(),
+        "ttft_ms_p99": pa.float64(), "energy_j": pa.float64(), "energy_source": pa.string(),
+        "fixed_length": pa.bool_(),
+    },
+    "cold_load": {
+        "cache_state": pa.string(), "seconds": pa.float64(), "resident_bytes": pa.int64(),
+        "energy_net_j": pa.float64(),
+    },
+    "evaluate": {
+        "sample_id": pa.string(), "score": pa.float64(), "output": pa.string(),
+        "output_tokens": pa.int64(),
+    },
+    "runs": {"stage_id": pa.string(), "started_at": pa.timestamp("us", tz="UTC")},
+}
+
+def main(results):
+    for table, columns in EXPECTED.items():
+        path = f"{results}/{table}.parquet"
+        t = pq.read_table(path)
+        assert t.num_rows > 0, f"{table}: no rows"
+        meta = pq.ParquetFile(path).metadata.metadata or {}
+        assert b"edge_eval.pipeline" in meta, f"{table}: no edge_eval metadata"
+        for name, ty in columns.items():
+            got = t.schema.field(name).type
+            assert got == ty, f"{table}.{name}: {got}, expected {ty}"
+    print("pyarrow read every table with the expected types")
+
+if __name__ == "__main__":
+    main(sys.argv[1])
