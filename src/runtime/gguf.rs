@@ -288,6 +288,19 @@ pub fn requantize(
     progress: &dyn Fn(u64, u64),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Requantized> {
+    requantize_with(src, dst, target, &Default::default(), progress, cancelled)
+}
+
+/// [`requantize`], adding `deltas[name]` (f32, the tensor's shape) to the named tensors first:
+/// how a LoRA adapter is merged into its base.
+pub fn requantize_with(
+    src: &Path,
+    dst: &Path,
+    target: GgmlDType,
+    deltas: &std::collections::HashMap<String, Tensor>,
+    progress: &dyn Fn(u64, u64),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Requantized> {
     let mut g = Gguf::open(src)?;
     let names = g.tensor_names();
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
@@ -304,7 +317,12 @@ pub fn requantize(
             q.storage_size_in_bytes(),
         );
         let ty = report.type_for(name, &dims);
-        let out = if q.dtype() == ty {
+        let out = if let Some(d) = deltas.get(name) {
+            let f = (q.dequantize(&Device::Cpu)? + d)
+                .with_context(|| format!("cannot merge the adapter into `{name}`"))?;
+            QTensor::quantize(&f, ty)
+                .with_context(|| format!("cannot quantize `{name}` to {}", type_name(ty)))?
+        } else if q.dtype() == ty {
             q
         } else {
             let f: Tensor = q

@@ -41,14 +41,14 @@ struct Layer {
 
 /// Token embeddings kept in their GGUF type; rows are dequantized on lookup (a Llama-3 vocabulary
 /// in f32 would be 1 GB).
-struct Embedding {
+pub(crate) struct Embedding {
     q: Arc<QTensor>,
     hidden: usize,
     row_bytes: usize,
 }
 
 impl Embedding {
-    fn new(q: Arc<QTensor>) -> Result<Embedding> {
+    pub(crate) fn new(q: Arc<QTensor>) -> Result<Embedding> {
         let (_, hidden) = q.shape().dims2()?;
         let t = q.dtype();
         Ok(Embedding {
@@ -59,7 +59,7 @@ impl Embedding {
     }
 
     /// `[ids.len(), hidden]` f32.
-    fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+    pub(crate) fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
         let data = self.q.data()?;
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
@@ -121,46 +121,88 @@ impl KvCache {
     }
 }
 
+/// The architecture read from a GGUF's metadata (`vocab` from the embedding's shape).
+pub(crate) fn read_config(g: &Gguf) -> Result<Config> {
+    let arch = g
+        .metadata_str("general.architecture")
+        .unwrap_or("?")
+        .to_string();
+    if arch != "llama" && arch != "qwen2" {
+        bail!(
+            "architecture `{arch}` is not supported by this runtime yet (supported: llama, qwen2)"
+        );
+    }
+    let meta = &g.content.metadata;
+    let get = |k: &str| -> Result<u32> {
+        meta.get(&format!("{arch}.{k}"))
+            .and_then(|v| v.to_u32().ok())
+            .with_context(|| format!("the GGUF lacks {arch}.{k}"))
+    };
+    let hidden = get("embedding_length")? as usize;
+    let n_head = get("attention.head_count")? as usize;
+    let n_kv_head = get("attention.head_count_kv").unwrap_or(n_head as u32) as usize;
+    let n_layer = get("block_count")? as usize;
+    let context = get("context_length").unwrap_or(4096) as usize;
+    let eps = meta
+        .get(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(1e-5) as f64;
+    let rope_base = meta
+        .get(&format!("{arch}.rope.freq_base"))
+        .and_then(|v| v.to_f32().ok())
+        .unwrap_or(10_000.0);
+    if n_head == 0
+        || !hidden.is_multiple_of(n_head)
+        || n_kv_head == 0
+        || !n_head.is_multiple_of(n_kv_head)
+    {
+        bail!(
+            "inconsistent attention shape: {n_head} heads, {n_kv_head} KV heads, hidden {hidden}"
+        );
+    }
+    let head_dim = hidden / n_head;
+    let vocab = g
+        .content
+        .tensor_infos
+        .get("token_embd.weight")
+        .context("the GGUF has no token_embd.weight")?
+        .shape
+        .dims()[0];
+    Ok(Config {
+        n_layer,
+        n_head,
+        n_kv_head,
+        hidden,
+        head_dim,
+        vocab,
+        eps,
+        rope_base,
+        context,
+        family: arch,
+    })
+}
+
+/// RoPE angle tables `[context, head_dim / 2]`: (cos, sin).
+pub(crate) fn rope_tables(c: &Config) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..c.head_dim / 2)
+        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
+        .collect();
+    let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
+    let pos = Tensor::arange(0u32, c.context as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
+    let freqs = pos.unsqueeze(1)?.broadcast_mul(&inv.unsqueeze(0)?)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
 impl Llama {
     pub fn load(g: &mut Gguf) -> Result<Llama> {
-        let arch = g
-            .metadata_str("general.architecture")
-            .unwrap_or("?")
-            .to_string();
-        if arch != "llama" && arch != "qwen2" {
-            bail!(
-                "architecture `{arch}` is not supported by this runtime yet (supported: llama, qwen2)"
-            );
-        }
-        let meta = &g.content.metadata;
-        let get = |k: &str| -> Result<u32> {
-            meta.get(&format!("{arch}.{k}"))
-                .and_then(|v| v.to_u32().ok())
-                .with_context(|| format!("the GGUF lacks {arch}.{k}"))
-        };
-        let hidden = get("embedding_length")? as usize;
-        let n_head = get("attention.head_count")? as usize;
-        let n_kv_head = get("attention.head_count_kv").unwrap_or(n_head as u32) as usize;
-        let n_layer = get("block_count")? as usize;
-        let context = get("context_length").unwrap_or(4096) as usize;
-        let eps = meta
-            .get(&format!("{arch}.attention.layer_norm_rms_epsilon"))
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(1e-5) as f64;
-        let rope_base = meta
-            .get(&format!("{arch}.rope.freq_base"))
-            .and_then(|v| v.to_f32().ok())
-            .unwrap_or(10_000.0);
-        if n_head == 0
-            || !hidden.is_multiple_of(n_head)
-            || n_kv_head == 0
-            || !n_head.is_multiple_of(n_kv_head)
-        {
-            bail!(
-                "inconsistent attention shape: {n_head} heads, {n_kv_head} KV heads, hidden {hidden}"
-            );
-        }
-        let head_dim = hidden / n_head;
+        let cfg = read_config(g)?;
+        let Config {
+            n_layer,
+            hidden,
+            ref family,
+            ..
+        } = cfg;
+        let arch = family.clone();
         let mut weight_bytes = 0u64;
         let mut qmat = |g: &mut Gguf, name: &str| -> Result<QMatMul> {
             let q = g.tensor(name)?;
@@ -179,7 +221,7 @@ impl Llama {
             Ok(t.dequantize(&Device::Cpu)?)
         };
         let embed_q = Arc::new(g.tensor("token_embd.weight")?);
-        let (vocab, ehidden) = embed_q.shape().dims2()?;
+        let (_, ehidden) = embed_q.shape().dims2()?;
         if ehidden != hidden {
             bail!(
                 "token_embd.weight has width {ehidden}, but llama.embedding_length says {hidden}"
@@ -224,31 +266,15 @@ impl Llama {
         weight_bytes += embed_q.storage_size_in_bytes() as u64;
         weight_bytes += ((2 * n_layer + 1) * hidden * 4) as u64; // norms
         let embed = Embedding::new(embed_q)?;
-        let inv: Vec<f32> = (0..head_dim / 2)
-            .map(|i| 1.0 / rope_base.powf(2.0 * i as f32 / head_dim as f32))
-            .collect();
-        let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
-        let pos = Tensor::arange(0u32, context as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
-        let freqs = pos.unsqueeze(1)?.broadcast_mul(&inv.unsqueeze(0)?)?;
+        let (cos, sin) = rope_tables(&cfg)?;
         Ok(Llama {
-            cfg: Config {
-                n_layer,
-                n_head,
-                n_kv_head,
-                hidden,
-                head_dim,
-                vocab,
-                eps,
-                rope_base,
-                context,
-                family: arch.clone(),
-            },
+            cfg,
             embed,
             layers,
             norm,
             head,
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
+            cos,
+            sin,
             weight_bytes,
         })
     }

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod lora;
 pub mod synthetic;
 pub mod tokenizer;
 

@@ -268,6 +268,16 @@ impl Tok {
             .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
     }
 
+    /// The token that closes an assistant turn in the chat format (`<|im_end|>`, `<|eot_id|>`):
+    /// what a fine-tuned answer ends with so the model learns to stop.
+    pub fn end_of_turn(&self) -> Option<u32> {
+        let t = match self.chat.as_ref().ok()? {
+            ChatFormat::ChatMl { .. } => "<|im_end|>",
+            ChatFormat::Llama3 => "<|eot_id|>",
+        };
+        self.inner.token_to_id(t)
+    }
+
     /// A chat prompt rendered with the model's template.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
         match &self.chat {

@@ -29,6 +29,7 @@ macro_rules! stage_meta {
 }
 
 mod evaluate;
+mod finetune;
 mod lifecycle;
 mod measuring;
 mod quantize;
@@ -181,7 +182,7 @@ static REGISTRY: &[&dyn Stage] = &[
     &sources::SyntheticSource,
     &sources::JsonlTask,
     &quantize::Quantize,
-    &lifecycle::Finetune,
+    &finetune::Finetune,
     &measuring::ColdLoad,
     &evaluate::Evaluate,
     &measuring::Measure,

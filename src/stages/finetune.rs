@@ -1,0 +1,384 @@
+//! `finetune(model, task, method = lora | qlora, ...)`: LoRA or QLoRA training on the task's
+//! train split (`runtime::lora`), measured through the meter: the training loop and the merge
+//! are separate windows, both counted in the energy that produced the variant (N_break's
+//! C_train). Outputs the adapter (PEFT-named safetensors + adapter_config.json) and the merged
+//! model (`model.gguf`, f16), which downstream stages take like any model.
+//!
+//! Nothing is written to the cache unless the whole run succeeds: an empty or malformed train
+//! split, a sequence longer than `max_seq` or the context, or a NaN loss is an error.
+
+use super::lifecycle::device_param;
+use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use crate::meter::{Scope, memory};
+use crate::runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
+use crate::spec::{Output, ParamSpec, Ty, Value};
+use anyhow::{Context, Result, bail};
+use candle_core::quantized::GgmlDType;
+use serde_json::json;
+use std::collections::BTreeMap;
+
+pub struct Finetune;
+
+fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
+    Column { name, ty, doc }
+}
+
+impl Stage for Finetune {
+    stage_meta!(
+        "finetune",
+        3,
+        Role::Stage,
+        Output::Model,
+        "LoRA / QLoRA fine-tuning on a task's train split"
+    );
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "base model"),
+            ParamSpec::required(
+                "task",
+                Ty::Ref(Output::Task),
+                "task whose train split is used",
+            ),
+            ParamSpec::default(
+                "method",
+                Ty::Enum(&["lora", "qlora"]),
+                Value::Symbol("lora".into()),
+                "adaptation method",
+            ),
+            ParamSpec::default("rank", Ty::int(1, 4096), Value::Int(16), "LoRA rank r"),
+            ParamSpec::default(
+                "alpha",
+                Ty::float(0.0, 1e6),
+                Value::Float(16.0),
+                "LoRA alpha",
+            ),
+            ParamSpec::default(
+                "dropout",
+                Ty::float(0.0, 0.99),
+                Value::Float(0.05),
+                "LoRA dropout",
+            ),
+            ParamSpec::default(
+                "lr",
+                Ty::float(0.0, 10.0),
+                Value::Float(2e-4),
+                "learning rate",
+            ),
+            ParamSpec::optional("epochs", Ty::int(1, 1000), "epochs over the train rows"),
+            ParamSpec::optional(
+                "steps",
+                Ty::int(1, 10_000_000),
+                "optimizer steps (instead of epochs)",
+            ),
+            ParamSpec::optional("rows", Ty::int(1, i64::MAX), "train rows used"),
+            ParamSpec::default("batch", Ty::int(1, 4096), Value::Int(1), "batch size"),
+            ParamSpec::default(
+                "grad_accum",
+                Ty::int(1, 4096),
+                Value::Int(1),
+                "gradient accumulation steps",
+            ),
+            ParamSpec::default(
+                "max_seq",
+                Ty::int(8, 1 << 20),
+                Value::Int(512),
+                "max sequence length",
+            ),
+            ParamSpec::setting(
+                "seed",
+                Ty::int(0, i64::MAX),
+                &["pipeline.seed"],
+                Some(Value::Int(0)),
+                "seed",
+            ),
+            ParamSpec::default(
+                "dtype",
+                Ty::Enum(&["f32", "bf16", "f16"]),
+                Value::Symbol("f32".into()),
+                "adapter dtype",
+            ),
+            ParamSpec::default(
+                "targets",
+                Ty::List(Box::new(Ty::Enum(&[
+                    "q", "k", "v", "o", "gate", "up", "down",
+                ]))),
+                Value::List(
+                    ["q", "k", "v", "o", "gate", "up", "down"]
+                        .iter()
+                        .map(|s| Value::Symbol(s.to_string()))
+                        .collect(),
+                ),
+                "projections that get adapters",
+            ),
+            device_param(),
+        ]
+        .into_iter()
+        .chain(super::meter_params())
+        .collect()
+    }
+    fn measuring(&self, _: &BTreeMap<String, Value>) -> bool {
+        true
+    }
+    fn threads(&self, _: &BTreeMap<String, Value>) -> usize {
+        usize::MAX
+    }
+    fn table(&self) -> Vec<Column> {
+        vec![
+            c("row", ColType::Str, "step | summary"),
+            c("step", ColType::Int, "optimizer step (null in the summary)"),
+            c(
+                "loss",
+                ColType::Float,
+                "mean answer-token cross-entropy; summary: mean of the last k steps",
+            ),
+            c(
+                "first_loss",
+                ColType::Float,
+                "summary: mean loss of the first k steps",
+            ),
+            c(
+                "seconds",
+                ColType::Float,
+                "step time; summary: the training loop (s)",
+            ),
+            c("tokens", ColType::Int, "tokens forwarded"),
+            c("tokens_per_s", ColType::Float, "training tokens per second"),
+            c("method", ColType::Str, "lora | qlora"),
+            c("rank", ColType::Int, "LoRA rank"),
+            c("steps", ColType::Int, "optimizer steps"),
+            c("rows", ColType::Int, "training rows used"),
+            c("trainable_params", ColType::Int, "adapter parameters"),
+            c(
+                "base_bytes",
+                ColType::Int,
+                "frozen weights as held in memory (B)",
+            ),
+            c(
+                "peak_rss_bytes",
+                ColType::Int,
+                "peak process RSS while training (B)",
+            ),
+            c(
+                "merge_seconds",
+                ColType::Float,
+                "merging the adapter into the base (s)",
+            ),
+            c(
+                "energy_j",
+                ColType::Float,
+                "summary: training + merge energy (J), C_train of N_break; steps: null",
+            ),
+            c(
+                "energy_train_j",
+                ColType::Float,
+                "energy of the training loop (J)",
+            ),
+            c("energy_merge_j", ColType::Float, "energy of the merge (J)"),
+            c(
+                "energy_net_j",
+                ColType::Float,
+                "training + merge, idle-subtracted (J)",
+            ),
+            c(
+                "idle_power_w",
+                ColType::Float,
+                "idle power around the training window (W)",
+            ),
+            c(
+                "energy_source",
+                ColType::Str,
+                "counter | sampled | rapl | estimated",
+            ),
+            c(
+                "energy_resolution_j",
+                ColType::Float,
+                "meter resolution (J)",
+            ),
+            c(
+                "energy_null_reason",
+                ColType::Str,
+                "why the energy columns are null",
+            ),
+            c("meter", ColType::Str, "what measured the energy, and how"),
+        ]
+    }
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        super::require_cpu(ctx)?;
+        let path = super::model_gguf(ctx, "model")?;
+        let task = super::task_info(ctx, "task")?;
+        let Some(train_file) = &task.train else {
+            bail!(
+                "the task has no train split: add `train = \"FILE.jsonl\"` to its jsonl(...) declaration"
+            );
+        };
+        let mut samples = crate::tasks::load(train_file, &task.kind)?;
+        if let Some(n) = ctx.param("rows").as_i64() {
+            samples.truncate(n as usize);
+        }
+        let int = |k: &str, d: i64| ctx.param(k).as_i64().unwrap_or(d).max(1) as usize;
+        let method = ctx.param("method").as_str().unwrap_or("lora").to_string();
+        let targets: Vec<String> = match ctx.param("targets") {
+            Value::List(xs) => xs
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![],
+        };
+        let cfg = LoraConfig {
+            rank: int("rank", 16),
+            alpha: ctx.param("alpha").as_f64().unwrap_or(16.0),
+            dropout: ctx.param("dropout").as_f64().unwrap_or(0.05),
+            targets,
+            qlora: method == "qlora",
+            seed: ctx.param("seed").as_i64().unwrap_or(0) as u64,
+        };
+        let (batch, accum, max_seq) = (int("batch", 1), int("grad_accum", 1), int("max_seq", 512));
+        let steps = match ctx.param("steps").as_i64() {
+            Some(s) => s as usize,
+            None => int("epochs", 1) * samples.len().div_ceil(batch * accum),
+        };
+
+        ctx.progress.message("loading the base model");
+        let tok =
+            crate::runtime::tokenizer::Tok::from_gguf(&crate::runtime::gguf::Gguf::open(&path)?)?;
+        let model = Trainable::load(&path, cfg.clone())?;
+        let eot = tok.end_of_turn();
+        let mut examples = vec![];
+        for s in &samples {
+            let prompt = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+            let mut ids = prompt.clone();
+            ids.extend(tok.encode_plain(&s.references[0])?);
+            ids.extend(eot);
+            let limit = max_seq.min(model.cfg.context);
+            if ids.len() > limit {
+                bail!(
+                    "{}: training row `{}` is {} tokens, more than max_seq = {max_seq} (the \
+                     model's context is {}); raise max_seq or shorten the record",
+                    train_file.display(),
+                    s.id,
+                    ids.len(),
+                    model.cfg.context
+                );
+            }
+            examples.push(Example {
+                ids,
+                answer_from: prompt.len(),
+            });
+        }
+
+        let opts = TrainOptions {
+            lr: ctx.param("lr").as_f64().unwrap_or(2e-4),
+            steps,
+            batch,
+            grad_accum: accum,
+        };
+        let mut meter = super::open_meter(ctx, Scope::Process);
+        ctx.progress.set_length(steps as u64);
+        ctx.progress
+            .message(&format!("{method}, {} rows", examples.len()));
+        memory::release_free_memory();
+        memory::reset_peak();
+        let (logs, train_e) = meter.window(|| {
+            lora::train(&model, &examples, &opts, &mut |log| {
+                ctx.progress.set_position(log.step as u64);
+                ctx.progress.message(&format!("loss {:.4}", log.loss));
+                ctx.check_cancelled()
+            })
+        })?;
+        let peak = memory::peak_rss_bytes().ok();
+
+        ctx.progress.message("merging the adapter");
+        let merged = ctx.work_dir.join("model.gguf");
+        let deltas = model.deltas()?.into_iter().collect();
+        let cancelled = || ctx.cancel.load(std::sync::atomic::Ordering::Relaxed);
+        let (_, merge_e) = meter.window(|| {
+            crate::runtime::gguf::requantize_with(
+                &path,
+                &merged,
+                GgmlDType::F16,
+                &deltas,
+                &|_, _| {},
+                &cancelled,
+            )
+        })?;
+
+        let adapter = ctx.work_dir.join("adapter_model.safetensors");
+        let tensors: std::collections::HashMap<String, candle_core::Tensor> =
+            model.peft_tensors()?.into_iter().collect();
+        candle_core::safetensors::save(&tensors, &adapter)
+            .with_context(|| format!("cannot write {}", adapter.display()))?;
+        let config = ctx.work_dir.join("adapter_config.json");
+        let base_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        std::fs::write(
+            &config,
+            serde_json::to_string_pretty(&model.peft_config(&base_name))?,
+        )?;
+
+        let mut rows = vec![];
+        for l in &logs {
+            let mut r = Row::new();
+            r.insert("row".into(), json!("step"));
+            r.insert("step".into(), json!(l.step));
+            r.insert("loss".into(), json!(l.loss));
+            r.insert("seconds".into(), json!(l.seconds));
+            r.insert("tokens".into(), json!(l.tokens));
+            r.insert("tokens_per_s".into(), json!(l.tokens as f64 / l.seconds));
+            rows.push(r);
+        }
+        let tokens: usize = logs.iter().map(|l| l.tokens).sum();
+        let mut s = Row::new();
+        s.insert("row".into(), json!("summary"));
+        // Step losses are of different rows: compare the mean of the first and the last `k` steps
+        // (an epoch, or a quarter of the run when it is shorter than two epochs).
+        let k = (steps / 2)
+            .min(examples.len().div_ceil(batch * accum))
+            .max(1);
+        let mean =
+            |ls: &[lora::StepLog]| ls.iter().map(|l| l.loss).sum::<f64>() / ls.len().max(1) as f64;
+        s.insert(
+            "loss".into(),
+            json!(mean(&logs[logs.len().saturating_sub(k)..])),
+        );
+        s.insert("first_loss".into(), json!(mean(&logs[..k.min(logs.len())])));
+        s.insert("seconds".into(), json!(train_e.seconds));
+        s.insert("tokens".into(), json!(tokens));
+        s.insert(
+            "tokens_per_s".into(),
+            json!(tokens as f64 / train_e.seconds),
+        );
+        s.insert("method".into(), json!(method));
+        s.insert("rank".into(), json!(cfg.rank));
+        s.insert("steps".into(), json!(steps));
+        s.insert("rows".into(), json!(examples.len()));
+        s.insert("trainable_params".into(), json!(model.trainable_params()));
+        s.insert("base_bytes".into(), json!(model.base_bytes));
+        s.insert("peak_rss_bytes".into(), json!(peak));
+        s.insert("merge_seconds".into(), json!(merge_e.seconds));
+        train_e.columns(&mut s);
+        let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+        s.insert("energy_train_j".into(), json!(train_e.gross_j));
+        s.insert("energy_merge_j".into(), json!(merge_e.gross_j));
+        s.insert(
+            "energy_j".into(),
+            json!(sum(train_e.gross_j, merge_e.gross_j)),
+        );
+        s.insert(
+            "energy_net_j".into(),
+            json!(sum(train_e.net_j, merge_e.net_j)),
+        );
+        s.insert("meter".into(), json!(meter.describe()));
+        rows.push(s);
+        Ok(StageOutput {
+            files: vec![
+                ("model.gguf".into(), merged),
+                ("adapter_model.safetensors".into(), adapter),
+                ("adapter_config.json".into(), config),
+            ],
+            record: json!({ "format": "gguf", "precision": "f16", "adapted": method }),
+            rows,
+        })
+    }
+}
