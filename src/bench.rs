@@ -95,7 +95,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     );
 
     let t = Instant::now();
-    let (report, _) = crate::cli::execute(&pipeline, &cache_dir, false, threads, true)?;
+    let report = crate::cli::execute(&pipeline, &cache_dir, false, threads, true)?.report;
     if report
         .outcomes
         .iter()
@@ -134,7 +134,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     })?;
     let noop = time(repeats, || {
         let p = load()?;
-        let (report, _) = crate::cli::execute(&p, &cache_dir, false, threads, true)?;
+        let report = crate::cli::execute(&p, &cache_dir, false, threads, true)?.report;
         if report
             .outcomes
             .iter()

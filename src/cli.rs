@@ -129,17 +129,14 @@ pub enum CacheAction {
 
 /// `edge-eval FILE ...` → `edge-eval run FILE ...`.
 pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
-    const COMMANDS: &[&str] = &[
-        "run",
-        "check",
-        "plan",
-        "explain",
-        "cache",
-        "bench",
-        "bench-model",
-        "stages",
-        "help",
-    ];
+    use clap::CommandFactory;
+    // The subcommand names come from clap itself, so a new command cannot be mistaken for a file.
+    let cli = Cli::command();
+    let commands: Vec<&str> = cli
+        .get_subcommands()
+        .map(|c| c.get_name())
+        .chain(["help"])
+        .collect();
     let mut i = 1;
     while i < args.len() {
         let a = args[i].as_str();
@@ -148,7 +145,7 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
         } else if a.starts_with('-') {
             i += 1;
         } else {
-            if !COMMANDS.contains(&a) {
+            if !commands.contains(&a) {
                 args.insert(i, "run".into());
             }
             break;
@@ -270,13 +267,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 /// Runs a pipeline, records history and writes its tables.
+/// What a run produced: the per-stage report, the files written, and the metrics rows.
+pub struct Executed {
+    pub report: exec::RunReport,
+    pub tables: Vec<PathBuf>,
+    pub metrics: Vec<crate::stages::Row>,
+}
+
 pub fn execute(
     pipeline: &Pipeline,
     cache_dir: &Path,
     keep_going: bool,
     threads: usize,
     quiet: bool,
-) -> Result<(exec::RunReport, Vec<PathBuf>)> {
+) -> Result<Executed> {
     let cache = Cache::open(cache_dir)?;
     let _lock = cache.lock(true)?;
     let hw = Hardware::detect(threads);
@@ -305,7 +309,11 @@ pub fn execute(
             &meta,
         )?);
     }
-    Ok((report, tables))
+    Ok(Executed {
+        report,
+        tables,
+        metrics,
+    })
 }
 
 /// The metrics the pipeline's `report { metrics = [...] }` shows (empty: all).
@@ -354,7 +362,11 @@ pub fn run(
     json: bool,
     quiet: bool,
 ) -> Result<i32> {
-    let (report, tables) = execute(pipeline, cache_dir, keep_going, threads, quiet || json)?;
+    let Executed {
+        report,
+        tables,
+        metrics,
+    } = execute(pipeline, cache_dir, keep_going, threads, quiet || json)?;
     let count = |s: Status| {
         report
             .outcomes
@@ -403,7 +415,6 @@ pub fn run(
         for t in &tables {
             eprintln!("  wrote {}", t.display());
         }
-        let metrics = crate::metrics::report::compute(pipeline, &report);
         if !metrics.is_empty() {
             println!();
             print!(
@@ -737,6 +748,11 @@ mod tests {
         let a = |v: &[&str]| normalize_args(v.iter().map(|s| s.to_string()).collect());
         assert_eq!(a(&["ee", "x.eep"]), ["ee", "run", "x.eep"]);
         assert_eq!(a(&["ee", "plan", "x.eep"]), ["ee", "plan", "x.eep"]);
+        assert_eq!(a(&["ee", "report", "out"]), ["ee", "report", "out"]);
+        assert_eq!(
+            a(&["ee", "bench-model", "m.gguf"]),
+            ["ee", "bench-model", "m.gguf"]
+        );
         assert_eq!(
             a(&["ee", "--cache", "c", "x.eep"]),
             ["ee", "--cache", "c", "run", "x.eep"]

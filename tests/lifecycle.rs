@@ -289,3 +289,39 @@ fn an_interrupted_evaluation_resumes_where_it_stopped() {
     };
     assert_eq!(scores(&eval), scores(&rows(fresh.path(), "evaluate")));
 }
+
+#[test]
+fn a_judge_model_scores_strictly_and_counts_what_it_cannot_parse() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"task judged = jsonl("{}/chat.jsonl", kind = chat, score = judge, max_tokens = 8)
+evaluate(smol, judged, samples = 3, judge = smol)
+evaluate(smol, judged, samples = 1, id = "no_judge")"#,
+        tasks_dir().display()
+    );
+    std::fs::write(dir.path().join("p.eep"), pipeline(&model, ECONOMICS, &body)).unwrap();
+    let out = run(dir.path(), &["run", "p.eep", "--keep-going"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Without a judge model the stage fails with a message saying how to give one.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("judge = JUDGE_MODEL"), "{stderr}");
+    let eval = rows(dir.path(), "evaluate");
+    let samples = by(&eval, "row", "sample");
+    assert_eq!(samples.len(), 3);
+    let mut parsed = 0;
+    for s in &samples {
+        let reply = s["judge_reply"].as_str().unwrap();
+        let score = s["score"].as_f64();
+        // A score exists exactly when the reply parses; it is never a default.
+        assert_eq!(
+            score,
+            edge_eval::metrics::score::parse_judgement(reply),
+            "{reply:?}"
+        );
+        parsed += score.is_some() as i64;
+    }
+    let summary = by(&eval, "row", "summary")[0];
+    assert_eq!(summary["samples"].as_i64(), Some(parsed));
+    assert_eq!(summary["unscored"].as_i64(), Some(3 - parsed));
+}

@@ -1351,16 +1351,25 @@ impl Resolver {
         };
         let mut given: BTreeMap<&str, &Expr> = BTreeMap::new();
         let mut positional = 0;
+        // Parameters that default to a pipeline setting (device, seed, cpu_power, …) are given
+        // by name only: positions stop before the first of them.
+        let positional_max = specs
+            .iter()
+            .take_while(|p| !matches!(p.default, crate::spec::Default::Setting(..)))
+            .count();
         for a in &call.args {
             match &a.name {
                 None => {
-                    let Some(spec) = specs.get(positional) else {
+                    let Some(spec) = specs
+                        .get(positional)
+                        .filter(|_| positional < positional_max)
+                    else {
                         self.diags.push(
                             Diagnostic::at(
                                 a.value.span,
                                 format!(
-                                    "too many arguments for `{kind}`: it takes at most {}",
-                                    specs.len()
+                                    "too many arguments for `{kind}`: it takes at most \
+                                     {positional_max} without names"
                                 ),
                                 "extra argument",
                             )

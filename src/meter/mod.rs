@@ -263,8 +263,11 @@ pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Readings a scripted meter returns in order (an `Err` is a failed read).
+    type Script = Arc<Mutex<Vec<Result<f64, String>>>>;
+
     /// A scripted meter: returns the queued readings in order, or an error when told to.
-    pub struct Scripted(pub Arc<Mutex<Vec<Result<f64, String>>>>);
+    pub struct Scripted(pub Script);
     impl Meter for Scripted {
         fn source(&self) -> Source {
             Source::Counter
@@ -282,9 +285,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn scripted(
-        readings: Vec<Result<f64, String>>,
-    ) -> (Metered, Arc<Mutex<Vec<Result<f64, String>>>>) {
+    fn scripted(readings: Vec<Result<f64, String>>) -> (Metered, Script) {
         let q = Arc::new(Mutex::new(readings));
         let m = Metered::new(Ok(Box::new(Scripted(q.clone()))), Duration::from_millis(20));
         (m, q)

@@ -72,7 +72,7 @@ fn node_ref(p: &Pipeline, i: NodeIdx, param: &str) -> Option<NodeIdx> {
     }
 }
 
-fn summary<'a>(rows: &'a [Row]) -> impl Iterator<Item = &'a Row> {
+fn summary(rows: &[Row]) -> impl Iterator<Item = &Row> {
     rows.iter()
         .filter(|r| r.get("row").and_then(|v| v.as_str()) == Some("summary"))
 }
@@ -224,6 +224,10 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         let meas_sum = meas.and_then(|r| {
             summary(r).min_by_key(|s| s.get("batch").and_then(|b| b.as_i64()).unwrap_or(i64::MAX))
         });
+        if eval.is_none() && meas.is_none() {
+            // Nothing measured or scored for this pair in this run (failed or interrupted).
+            continue;
+        }
         let cold = uses(p, "cold_load", m, None)
             .and_then(|i| manifest_rows(report, i))
             .and_then(|r| summary(r).next());
@@ -375,6 +379,23 @@ fn cell(row: &Row, k: &str) -> String {
     }
 }
 
+/// A cell with its 95 % interval when the row has one (`score`, `q_ret_pct`, `ipw`).
+fn cell_ci(row: &Row, k: &str) -> String {
+    let base = k.trim_end_matches("_pct");
+    let lo = row.get(&format!("{base}_ci_lo")).and_then(|v| v.as_f64());
+    let hi = row.get(&format!("{base}_ci_hi")).and_then(|v| v.as_f64());
+    let v = cell(row, k);
+    match (lo, hi) {
+        (Some(lo), Some(hi)) if v != "null" => {
+            let mut r = Row::new();
+            r.insert("lo".into(), serde_json::json!(lo));
+            r.insert("hi".into(), serde_json::json!(hi));
+            format!("{v} [{}, {}]", cell(&r, "lo"), cell(&r, "hi"))
+        }
+        _ => v,
+    }
+}
+
 /// The columns the terminal and HTML tables show for the chosen metrics.
 fn shown(metrics: &[String]) -> Vec<(&'static str, &'static str)> {
     let mut cols = vec![("variant", "variant"), ("task", "task"), ("score", "score")];
@@ -399,7 +420,7 @@ pub fn terminal_table(rows: &[Row], metrics: &[String]) -> String {
     let cols = shown(metrics);
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| cols.iter().map(|(k, _)| cell(r, k)).collect())
+        .map(|r| cols.iter().map(|(k, _)| cell_ci(r, k)).collect())
         .collect();
     let widths: Vec<usize> = cols
         .iter()
@@ -426,6 +447,7 @@ pub fn terminal_table(rows: &[Row], metrics: &[String]) -> String {
     for c in cells {
         out += &(line(c) + "\n");
     }
+    out += "[lo, hi]: 95 % bootstrap intervals; energy sources are in metrics.parquet\n";
     let notes: Vec<String> = rows
         .iter()
         .filter_map(|r| {
@@ -449,19 +471,27 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// An SVG scatter of score (y) against `x`, Pareto-optimal points highlighted.
+const PALETTE: &[&str] = &[
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+];
+
+/// An SVG scatter of score (y) against `x`, one colour per task. Scores of different tasks are
+/// not comparable, so the Pareto front is computed within each task: its points are drawn large
+/// and outlined, joined by a dashed line.
 fn frontier_svg(rows: &[Row], x: &str, x_label: &str, lower_is_better: bool) -> String {
-    let pts: Vec<(String, f64, f64)> = rows
+    // (label, task, x, score)
+    let pts: Vec<(String, String, f64, f64)> = rows
         .iter()
         .filter_map(|r| {
             Some((
-                format!("{} [{}]", cell(r, "variant"), cell(r, "task")),
+                cell(r, "variant"),
+                cell(r, "task"),
                 r.get(x)?.as_f64()?,
                 r.get("score")?.as_f64()?,
             ))
         })
         .collect();
-    let (w, h, m) = (640.0, 400.0, 60.0);
+    let (w, h, left, right, top, bottom) = (700.0, 420.0, 60.0, 170.0, 30.0, 60.0);
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
     );
@@ -475,87 +505,124 @@ fn frontier_svg(rows: &[Row], x: &str, x_label: &str, lower_is_better: bool) -> 
         );
         return svg;
     }
-    let costs: Vec<(f64, f64)> = pts
-        .iter()
-        .map(|(_, xv, s)| (*s, if lower_is_better { *xv } else { -*xv }))
-        .collect();
-    let front = pareto(&costs);
+    let mut tasks: Vec<String> = pts.iter().map(|p| p.1.clone()).collect();
+    tasks.dedup();
+    tasks.sort();
+    tasks.dedup();
+    let mut front = vec![false; pts.len()];
+    for t in &tasks {
+        let idx: Vec<usize> = (0..pts.len()).filter(|&i| &pts[i].1 == t).collect();
+        let costs: Vec<(f64, f64)> = idx
+            .iter()
+            .map(|&i| (pts[i].3, if lower_is_better { pts[i].2 } else { -pts[i].2 }))
+            .collect();
+        for (&i, on) in idx.iter().zip(pareto(&costs)) {
+            front[i] = on;
+        }
+    }
     let (xmin, xmax) = pts
         .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.2), b.max(p.2)));
     let (xmin, xmax) = if xmax > xmin {
         (xmin, xmax)
     } else {
         (xmin - 1.0, xmax + 1.0)
     };
-    let pad = (xmax - xmin) * 0.08;
+    let pad = (xmax - xmin) * 0.06;
     let (xmin, xmax) = (xmin - pad, xmax + pad);
-    let sx = |v: f64| m + (v - xmin) / (xmax - xmin) * (w - 2.0 * m);
-    let sy = |v: f64| h - m - v.clamp(0.0, 1.0) * (h - 2.0 * m);
+    let sx = |v: f64| left + (v - xmin) / (xmax - xmin) * (w - left - right);
+    let sy = |v: f64| h - bottom - v.clamp(0.0, 1.0) * (h - top - bottom);
     svg += &format!(
-        r##"<line x1="{m}" y1="{}" x2="{}" y2="{}" stroke="#333"/><line x1="{m}" y1="{m}" x2="{m}" y2="{}" stroke="#333"/>"##,
-        h - m,
-        w - m,
-        h - m,
-        h - m
+        r##"<line x1="{left}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#333"/><line x1="{left}" y1="{top}" x2="{left}" y2="{y0}" stroke="#333"/>"##,
+        y0 = h - bottom,
+        x1 = w - right
     );
     for k in 0..=4 {
         let v = k as f64 / 4.0;
         svg += &format!(
-            r##"<text x="{}" y="{}" text-anchor="end" fill="#333">{v:.2}</text><line x1="{m}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/>"##,
-            m - 6.0,
+            r##"<line x1="{left}" y1="{y}" x2="{x1}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end" fill="#333">{v:.2}</text>"##,
+            left - 6.0,
             sy(v) + 4.0,
-            w - m,
+            x1 = w - right,
             y = sy(v)
         );
         let xv = xmin + (xmax - xmin) * v;
         svg += &format!(
-            r##"<text x="{}" y="{}" text-anchor="middle" fill="#333">{:.3}</text>"##,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#333">{}</text>"##,
             sx(xv),
-            h - m + 16.0,
-            xv
+            h - bottom + 16.0,
+            short_number(xv)
         );
     }
     svg += &format!(
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#000">{}</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle" fill="#000">score (0–1)</text>"##,
-        w / 2.0,
-        h - 16.0,
+        r##"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">score (0–1)</text>"##,
+        left + (w - left - right) / 2.0,
+        h - 18.0,
         esc(x_label),
         h / 2.0,
         h / 2.0
     );
-    // The frontier line through Pareto points, by x.
-    let mut fp: Vec<(f64, f64)> = pts
-        .iter()
-        .zip(&front)
-        .filter(|(_, f)| **f)
-        .map(|(p, _)| (sx(p.1), sy(p.2)))
-        .collect();
-    fp.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if fp.len() > 1 {
-        let path: Vec<String> = fp.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+    for (ti, t) in tasks.iter().enumerate() {
+        let color = PALETTE[ti % PALETTE.len()];
+        let mut line: Vec<(f64, f64)> = (0..pts.len())
+            .filter(|&i| front[i] && &pts[i].1 == t)
+            .map(|i| (sx(pts[i].2), sy(pts[i].3)))
+            .collect();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if line.len() > 1 {
+            let path: Vec<String> = line.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            svg += &format!(
+                r##"<polyline points="{}" fill="none" stroke="{color}" stroke-dasharray="4 3"/>"##,
+                path.join(" ")
+            );
+        }
+        // Legend.
+        let ly = top + 14.0 * ti as f64;
         svg += &format!(
-            r##"<polyline points="{}" fill="none" stroke="#d62728" stroke-dasharray="4 3"/>"##,
-            path.join(" ")
+            r##"<circle cx="{}" cy="{ly}" r="5" fill="{color}"/><text x="{}" y="{}">task {}</text>"##,
+            w - right + 16.0,
+            w - right + 26.0,
+            ly + 4.0,
+            esc(t)
         );
     }
-    for ((label, xv, s), on) in pts.iter().zip(&front) {
-        let (fill, r) = if *on {
-            ("#d62728", 6.0)
+    let ly = top + 14.0 * tasks.len() as f64 + 6.0;
+    svg += &format!(
+        r##"<circle cx="{}" cy="{ly}" r="6" fill="#fff" stroke="#000" stroke-width="2"/><text x="{}" y="{}">Pareto-optimal</text>"##,
+        w - right + 16.0,
+        w - right + 26.0,
+        ly + 4.0
+    );
+    for (i, (label, task, xv, s)) in pts.iter().enumerate() {
+        let ti = tasks.iter().position(|t| t == task).unwrap_or(0);
+        let color = PALETTE[ti % PALETTE.len()];
+        let (r, stroke) = if front[i] {
+            (6.5, r##" stroke="#000" stroke-width="2""##)
         } else {
-            ("#1f77b4", 4.5)
+            (4.5, "")
         };
         svg += &format!(
-            r##"<circle cx="{:.1}" cy="{:.1}" r="{r}" fill="{fill}"><title>{}</title></circle><text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="{r}" fill="{color}"{stroke}><title>{}</title></circle><text x="{:.1}" y="{:.1}" fill="#333" font-size="10">{}</text>"##,
             sx(*xv),
             sy(*s),
-            esc(label),
+            esc(&format!("{label} [{task}]")),
             sx(*xv) + 8.0,
-            sy(*s) - 6.0,
+            sy(*s) - 7.0 - 10.0 * (i % 2) as f64,
             esc(label)
         );
     }
     svg + "</svg>"
+}
+
+/// Axis numbers: few significant digits.
+fn short_number(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 /// The HTML report: both frontiers and the full metrics table.
@@ -569,7 +636,7 @@ pub fn html(title: &str, rows: &[Row], metrics: &[String]) -> String {
     for r in rows {
         t += "<tr>";
         for (k, _) in &cols {
-            t += &format!("<td>{}</td>", esc(&cell(r, k)));
+            t += &format!("<td>{}</td>", esc(&cell_ci(r, k)));
         }
         t += "</tr>";
     }
@@ -597,7 +664,7 @@ pub fn html(title: &str, rows: &[Row], metrics: &[String]) -> String {
         r#"<!doctype html><html><head><meta charset="utf-8"><title>{t0} — edge-eval report</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child,td:nth-child(2){{text-align:left}}.plots{{display:flex;flex-wrap:wrap;gap:1em}}</style></head>
 <body><h1>{t0}: efficiency frontier</h1>
-<p>Each point is a variant on a task. <span style="color:#d62728">Red</span>: Pareto-optimal (no other variant scores at least as well at lower cost); the dashed line joins them.</p>
+<p>Each point is a variant on a task, coloured by task. Outlined points are Pareto-optimal within their task (no other variant of that task scores at least as well at lower cost, or higher density); the dashed line joins them. Hover a point for its name.</p>
 <div class="plots"><div><h2>Score vs energy per request</h2>{svg1}</div><div><h2>Score vs system density ρ_sys</h2>{svg2}</div></div>
 <h2>Deployment metrics</h2>{t}
 <p>Energy sources: {src}</p>

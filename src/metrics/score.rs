@@ -114,6 +114,23 @@ pub fn rouge_l(prediction: &str, references: &[String]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The judge's fixed rubric. Changing it changes what scores mean: bump the `evaluate` stage's
+/// version with it.
+pub const JUDGE_RUBRIC: &str = "You are grading an answer against a reference.\n\nInput:\n{input}\n\nReference answer:\n{reference}\n\nCandidate answer:\n{candidate}\n\nHow well does the candidate answer match the reference in meaning and correctness? Reply with one digit from 1 (wrong or unrelated) to 5 (fully correct), and nothing else.";
+
+/// Parses a judge's reply strictly: one digit 1–5, optionally followed by "/5" or a full stop,
+/// nothing else. Returns the score in 0–1 ((n − 1) / 4), or None: an unparseable judgement is
+/// null and counted, never a default score.
+pub fn parse_judgement(reply: &str) -> Option<f64> {
+    let t = reply.trim();
+    let t = t.strip_suffix('.').unwrap_or(t);
+    let t = t.strip_suffix("/5").unwrap_or(t).trim();
+    match t {
+        "1" | "2" | "3" | "4" | "5" => Some((t.parse::<f64>().ok()? - 1.0) / 4.0),
+        _ => None,
+    }
+}
+
 /// Scores `prediction` with the named scorer (`exact_match`, `f1`, `rouge_l`).
 pub fn score(scorer: &str, prediction: &str, references: &[String]) -> Option<f64> {
     Some(match scorer {
@@ -182,6 +199,25 @@ mod tests {
         assert_eq!(rouge_l("c b a", &golds(&["x y"])), 0.0);
         // Non-ASCII letters are separators in rouge-score's tokenizer.
         assert_eq!(rouge_tokens("café"), vec!["caf"]);
+    }
+
+    #[test]
+    fn judgements_are_parsed_strictly() {
+        assert_eq!(parse_judgement("5"), Some(1.0));
+        assert_eq!(parse_judgement(" 3.\n"), Some(0.5));
+        assert_eq!(parse_judgement("1/5"), Some(0.0));
+        for bad in [
+            "",
+            "6",
+            "0",
+            "4 stars",
+            "Score: 4",
+            "4, maybe 5",
+            "five",
+            "3.5",
+        ] {
+            assert_eq!(parse_judgement(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
 impl Stage for Evaluate {
     stage_meta!(
         "evaluate",
-        2,
+        3,
         Role::Stage,
         Output::Record,
         "score a model on a task (and its fidelity against a reference model)"
@@ -51,6 +51,11 @@ impl Stage for Evaluate {
                 "reference",
                 Ty::Ref(Output::Model),
                 "model to measure token-level fidelity against (KL divergence, top-1 agreement)",
+            ),
+            ParamSpec::optional(
+                "judge",
+                Ty::Ref(Output::Model),
+                "judge model for tasks with score = judge (fixed rubric, strict 1–5 parsing)",
             ),
             ParamSpec::default(
                 "batch",
@@ -75,8 +80,22 @@ impl Stage for Evaluate {
         vec![
             c("row", ColType::Str, "sample | summary"),
             c("sample_id", ColType::Str, "record id (null in the summary)"),
-            c("scorer", ColType::Str, "exact_match | f1 | rouge_l"),
-            c("score", ColType::Float, "0–1; summary: mean over samples"),
+            c("scorer", ColType::Str, "exact_match | f1 | rouge_l | judge"),
+            c(
+                "score",
+                ColType::Float,
+                "0–1 (null: the judge's reply was unparseable); summary: mean over scored samples",
+            ),
+            c(
+                "judge_reply",
+                ColType::Str,
+                "the judge model's raw reply (score = judge)",
+            ),
+            c(
+                "unscored",
+                ColType::Int,
+                "summary: samples whose judgement could not be parsed (not counted as any score)",
+            ),
             c("score_se", ColType::Float, "standard error of the mean"),
             c(
                 "score_ci_lo",
@@ -126,7 +145,16 @@ impl Stage for Evaluate {
         }
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
-        if score::score(&task.scorer, "", &[String::new()]).is_none() {
+        let judged = task.scorer == "judge";
+        let judge = match (judged, ctx.param("judge")) {
+            (true, Value::Node(_)) => Some(super::model_gguf(ctx, "judge")?),
+            (true, _) => bail!(
+                "the task is scored by `judge`: give the judge model, e.g. \
+                 `evaluate(MODEL, TASK, judge = JUDGE_MODEL)`"
+            ),
+            (false, _) => None,
+        };
+        if !judged && score::score(&task.scorer, "", &[String::new()]).is_none() {
             bail!("scorer `{}` is not available in this build", task.scorer);
         }
         let mut samples = crate::tasks::load(&task.eval, &task.kind)?;
@@ -170,6 +198,10 @@ impl Stage for Evaluate {
                 Some(p) => Some(crate::runtime::load_gguf(p)?),
                 None => None,
             };
+            let judge = match &judge {
+                Some(p) => Some(crate::runtime::load_gguf(p)?),
+                None => None,
+            };
             let mut log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -186,12 +218,22 @@ impl Stage for Evaluate {
                     .map(|s| prompt_ids(&tok, &model, s, task.max_tokens))
                     .collect::<Result<Vec<_>>>()?;
                 let gens = generate_batch(&model, &tok, &prompts, &opts)?;
-                for ((s, ids), g) in chunk.iter().zip(&prompts).zip(gens) {
+                let judgements = match &judge {
+                    Some((jm, jt)) => Some(judge_batch(jm, jt, chunk, &gens)?),
+                    None => None,
+                };
+                for (i, ((s, ids), g)) in chunk.iter().zip(&prompts).zip(gens).enumerate() {
                     let mut row = Row::new();
                     row.insert("row".into(), json!("sample"));
                     row.insert("sample_id".into(), json!(s.id));
                     row.insert("scorer".into(), json!(task.scorer));
-                    let sc = score::score(&task.scorer, g.text.trim(), &s.references);
+                    let sc = match &judgements {
+                        Some(j) => {
+                            row.insert("judge_reply".into(), json!(j[i]));
+                            score::parse_judgement(&j[i])
+                        }
+                        None => score::score(&task.scorer, g.text.trim(), &s.references),
+                    };
                     row.insert("score".into(), json!(sc));
                     let digest = blake3::hash(
                         &ids.iter()
@@ -247,6 +289,36 @@ impl Stage for Evaluate {
             rows,
         })
     }
+}
+
+/// The judge model's replies (greedy, a few tokens) to the fixed rubric for each sample.
+fn judge_batch(
+    judge: &Llama,
+    tok: &Tok,
+    samples: &[&Sample],
+    gens: &[crate::runtime::generate::Generation],
+) -> Result<Vec<String>> {
+    let mut prompts = vec![];
+    for (s, g) in samples.iter().zip(gens) {
+        let input: Vec<&str> = s.messages.iter().map(|m| m.content.as_str()).collect();
+        let text = score::JUDGE_RUBRIC
+            .replace("{input}", &input.join("\n\n"))
+            .replace("{reference}", &s.references[0])
+            .replace("{candidate}", g.text.trim());
+        let msg = crate::runtime::tokenizer::Message {
+            role: "user".into(),
+            content: text,
+        };
+        prompts.push(tok.encode(&tok.chat_prompt(&[msg])?)?);
+    }
+    let opts = GenOptions {
+        max_tokens: 4,
+        ..Default::default()
+    };
+    Ok(generate_batch(judge, tok, &prompts, &opts)?
+        .into_iter()
+        .map(|g| g.text)
+        .collect())
 }
 
 /// The chat-templated prompt of a sample, checked against the context.
@@ -309,6 +381,7 @@ fn summary_row(scorer: &str, rows: &[Row]) -> Row {
     s.insert("row".into(), json!("summary"));
     s.insert("scorer".into(), json!(scorer));
     s.insert("samples".into(), json!(scores.len()));
+    s.insert("unscored".into(), json!(rows.len() - scores.len()));
     s.insert("score".into(), json!(stats::mean(&scores)));
     s.insert("score_se".into(), json!(stats::std_error(&scores)));
     let ci = stats::mean_interval(&scores);

@@ -341,7 +341,7 @@ impl Stage for SyntheticSource {
 }
 
 pub const TASK_KINDS: &[&str] = &["extractive_qa", "summarize", "chat"];
-pub const SCORERS: &[&str] = &["exact_match", "f1", "rouge_l"];
+pub const SCORERS: &[&str] = &["exact_match", "f1", "rouge_l", "judge"];
 
 /// `jsonl("qa.jsonl", kind = extractive_qa, score = f1, max_tokens = 32, train = "...")`.
 pub struct JsonlTask;
