@@ -11,6 +11,7 @@
 //! When no meter can be had, every energy figure is null with the reason, never 0.
 
 pub mod memory;
+mod nvml;
 pub mod pagecache;
 mod rapl;
 
@@ -18,6 +19,7 @@ use anyhow::Result;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+pub use nvml::NvmlMeter;
 pub use rapl::Rapl;
 
 /// How an energy figure was obtained; every energy column is accompanied by one.
@@ -53,6 +55,20 @@ pub trait Meter: Send {
     fn describe(&self) -> String;
     /// Joules since the meter was opened (monotone).
     fn joules(&mut self) -> Result<f64>;
+    /// Joules integrated from timestamped power samples, where the meter samples (a second
+    /// figure beside a counter, to compare with).
+    fn sampled_joules(&mut self) -> Option<f64> {
+        None
+    }
+    /// The highest sampled power since the last call (then restarts).
+    fn take_peak_power_w(&mut self) -> Option<f64> {
+        None
+    }
+    /// Device state worth recording with each window (GPU memory used, clocks, temperature,
+    /// power limit, other processes on the device); empty for CPU meters.
+    fn snapshot(&mut self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 }
 
 /// Whose CPU time an estimate counts.
@@ -121,6 +137,12 @@ pub struct WindowEnergy {
     pub source: Option<Source>,
     pub resolution_j: Option<f64>,
     pub null_reason: Option<String>,
+    /// The same window from power samples, where the meter samples.
+    pub sampled_j: Option<f64>,
+    pub peak_power_w: Option<f64>,
+    /// Device state at the end of the window (see [`Meter::snapshot`]), plus
+    /// `gpu_memory_used_before_bytes` and the most other processes seen at either edge.
+    pub device: serde_json::Map<String, serde_json::Value>,
 }
 
 impl WindowEnergy {
@@ -134,6 +156,9 @@ impl WindowEnergy {
             source: None,
             resolution_j: None,
             null_reason: Some(why.to_string()),
+            sampled_j: None,
+            peak_power_w: None,
+            device: Default::default(),
         }
     }
 
@@ -148,6 +173,20 @@ impl WindowEnergy {
         );
         row.insert("energy_resolution_j".into(), json!(self.resolution_j));
         row.insert("energy_null_reason".into(), json!(self.null_reason));
+        row.insert("energy_sampled_j".into(), json!(self.sampled_j));
+        row.insert("peak_power_w".into(), json!(self.peak_power_w));
+        for (k, v) in &self.device {
+            row.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Other processes were on the device at an edge of the window: its energy is not this
+    /// work's alone.
+    pub fn contended(&self) -> bool {
+        self.device
+            .get("gpu_other_processes")
+            .and_then(|v| v.as_u64())
+            .is_some_and(|n| n > 0)
     }
 }
 
@@ -197,12 +236,27 @@ impl Metered {
         };
         let idle = self.idle;
         let before = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
+        let snap0 = meter.snapshot();
+        meter.take_peak_power_w();
+        let sampled0 = meter.sampled_joules();
         let start = meter.joules();
         let t0 = Instant::now();
         let out = work()?;
         let seconds = t0.elapsed().as_secs_f64();
         let end = meter.joules();
+        let sampled1 = meter.sampled_joules();
+        let peak = meter.take_peak_power_w();
+        let mut device = meter.snapshot();
         let after = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
+        if let Some(m) = snap0.get("gpu_memory_used_bytes") {
+            device.insert("gpu_memory_used_before_bytes".into(), m.clone());
+        }
+        let others = |s: &serde_json::Map<String, serde_json::Value>| {
+            s.get("gpu_other_processes").and_then(|v| v.as_u64())
+        };
+        if let Some(n) = others(&snap0).max(others(&device)) {
+            device.insert("gpu_other_processes".into(), json!(n));
+        }
         let energy = match (start, end) {
             (Ok(s), Ok(e)) => {
                 let idle_w = match (before, after) {
@@ -217,24 +271,30 @@ impl Metered {
                     source: Some(meter.source()),
                     resolution_j: Some(meter.resolution_j()),
                     null_reason: None,
+                    sampled_j: sampled0.zip(sampled1).map(|(a, b)| b - a),
+                    peak_power_w: peak,
+                    device,
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
-                WindowEnergy::unmeasured(seconds, &format!("meter read failed: {e:#}"))
-            }
+            (Err(e), _) | (_, Err(e)) => WindowEnergy {
+                device,
+                ..WindowEnergy::unmeasured(seconds, &format!("meter read failed: {e:#}"))
+            },
         };
         Ok((out, energy))
     }
 }
 
 /// Which meter to use: `choice` is the pipeline's `hardware.meter` (auto, rapl, estimated, nvml);
-/// `scope` says whose CPU time an estimate counts (counters measure the whole device).
+/// `scope` says whose CPU time an estimate counts (counters measure the whole device);
+/// `sample_interval` is the GPU power sampling period.
 pub fn open(
     choice: &str,
     device: crate::spec::Device,
     cpu_power_w: Option<f64>,
     cores: usize,
     scope: Scope,
+    sample_interval: Duration,
 ) -> Result<Box<dyn Meter>, String> {
     let estimated = || match cpu_power_w {
         Some(w) => Ok(Box::new(Estimated::new(w, cores, scope)) as Box<dyn Meter>),
@@ -244,11 +304,19 @@ pub fn open(
                 .to_string(),
         ),
     };
-    if let crate::spec::Device::Cuda(_) = device {
-        return Err("the NVML GPU meter is not in this build yet (issue #7)".into());
+    if let crate::spec::Device::Cuda(i) = device {
+        return match choice {
+            "auto" | "nvml" => NvmlMeter::open(i, sample_interval)
+                .map(|m| Box::new(m) as Box<dyn Meter>)
+                .map_err(|e| format!("{e:#}")),
+            other => Err(format!(
+                "meter `{other}` measures the CPU, but this stage runs on cuda({i}): use \
+                 `meter = auto` or `nvml`"
+            )),
+        };
     }
     match choice {
-        "nvml" => Err("the NVML GPU meter is not in this build yet (issue #7)".into()),
+        "nvml" => Err("`meter = nvml` measures a GPU, but this stage runs on the CPU".into()),
         "rapl" => Rapl::open_system().map(|r| Box::new(r) as Box<dyn Meter>),
         "estimated" => estimated(),
         _ => match Rapl::open_system() {
@@ -359,11 +427,15 @@ pub(crate) mod tests {
         assert_eq!(e.idle_w, None);
     }
 
+    /// Keeps this thread busy until it has used `d` of CPU time (wall time would depend on how
+    /// loaded the machine is).
     fn spin(d: Duration) {
-        let t = Instant::now();
+        let start = memory::cpu_seconds(Scope::Thread);
         let mut x = 0u64;
-        while t.elapsed() < d {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        while memory::cpu_seconds(Scope::Thread) - start < d.as_secs_f64() {
+            for _ in 0..1000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
         }
         std::hint::black_box(x);
     }
@@ -377,9 +449,9 @@ pub(crate) mod tests {
         let idle = m.joules().unwrap() - e0;
         spin(Duration::from_millis(200));
         let busy = m.joules().unwrap() - e0 - idle;
-        // 0.2 s busy on one of two cores at 10 W ≈ 1 J; sleeping costs (almost) nothing.
+        // 0.2 CPU-seconds on one of two cores at 10 W = 1 J; sleeping costs (almost) nothing.
         assert!(idle < 0.01, "idle {idle}");
-        assert!(busy > 0.7 && busy < 1.3, "busy {busy}");
+        assert!(busy > 0.99 && busy < 1.1, "busy {busy}");
         assert_eq!(m.source(), Source::Estimated);
         // Process scope counts every thread: at least the 0.2 s another thread spins.
         let mut p = Estimated::new(10.0, 2, Scope::Process);
@@ -387,24 +459,34 @@ pub(crate) mod tests {
         std::thread::spawn(|| spin(Duration::from_millis(200)))
             .join()
             .unwrap();
-        assert!(p.joules().unwrap() - p0 > 0.7);
+        assert!(p.joules().unwrap() - p0 > 0.99);
     }
 
     #[test]
     fn meter_choice_says_why_when_nothing_can_be_had() {
         let cpu = crate::spec::Device::Cpu;
-        let err = open("estimated", cpu, None, 2, Scope::Process)
+        let ms = Duration::from_millis(20);
+        let err = open("estimated", cpu, None, 2, Scope::Process, ms)
             .err()
             .unwrap();
         assert!(err.contains("cpu_power"), "{err}");
-        assert!(open("estimated", cpu, Some(12.0), 2, Scope::Process).is_ok());
+        assert!(open("estimated", cpu, Some(12.0), 2, Scope::Process, ms).is_ok());
+        let e = open("nvml", cpu, Some(12.0), 2, Scope::Process, ms)
+            .err()
+            .unwrap();
+        assert!(e.contains("GPU"), "{e}");
         let gpu = crate::spec::Device::Cuda(0);
-        assert!(
-            open("auto", gpu, Some(12.0), 2, Scope::Process)
+        let e = open("rapl", gpu, Some(12.0), 2, Scope::Process, ms)
+            .err()
+            .unwrap();
+        assert!(e.contains("cuda(0)"), "{e}");
+        // On a machine without the NVIDIA driver, a GPU stage's meter says "no NVML".
+        if !std::path::Path::new("/proc/driver/nvidia").exists() {
+            let e = open("auto", gpu, None, 2, Scope::Process, ms)
                 .err()
-                .unwrap()
-                .contains("NVML")
-        );
+                .unwrap();
+            assert!(e.contains("no NVML"), "{e}");
+        }
     }
 
     #[test]

@@ -292,7 +292,9 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
             "energy_per_request_net_j".into(),
             json!(f(meas_sum, "energy_per_request_net_j")),
         );
-        let resident = f(cold, "resident_bytes");
+        // On a GPU the model's memory is the device memory the load took (NVML); on the CPU the
+        // process's RSS growth.
+        let resident = f(cold, "gpu_resident_bytes").or(f(cold, "resident_bytes"));
         let peak = f(cold, "peak_bytes");
         row.insert(
             "memory_resident_bytes".into(),

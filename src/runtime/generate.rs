@@ -113,6 +113,27 @@ pub fn generate_batch(
     prompts: &[Vec<u32>],
     opts: &GenOptions,
 ) -> Result<Vec<Generation>> {
+    generate_inner(model, Some(tok), prompts, opts)
+}
+
+/// [`generate_batch`] for a model without a tokenizer (synthetic weights): no end tokens, no
+/// stop strings, no text — token ids and their timestamps only.
+pub fn generate_batch_ids(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    opts: &GenOptions,
+) -> Result<Vec<Generation>> {
+    generate_inner(model, None, prompts, opts)
+}
+
+fn generate_inner(
+    model: &Llama,
+    tok: Option<&Tok>,
+    prompts: &[Vec<u32>],
+    opts: &GenOptions,
+) -> Result<Vec<Generation>> {
+    let no_stops = vec![];
+    let stop_ids = tok.map_or(&no_stops, |t| &t.stop_ids);
     anyhow::ensure!(
         !prompts.is_empty() && prompts.iter().all(|p| !p.is_empty()),
         "empty prompt"
@@ -157,14 +178,14 @@ pub fn generate_batch(
             let next = sample(&logits.get(r)?, opts, &mut rngs[r])?;
             let out = &mut outs[r];
             out.token_times.push(start.elapsed());
-            if !opts.ignore_eos && tok.stop_ids.contains(&next) {
+            if !opts.ignore_eos && stop_ids.contains(&next) {
                 out.stop = StopReason::EndToken;
                 done[r] = true;
                 continue;
             }
             out.tokens.push(next);
             last[r] = next;
-            if !opts.stop.is_empty() {
+            if let (false, Some(tok)) = (opts.stop.is_empty(), tok) {
                 let text = tok.decode(&out.tokens)?;
                 if let Some(cut) = opts.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                     out.text = text[..cut].to_string();
@@ -186,7 +207,7 @@ pub fn generate_batch(
         )?;
     }
     for out in &mut outs {
-        if out.stop != StopReason::StopString {
+        if let (true, Some(tok)) = (out.stop != StopReason::StopString, tok) {
             out.text = tok.decode(&out.tokens)?;
         }
     }

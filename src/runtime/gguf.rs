@@ -103,8 +103,13 @@ impl Gguf {
     }
 
     pub fn tensor(&mut self, name: &str) -> Result<QTensor> {
+        self.tensor_on(name, &Device::Cpu)
+    }
+
+    /// A tensor read straight onto `device` (a GPU for the CUDA build).
+    pub fn tensor_on(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         self.content
-            .tensor(&mut self.reader, name, &Device::Cpu)
+            .tensor(&mut self.reader, name, device)
             .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", self.path.display()))
     }
 

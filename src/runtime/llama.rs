@@ -95,6 +95,9 @@ pub struct Llama {
     /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
     /// GGUF type (plus the head's own copy when tied), norms in f32.
     pub weight_bytes: u64,
+    /// Where the matrices, norms and KV cache live (the embedding table stays in host memory;
+    /// looked-up rows are moved).
+    pub device: Device,
 }
 
 /// Keys and values of the positions seen so far, per layer.
@@ -195,6 +198,12 @@ pub(crate) fn rope_tables(c: &Config) -> Result<(Tensor, Tensor)> {
 
 impl Llama {
     pub fn load(g: &mut Gguf) -> Result<Llama> {
+        Llama::load_on(g, &Device::Cpu)
+    }
+
+    /// Loads the weights onto `device`. On a GPU, quantized matrices use candle's CUDA quantized
+    /// kernels and f16/f32 matrices are held dense (f32), which `weight_bytes` counts.
+    pub fn load_on(g: &mut Gguf, device: &Device) -> Result<Llama> {
         let cfg = read_config(g)?;
         let Config {
             n_layer,
@@ -205,10 +214,10 @@ impl Llama {
         let arch = family.clone();
         let mut weight_bytes = 0u64;
         let mut qmat = |g: &mut Gguf, name: &str| -> Result<QMatMul> {
-            let q = g.tensor(name)?;
-            // f16 matrices stay f16 and go through the quantized kernels (f16 dot products);
-            // candle's default would hold them as f32, doubling the bytes read per token.
-            let m = if q.dtype() == GgmlDType::F16 {
+            let q = g.tensor_on(name, device)?;
+            // f16 matrices stay f16 and go through the quantized kernels (f16 dot products) on
+            // the CPU; candle's default would hold them as f32, doubling the bytes read per token.
+            let m = if q.dtype() == GgmlDType::F16 && device.is_cpu() {
                 QMatMul::QTensor(Arc::new(q))
             } else {
                 QMatMul::from_qtensor(q).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?
@@ -218,7 +227,7 @@ impl Llama {
         };
         let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             let t = g.tensor(name)?;
-            Ok(t.dequantize(&Device::Cpu)?)
+            Ok(t.dequantize(&Device::Cpu)?.to_device(device)?)
         };
         let embed_q = Arc::new(g.tensor("token_embd.weight")?);
         let (_, ehidden) = embed_q.shape().dims2()?;
@@ -267,7 +276,9 @@ impl Llama {
         weight_bytes += ((2 * n_layer + 1) * hidden * 4) as u64; // norms
         let embed = Embedding::new(embed_q)?;
         let (cos, sin) = rope_tables(&cfg)?;
+        let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
         Ok(Llama {
+            device: device.clone(),
             cfg,
             embed,
             layers,
@@ -308,7 +319,11 @@ impl Llama {
         }
         let c = &self.cfg;
         let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        let mut x = self.embed.lookup(&flat)?.reshape((b, t, c.hidden))?;
+        let mut x = self
+            .embed
+            .lookup(&flat)?
+            .to_device(&self.device)?
+            .reshape((b, t, c.hidden))?;
         let cos = self.cos.narrow(0, pos, t)?;
         let sin = self.sin.narrow(0, pos, t)?;
         // Additive mask [batch or 1, 1, t, pos + t]: causal, plus each row's left padding.
@@ -338,7 +353,7 @@ impl Llama {
                     }));
                 }
             }
-            Some(Tensor::from_vec(m, (rows, 1, t, total), &Device::Cpu)?)
+            Some(Tensor::from_vec(m, (rows, 1, t, total), &self.device)?)
         } else {
             None
         };

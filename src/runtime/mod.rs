@@ -9,10 +9,56 @@ pub mod lora;
 pub mod synthetic;
 pub mod tokenizer;
 
-/// Opens a GGUF model file: the forward pass and its tokenizer.
+/// Opens a GGUF model file: the forward pass (on the CPU) and its tokenizer.
 pub fn load_gguf(path: &std::path::Path) -> anyhow::Result<(llama::Llama, tokenizer::Tok)> {
+    load_gguf_on(path, &candle_core::Device::Cpu)
+}
+
+/// Opens a GGUF model file with its weights on `device`.
+pub fn load_gguf_on(
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> anyhow::Result<(llama::Llama, tokenizer::Tok)> {
     let mut g = gguf::Gguf::open(path)?;
     let tok = tokenizer::Tok::from_gguf(&g)?;
-    let model = llama::Llama::load(&mut g)?;
+    let model = llama::Llama::load_on(&mut g, device)?;
     Ok((model, tok))
+}
+
+/// Opens a GGUF model on `device` with its tokenizer, or without one when the file has none
+/// (synthetic weights: valid for speed, energy and memory, which need no text).
+pub fn load_model_on(
+    path: &std::path::Path,
+    device: &candle_core::Device,
+) -> anyhow::Result<(llama::Llama, Option<tokenizer::Tok>)> {
+    let mut g = gguf::Gguf::open(path)?;
+    let tok = match g.metadata_str("tokenizer.ggml.model") {
+        Some(_) => Some(tokenizer::Tok::from_gguf(&g)?),
+        None => None,
+    };
+    let model = llama::Llama::load_on(&mut g, device)?;
+    Ok((model, tok))
+}
+
+/// The candle device for a pipeline device. `cuda(N)` needs the CUDA build, and a GPU: candle
+/// panics rather than errors when the driver is absent, so that is caught and said.
+pub fn candle_device(d: crate::spec::Device) -> anyhow::Result<candle_core::Device> {
+    match d {
+        crate::spec::Device::Cpu => Ok(candle_core::Device::Cpu),
+        crate::spec::Device::Cuda(i) => {
+            if !candle_core::utils::cuda_is_available() {
+                anyhow::bail!(
+                    "device cuda({i}): this edge-eval was built without CUDA; build it with \
+                     `cargo build --release --features cuda` (README, \"GPU\") or use `device = cpu`"
+                );
+            }
+            match std::panic::catch_unwind(|| candle_core::Device::new_cuda(i as usize)) {
+                Ok(Ok(dev)) => Ok(dev),
+                Ok(Err(e)) => anyhow::bail!("device cuda({i}) cannot be opened: {e}"),
+                Err(_) => anyhow::bail!(
+                    "device cuda({i}) cannot be opened: no usable NVIDIA driver (libcuda) here"
+                ),
+            }
+        }
+    }
 }

@@ -136,7 +136,7 @@ impl Stage for Evaluate {
         ]
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        super::require_cpu(ctx)?;
+        let dev = crate::runtime::candle_device(ctx.device)?;
         if super::is_synthetic(ctx, "model") {
             bail!(
                 "synthetic models have random weights: they are valid for speed, energy and \
@@ -193,13 +193,13 @@ impl Stage for Evaluate {
         }
 
         if !todo.is_empty() {
-            let (model, tok) = crate::runtime::load_gguf(&path)?;
+            let (model, tok) = crate::runtime::load_gguf_on(&path, &dev)?;
             let reference = match &reference {
-                Some(p) => Some(crate::runtime::load_gguf(p)?),
+                Some(p) => Some(crate::runtime::load_gguf_on(p, &dev)?),
                 None => None,
             };
             let judge = match &judge {
-                Some(p) => Some(crate::runtime::load_gguf(p)?),
+                Some(p) => Some(crate::runtime::load_gguf_on(p, &dev)?),
                 None => None,
             };
             let mut log = std::fs::OpenOptions::new()

@@ -8,7 +8,7 @@ use super::lifecycle::device_param;
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
 use crate::meter::{Metered, WindowEnergy, memory, pagecache};
 use crate::metrics::stats;
-use crate::runtime::generate::{GenOptions, Generation, generate_batch};
+use crate::runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
 use crate::runtime::llama::{KvCache, Llama};
 use crate::runtime::tokenizer::Tok;
 use crate::spec::{Output, ParamSpec, Ty, Value};
@@ -51,6 +51,51 @@ fn energy_columns() -> Vec<Column> {
             "why the energy columns are null",
         ),
         c("meter", ColType::Str, "what measured the energy, and how"),
+        c(
+            "energy_sampled_j",
+            ColType::Float,
+            "the window's energy from integrated power samples (GPU), beside the counter's",
+        ),
+        c(
+            "peak_power_w",
+            ColType::Float,
+            "highest sampled power in the window (W)",
+        ),
+        c(
+            "gpu_memory_used_bytes",
+            ColType::Int,
+            "GPU memory in use at the window's end (NVML, B)",
+        ),
+        c(
+            "gpu_memory_used_before_bytes",
+            ColType::Int,
+            "GPU memory in use at the window's start (B)",
+        ),
+        c(
+            "gpu_sm_clock_mhz",
+            ColType::Int,
+            "SM clock at the window's end",
+        ),
+        c(
+            "gpu_mem_clock_mhz",
+            ColType::Int,
+            "memory clock at the window's end",
+        ),
+        c(
+            "gpu_temperature_c",
+            ColType::Int,
+            "GPU temperature at the window's end",
+        ),
+        c(
+            "gpu_power_limit_w",
+            ColType::Float,
+            "enforced power limit (W)",
+        ),
+        c(
+            "gpu_other_processes",
+            ColType::Int,
+            "other processes on the GPU at the window's edges: >0 means the energy is not this work's alone",
+        ),
     ]
 }
 
@@ -96,10 +141,14 @@ fn summary_energy_labels(rows: &[Row], out: &mut Row) {
 }
 
 /// One forward pass on a single token: after it, the first token can be produced.
-fn first_forward(model: &Llama, tok: &Tok) -> Result<u32> {
-    let id = match tok.bos {
-        Some(b) => b,
-        None => *tok.encode("Hello")?.first().context("empty tokenization")?,
+fn first_forward(model: &Llama, tok: Option<&Tok>) -> Result<u32> {
+    let id = match tok {
+        Some(t) => match t.bos {
+            Some(b) => b,
+            None => *t.encode("Hello")?.first().context("empty tokenization")?,
+        },
+        // A synthetic model has no tokenizer: any id does.
+        None => 1,
     };
     let ids = candle_core::Tensor::from_vec(vec![id], (1, 1), &candle_core::Device::Cpu)?;
     let logits = model.forward_last(&ids, &mut KvCache::new(model.cfg.n_layer))?;
@@ -110,7 +159,7 @@ pub struct ColdLoad;
 impl Stage for ColdLoad {
     stage_meta!(
         "cold_load",
-        3,
+        4,
         Role::Stage,
         Output::Record,
         "time and energy from nothing in memory to the first token"
@@ -173,6 +222,14 @@ impl Stage for ColdLoad {
                 ColType::Int,
                 "measured: peak RSS during the load minus RSS before (B)",
             ),
+            c(
+                "gpu_resident_bytes",
+                ColType::Int,
+                "measured on a GPU: device memory in use after the load minus before (NVML, B); \
+                 candle's allocator reuses freed memory, so repetitions after the first show \
+                 little growth and the summary is the largest (a lower bound when an earlier \
+                 stage of the same run left memory in the pool)",
+            ),
             c("synthetic", ColType::Bool, "random weights"),
         ];
         cols.extend(energy_columns());
@@ -185,7 +242,7 @@ impl Stage for ColdLoad {
         cols
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        super::require_cpu(ctx)?;
+        let dev = crate::runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let cold = ctx.param("cache_state").as_str() == Some("cold");
         let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
@@ -200,8 +257,8 @@ impl Stage for ColdLoad {
             let rss0 = memory::rss_bytes()?;
             let peak_reset = memory::reset_peak();
             let ((model, _first), energy) = meter.window(|| {
-                let (model, tok) = crate::runtime::load_gguf(&path)?;
-                let first = first_forward(&model, &tok)?;
+                let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
+                let first = first_forward(&model, tok.as_ref())?;
                 Ok((model, first))
             })?;
             let rss1 = memory::rss_bytes()?;
@@ -224,6 +281,15 @@ impl Stage for ColdLoad {
             );
             row.insert("synthetic".into(), json!(super::is_synthetic(ctx, "model")));
             energy.columns(&mut row);
+            let gpu = |k: &str| energy.device.get(k).and_then(|v| v.as_u64());
+            row.insert(
+                "gpu_resident_bytes".into(),
+                json!(
+                    gpu("gpu_memory_used_bytes")
+                        .zip(gpu("gpu_memory_used_before_bytes"))
+                        .map(|(a, b)| a.saturating_sub(b))
+                ),
+            );
             rows.push(row);
             drop(model);
             ctx.progress.set_position(r as u64 + 1);
@@ -240,9 +306,18 @@ impl Stage for ColdLoad {
             "resident_bytes",
             "peak_bytes",
             "page_cache_before",
+            "energy_sampled_j",
+            "peak_power_w",
         ] {
             summarise(&rows, k, &mut summary);
         }
+        // candle's CUDA allocator keeps freed device memory for reuse, so only the first load of
+        // the stage grows the device's used memory: the summary takes the largest growth.
+        let gpu: Vec<u64> = rows
+            .iter()
+            .filter_map(|r| r.get("gpu_resident_bytes").and_then(|v| v.as_u64()))
+            .collect();
+        summary.insert("gpu_resident_bytes".into(), json!(gpu.iter().max()));
         summary_energy_labels(&rows, &mut summary);
         rows.push(summary);
         Ok(StageOutput {
@@ -280,7 +355,7 @@ pub struct Measure;
 impl Stage for Measure {
     stage_meta!(
         "measure",
-        3,
+        4,
         Role::Stage,
         Output::Record,
         "throughput, latency, energy and memory of serving a task"
@@ -346,6 +421,11 @@ impl Stage for Measure {
             c("batch", ColType::Int, "requests per forward pass"),
             c("requests", ColType::Int, "requests in the window"),
             c("fixed_length", ColType::Bool, "end tokens ignored"),
+            c(
+                "prompts",
+                ColType::Str,
+                "what was sent: the task's prompts, or random ids for a model without tokenizer",
+            ),
             c("max_tokens", ColType::Int, "generation budget per request"),
             c("prompt_tokens", ColType::Int, "prompt tokens in the window"),
             c(
@@ -445,7 +525,7 @@ impl Stage for Measure {
         cols
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        super::require_cpu(ctx)?;
+        let dev = crate::runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
         let samples = crate::tasks::load(&task.eval, &task.kind)?;
@@ -471,10 +551,26 @@ impl Stage for Measure {
         let synthetic = super::is_synthetic(ctx, "model");
 
         // Loading and warm-up happen before any window opens.
-        let (model, tok) = crate::runtime::load_gguf(&path)?;
+        let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
         let mut prompts = vec![];
+        let mut rng = 0x5eedu64;
         for s in &samples {
-            let ids = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+            let ids = match &tok {
+                Some(tok) => tok.encode(&tok.chat_prompt(&s.messages)?)?,
+                // No tokenizer (synthetic weights): random ids of about the prompt's length
+                // (characters / 4), so the work per request is of the task's size.
+                None => {
+                    let chars: usize = s.messages.iter().map(|m| m.content.len()).sum();
+                    (0..(chars / 4).max(8))
+                        .map(|_| {
+                            rng = rng
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            ((rng >> 33) % model.cfg.vocab as u64) as u32
+                        })
+                        .collect()
+                }
+            };
             if ids.len() + max_tokens > model.cfg.context {
                 bail!(
                     "sample `{}` needs {} prompt + {max_tokens} generated tokens, more than the \
@@ -501,7 +597,10 @@ impl Stage for Measure {
                 .collect();
             for chunk in ids.chunks(batch) {
                 ctx.check_cancelled()?;
-                let gens = generate_batch(&model, &tok, chunk, &opts)?;
+                let gens = match &tok {
+                    Some(tok) => generate_batch(&model, tok, chunk, &opts)?,
+                    None => generate_batch_ids(&model, chunk, &opts)?,
+                };
                 if let Some(t) = gens.iter().filter_map(|g| g.time_to_first_token()).min() {
                     prefills.push(t.as_secs_f64());
                 }
@@ -532,6 +631,14 @@ impl Stage for Measure {
                 );
                 request_stats(&gens, &prefills, &energy, &mut row);
                 row.insert("fixed_length".into(), json!(fixed));
+                row.insert(
+                    "prompts".into(),
+                    json!(if tok.is_some() {
+                        "task prompts, chat template"
+                    } else {
+                        "random ids of the prompts' length ≈ characters / 4 (no tokenizer)"
+                    }),
+                );
                 row.insert("max_tokens".into(), json!(max_tokens));
                 row.insert("synthetic".into(), json!(synthetic));
                 energy.columns(&mut row);
@@ -546,6 +653,7 @@ impl Stage for Measure {
                 "fixed_length",
                 "max_tokens",
                 "synthetic",
+                "prompts",
             ] {
                 summary.insert(k.into(), reps[0][k].clone());
             }
@@ -571,6 +679,10 @@ impl Stage for Measure {
                 "energy_per_token_j",
                 "avg_power_w",
                 "peak_rss_bytes",
+                "energy_sampled_j",
+                "peak_power_w",
+                "gpu_memory_used_bytes",
+                "gpu_other_processes",
             ] {
                 summarise(&reps, k, &mut summary);
             }

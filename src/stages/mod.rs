@@ -278,12 +278,14 @@ pub fn is_synthetic(ctx: &StageCtx, param: &str) -> bool {
         == Some(true)
 }
 
-/// Model-running stages run on the CPU in this build; a CUDA device is a clear error.
+/// Fine-tuning runs on the CPU only (its custom autograd op has no CUDA kernel yet); a CUDA
+/// device is a clear error.
 pub fn require_cpu(ctx: &StageCtx) -> Result<()> {
     if let Device::Cuda(i) = ctx.device {
         bail!(
-            "device cuda({i}): this build of edge-eval runs models on the CPU only (the CUDA \
-             build arrives with issue #7); use `device = cpu`"
+            "device cuda({i}): `{}` runs on the CPU only in this version (GPU training is not \
+             implemented yet); give the stage `device = cpu`",
+            ctx.id
         );
     }
     Ok(())
@@ -317,6 +319,16 @@ pub fn meter_params() -> Vec<ParamSpec> {
             }),
             "idle baseline measured before and after each window",
         ),
+        ParamSpec::setting(
+            "sample_interval",
+            Ty::Quantity(Dim::Time),
+            &["hardware.sample_interval"],
+            Some(Value::Quantity {
+                value: 0.02,
+                dim: Dim::Time,
+            }),
+            "GPU power sampling period",
+        ),
     ]
 }
 
@@ -330,6 +342,12 @@ pub fn open_meter(ctx: &StageCtx, scope: crate::meter::Scope) -> crate::meter::M
         ctx.param("cpu_power").as_f64(),
         cores,
         scope,
+        std::time::Duration::from_secs_f64(
+            ctx.param("sample_interval")
+                .as_f64()
+                .unwrap_or(0.02)
+                .clamp(0.001, 10.0),
+        ),
     );
     let idle = ctx.param("idle_window").as_f64().unwrap_or(0.0).max(0.0);
     crate::meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
