@@ -26,9 +26,7 @@ pub struct Evaluate;
 
 const RESUME_FILE: &str = "samples.jsonl";
 
-fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
-    Column { name, ty, doc }
-}
+use super::col as c;
 
 impl Stage for Evaluate {
     stage_meta!(

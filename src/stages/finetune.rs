@@ -19,9 +19,7 @@ use std::collections::BTreeMap;
 
 pub struct Finetune;
 
-fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
-    Column { name, ty, doc }
-}
+use super::col as c;
 
 impl Stage for Finetune {
     stage_meta!(

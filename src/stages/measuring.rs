@@ -17,9 +17,7 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-fn c(name: &'static str, ty: ColType, doc: &'static str) -> Column {
-    Column { name, ty, doc }
-}
+use super::col as c;
 
 /// The energy columns every measuring row has (see [`WindowEnergy::columns`]).
 fn energy_columns() -> Vec<Column> {

@@ -80,6 +80,11 @@ pub struct Column {
     pub doc: &'static str,
 }
 
+/// A table column (what `Stage::table` lists).
+pub(crate) fn col(name: &'static str, ty: ColType, doc: &'static str) -> Column {
+    Column { name, ty, doc }
+}
+
 pub type Row = serde_json::Map<String, serde_json::Value>;
 
 /// What `run` returns. Files live in the stage's work directory and are moved into the cache.

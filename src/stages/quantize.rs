@@ -40,7 +40,7 @@ impl Stage for Quantize {
         .collect()
     }
     fn table(&self) -> Vec<Column> {
-        let c = |name, ty, doc| Column { name, ty, doc };
+        let c = super::col;
         vec![
             c("precision", ColType::Str, "target precision"),
             c(
