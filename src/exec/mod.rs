@@ -374,6 +374,9 @@ impl Job {
         crate::cache::remove_tree(&work);
         if result.is_ok() {
             crate::cache::remove_tree(&resume);
+        } else {
+            // Kept only when the stage saved progress in it (removing a non-empty folder fails).
+            let _ = std::fs::remove_dir(&resume);
         }
         result
     }

@@ -257,9 +257,12 @@ pub fn run_metadata(p: &Pipeline, hardware: &str) -> BTreeMap<String, String> {
 }
 
 /// Reads a Parquet file back into JSON rows (string, integer, float, boolean and timestamp
-/// columns; infinities as "inf"), e.g. `metrics.parquet` for `edge-eval report`.
+/// columns — timestamps as microseconds; infinities as "inf"), e.g. `metrics.parquet` for
+/// `edge-eval report`. Columns of other types read as null.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
-    use arrow_array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
+    use arrow_array::{
+        Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -288,6 +291,8 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
                         x => serde_json::json!(x),
                     }
                 } else if let Some(a) = col.as_any().downcast_ref::<BooleanArray>() {
+                    serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<TimestampMicrosecondArray>() {
                     serde_json::json!(a.value(r))
                 } else {
                     serde_json::Value::Null
@@ -388,5 +393,24 @@ mod tests {
         let batch = b.build().unwrap().next().unwrap().unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.column(1).null_count(), 1);
+    }
+
+    #[test]
+    fn rows_read_back_with_infinity_and_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Table::new(&[("x", Ty::Float), ("t", Ty::Time), ("s", Ty::Str)]);
+        let row = |v: serde_json::Value| v.as_object().unwrap().clone();
+        t.push(&row(serde_json::json!({"x": "inf", "t": 17, "s": "a"})))
+            .unwrap();
+        t.push(&row(serde_json::json!({"x": 0.25}))).unwrap();
+        assert!(t.push(&row(serde_json::json!({"x": "many"}))).is_err());
+        let path = dir.path().join("r.parquet");
+        write_parquet(&path, &t.finish().unwrap(), &BTreeMap::new()).unwrap();
+        let rows = read_rows(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["x"], "inf");
+        assert_eq!(rows[0]["t"], 17);
+        assert_eq!(rows[1]["x"], 0.25);
+        assert!(rows[1]["s"].is_null());
     }
 }
