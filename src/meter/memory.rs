@@ -44,22 +44,35 @@ pub fn release_free_memory() {
     }
 }
 
-/// CPU seconds (user + system) used by the whole process or by the calling thread.
-pub fn cpu_seconds(scope: super::Scope) -> f64 {
-    let clock = match scope {
+fn cpu_clock(scope: super::Scope) -> libc::clockid_t {
+    match scope {
         super::Scope::Process => libc::CLOCK_PROCESS_CPUTIME_ID,
         super::Scope::Thread => libc::CLOCK_THREAD_CPUTIME_ID,
-    };
+    }
+}
+
+/// CPU seconds (user + system) used by the whole process or by the calling thread. An error
+/// (the clock unreadable) is returned, never a made-up 0.
+pub fn cpu_seconds(scope: super::Scope) -> Result<f64> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes one timespec into the pointer it is given.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    if rc != 0 {
-        return 0.0;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    let rc = unsafe { libc::clock_gettime(cpu_clock(scope), &mut ts) };
+    anyhow::ensure!(rc == 0, "the CPU-time clock cannot be read");
+    Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
+/// Resolution of that clock in seconds (`clock_getres`).
+pub fn cpu_clock_resolution(scope: super::Scope) -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes one timespec into the pointer it is given.
+    let rc = unsafe { libc::clock_getres(cpu_clock(scope), &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
 }
 
 #[cfg(test)]

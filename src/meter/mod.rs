@@ -90,13 +90,13 @@ pub struct Estimated {
 }
 
 impl Estimated {
-    pub fn new(cpu_power_w: f64, cores: usize, scope: Scope) -> Estimated {
-        Estimated {
+    pub fn new(cpu_power_w: f64, cores: usize, scope: Scope) -> Result<Estimated> {
+        Ok(Estimated {
             cpu_power_w,
             cores: cores.max(1),
             scope,
-            start: memory::cpu_seconds(scope),
-        }
+            start: memory::cpu_seconds(scope)?,
+        })
     }
 }
 
@@ -105,9 +105,10 @@ impl Meter for Estimated {
         Source::Estimated
     }
     fn resolution_j(&self) -> f64 {
-        // CLOCK_PROCESS_CPUTIME_ID is nanosecond-resolution; the estimate is far coarser than
-        // that, which the `estimated` label says.
-        self.cpu_power_w * 1e-6 / self.cores as f64
+        // The CPU-time clock's step at the declared power; the estimate's real error (declared
+        // watts vs what the chip draws) is far larger, which the `estimated` label says.
+        let step = memory::cpu_clock_resolution(self.scope).unwrap_or(1e-6);
+        self.cpu_power_w * step / self.cores as f64
     }
     fn describe(&self) -> String {
         let whose = match self.scope {
@@ -120,7 +121,7 @@ impl Meter for Estimated {
         )
     }
     fn joules(&mut self) -> Result<f64> {
-        let busy = memory::cpu_seconds(self.scope) - self.start;
+        let busy = memory::cpu_seconds(self.scope)? - self.start;
         Ok(self.cpu_power_w * busy / self.cores as f64)
     }
 }
@@ -297,7 +298,9 @@ pub fn open(
     sample_interval: Duration,
 ) -> Result<Box<dyn Meter>, String> {
     let estimated = || match cpu_power_w {
-        Some(w) => Ok(Box::new(Estimated::new(w, cores, scope)) as Box<dyn Meter>),
+        Some(w) => Estimated::new(w, cores, scope)
+            .map(|e| Box::new(e) as Box<dyn Meter>)
+            .map_err(|e| format!("{e:#}")),
         None => Err(
             "no energy counter is readable here and no `cpu_power` is declared \
                      (set `hardware { cpu_power = 15 W }` for an estimate)"
@@ -430,9 +433,10 @@ pub(crate) mod tests {
     /// Keeps this thread busy until it has used `d` of CPU time (wall time would depend on how
     /// loaded the machine is).
     fn spin(d: Duration) {
-        let start = memory::cpu_seconds(Scope::Thread);
+        let now = || memory::cpu_seconds(Scope::Thread).unwrap();
+        let start = now();
         let mut x = 0u64;
-        while memory::cpu_seconds(Scope::Thread) - start < d.as_secs_f64() {
+        while now() - start < d.as_secs_f64() {
             for _ in 0..1000 {
                 x = x.wrapping_mul(31).wrapping_add(7);
             }
@@ -443,7 +447,7 @@ pub(crate) mod tests {
     #[test]
     fn estimated_meter_counts_busy_cpu_time() {
         // Thread scope: other tests running in this process do not disturb the figures.
-        let mut m = Estimated::new(10.0, 2, Scope::Thread);
+        let mut m = Estimated::new(10.0, 2, Scope::Thread).unwrap();
         let e0 = m.joules().unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let idle = m.joules().unwrap() - e0;
@@ -454,7 +458,7 @@ pub(crate) mod tests {
         assert!(busy > 0.99 && busy < 1.1, "busy {busy}");
         assert_eq!(m.source(), Source::Estimated);
         // Process scope counts every thread: at least the 0.2 s another thread spins.
-        let mut p = Estimated::new(10.0, 2, Scope::Process);
+        let mut p = Estimated::new(10.0, 2, Scope::Process).unwrap();
         let p0 = p.joules().unwrap();
         std::thread::spawn(|| spin(Duration::from_millis(200)))
             .join()
@@ -491,7 +495,7 @@ pub(crate) mod tests {
 
     #[test]
     fn thread_scope_ignores_other_threads() {
-        let mut m = Estimated::new(10.0, 1, Scope::Thread);
+        let mut m = Estimated::new(10.0, 1, Scope::Thread).unwrap();
         let e0 = m.joules().unwrap();
         std::thread::spawn(|| spin(Duration::from_millis(150)))
             .join()

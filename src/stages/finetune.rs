@@ -162,43 +162,16 @@ impl Stage for Finetune {
                 "merging the adapter into the base (s)",
             ),
             c(
-                "energy_j",
-                ColType::Float,
-                "summary: training + merge energy (J), C_train of N_break; steps: null",
-            ),
-            c(
                 "energy_train_j",
                 ColType::Float,
-                "energy of the training loop (J)",
+                "energy of the training loop (J); on the summary, energy_j = this + energy_merge_j \
+                 (C_train of N_break) and energy_net_j likewise",
             ),
             c("energy_merge_j", ColType::Float, "energy of the merge (J)"),
-            c(
-                "energy_net_j",
-                ColType::Float,
-                "training + merge, idle-subtracted (J)",
-            ),
-            c(
-                "idle_power_w",
-                ColType::Float,
-                "idle power around the training window (W)",
-            ),
-            c(
-                "energy_source",
-                ColType::Str,
-                "counter | sampled | rapl | estimated",
-            ),
-            c(
-                "energy_resolution_j",
-                ColType::Float,
-                "meter resolution (J)",
-            ),
-            c(
-                "energy_null_reason",
-                ColType::Str,
-                "why the energy columns are null",
-            ),
-            c("meter", ColType::Str, "what measured the energy, and how"),
         ]
+        .into_iter()
+        .chain(super::energy_columns())
+        .collect()
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         super::require_cpu(ctx)?;

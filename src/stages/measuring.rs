@@ -19,84 +19,6 @@ use std::path::Path;
 
 use super::col as c;
 
-/// The energy columns every measuring row has (see [`WindowEnergy::columns`]).
-fn energy_columns() -> Vec<Column> {
-    vec![
-        c("energy_j", ColType::Float, "gross energy of the window (J)"),
-        c(
-            "energy_net_j",
-            ColType::Float,
-            "energy minus idle power × window length (J)",
-        ),
-        c(
-            "idle_power_w",
-            ColType::Float,
-            "idle power before/after the window (W)",
-        ),
-        c(
-            "energy_source",
-            ColType::Str,
-            "counter | sampled | rapl | estimated (null: not measured)",
-        ),
-        c(
-            "energy_resolution_j",
-            ColType::Float,
-            "smallest step the meter resolves (J)",
-        ),
-        c(
-            "energy_null_reason",
-            ColType::Str,
-            "why the energy columns are null",
-        ),
-        c("meter", ColType::Str, "what measured the energy, and how"),
-        c(
-            "energy_sampled_j",
-            ColType::Float,
-            "the window's energy from integrated power samples (GPU), beside the counter's",
-        ),
-        c(
-            "peak_power_w",
-            ColType::Float,
-            "highest sampled power in the window (W)",
-        ),
-        c(
-            "gpu_memory_used_bytes",
-            ColType::Int,
-            "GPU memory in use at the window's end (NVML, B)",
-        ),
-        c(
-            "gpu_memory_used_before_bytes",
-            ColType::Int,
-            "GPU memory in use at the window's start (B)",
-        ),
-        c(
-            "gpu_sm_clock_mhz",
-            ColType::Int,
-            "SM clock at the window's end",
-        ),
-        c(
-            "gpu_mem_clock_mhz",
-            ColType::Int,
-            "memory clock at the window's end",
-        ),
-        c(
-            "gpu_temperature_c",
-            ColType::Int,
-            "GPU temperature at the window's end",
-        ),
-        c(
-            "gpu_power_limit_w",
-            ColType::Float,
-            "enforced power limit (W)",
-        ),
-        c(
-            "gpu_other_processes",
-            ColType::Int,
-            "other processes on the GPU at the window's edges: >0 means the energy is not this work's alone",
-        ),
-    ]
-}
-
 fn base_row(kind: &str, repeat: Option<usize>, meter: &Metered) -> Row {
     let mut row = Row::new();
     row.insert("row".into(), json!(kind));
@@ -230,7 +152,8 @@ impl Stage for ColdLoad {
             ),
             c("synthetic", ColType::Bool, "random weights"),
         ];
-        cols.extend(energy_columns());
+        cols.extend(super::energy_columns());
+        cols.extend(super::gpu_columns());
         cols.push(c("energy_j_cv", ColType::Float, "coefficient of variation"));
         cols.push(c(
             "energy_net_j_cv",
@@ -271,7 +194,8 @@ impl Stage for ColdLoad {
             row.insert("seconds".into(), json!(energy.seconds));
             row.insert("file_bytes".into(), json!(file_bytes));
             row.insert("weight_bytes".into(), json!(model.weight_bytes));
-            row.insert("resident_bytes".into(), json!(rss1.saturating_sub(rss0)));
+            // Signed: a process that shrank during the load is a measurement too, not a 0.
+            row.insert("resident_bytes".into(), json!(rss1 as i64 - rss0 as i64));
             // Without a peak reset the kernel's mark is the process lifetime peak: say nothing.
             row.insert(
                 "peak_bytes".into(),
@@ -285,7 +209,7 @@ impl Stage for ColdLoad {
                 json!(
                     gpu("gpu_memory_used_bytes")
                         .zip(gpu("gpu_memory_used_before_bytes"))
-                        .map(|(a, b)| a.saturating_sub(b))
+                        .map(|(a, b)| a as i64 - b as i64)
                 ),
             );
             rows.push(row);
@@ -311,9 +235,9 @@ impl Stage for ColdLoad {
         }
         // candle's CUDA allocator keeps freed device memory for reuse, so only the first load of
         // the stage grows the device's used memory: the summary takes the largest growth.
-        let gpu: Vec<u64> = rows
+        let gpu: Vec<i64> = rows
             .iter()
-            .filter_map(|r| r.get("gpu_resident_bytes").and_then(|v| v.as_u64()))
+            .filter_map(|r| r.get("gpu_resident_bytes").and_then(|v| v.as_i64()))
             .collect();
         summary.insert("gpu_resident_bytes".into(), json!(gpu.iter().max()));
         summary_energy_labels(&rows, &mut summary);
@@ -519,7 +443,8 @@ impl Stage for Measure {
             ),
             c("synthetic", ColType::Bool, "random weights"),
         ];
-        cols.extend(energy_columns());
+        cols.extend(super::energy_columns());
+        cols.extend(super::gpu_columns());
         cols
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {

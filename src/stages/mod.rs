@@ -394,3 +394,92 @@ pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
         train: t.files.get("train").cloned(),
     })
 }
+
+/// The energy columns of every metered row (what [`crate::meter::WindowEnergy::columns`] writes,
+/// without the GPU ones).
+pub(crate) fn energy_columns() -> Vec<Column> {
+    vec![
+        col(
+            "energy_j",
+            ColType::Float,
+            "gross energy of the measured work (J)",
+        ),
+        col(
+            "energy_net_j",
+            ColType::Float,
+            "energy minus idle power × window length (J)",
+        ),
+        col(
+            "idle_power_w",
+            ColType::Float,
+            "idle power before/after the window (W)",
+        ),
+        col(
+            "energy_source",
+            ColType::Str,
+            "counter | sampled | rapl | estimated (null: not measured)",
+        ),
+        col(
+            "energy_resolution_j",
+            ColType::Float,
+            "smallest step the meter resolves (J)",
+        ),
+        col(
+            "energy_null_reason",
+            ColType::Str,
+            "why the energy columns are null",
+        ),
+        col("meter", ColType::Str, "what measured the energy, and how"),
+    ]
+}
+
+/// The columns only a GPU meter fills (power samples, NVML device state), for measuring stages.
+pub(crate) fn gpu_columns() -> Vec<Column> {
+    vec![
+        col(
+            "energy_sampled_j",
+            ColType::Float,
+            "the window's energy from integrated power samples (GPU), beside the counter's",
+        ),
+        col(
+            "peak_power_w",
+            ColType::Float,
+            "highest sampled power in the window (W)",
+        ),
+        col(
+            "gpu_memory_used_bytes",
+            ColType::Int,
+            "GPU memory in use at the window's end (NVML, B)",
+        ),
+        col(
+            "gpu_memory_used_before_bytes",
+            ColType::Int,
+            "GPU memory in use at the window's start (B)",
+        ),
+        col(
+            "gpu_sm_clock_mhz",
+            ColType::Int,
+            "SM clock at the window's end",
+        ),
+        col(
+            "gpu_mem_clock_mhz",
+            ColType::Int,
+            "memory clock at the window's end",
+        ),
+        col(
+            "gpu_temperature_c",
+            ColType::Int,
+            "GPU temperature at the window's end",
+        ),
+        col(
+            "gpu_power_limit_w",
+            ColType::Float,
+            "enforced power limit (W)",
+        ),
+        col(
+            "gpu_other_processes",
+            ColType::Int,
+            "other processes on the GPU at the window's edges: >0 means the energy is not this work's alone",
+        ),
+    ]
+}

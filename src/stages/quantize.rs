@@ -76,34 +76,10 @@ impl Stage for Quantize {
                 "matrices stored in another type (rows not a multiple of the block)",
             ),
             c("seconds", ColType::Float, "wall time of the conversion"),
-            c(
-                "energy_j",
-                ColType::Float,
-                "energy of the conversion (J); part of C_train in N_break",
-            ),
-            c(
-                "energy_net_j",
-                ColType::Float,
-                "energy minus idle power × seconds (J)",
-            ),
-            c(
-                "idle_power_w",
-                ColType::Float,
-                "idle power around the conversion (W)",
-            ),
-            c(
-                "energy_source",
-                ColType::Str,
-                "counter | sampled | rapl | estimated (null: not measured)",
-            ),
-            c(
-                "energy_resolution_j",
-                ColType::Float,
-                "meter resolution (J)",
-            ),
-            c("energy_null_reason", ColType::Str, "why energy_j is null"),
-            c("meter", ColType::Str, "what measured the energy, and how"),
         ]
+        .into_iter()
+        .chain(super::energy_columns())
+        .collect()
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         let precision = ctx.param("precision").as_str().unwrap_or_default();
