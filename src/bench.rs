@@ -257,52 +257,59 @@ impl Drop for TempDir {
 /// `edge-eval bench-model FILE.gguf`: prompt processing (one forward pass over `prompt` tokens)
 /// and generation (`tokens` greedy decode steps from a one-token context, end tokens ignored), as
 /// llama-bench's pp/tg tests measure them. Median of `repeats` runs after one warm-up.
-pub fn model(path: &Path, prompt: usize, tokens: usize, repeats: usize) -> Result<i32> {
+pub fn model(
+    path: &Path,
+    prompt: usize,
+    tokens: usize,
+    repeats: usize,
+    batches: &[usize],
+    device: crate::spec::Device,
+) -> Result<i32> {
     use crate::runtime::gguf::Gguf;
-    use crate::runtime::llama::{KvCache, Llama, argmax};
-    use candle_core::{Device, Tensor};
+    use crate::runtime::llama::{KvCache, Llama};
+    use candle_core::{D, Tensor};
+    let dev = crate::runtime::candle_device(device)?;
     let t = Instant::now();
     let mut g = Gguf::open(path)?;
-    let model = Llama::load(&mut g)?;
+    let model = Llama::load_on(&mut g, &dev)?;
     let load_s = t.elapsed().as_secs_f64();
     let vocab = model.cfg.vocab as u32;
     // A deterministic prompt of ordinary tokens.
     let ids: Vec<u32> = (0..prompt as u32)
-        .map(|i| 1000 + (i * 7919) % (vocab - 2000))
+        .map(|i| 1000 + (i * 7919) % (vocab.saturating_sub(2000).max(1)))
         .collect();
+    // Both end by reading values back to the host, which waits for the device to finish.
     let run_pp = || -> Result<Duration> {
         let mut cache = KvCache::new(model.cfg.n_layer);
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let input = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
         let t = Instant::now();
-        model.forward_last(&input, &mut cache)?;
+        model
+            .forward_last(&input, &mut cache)?
+            .argmax(D::Minus1)?
+            .to_vec1::<u32>()?;
         Ok(t.elapsed())
     };
-    let run_tg = || -> Result<Duration> {
+    let run_tg = |batch: usize| -> Result<Duration> {
         let mut cache = KvCache::new(model.cfg.n_layer);
-        let mut next = ids[0];
+        let mut next: Vec<u32> = (0..batch).map(|b| ids[b % ids.len().max(1)]).collect();
         let t = Instant::now();
         for _ in 0..tokens {
-            let input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
-            let logits = model.forward_last(&input, &mut cache)?.squeeze(0)?;
-            next = argmax(&logits)?;
+            let input = Tensor::new(next.as_slice(), &dev)?.unsqueeze(1)?;
+            next = model
+                .forward_last(&input, &mut cache)?
+                .argmax(D::Minus1)?
+                .to_vec1()?;
         }
         Ok(t.elapsed())
     };
-    run_pp()?;
-    run_tg()?;
-    let median = |mut xs: Vec<Duration>| {
+    let median = |f: &dyn Fn() -> Result<Duration>| -> Result<Duration> {
+        f()?; // warm-up
+        let mut xs: Vec<Duration> = (0..repeats.max(1)).map(|_| f()).collect::<Result<_>>()?;
         xs.sort();
-        xs[xs.len() / 2]
+        Ok(xs[xs.len() / 2])
     };
-    let pp: Vec<Duration> = (0..repeats.max(1))
-        .map(|_| run_pp())
-        .collect::<Result<_>>()?;
-    let tg: Vec<Duration> = (0..repeats.max(1))
-        .map(|_| run_tg())
-        .collect::<Result<_>>()?;
-    let (pp, tg) = (median(pp), median(tg));
     println!(
-        "model {} ({} layers, hidden {}, vocab {})",
+        "model {} ({} layers, hidden {}, vocab {}) on {device}",
         path.display(),
         model.cfg.n_layer,
         model.cfg.hidden,
@@ -312,15 +319,22 @@ pub fn model(path: &Path, prompt: usize, tokens: usize, repeats: usize) -> Resul
         "  load {load_s:.2} s, weights resident {:.1} MiB",
         model.weight_bytes as f64 / 1048576.0
     );
-    println!("  threads {}", available_threads());
+    if dev.is_cpu() {
+        println!("  threads {}", available_threads());
+    }
+    let pp = median(&run_pp)?;
     println!(
         "  pp{prompt}: {:>8.1} tok/s   (median of {repeats})",
         prompt as f64 / pp.as_secs_f64()
     );
-    println!(
-        "  tg{tokens}: {:>8.1} tok/s   (median of {repeats})",
-        tokens as f64 / tg.as_secs_f64()
-    );
+    for &b in batches {
+        let tg = median(&|| run_tg(b.max(1)))?;
+        println!(
+            "  tg{tokens} batch {b}: {:>8.1} tok/s   ({:.2} ms/step, median of {repeats})",
+            (b.max(1) * tokens) as f64 / tg.as_secs_f64(),
+            tg.as_secs_f64() * 1000.0 / tokens as f64
+        );
+    }
     Ok(0)
 }
 

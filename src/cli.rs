@@ -102,6 +102,12 @@ pub enum Command {
         tokens: usize,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// Decode batch sizes (comma-separated): each row generates `--gen` tokens
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
+        /// cpu or cuda(N) (the latter needs a build with `--features cuda`)
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: crate::spec::Device,
     },
     /// Engine benchmark: plan and no-op run of a 72-variant × 5-stage pipeline; file hashing speed
     Bench {
@@ -257,13 +263,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             prompt,
             tokens,
             repeats,
-        } => crate::bench::model(&model, prompt, tokens, repeats),
+            batch,
+            device,
+        } => crate::bench::model(&model, prompt, tokens, repeats, &batch, device),
         Command::Bench {
             hash_mib,
             repeats,
             dir,
         } => crate::bench::run(hash_mib, repeats, dir.as_deref()),
     }
+}
+
+/// `cpu`, `cuda` or `cuda(N)`.
+fn parse_device(s: &str) -> std::result::Result<crate::spec::Device, String> {
+    let s = s.trim();
+    if s == "cpu" {
+        return Ok(crate::spec::Device::Cpu);
+    }
+    if s == "cuda" {
+        return Ok(crate::spec::Device::Cuda(0));
+    }
+    s.strip_prefix("cuda(")
+        .and_then(|r| r.strip_suffix(')'))
+        .and_then(|n| n.trim().parse().ok())
+        .map(crate::spec::Device::Cuda)
+        .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda(N)"))
 }
 
 /// Runs a pipeline, records history and writes its tables.
@@ -742,6 +766,20 @@ fn human_bytes(b: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_arguments() {
+        use crate::spec::Device;
+        assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
+        assert_eq!(parse_device("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(parse_device("cuda(3)"), Ok(Device::Cuda(3)));
+        assert!(
+            parse_device("gpu")
+                .unwrap_err()
+                .contains("cpu, cuda or cuda(N)")
+        );
+        assert!(parse_device("cuda(x)").is_err());
+    }
 
     #[test]
     fn bare_file_means_run() {

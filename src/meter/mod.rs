@@ -60,7 +60,8 @@ pub trait Meter: Send {
     fn sampled_joules(&mut self) -> Option<f64> {
         None
     }
-    /// The highest sampled power since the last call (then restarts).
+    /// The highest sampled power since the last call (then restarts; so does the memory peak
+    /// a GPU meter reports as `gpu_memory_peak_bytes` in [`Meter::snapshot`]).
     fn take_peak_power_w(&mut self) -> Option<f64> {
         None
     }

@@ -5,7 +5,10 @@
 //! driver loaded, Volta and later). A background thread also samples power every
 //! `sample_interval` (default 20 ms) and integrates it (trapezoids): that gives the peak power of
 //! each window, a second energy figure to compare the counter with, and the energy itself where
-//! the counter is not supported (`Source::Sampled`).
+//! the counter is not supported (`Source::Sampled`). It reads the instantaneous power field
+//! (`NVML_FI_DEV_POWER_INSTANT`) where the driver has it: `nvmlDeviceGetPowerUsage` is a one-second
+//! moving average on Ampere and later, which lags every change of load by up to a second and so
+//! under-reads short busy windows. The same thread records the peak of GPU memory in use.
 
 use super::{Meter, Source};
 use anyhow::{Context, Result};
@@ -21,8 +24,28 @@ struct Samples {
     joules: f64,
     last: Option<(Instant, f64)>,
     peak_w: f64,
+    peak_memory: Option<u64>,
     count: u64,
     error: Option<String>,
+    /// The samples are instantaneous power (else the driver's 1 s average).
+    instant: bool,
+}
+
+/// `NVML_FI_DEV_POWER_INSTANT` (nvml.h): current power in mW, not averaged.
+const POWER_INSTANT: u32 = 186;
+
+/// Instantaneous power in mW, where the driver reports it.
+fn instant_power(dev: &nvml_wrapper::Device) -> Option<u32> {
+    use nvml_wrapper::enums::device::SampleValue;
+    use nvml_wrapper::struct_wrappers::device::FieldValueSample;
+    use nvml_wrapper::structs::device::FieldId;
+    let mut v = dev.field_values_for(&[FieldId(POWER_INSTANT)]).ok()?;
+    let FieldValueSample { value, .. } = v.pop()?.ok()?;
+    match value.ok()? {
+        SampleValue::U32(mw) => Some(mw),
+        SampleValue::U64(mw) => u32::try_from(mw).ok(),
+        _ => None,
+    }
 }
 
 pub struct NvmlMeter {
@@ -86,11 +109,19 @@ fn sample_loop(
             return;
         }
     };
+    let instant = instant_power(&dev).is_some_and(|mw| mw > 0);
+    samples.lock().unwrap().instant = instant;
     while !stop.load(Ordering::Relaxed) {
-        let reading = dev.power_usage();
+        let reading = if instant {
+            instant_power(&dev).ok_or_else(|| "no instantaneous power reading".to_string())
+        } else {
+            dev.power_usage().map_err(|e| e.to_string())
+        };
         let now = Instant::now();
+        let memory = dev.memory_info().ok().map(|m| m.used);
         {
             let mut s = samples.lock().unwrap();
+            s.peak_memory = s.peak_memory.max(memory);
             match reading {
                 Ok(mw) => {
                     let w = mw as f64 / 1000.0;
@@ -101,7 +132,7 @@ fn sample_loop(
                     s.peak_w = s.peak_w.max(w);
                     s.count += 1;
                 }
-                Err(e) => s.error = Some(e.to_string()),
+                Err(e) => s.error = Some(e),
             }
         }
         std::thread::sleep(interval);
@@ -139,8 +170,13 @@ impl Meter for NvmlMeter {
         } else {
             "NVML power samples integrated (no energy counter on this GPU)"
         };
+        let kind = if self.samples.lock().unwrap().instant {
+            "instantaneous"
+        } else {
+            "1 s averaged"
+        };
         format!(
-            "{how}: GPU {} ({}), power sampled every {} ms",
+            "{how}: GPU {} ({}), {kind} power sampled every {} ms",
             self.index,
             self.name,
             self.interval.as_millis()
@@ -164,6 +200,7 @@ impl Meter for NvmlMeter {
         let mut s = self.samples.lock().unwrap();
         let peak = (s.count > 0).then_some(s.peak_w);
         s.peak_w = s.last.map_or(0.0, |l| l.1);
+        s.peak_memory = None;
         peak
     }
     fn snapshot(&mut self) -> serde_json::Map<String, serde_json::Value> {
@@ -171,10 +208,12 @@ impl Meter for NvmlMeter {
         let Ok(dev) = self.nvml.device_by_index(self.index) else {
             return m;
         };
-        m.insert(
-            "gpu_memory_used_bytes".into(),
-            json!(dev.memory_info().ok().map(|i| i.used)),
-        );
+        let used = dev.memory_info().ok().map(|i| i.used);
+        m.insert("gpu_memory_used_bytes".into(), json!(used));
+        // The sampler's peak since the window opened (take_peak_power_w), at least what is in
+        // use now.
+        let peak = self.samples.lock().unwrap().peak_memory.max(used);
+        m.insert("gpu_memory_peak_bytes".into(), json!(peak));
         m.insert(
             "gpu_sm_clock_mhz".into(),
             json!(dev.clock_info(Clock::SM).ok()),

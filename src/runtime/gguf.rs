@@ -106,6 +106,11 @@ impl Gguf {
         self.tensor_on(name, &Device::Cpu)
     }
 
+    /// The stored type of a tensor, if the file has it.
+    pub fn tensor_type(&self, name: &str) -> Option<GgmlDType> {
+        self.content.tensor_infos.get(name).map(|i| i.ggml_dtype)
+    }
+
     /// A tensor read straight onto `device` (a GPU for the CUDA build).
     pub fn tensor_on(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         self.content

@@ -1,6 +1,7 @@
 //! The llama architecture (SmolLM2, Llama 3.x) and its qwen2 variant (Qwen2.5) over GGUF weights, with a forward pass of our own:
 //! batched input, full-sequence logits (for perplexity and KL), and a KV cache. Matrix weights
-//! stay in their GGUF type and are multiplied with candle's quantized kernels (`QMatMul`).
+//! stay in their GGUF type and are multiplied with candle's quantized kernels (`QMatMul`); on a
+//! GPU, f16 / bf16 matrices are held in their own type and multiplied densely ([`Mat`]).
 
 use super::gguf::Gguf;
 use anyhow::{Context, Result, bail};
@@ -27,16 +28,16 @@ pub struct Config {
 
 struct Layer {
     attn_norm: Tensor,
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
+    q: Mat,
+    k: Mat,
+    v: Mat,
     /// q, k, v biases (qwen2).
     bias: Option<[Tensor; 3]>,
-    o: QMatMul,
+    o: Mat,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Mat,
+    up: Mat,
+    down: Mat,
 }
 
 /// Token embeddings kept in their GGUF type; rows are dequantized on lookup (a Llama-3 vocabulary
@@ -74,12 +75,40 @@ impl Embedding {
     }
 }
 
-/// Bytes a matrix occupies once loaded (candle keeps f32/f16/bf16 matrices dequantized to f32).
-fn resident_bytes(m: &QMatMul) -> u64 {
-    match m {
-        QMatMul::QTensor(q) => q.storage_size_in_bytes() as u64,
-        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => {
-            (t.elem_count() * t.dtype().size_in_bytes()) as u64
+/// A weight matrix as held for inference.
+pub(crate) enum Mat {
+    /// Through candle's quantized matmul (GGUF block types; f16 on the CPU; f32).
+    Q(QMatMul),
+    /// `W` `[out, in]` in f16 or bf16 on a GPU: activations are converted to the weight's type
+    /// for the product (cuBLAS half GEMM) and back. candle's `QMatMul` would hold f16 as f32 and
+    /// has no bf16 path: twice the bytes read per token.
+    Half(Tensor),
+}
+
+impl Mat {
+    /// Bytes the matrix occupies once loaded.
+    fn resident_bytes(&self) -> u64 {
+        match self {
+            Mat::Q(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+            Mat::Q(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) | Mat::Half(t) => {
+                (t.elem_count() * t.dtype().size_in_bytes()) as u64
+            }
+        }
+    }
+}
+
+impl Module for Mat {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Mat::Q(m) => m.forward(x),
+            Mat::Half(w) => {
+                let wt = match *x.dims() {
+                    [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
+                    [b, _, _] => w.broadcast_left(b)?.t()?,
+                    _ => w.t()?,
+                };
+                x.to_dtype(w.dtype())?.matmul(&wt)?.to_dtype(x.dtype())
+            }
         }
     }
 }
@@ -89,7 +118,7 @@ pub struct Llama {
     embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
-    head: QMatMul,
+    head: Mat,
     cos: Tensor,
     sin: Tensor,
     /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
@@ -213,16 +242,33 @@ impl Llama {
         } = cfg;
         let arch = family.clone();
         let mut weight_bytes = 0u64;
-        let mut qmat = |g: &mut Gguf, name: &str| -> Result<QMatMul> {
-            let q = g.tensor_on(name, device)?;
-            // f16 matrices stay f16 and go through the quantized kernels (f16 dot products) on
-            // the CPU; candle's default would hold them as f32, doubling the bytes read per token.
-            let m = if q.dtype() == GgmlDType::F16 && device.is_cpu() {
-                QMatMul::QTensor(Arc::new(q))
+        let mut qmat = |g: &mut Gguf, name: &str| -> Result<Mat> {
+            let half = matches!(g.tensor_type(name), Some(GgmlDType::F16 | GgmlDType::BF16));
+            let m = if half && !device.is_cpu() {
+                // Dequantized on the host (candle's CUDA dequantize has no bf16 kernel), moved
+                // over in the file's own type.
+                let q = g.tensor(name)?;
+                let dt = if q.dtype() == GgmlDType::BF16 {
+                    DType::BF16
+                } else {
+                    DType::F16
+                };
+                Mat::Half(
+                    q.dequantize(&Device::Cpu)?
+                        .to_dtype(dt)?
+                        .to_device(device)?,
+                )
             } else {
-                QMatMul::from_qtensor(q).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?
+                let q = g.tensor_on(name, device)?;
+                // f16 matrices stay f16 and go through the quantized kernels (f16 dot products)
+                // on the CPU; candle's default would hold them as f32, doubling the bytes read.
+                Mat::Q(if q.dtype() == GgmlDType::F16 {
+                    QMatMul::QTensor(Arc::new(q))
+                } else {
+                    QMatMul::from_qtensor(q).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?
+                })
             };
-            weight_bytes += resident_bytes(&m);
+            weight_bytes += m.resident_bytes();
             Ok(m)
         };
         let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {

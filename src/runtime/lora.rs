@@ -80,12 +80,40 @@ impl CustomOp1 for Frozen {
             candle_core::bail!("frozen-linear takes a contiguous input");
         };
         let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
-        let y = match &self.0 {
-            Base::Dense(wt) => x.broadcast_matmul(wt)?,
-            Base::Quant(q) => QMatMul::QTensor(q.clone()).forward(&x)?,
-        };
+        let y = self.0.apply(&x)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda::CudaStorageSlice;
+        use candle_core::op::BackpropOp;
+        use candle_core::{Storage, bail};
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("frozen-linear takes a contiguous input");
+        };
+        // `try_clone` copies the whole buffer: wrap it as a 1-d tensor, then take the layout's
+        // window of it.
+        let all = storage.try_clone(layout)?;
+        let n = match &all.slice {
+            CudaStorageSlice::F32(s) => s.len(),
+            _ => bail!("frozen-linear takes f32 input"),
+        };
+        let x = Tensor::from_storage(Storage::Cuda(all), n, BackpropOp::none(), false)
+            .narrow(0, start, end - start)?
+            .reshape(layout.shape())?;
+        let y = self.0.apply(&x)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        match &*st {
+            Storage::Cuda(c) if l.start_offset() == 0 => Ok((c.try_clone(l)?, shape)),
+            _ => bail!("frozen-linear: unexpected output storage"),
+        }
     }
     fn bwd(
         &self,
@@ -95,13 +123,20 @@ impl CustomOp1 for Frozen {
     ) -> candle_core::Result<Option<Tensor>> {
         let g = match &self.0 {
             Base::Dense(wt) => grad.broadcast_matmul(&wt.t()?)?,
-            Base::Quant(q) => grad.broadcast_matmul(&q.dequantize(&Device::Cpu)?)?,
+            Base::Quant(q) => grad.broadcast_matmul(&q.dequantize(grad.device())?)?,
         };
         Ok(Some(g))
     }
 }
 
 impl Base {
+    /// `x · Wᵀ` without autograd (the op's forward).
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Base::Dense(wt) => x.broadcast_matmul(wt),
+            Base::Quant(q) => QMatMul::QTensor(q.clone()).forward(x),
+        }
+    }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op1(Frozen(self.clone()))?)
     }
@@ -141,6 +176,21 @@ pub struct Trainable {
     rng: Cell<u64>,
     /// Frozen bytes held (base matrices as held, embedding, norms).
     pub base_bytes: u64,
+    pub device: Device,
+}
+
+/// A quantized matrix moved to `device` (its blocks copied as they are).
+fn on_device(q: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(q);
+    }
+    let dims = q.shape().dims().to_vec();
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        q.dtype(),
+        &q.data()?,
+        dims,
+        device,
+    )?)
 }
 
 /// Uniform in ±`bound`, deterministic from `seed` and `name`.
@@ -210,8 +260,14 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Ten
 }
 
 impl Trainable {
-    /// Loads `path` with fresh adapters.
+    /// Loads `path` with fresh adapters, on the CPU.
     pub fn load(path: &Path, lora: LoraConfig) -> Result<Trainable> {
+        Trainable::load_on(path, lora, &Device::Cpu)
+    }
+
+    /// Loads `path` with fresh adapters onto `device` (frozen matrices, norms, adapters; the
+    /// embedding table stays in host memory and rows are copied over per sequence).
+    pub fn load_on(path: &Path, lora: LoraConfig, device: &Device) -> Result<Trainable> {
         for t in &lora.targets {
             if !TARGETS.iter().any(|(n, _, _)| n == t) {
                 bail!("unknown LoRA target `{t}`");
@@ -233,15 +289,18 @@ impl Trainable {
                         q.shape().dims()[1]
                     )
                 };
-                Base::Quant(Arc::new(q))
+                Base::Quant(Arc::new(on_device(q, device)?))
             } else {
-                Base::Dense(Arc::new(q.dequantize(&Device::Cpu)?.t()?.contiguous()?))
+                let w = q.dequantize(&Device::Cpu)?.t()?.contiguous()?;
+                Base::Dense(Arc::new(w.to_device(device)?))
             };
             base_bytes += b.bytes();
             Ok(b)
         };
         let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {
-            Ok(g.tensor(name)?.dequantize(&Device::Cpu)?)
+            Ok(g.tensor(name)?
+                .dequantize(&Device::Cpu)?
+                .to_device(device)?)
         };
         let mut layers = vec![];
         for i in 0..cfg.n_layer {
@@ -263,9 +322,8 @@ impl Trainable {
                         lora.rank * in_dim,
                         1.0 / (in_dim as f32).sqrt(),
                     );
-                    let a =
-                        Var::from_tensor(&Tensor::from_vec(a, (lora.rank, in_dim), &Device::Cpu)?)?;
-                    let b = Var::zeros((out_dim, lora.rank), DType::F32, &Device::Cpu)?;
+                    let a = Var::from_tensor(&Tensor::from_vec(a, (lora.rank, in_dim), device)?)?;
+                    let b = Var::zeros((out_dim, lora.rank), DType::F32, device)?;
                     Some((a, b))
                 } else {
                     None
@@ -303,7 +361,9 @@ impl Trainable {
         base_bytes += embed_q.storage_size_in_bytes() as u64;
         let embed = Embedding::new(embed_q)?;
         let (cos, sin) = rope_tables(&cfg)?;
+        let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
         Ok(Trainable {
+            device: device.clone(),
             rng: Cell::new(lora.seed ^ 0xd00d),
             cfg,
             lora,
@@ -348,7 +408,7 @@ impl Trainable {
             })
             .collect();
         self.rng.set(s);
-        Ok((x * Tensor::from_vec(keep, x.shape(), &Device::Cpu)?)?)
+        Ok((x * Tensor::from_vec(keep, x.shape(), &self.device)?)?)
     }
 
     fn project(&self, p: &Proj, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -375,13 +435,13 @@ impl Trainable {
                 c.context
             );
         }
-        let mut x = self.embed.lookup(ids)?;
+        let mut x = self.embed.lookup(ids)?.to_device(&self.device)?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
         let mask: Vec<f32> = (0..t)
             .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
+        let mask = Tensor::from_vec(mask, (t, t), &self.device)?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let rep = c.n_head / c.n_kv_head;
         let interleaved = c.family != "qwen2";
@@ -449,7 +509,7 @@ impl Trainable {
             }
             onehot[i * self.cfg.vocab + id] = 1.0;
         }
-        let onehot = Tensor::from_vec(onehot, (n, self.cfg.vocab), &Device::Cpu)?;
+        let onehot = Tensor::from_vec(onehot, (n, self.cfg.vocab), &self.device)?;
         Ok(((logp * onehot)?.sum_all()? * (-1.0 / n as f64))?)
     }
 
@@ -460,7 +520,10 @@ impl Trainable {
             for ((_, gguf_name, _), p) in TARGETS.iter().zip(&l.proj) {
                 if let Some((a, b)) = &p.lora {
                     let d = (b.as_tensor().matmul(a.as_tensor())? * self.lora.scale())?;
-                    out.push((format!("blk.{i}.{gguf_name}.weight"), d));
+                    out.push((
+                        format!("blk.{i}.{gguf_name}.weight"),
+                        d.to_device(&Device::Cpu)?,
+                    ));
                 }
             }
         }
@@ -473,7 +536,7 @@ impl Trainable {
         for (i, l) in self.layers.iter().enumerate() {
             for ((short, _, hf), p) in TARGETS.iter().zip(&l.proj) {
                 if let Some((a, b)) = &p.lora {
-                    let mut b = b.as_tensor().clone();
+                    let mut b = b.as_tensor().to_device(&Device::Cpu)?;
                     if self.cfg.family == "llama" && (*short == "q" || *short == "k") {
                         let heads = if *short == "q" {
                             self.cfg.n_head
@@ -483,7 +546,10 @@ impl Trainable {
                         b = super::hf::unpermute_qk(&b, heads)?;
                     }
                     let p = format!("base_model.model.model.layers.{i}.{hf}");
-                    out.push((format!("{p}.lora_A.weight"), a.as_tensor().clone()));
+                    out.push((
+                        format!("{p}.lora_A.weight"),
+                        a.as_tensor().to_device(&Device::Cpu)?,
+                    ));
                     out.push((format!("{p}.lora_B.weight"), b));
                 }
             }

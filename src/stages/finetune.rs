@@ -91,9 +91,10 @@ impl Stage for Finetune {
             ),
             ParamSpec::default(
                 "dtype",
-                Ty::Enum(&["f32", "bf16", "f16"]),
+                Ty::Enum(&["f32"]),
                 Value::Symbol("f32".into()),
-                "adapter dtype",
+                "adapter dtype (f32 only in this version: adapters and their optimizer state are \
+                 small, and the frozen base keeps its own type)",
             ),
             ParamSpec::default(
                 "targets",
@@ -167,14 +168,25 @@ impl Stage for Finetune {
                 "energy of the training loop (J); on the summary, energy_j = this + energy_merge_j \
                  (C_train of N_break) and energy_net_j likewise",
             ),
-            c("energy_merge_j", ColType::Float, "energy of the merge (J)"),
+            c(
+                "energy_merge_j",
+                ColType::Float,
+                "energy of the merge (J), by the stage's meter: the merge runs on the host, so on \
+                 a GPU this is the board's (near-idle) energy meanwhile",
+            ),
+            c(
+                "synthetic",
+                ColType::Bool,
+                "random weights (random ids of the rows' size)",
+            ),
         ]
         .into_iter()
         .chain(super::energy_columns())
+        .chain(super::gpu_columns())
         .collect()
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        super::require_cpu(ctx)?;
+        let dev = crate::runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
         let Some(train_file) = &task.train else {
@@ -210,16 +222,36 @@ impl Stage for Finetune {
         };
 
         ctx.progress.message("loading the base model");
-        let tok =
-            crate::runtime::tokenizer::Tok::from_gguf(&crate::runtime::gguf::Gguf::open(&path)?)?;
-        let model = Trainable::load(&path, cfg.clone())?;
-        let eot = tok.end_of_turn();
+        let synthetic = super::is_synthetic(ctx, "model");
+        let tok = if synthetic {
+            None
+        } else {
+            Some(crate::runtime::tokenizer::Tok::from_gguf(
+                &crate::runtime::gguf::Gguf::open(&path)?,
+            )?)
+        };
+        let model = Trainable::load_on(&path, cfg.clone(), &dev)?;
+        let mut ids_of = super::SyntheticIds::new(model.cfg.vocab);
         let mut examples = vec![];
         for s in &samples {
-            let prompt = tok.encode(&tok.chat_prompt(&s.messages)?)?;
-            let mut ids = prompt.clone();
-            ids.extend(tok.encode_plain(&s.references[0])?);
-            ids.extend(eot);
+            let (prompt, ids) = match &tok {
+                Some(tok) => {
+                    let prompt = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+                    let mut ids = prompt.clone();
+                    ids.extend(tok.encode_plain(&s.references[0])?);
+                    ids.extend(tok.end_of_turn());
+                    (prompt, ids)
+                }
+                // Random weights have no tokenizer: random ids of the row's size, so that the
+                // work (and the time, energy and memory it takes) is of the task's size.
+                None => {
+                    let chars: usize = s.messages.iter().map(|m| m.content.len()).sum();
+                    let prompt = ids_of.take(chars);
+                    let mut ids = prompt.clone();
+                    ids.extend(ids_of.take(s.references[0].len()));
+                    (prompt, ids)
+                }
+            };
             let limit = max_seq.min(model.cfg.context);
             if ids.len() > limit {
                 bail!(
@@ -341,6 +373,7 @@ impl Stage for Finetune {
             json!(sum(train_e.net_j, merge_e.net_j)),
         );
         s.insert("meter".into(), json!(meter.describe()));
+        s.insert("synthetic".into(), json!(synthetic));
         rows.push(s);
         Ok(StageOutput {
             files: vec![

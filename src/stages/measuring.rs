@@ -476,23 +476,13 @@ impl Stage for Measure {
         // Loading and warm-up happen before any window opens.
         let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
         let mut prompts = vec![];
-        let mut rng = 0x5eedu64;
+        let mut ids_of = super::SyntheticIds::new(model.cfg.vocab);
         for s in &samples {
             let ids = match &tok {
                 Some(tok) => tok.encode(&tok.chat_prompt(&s.messages)?)?,
-                // No tokenizer (synthetic weights): random ids of about the prompt's length
-                // (characters / 4), so the work per request is of the task's size.
-                None => {
-                    let chars: usize = s.messages.iter().map(|m| m.content.len()).sum();
-                    (0..(chars / 4).max(8))
-                        .map(|_| {
-                            rng = rng
-                                .wrapping_mul(6364136223846793005)
-                                .wrapping_add(1442695040888963407);
-                            ((rng >> 33) % model.cfg.vocab as u64) as u32
-                        })
-                        .collect()
-                }
+                // No tokenizer (synthetic weights): random ids of the prompt's size, so the work
+                // per request is of the task's size.
+                None => ids_of.take(s.messages.iter().map(|m| m.content.len()).sum()),
             };
             if ids.len() + max_tokens > model.cfg.context {
                 bail!(

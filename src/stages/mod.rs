@@ -283,17 +283,34 @@ pub fn is_synthetic(ctx: &StageCtx, param: &str) -> bool {
         == Some(true)
 }
 
-/// Fine-tuning runs on the CPU only (its custom autograd op has no CUDA kernel yet); a CUDA
-/// device is a clear error.
-pub fn require_cpu(ctx: &StageCtx) -> Result<()> {
-    if let Device::Cuda(i) = ctx.device {
-        bail!(
-            "device cuda({i}): `{}` runs on the CPU only in this version (GPU training is not \
-             implemented yet); give the stage `device = cpu`",
-            ctx.id
-        );
+/// Token ids for a model without a tokenizer (synthetic weights): deterministic random ids, about
+/// one per four characters of the text they stand for (at least 8), so that the work is of the
+/// task's size.
+pub struct SyntheticIds {
+    vocab: u64,
+    state: u64,
+}
+
+impl SyntheticIds {
+    pub fn new(vocab: usize) -> SyntheticIds {
+        SyntheticIds {
+            vocab: vocab.max(1) as u64,
+            state: 0x5eed,
+        }
     }
-    Ok(())
+
+    /// Ids standing for `chars` characters of text.
+    pub fn take(&mut self, chars: usize) -> Vec<u32> {
+        (0..(chars / 4).max(8))
+            .map(|_| {
+                self.state = self
+                    .state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((self.state >> 33) % self.vocab) as u32
+            })
+            .collect()
+    }
 }
 
 /// Parameters every energy-metered stage takes from the pipeline's `hardware`/`economics` blocks.
@@ -452,6 +469,11 @@ pub(crate) fn gpu_columns() -> Vec<Column> {
             "GPU memory in use at the window's end (NVML, B)",
         ),
         col(
+            "gpu_memory_peak_bytes",
+            ColType::Int,
+            "highest GPU memory in use during the window (NVML, sampled with the power, B)",
+        ),
+        col(
             "gpu_memory_used_before_bytes",
             ColType::Int,
             "GPU memory in use at the window's start (B)",
@@ -482,4 +504,22 @@ pub(crate) fn gpu_columns() -> Vec<Column> {
             "other processes on the GPU at the window's edges: >0 means the energy is not this work's alone",
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyntheticIds;
+
+    #[test]
+    fn synthetic_ids_stand_for_text_of_the_given_size() {
+        let mut a = SyntheticIds::new(1000);
+        let x = a.take(400);
+        assert_eq!(x.len(), 100);
+        assert!(x.iter().all(|i| *i < 1000));
+        assert_eq!(a.take(3).len(), 8, "at least 8 ids");
+        // Deterministic from the start, different along the stream.
+        let mut b = SyntheticIds::new(1000);
+        assert_eq!(b.take(400), x);
+        assert_ne!(b.take(400), x);
+    }
 }
