@@ -1225,6 +1225,14 @@ impl Resolver {
                     dim.examples()
                 )));
             }
+            // A model, task or stage named like one of the options (`task chat = …` and
+            // `kind = chat`): a node is never a valid value here, so the option is meant.
+            (Ty::Enum(options), Raw::Node(n))
+                if options.contains(&self.nodes[*n].id.rsplit(':').next().unwrap_or_default()) =>
+            {
+                let id = &self.nodes[*n].id;
+                Value::Symbol(id.rsplit(':').next().unwrap_or(id).to_string())
+            }
             (Ty::Enum(options), Raw::Word(w) | Raw::Str(w)) => {
                 if !options.contains(&w.as_str()) {
                     return Err(Diagnostic::at(

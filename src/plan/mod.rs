@@ -133,11 +133,14 @@ impl<'a> Planner<'a> {
         for d in &node.deps {
             match &states[*d] {
                 State::Done { .. } => {}
-                State::Failed { .. } => {
+                State::Failed { error: up_error } => {
                     let up = &self.pipeline.nodes[*d];
                     let error =
                         if up.stage.role() == crate::stages::Role::Source && up.deps.is_empty() {
                             format!("input `{}` is unavailable", up.id)
+                        } else if up_error.starts_with("input `") {
+                            // Blocked by the same missing input: name it, not the stage between.
+                            up_error.clone()
                         } else {
                             format!("upstream `{}` failed", up.id)
                         };
