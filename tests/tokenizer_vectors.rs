@@ -1,7 +1,8 @@
 //! The tokenizer agrees token for token with llama.cpp's reference vectors: the vocab-only
 //! `ggml-vocab-*.gguf` files with their `.inp` / `.out` test texts, vendored in the
 //! llama-cpp-python source distribution and fetched by `.ci/fetch-models.sh` into
-//! `~/.cache/edge-eval/llama-vocab` (not committed: third-party files).
+//! `~/.cache/edge-eval/llama-vocab` (not committed: third-party files). Families: byte-level BPE
+//! (gpt-2, starcoder, refact, llama-bpe, qwen2) and SentencePiece (llama-spm).
 
 use edge_eval::runtime::gguf::Gguf;
 use edge_eval::runtime::tokenizer::Tok;
@@ -82,4 +83,10 @@ fn llama3() {
 #[test]
 fn qwen2() {
     check("qwen2");
+}
+
+/// SentencePiece (Llama 2's vocabulary: scores, byte fallback, space prefix).
+#[test]
+fn llama_spm() {
+    check("llama-spm");
 }

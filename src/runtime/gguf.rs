@@ -74,7 +74,7 @@ fn llama_ftype(t: GgmlDType) -> u32 {
 pub struct Gguf {
     pub content: gguf_file::Content,
     reader: BufReader<File>,
-    path: std::path::PathBuf,
+    pub path: std::path::PathBuf,
 }
 
 impl Gguf {

@@ -21,9 +21,42 @@ pub struct Config {
     pub eps: f64,
     pub rope_base: f32,
     pub context: usize,
-    /// GGUF architecture: `llama` (interleaved RoPE, q/k permuted at conversion) or `qwen2`
-    /// (NeoX RoPE on halves, q/k/v biases).
+    /// GGUF architecture: `llama` (interleaved RoPE, q/k permuted at conversion), `qwen2`
+    /// (NeoX RoPE on halves, q/k/v biases) or `gemma3` (see [`Gemma`]).
     pub family: String,
+    pub gemma: Option<Gemma>,
+}
+
+/// What Gemma 3 adds to the llama block: embeddings scaled by √hidden; per-head RMS norms of q
+/// and k; RMS norms after attention and after the FFN (before each residual add); GELU (tanh)
+/// gating; NeoX RoPE; local layers with sliding-window attention and RoPE base 10 000, every
+/// `pattern`-th layer global (full attention, the file's RoPE base). Norm weights in the GGUF
+/// already include Gemma's `1 +` (llama.cpp's converter adds it).
+#[derive(Debug, Clone)]
+pub struct Gemma {
+    pub window: usize,
+    pub pattern: usize,
+    pub rope_base_local: f32,
+}
+
+impl Config {
+    /// Width of the query projection (heads × head size; not always `hidden`).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// A sliding-window (local) layer, and its window.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.gemma
+            .as_ref()
+            .filter(|g| !(layer + 1).is_multiple_of(g.pattern))
+            .map(|g| g.window)
+    }
+
+    /// RoPE on halves (NeoX) rather than interleaved pairs.
+    pub fn neox_rope(&self) -> bool {
+        self.family != "llama"
+    }
 }
 
 struct Layer {
@@ -33,6 +66,8 @@ struct Layer {
     v: Mat,
     /// q, k, v biases (qwen2).
     bias: Option<[Tensor; 3]>,
+    /// Gemma 3's q / k norms and post-attention / post-FFN norms.
+    extra: Option<[Tensor; 4]>,
     o: Mat,
     ffn_norm: Tensor,
     gate: Mat,
@@ -121,6 +156,8 @@ pub struct Llama {
     head: Mat,
     cos: Tensor,
     sin: Tensor,
+    /// RoPE tables of the local layers (Gemma 3).
+    local_rope: Option<(Tensor, Tensor)>,
     /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
     /// GGUF type (plus the head's own copy when tied), norms in f32.
     pub weight_bytes: u64,
@@ -159,9 +196,10 @@ pub(crate) fn read_config(g: &Gguf) -> Result<Config> {
         .metadata_str("general.architecture")
         .unwrap_or("?")
         .to_string();
-    if arch != "llama" && arch != "qwen2" {
+    if !matches!(arch.as_str(), "llama" | "qwen2" | "gemma3") {
         bail!(
-            "architecture `{arch}` is not supported by this runtime yet (supported: llama, qwen2)"
+            "architecture `{arch}` is not supported by this runtime yet (supported: llama, \
+             qwen2, gemma3)"
         );
     }
     let meta = &g.content.metadata;
@@ -184,15 +222,24 @@ pub(crate) fn read_config(g: &Gguf) -> Result<Config> {
         .and_then(|v| v.to_f32().ok())
         .unwrap_or(10_000.0);
     if n_head == 0
-        || !hidden.is_multiple_of(n_head)
         || n_kv_head == 0
         || !n_head.is_multiple_of(n_kv_head)
+        || (meta.get(&format!("{arch}.attention.key_length")).is_none()
+            && !hidden.is_multiple_of(n_head))
     {
         bail!(
             "inconsistent attention shape: {n_head} heads, {n_kv_head} KV heads, hidden {hidden}"
         );
     }
-    let head_dim = hidden / n_head;
+    let head_dim = get("attention.key_length").map_or(hidden / n_head, |d| d as usize);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        bail!("head size {head_dim} cannot take RoPE");
+    }
+    let gemma = (arch == "gemma3").then(|| Gemma {
+        window: get("attention.sliding_window").map_or(512, |w| w as usize),
+        pattern: 6,
+        rope_base_local: 10_000.0,
+    });
     let vocab = g
         .content
         .tensor_infos
@@ -211,13 +258,26 @@ pub(crate) fn read_config(g: &Gguf) -> Result<Config> {
         rope_base,
         context,
         family: arch,
+        gemma,
     })
 }
 
 /// RoPE angle tables `[context, head_dim / 2]`: (cos, sin).
 pub(crate) fn rope_tables(c: &Config) -> Result<(Tensor, Tensor)> {
+    rope_tables_with(c, c.rope_base)
+}
+
+/// RoPE tables for the local layers (Gemma 3), if the model has any.
+pub(crate) fn local_rope_tables(c: &Config) -> Result<Option<(Tensor, Tensor)>> {
+    c.gemma
+        .as_ref()
+        .map(|g| rope_tables_with(c, g.rope_base_local))
+        .transpose()
+}
+
+fn rope_tables_with(c: &Config, base: f32) -> Result<(Tensor, Tensor)> {
     let inv: Vec<f32> = (0..c.head_dim / 2)
-        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
+        .map(|i| 1.0 / base.powf(2.0 * i as f32 / c.head_dim as f32))
         .collect();
     let inv = Tensor::new(inv.as_slice(), &Device::Cpu)?;
     let pos = Tensor::arange(0u32, c.context as u32, &Device::Cpu)?.to_dtype(DType::F32)?;
@@ -295,7 +355,18 @@ impl Llama {
             } else {
                 None
             };
+            let extra = if cfg.gemma.is_some() {
+                Some([
+                    dense(g, &p("attn_q_norm"))?,
+                    dense(g, &p("attn_k_norm"))?,
+                    dense(g, &p("post_attention_norm"))?,
+                    dense(g, &p("post_ffw_norm"))?,
+                ])
+            } else {
+                None
+            };
             layers.push(Layer {
+                extra,
                 attn_norm: dense(g, &p("attn_norm"))?,
                 q: qmat(g, &p("attn_q"))?,
                 k: qmat(g, &p("attn_k"))?,
@@ -320,11 +391,19 @@ impl Llama {
         };
         weight_bytes += embed_q.storage_size_in_bytes() as u64;
         weight_bytes += ((2 * n_layer + 1) * hidden * 4) as u64; // norms
+        if cfg.gemma.is_some() {
+            weight_bytes += (n_layer * (2 * cfg.head_dim + 2 * hidden) * 4) as u64;
+        }
         let embed = Embedding::new(embed_q)?;
         let (cos, sin) = rope_tables(&cfg)?;
         let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
+        let local_rope = match local_rope_tables(&cfg)? {
+            Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
+            None => None,
+        };
         Ok(Llama {
             device: device.clone(),
+            local_rope,
             cfg,
             embed,
             layers,
@@ -370,8 +449,14 @@ impl Llama {
             .lookup(&flat)?
             .to_device(&self.device)?
             .reshape((b, t, c.hidden))?;
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
+        if c.gemma.is_some() {
+            x = (x * (c.hidden as f64).sqrt())?;
+        }
+        let tables = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            Ok((cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?))
+        };
+        let global_rope = tables(&(self.cos.clone(), self.sin.clone()))?;
+        let local_rope = self.local_rope.as_ref().map(tables).transpose()?;
         // Additive mask [batch or 1, 1, t, pos + t]: causal, plus each row's left padding.
         let padded = cache.pads.iter().any(|p| *p > 0);
         if padded && cache.pads.len() != b {
@@ -380,9 +465,14 @@ impl Llama {
                 cache.pads.len()
             );
         }
-        let mask = if t > 1 || padded {
+        let total = pos + t;
+        // `window`: a sliding-window layer sees only the last `window` positions.
+        let make_mask = |window: Option<usize>| -> Result<Option<Tensor>> {
+            let windowed = window.is_some_and(|w| total > w);
+            if t == 1 && !padded && !windowed {
+                return Ok(None);
+            }
             let rows = if padded { b } else { 1 };
-            let total = pos + t;
             let mut m = Vec::with_capacity(rows * t * total);
             for r in 0..rows {
                 let pad = if padded { cache.pads[r] } else { 0 };
@@ -391,7 +481,8 @@ impl Llama {
                     // and cannot turn real rows into NaN through 0 × NaN.
                     let q = pos + i;
                     m.extend((0..total).map(|j| {
-                        if j > q || (j < pad && j != q) {
+                        let outside = window.is_some_and(|w| j + w <= q);
+                        if j > q || outside || (j < pad && j != q) {
                             f32::NEG_INFINITY
                         } else {
                             0.0
@@ -399,13 +490,26 @@ impl Llama {
                     }));
                 }
             }
-            Some(Tensor::from_vec(m, (rows, 1, t, total), &self.device)?)
-        } else {
-            None
+            Ok(Some(Tensor::from_vec(
+                m,
+                (rows, 1, t, total),
+                &self.device,
+            )?))
+        };
+        let mask = make_mask(None)?;
+        let local_mask = match c.gemma.as_ref() {
+            Some(g) => make_mask(Some(g.window))?,
+            None => None,
         };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let rep = c.n_head / c.n_kv_head;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let local = c.window(i).is_some();
+            let (cos, sin) = match (&local_rope, local) {
+                (Some(r), true) => r,
+                _ => &global_rope,
+            };
+            let mask = if local { &local_mask } else { &mask };
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
             let (mut q, mut k, mut v) = (
                 layer.q.forward(&h)?,
@@ -417,26 +521,26 @@ impl Llama {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
-            let q = q
-                .reshape((b, t, c.n_head, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = k
-                .reshape((b, t, c.n_kv_head, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
+            let mut q = q.reshape((b, t, c.n_head, c.head_dim))?;
+            let mut k = k.reshape((b, t, c.n_kv_head, c.head_dim))?;
+            if let Some([qn, kn, _, _]) = &layer.extra {
+                q = candle_nn::ops::rms_norm(&q, qn, c.eps as f32)?;
+                k = candle_nn::ops::rms_norm(&k, kn, c.eps as f32)?;
+            }
+            let q = q.transpose(1, 2)?.contiguous()?;
+            let k = k.transpose(1, 2)?.contiguous()?;
             let v = v
                 .reshape((b, t, c.n_kv_head, c.head_dim))?
                 .transpose(1, 2)?;
-            let (q, k) = if c.family == "qwen2" {
+            let (q, k) = if c.neox_rope() {
                 (
-                    candle_nn::rotary_emb::rope(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope(&k, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                    candle_nn::rotary_emb::rope(&k, cos, sin)?,
                 )
             } else {
                 (
-                    candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?,
+                    candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                    candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
                 )
             };
             let (k, v) = match slot.take() {
@@ -456,15 +560,31 @@ impl Llama {
                 (k, v)
             };
             let mut att = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(m) = &mask {
+            if let Some(m) = mask {
                 att = att.broadcast_add(m)?;
             }
             let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c.hidden))?;
-            x = (x + layer.o.forward(&y)?)?;
+            let y = att
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, c.q_dim()))?;
+            let mut y = layer.o.forward(&y)?;
+            if let Some([_, _, post_attn, _]) = &layer.extra {
+                y = candle_nn::ops::rms_norm(&y, post_attn, c.eps as f32)?;
+            }
+            x = (x + y)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps as f32)?;
-            let ff = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (x + layer.down.forward(&ff)?)?;
+            let gate = layer.gate.forward(&h)?;
+            let gate = if c.gemma.is_some() {
+                gate.gelu()?
+            } else {
+                candle_nn::ops::silu(&gate)?
+            };
+            let mut y = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            if let Some([_, _, _, post_ffw]) = &layer.extra {
+                y = candle_nn::ops::rms_norm(&y, post_ffw, c.eps as f32)?;
+            }
+            x = (x + y)?;
         }
         cache.len += t;
         Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.eps as f32)?)

@@ -12,7 +12,7 @@
 //! tensors (q/k rows un-permuted to Hugging Face layout) and a merged GGUF (`W + (α/r) B A`).
 
 use super::gguf::{Gguf, type_name};
-use super::llama::{Config, Embedding, read_config, rope_tables};
+use super::llama::{Config, Embedding, local_rope_tables, read_config, rope_tables};
 use anyhow::{Result, bail};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Tensor, Var};
@@ -158,6 +158,8 @@ struct TLayer {
     attn_norm: Tensor,
     ffn_norm: Tensor,
     bias: Option<[Tensor; 3]>,
+    /// Gemma 3: q / k norms, post-attention and post-FFN norms.
+    extra: Option<[Tensor; 4]>,
     /// In [`TARGETS`] order.
     proj: Vec<Proj>,
 }
@@ -172,6 +174,8 @@ pub struct Trainable {
     head: Base,
     cos: Tensor,
     sin: Tensor,
+    /// RoPE tables of Gemma 3's local layers.
+    local_rope: Option<(Tensor, Tensor)>,
     /// Dropout stream (splitmix64 state).
     rng: Cell<u64>,
     /// Frozen bytes held (base matrices as held, embedding, norms).
@@ -343,7 +347,18 @@ impl Trainable {
             } else {
                 None
             };
+            let extra = if cfg.gemma.is_some() {
+                Some([
+                    dense(&mut g, &w("attn_q_norm"))?,
+                    dense(&mut g, &w("attn_k_norm"))?,
+                    dense(&mut g, &w("post_attention_norm"))?,
+                    dense(&mut g, &w("post_ffw_norm"))?,
+                ])
+            } else {
+                None
+            };
             layers.push(TLayer {
+                extra,
                 attn_norm: dense(&mut g, &w("attn_norm"))?,
                 ffn_norm: dense(&mut g, &w("ffn_norm"))?,
                 bias,
@@ -362,7 +377,12 @@ impl Trainable {
         let embed = Embedding::new(embed_q)?;
         let (cos, sin) = rope_tables(&cfg)?;
         let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
+        let local_rope = match local_rope_tables(&cfg)? {
+            Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
+            None => None,
+        };
         Ok(Trainable {
+            local_rope,
             device: device.clone(),
             rng: Cell::new(lora.seed ^ 0xd00d),
             cfg,
@@ -436,16 +456,44 @@ impl Trainable {
             );
         }
         let mut x = self.embed.lookup(ids)?.to_device(&self.device)?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &self.device)?;
+        if c.gemma.is_some() {
+            x = (x * (c.hidden as f64).sqrt())?;
+        }
+        let narrow = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?))
+        };
+        let global_rope = narrow(&(self.cos.clone(), self.sin.clone()))?;
+        let local_rope = self.local_rope.as_ref().map(narrow).transpose()?;
+        // Causal; a sliding-window layer also hides positions `window` or more behind.
+        let make_mask = |window: Option<usize>| -> Result<Tensor> {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..t).map(move |j| {
+                        if j > i || window.is_some_and(|w| j + w <= i) {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            Ok(Tensor::from_vec(m, (t, t), &self.device)?)
+        };
+        let mask = make_mask(None)?;
+        let local_mask = c
+            .gemma
+            .as_ref()
+            .map(|g| make_mask(Some(g.window)))
+            .transpose()?;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let rep = c.n_head / c.n_kv_head;
-        let interleaved = c.family != "qwen2";
-        for l in &self.layers {
+        let interleaved = !c.neox_rope();
+        for (i, l) in self.layers.iter().enumerate() {
+            let local = c.window(i).is_some();
+            let ((cos, sin), mask) = match (&local_rope, &local_mask, local) {
+                (Some(r), Some(m), true) => (r, m),
+                _ => (&global_rope, &mask),
+            };
             let h = rms_norm(&x, &l.attn_norm, c.eps)?;
             let mut q = self.project(&l.proj[0], &h, train)?;
             let mut k = self.project(&l.proj[1], &h, train)?;
@@ -455,14 +503,20 @@ impl Trainable {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
-            let heads = |x: Tensor, n: usize| -> Result<Tensor> {
-                Ok(x.reshape((t, n, c.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?)
+            let heads = |x: Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+                let mut x = x.reshape((t, n, c.head_dim))?;
+                if let Some(w) = norm {
+                    x = rms_norm(&x, w, c.eps)?;
+                }
+                Ok(x.transpose(0, 1)?.contiguous()?)
             };
-            let q = rope(&heads(q, c.n_head)?, &cos, &sin, interleaved)?;
-            let k = rope(&heads(k, c.n_kv_head)?, &cos, &sin, interleaved)?;
-            let v = heads(v, c.n_kv_head)?;
+            let (qn, kn) = match &l.extra {
+                Some([qn, kn, _, _]) => (Some(qn), Some(kn)),
+                None => (None, None),
+            };
+            let q = rope(&heads(q, c.n_head, qn)?, cos, sin, interleaved)?;
+            let k = rope(&heads(k, c.n_kv_head, kn)?, cos, sin, interleaved)?;
+            let v = heads(v, c.n_kv_head, None)?;
             let expand = |x: Tensor| -> Result<Tensor> {
                 if rep == 1 {
                     return Ok(x);
@@ -472,16 +526,29 @@ impl Trainable {
                     .reshape((c.n_head, t, c.head_dim))?)
             };
             let (k, v) = (expand(k)?, expand(v)?);
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
             let y = softmax(&att)?
                 .matmul(&v)?
                 .transpose(0, 1)?
-                .reshape((t, c.hidden))?;
-            x = (x + self.project(&l.proj[3], &y, train)?)?;
+                .reshape((t, c.q_dim()))?;
+            let mut y = self.project(&l.proj[3], &y, train)?;
+            if let Some([_, _, post_attn, _]) = &l.extra {
+                y = rms_norm(&y, post_attn, c.eps)?;
+            }
+            x = (x + y)?;
             let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
             let gate = self.project(&l.proj[4], &h, train)?;
+            let gate = if c.gemma.is_some() {
+                gate.gelu()?
+            } else {
+                gate.silu()?
+            };
             let up = self.project(&l.proj[5], &h, train)?;
-            x = (x + self.project(&l.proj[6], &(gate.silu()? * up)?, train)?)?;
+            let mut y = self.project(&l.proj[6], &(gate * up)?, train)?;
+            if let Some([_, _, _, post_ffw]) = &l.extra {
+                y = rms_norm(&y, post_ffw, c.eps)?;
+            }
+            x = (x + y)?;
         }
         rms_norm(&x, &self.norm, c.eps)
     }

@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod lora;
+pub mod spm;
 pub mod synthetic;
 pub mod tokenizer;
 

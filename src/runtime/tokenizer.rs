@@ -1,6 +1,6 @@
-//! Tokenizers: built from the vocabulary embedded in a GGUF file (gpt2-style byte-level BPE; the
-//! SentencePiece `llama` model is not supported yet) with the HF `tokenizers` crate, and the
-//! model's chat template applied for chat-shaped prompts.
+//! Tokenizers built from the vocabulary embedded in a GGUF file — gpt2-style byte-level BPE with
+//! the HF `tokenizers` crate, SentencePiece (`llama` model: Llama 2, Gemma) with [`super::spm`] —
+//! and the model's chat format applied for chat-shaped prompts.
 //!
 //! Pre-tokenization follows llama.cpp's per-model `tokenizer.ggml.pre` types that are known here;
 //! an unknown type is an error, not a silent approximation.
@@ -36,6 +36,9 @@ pub enum ChatFormat {
     ChatMl { default_system: Option<String> },
     /// Llama 3: `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>`.
     Llama3,
+    /// Gemma: `<start_of_turn>user\ncontent<end_of_turn>\n`, the assistant's role is `model`, a
+    /// system message is put at the head of the first user turn.
+    Gemma,
 }
 
 impl ChatFormat {
@@ -51,8 +54,10 @@ impl ChatFormat {
             Ok(ChatFormat::ChatMl { default_system })
         } else if template.contains("<|start_header_id|>") {
             Ok(ChatFormat::Llama3)
+        } else if template.contains("<start_of_turn>") {
+            Ok(ChatFormat::Gemma)
         } else {
-            bail!("unsupported chat template (known: ChatML, Llama 3)")
+            bail!("unsupported chat template (known: ChatML, Llama 3, Gemma)")
         }
     }
 
@@ -85,16 +90,44 @@ impl ChatFormat {
                 }
                 out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
             }
+            ChatFormat::Gemma => {
+                // The BOS the template starts with is added by the tokenizer (add_bos_token).
+                let mut system = None;
+                for m in messages {
+                    if m.role == "system" {
+                        system = Some(m.content.trim());
+                        continue;
+                    }
+                    let role = if m.role == "assistant" {
+                        "model"
+                    } else {
+                        &m.role
+                    };
+                    out.push_str(&format!("<start_of_turn>{role}\n"));
+                    if let Some(sys) = system.take() {
+                        out.push_str(&format!("{sys}\n\n"));
+                    }
+                    out.push_str(&format!("{}<end_of_turn>\n", m.content.trim()));
+                }
+                out.push_str("<start_of_turn>model\n");
+            }
         }
         out
     }
 }
 
+enum Backend {
+    Bpe {
+        /// Recognises special tokens written in the text (for chat prompts).
+        inner: Box<Tokenizer>,
+        /// The same without special-token matching.
+        plain: Box<Tokenizer>,
+    },
+    Spm(Box<super::spm::Spm>),
+}
+
 pub struct Tok {
-    /// Recognises special tokens written in the text (for chat prompts).
-    inner: Tokenizer,
-    /// The same without special-token matching.
-    plain: Tokenizer,
+    backend: Backend,
     pub bos: Option<u32>,
     /// Tokens that end generation (eos, and end-of-turn tokens of the chat format).
     pub stop_ids: Vec<u32>,
@@ -109,9 +142,13 @@ impl Tok {
         let model = g
             .metadata_str("tokenizer.ggml.model")
             .context("the GGUF has no tokenizer (tokenizer.ggml.model)")?;
+        if model == "llama" {
+            return Tok::spm_from_gguf(g);
+        }
         if model != "gpt2" {
             bail!(
-                "tokenizer type `{model}` is not supported yet (supported: gpt2-style byte-level BPE)"
+                "tokenizer type `{model}` is not supported yet (supported: gpt2-style byte-level \
+                 BPE, SentencePiece `llama`)"
             );
         }
         let pre = g.metadata_str("tokenizer.ggml.pre").unwrap_or("default");
@@ -204,39 +241,89 @@ impl Tok {
         inner
             .add_special_tokens(special)
             .map_err(|e| anyhow::anyhow!("cannot register special tokens: {e}"))?;
+        Ok(Tok::finish(
+            g,
+            &tokens,
+            Backend::Bpe {
+                inner: Box::new(inner),
+                plain: Box::new(plain),
+            },
+            false,
+        ))
+    }
+
+    /// A SentencePiece vocabulary (scores instead of merges; BOS added by default).
+    fn spm_from_gguf(g: &Gguf) -> Result<Tok> {
+        let meta = &g.content.metadata;
+        let list = |k: &str| {
+            meta.get(k)
+                .and_then(|v| v.to_vec().ok())
+                .with_context(|| format!("the GGUF tokenizer has no {k}"))
+        };
+        let tokens: Vec<String> = list("tokenizer.ggml.tokens")?
+            .iter()
+            .map(|t| t.to_string().cloned().unwrap_or_default())
+            .collect();
+        let scores: Vec<f32> = list("tokenizer.ggml.scores")?
+            .iter()
+            .map(|x| x.to_f32().unwrap_or(0.0))
+            .collect();
+        let types: Vec<i32> = list("tokenizer.ggml.token_type")
+            .map(|v| v.iter().map(|x| x.to_i32().unwrap_or(1)).collect())
+            .unwrap_or_default();
+        let unk = meta
+            .get("tokenizer.ggml.unknown_token_id")
+            .and_then(|v| v.to_u32().ok());
+        let add_space_prefix = meta
+            .get("tokenizer.ggml.add_space_prefix")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(true);
+        let spm = super::spm::Spm::new(tokens.clone(), scores, types, unk, add_space_prefix)
+            .with_context(|| format!("{}: tokenizer", g.path.display()))?;
+        Ok(Tok::finish(g, &tokens, Backend::Spm(Box::new(spm)), true))
+    }
+
+    /// End tokens, BOS, chat format: the same for every vocabulary type.
+    fn finish(g: &Gguf, tokens: &[String], backend: Backend, add_bos_default: bool) -> Tok {
+        let meta = &g.content.metadata;
         let id = |k: &str| meta.get(k).and_then(|v| v.to_u32().ok());
         let mut stop_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-        for end in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
+        for end in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
             if let Some(i) = tokens.iter().position(|t| t == end) {
                 stop_ids.push(i as u32);
             }
         }
         stop_ids.sort();
         stop_ids.dedup();
+        let arch = g.metadata_str("general.architecture").unwrap_or("");
         let chat = match g.metadata_str("tokenizer.chat_template") {
             Some(t) => ChatFormat::from_template(t).map_err(|e| e.to_string()),
+            // Gemma GGUFs often carry no template; the family has one format.
+            None if arch.starts_with("gemma") => Ok(ChatFormat::Gemma),
             None => Err("the model has no chat template".to_string()),
         };
-        Ok(Tok {
-            inner,
-            plain,
+        Tok {
+            backend,
             bos: id("tokenizer.ggml.bos_token_id"),
             stop_ids,
             chat,
             add_bos: meta
                 .get("tokenizer.ggml.add_bos_token")
                 .and_then(|v| v.to_bool().ok())
-                .unwrap_or(false),
-        })
+                .unwrap_or(add_bos_default),
+        }
     }
 
     /// Token ids of `text` (special tokens written in the text are recognised).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        let mut ids = enc.get_ids().to_vec();
+        let mut ids = match &self.backend {
+            Backend::Bpe { inner, .. } => inner
+                .encode(text, false)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+                .get_ids()
+                .to_vec(),
+            Backend::Spm(spm) => spm.encode(text, true),
+        };
         if self.add_bos
             && let Some(b) = self.bos
         {
@@ -248,24 +335,42 @@ impl Tok {
     /// Token ids of plain `text`: no BOS, special-token names in the text are ordinary text
     /// (llama.cpp's `tokenize(text, add_special = false, parse_special = false)`).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .plain
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
-        Ok(enc.get_ids().to_vec())
+        match &self.backend {
+            Backend::Bpe { plain, .. } => Ok(plain
+                .encode(text, false)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+                .get_ids()
+                .to_vec()),
+            Backend::Spm(spm) => Ok(spm.encode(text, false)),
+        }
     }
 
-    /// The tokenizer as a Hugging Face tokenizer.json.
+    /// The tokenizer as a Hugging Face tokenizer.json (byte-level BPE vocabularies).
     pub fn to_json(&self) -> Result<String> {
-        self.plain
-            .to_string(true)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+        match &self.backend {
+            Backend::Bpe { plain, .. } => plain
+                .to_string(true)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}")),
+            Backend::Spm(_) => {
+                bail!("a SentencePiece vocabulary is not exported as tokenizer.json here")
+            }
+        }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
+        match &self.backend {
+            Backend::Bpe { inner, .. } => inner
+                .decode(ids, true)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}")),
+            Backend::Spm(spm) => Ok(spm.decode(ids, true)),
+        }
+    }
+
+    fn token_to_id(&self, t: &str) -> Option<u32> {
+        match &self.backend {
+            Backend::Bpe { inner, .. } => inner.token_to_id(t),
+            Backend::Spm(spm) => spm.token_to_id(t),
+        }
     }
 
     /// The token that closes an assistant turn in the chat format (`<|im_end|>`, `<|eot_id|>`):
@@ -274,8 +379,9 @@ impl Tok {
         let t = match self.chat.as_ref().ok()? {
             ChatFormat::ChatMl { .. } => "<|im_end|>",
             ChatFormat::Llama3 => "<|eot_id|>",
+            ChatFormat::Gemma => "<end_of_turn>",
         };
-        self.inner.token_to_id(t)
+        self.token_to_id(t)
     }
 
     /// A chat prompt rendered with the model's template.
