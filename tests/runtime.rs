@@ -311,6 +311,30 @@ fn gemma3_continues_text_sensibly() {
     assert!(days.starts_with(" Thursday"), "{days:?}");
 }
 
+/// Requantized to q4_0 (its tied 262 k-token head kept at q8_0, as llama.cpp keeps heads above
+/// 4 bits) Gemma still continues text; with a 4-bit head it produced garbage.
+#[test]
+fn gemma3_q4_0_keeps_its_head_and_its_sense() {
+    let Some(src) = common::fetched("EDGE_EVAL_GEMMA3", "models/gemma-3-270m-q4_k_m.gguf", "")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("q4_0.gguf");
+    let t = edge_eval::runtime::gguf::dtype_of("q4_0").unwrap();
+    let r = edge_eval::runtime::gguf::requantize(&src, &dst, t, &|_, _| {}, &|| false).unwrap();
+    assert!(
+        r.fallbacks
+            .iter()
+            .any(|f| f.starts_with("token_embd.weight → q8_0")),
+        "{:?}",
+        r.fallbacks
+    );
+    let (model, tok) = load_from(&dst).unwrap();
+    let paris = complete(&model, &tok, "The Eiffel Tower is in the city of", 4);
+    assert!(paris.starts_with(" Paris"), "{paris:?}");
+}
+
 #[test]
 fn gemma3_chat_prompt_and_cached_forward() {
     let Some((model, tok)) = gemma3() else { return };

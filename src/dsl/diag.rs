@@ -177,8 +177,13 @@ fn window(text: &str, start: usize, end: usize) -> (String, usize, usize) {
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
+    /// Adds `d` unless the same diagnostic is already there (a mistake inside a loop body is
+    /// reported once, not once per iteration).
     pub fn push(&mut self, d: Diagnostic) {
-        self.0.push(d);
+        let key = format!("{d:?}");
+        if !self.0.iter().any(|x| format!("{x:?}") == key) {
+            self.0.push(d);
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

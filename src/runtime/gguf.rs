@@ -141,6 +141,8 @@ pub struct Requantized {
     pub fallbacks: Vec<String>,
     /// Input elements per source type.
     by_type: std::collections::BTreeMap<&'static str, u64>,
+    /// The tensor that produces the logits (`output.weight`, or the tied `token_embd.weight`).
+    head: Option<String>,
 }
 
 impl Requantized {
@@ -152,7 +154,17 @@ impl Requantized {
             output_tensor_bytes: 0,
             fallbacks: vec![],
             by_type: Default::default(),
+            head: None,
         }
+    }
+
+    /// Notes which of `names` is the output head: `output.weight`, else the tied embedding.
+    pub fn find_head<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let names: Vec<&str> = names.into_iter().collect();
+        self.head = ["output.weight", "token_embd.weight"]
+            .into_iter()
+            .find(|h| names.contains(h))
+            .map(str::to_string);
     }
 
     /// Counts one input tensor.
@@ -164,6 +176,22 @@ impl Requantized {
 
     /// The type `name` is written in (see [`tensor_type`]), recording a fallback.
     pub fn type_for(&mut self, name: &str, dims: &[usize]) -> GgmlDType {
+        // As llama.cpp does: below 6 bits, the output head is written in q6_k (q8_0 where its
+        // rows do not fit q6_k's blocks). A 4-bit head errs on every logit; with a large tied
+        // vocabulary (Gemma 3: 262 k) generation degenerates.
+        if self.head.as_deref() == Some(name) && dims.len() == 2 && low_bit(self.target) {
+            let row = dims[1];
+            let t = [GgmlDType::Q6K, GgmlDType::Q8_0]
+                .into_iter()
+                .find(|t| row.is_multiple_of(t.block_size()))
+                .unwrap_or(GgmlDType::F16);
+            self.fallbacks.push(format!(
+                "{name} → {}: the output head is kept above {} bits",
+                type_name(t),
+                type_name(self.target)
+            ));
+            return t;
+        }
         let (t, why) = tensor_type(dims, self.target);
         if let Some(why) = why {
             self.fallbacks
@@ -264,6 +292,12 @@ impl ArchMeta<'_> {
     }
 }
 
+/// Types of fewer than 6 bits per weight.
+fn low_bit(t: GgmlDType) -> bool {
+    use GgmlDType::*;
+    matches!(t, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2K | Q3K | Q4K | Q5K)
+}
+
 /// Type for one tensor: 1-D tensors (norms, biases) stay f32 as llama.cpp keeps them; a matrix
 /// whose rows do not split into the target's blocks falls back to q8_0, then f16.
 fn tensor_type(dims: &[usize], target: GgmlDType) -> (GgmlDType, Option<String>) {
@@ -315,6 +349,7 @@ pub fn requantize_with(
     let names = g.tensor_names();
     let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
     let mut report = Requantized::new(target);
+    report.find_head(names.iter().map(String::as_str));
     for (i, name) in names.iter().enumerate() {
         if cancelled() {
             bail!("interrupted");
@@ -460,7 +495,15 @@ pub mod tests {
                 );
             }
             if name == "q4_k" {
-                assert_eq!(r.fallbacks.len(), 1, "{:?}", r.fallbacks);
+                // ffn_down's rows do not fit; the tied head is kept above 4 bits.
+                assert_eq!(r.fallbacks.len(), 2, "{:?}", r.fallbacks);
+            }
+            if matches!(name, "q4_0" | "q5_1" | "q4_k") {
+                assert!(
+                    r.fallbacks.iter().any(|f| f.contains("output head")),
+                    "{name}: {:?}",
+                    r.fallbacks
+                );
             }
             // same input, same type → same bytes
             let again = dir.path().join(format!("{name}.again.gguf"));

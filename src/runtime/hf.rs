@@ -274,6 +274,7 @@ pub fn to_gguf(
         .collect();
     names.sort();
     let mut report = Requantized::new(target);
+    report.find_head(names.iter().map(|(g, _)| g.as_str()));
     let mut out = Vec::with_capacity(names.len());
     for (i, (gname, hf)) in names.iter().enumerate() {
         if cancelled() {

@@ -4,7 +4,7 @@
 //!
 //! - LoRA: frozen base matrices dequantized to f32; `y = x Wᵀ + (α/r) · B A dropout(x)`.
 //! - QLoRA: frozen base matrices kept 4-bit (the GGUF's own quantized type when it is one, else
-//!   Q4_0) behind [`Frozen`], a custom op whose forward is candle's quantized matmul and whose
+//!   Q4_0; the output head stays in the file's type) behind [`Frozen`], a custom op whose forward is candle's quantized matmul and whose
 //!   backward is `grad · dequantize(W)` (recomputed, not kept, so the base stays 4-bit in memory).
 //!
 //! Adapters: A `[r, in]` (uniform ±1/√in, as PEFT's Kaiming init), B `[out, r]` zeros, trained
@@ -371,7 +371,29 @@ impl Trainable {
         } else {
             "token_embd.weight"
         };
-        let head = matrix(&mut g, head_name)?;
+        // QLoRA quantizes the blocks' projections only; the output head stays as the file has
+        // it (as bitsandbytes keeps lm_head in 16 bits): a 4-bit head errs on every logit.
+        let head = match g.tensor_type(head_name) {
+            Some(t)
+                if lora.qlora
+                    && !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
+            {
+                let q = on_device(g.tensor(head_name)?, device)?;
+                base_bytes += q.storage_size_in_bytes() as u64;
+                Base::Quant(Arc::new(q))
+            }
+            Some(_) if lora.qlora => {
+                let w = g
+                    .tensor(head_name)?
+                    .dequantize(&Device::Cpu)?
+                    .t()?
+                    .contiguous()?;
+                let b = Base::Dense(Arc::new(w.to_device(device)?));
+                base_bytes += b.bytes();
+                b
+            }
+            _ => matrix(&mut g, head_name)?,
+        };
         let embed_q = Arc::new(g.tensor("token_embd.weight")?);
         base_bytes += embed_q.storage_size_in_bytes() as u64;
         let embed = Embedding::new(embed_q)?;
@@ -900,9 +922,10 @@ mod tests {
         let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
         let q = Trainable::load(&p, cfg(true)).unwrap();
         let dense = Trainable::load(&p, cfg(false)).unwrap();
-        // Matrices at ~4.5 bits per weight instead of 32 (the f32 embedding is the same in both).
+        // Block matrices at ~4.5 bits per weight instead of 32 (the f32 embedding and the output
+        // head stay as the file has them in both).
         assert!(
-            q.base_bytes * 3 < dense.base_bytes,
+            q.base_bytes * 2 < dense.base_bytes,
             "{} vs {}",
             q.base_bytes,
             dense.base_bytes

@@ -232,6 +232,7 @@ pub fn write_gguf(
     };
     let specs = tensors(a);
     let mut report = Requantized::new(target);
+    report.find_head(specs.iter().map(|(n, _)| n.as_str()));
     let mut qtensors = Vec::with_capacity(specs.len());
     for (i, (name, dims)) in specs.iter().enumerate() {
         if cancelled() {

