@@ -260,6 +260,18 @@ impl Metered {
             device.insert("gpu_other_processes".into(), json!(n));
         }
         let energy = match (start, end) {
+            // No device draws nothing: a reading that did not move means the meter updates less
+            // often than the window lasted (NVML's counter steps every few tens of ms), not 0 J.
+            (Ok(s), Ok(e)) if e - s <= 0.0 => WindowEnergy {
+                device,
+                ..WindowEnergy::unmeasured(
+                    seconds,
+                    &format!(
+                        "the meter did not advance during this {seconds:.3} s window (it updates \
+                         less often): measure a longer window (more requests or repetitions)"
+                    ),
+                )
+            },
             (Ok(s), Ok(e)) => {
                 let idle_w = match (before, after) {
                     (Some(Ok(b)), Some(Ok(a))) => Some((b + a) / 2.0),
@@ -408,6 +420,22 @@ pub(crate) mod tests {
         assert_eq!(e.gross_j, None);
         assert_eq!(e.net_j, None);
         assert!(e.null_reason.unwrap().contains("device lost"));
+    }
+
+    #[test]
+    fn a_counter_that_did_not_move_is_null_not_zero() {
+        let (mut m, _) = scripted(vec![
+            Ok(0.0),
+            Ok(0.1),
+            Ok(10.0),
+            Ok(10.0),
+            Ok(10.0),
+            Ok(10.1),
+        ]);
+        let (_, e) = m.window(|| Ok(())).unwrap();
+        assert_eq!(e.gross_j, None);
+        assert_eq!(e.net_j, None);
+        assert!(e.null_reason.unwrap().contains("did not advance"));
     }
 
     #[test]

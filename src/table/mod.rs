@@ -58,6 +58,15 @@ impl From<ColType> for Ty {
 }
 
 impl Table {
+    /// Attaches `doc` to column `name` as the field's `description` metadata (what the column
+    /// holds, with its unit), which Parquet readers show with the schema.
+    pub fn describe(&mut self, name: &str, doc: &str) {
+        if let Some(f) = self.fields.iter_mut().find(|f| f.name() == name) {
+            let meta = std::collections::HashMap::from([("description".into(), doc.into())]);
+            *f = f.clone().with_metadata(meta);
+        }
+    }
+
     pub fn new(columns: &[(&str, Ty)]) -> Table {
         let mut fields = vec![];
         let mut builders = vec![];
@@ -343,6 +352,9 @@ pub fn write_run_tables(p: &Pipeline, report: &RunReport, hardware: &str) -> Res
         ];
         cols.extend(columns.iter().map(|c| (c.name, Ty::from(c.ty))));
         let mut t = Table::new(&cols);
+        for c in &columns {
+            t.describe(c.name, c.doc);
+        }
         for r in &rows {
             t.push(r).with_context(|| format!("table {kind}"))?;
         }

@@ -41,6 +41,9 @@ def main(results):
         for name, ty in columns.items():
             got = t.schema.field(name).type
             assert got == ty, f"{table}.{name}: {got}, expected {ty}"
+    # Stage tables describe their columns (with units) in the field metadata.
+    doc = pq.read_schema(f"{results}/measure.parquet").field("energy_per_request_j").metadata
+    assert doc and b"(J)" in doc.get(b"description", b""), f"measure.energy_per_request_j: {doc}"
     print("pyarrow read every table with the expected types")
 
 if __name__ == "__main__":
