@@ -398,16 +398,26 @@ impl Job {
         let out =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.node.stage.run(&ctx)))
                 .map_err(|p| {
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                anyhow::anyhow!(
-                    "the `{}` stage crashed: {msg} (this is a bug in edge-eval)",
-                    self.node.kind()
-                )
-            })??;
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    anyhow::anyhow!(
+                        "the `{}` stage crashed: {msg} (this is a bug in edge-eval)",
+                        self.node.kind()
+                    )
+                })?
+                .map_err(|e| {
+                    let model_bytes = ctx.artifacts("model").first().map(|a| {
+                        a.files
+                            .values()
+                            .filter_map(|p| std::fs::metadata(p).ok())
+                            .map(|m| m.len())
+                            .sum()
+                    });
+                    crate::stages::explain_gpu_oom(e, ctx.device, model_bytes)
+                })?;
         let seconds = t0.elapsed().as_secs_f64();
         let mut files = BTreeMap::new();
         for (name, path) in &out.files {

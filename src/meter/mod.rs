@@ -11,7 +11,7 @@
 //! When no meter can be had, every energy figure is null with the reason, never 0.
 
 pub mod memory;
-mod nvml;
+pub mod nvml;
 pub mod pagecache;
 mod rapl;
 

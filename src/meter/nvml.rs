@@ -60,6 +60,13 @@ pub struct NvmlMeter {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// (free, total) bytes of GPU `index`'s memory now, if NVML can say.
+pub fn memory(index: u32) -> Option<(u64, u64)> {
+    let nvml = Nvml::init().ok()?;
+    let m = nvml.device_by_index(index).ok()?.memory_info().ok()?;
+    Some((m.free, m.total))
+}
+
 impl NvmlMeter {
     pub fn open(index: u32, interval: Duration) -> Result<NvmlMeter> {
         let nvml = Arc::new(Nvml::init().map_err(|e| {

@@ -283,6 +283,36 @@ pub fn is_synthetic(ctx: &StageCtx, param: &str) -> bool {
         == Some(true)
 }
 
+/// A stage's error, with what a user needs when it is the GPU running out of memory: how much
+/// the GPU has free now (NVML) and how large the model's files are (what the stage was placing).
+pub fn explain_gpu_oom(
+    e: anyhow::Error,
+    device: Device,
+    model_bytes: Option<u64>,
+) -> anyhow::Error {
+    let Device::Cuda(i) = device else { return e };
+    let text = format!("{e:#}").to_lowercase();
+    if !text.contains("out of memory") && !text.contains("out_of_memory") {
+        return e;
+    }
+    e.context(oom_message(i, crate::meter::nvml::memory(i), model_bytes))
+}
+
+fn oom_message(gpu: u32, memory: Option<(u64, u64)>, model_bytes: Option<u64>) -> String {
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64);
+    let free = match memory {
+        Some((free, total)) => format!("{} free of {} now", gib(free), gib(total)),
+        None => "free memory unknown (NVML unavailable)".into(),
+    };
+    let model = model_bytes.map_or(String::new(), |b| {
+        format!("; the model's files: {}", gib(b))
+    });
+    format!(
+        "GPU {gpu} ran out of memory ({free}{model}): free the GPU, choose a smaller precision or \
+         batch, or another GPU (device = cuda(N)); with --keep-going the other stages go on"
+    )
+}
+
 /// Token ids for a model without a tokenizer (synthetic weights): deterministic random ids, about
 /// one per four characters of the text they stand for (at least 8), so that the work is of the
 /// task's size.
@@ -509,6 +539,27 @@ pub(crate) fn gpu_columns() -> Vec<Column> {
 #[cfg(test)]
 mod tests {
     use super::SyntheticIds;
+
+    #[test]
+    fn gpu_out_of_memory_says_what_is_free_and_what_was_placed() {
+        use crate::spec::Device;
+        let oom = || anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")");
+        let e = super::explain_gpu_oom(oom(), Device::Cuda(1), Some(3 << 30));
+        let text = format!("{e:#}");
+        assert!(text.starts_with("GPU 1 ran out of memory ("), "{text}");
+        assert!(text.contains("the model's files: 3.00 GiB"), "{text}");
+        assert!(
+            text.contains("CUDA_ERROR_OUT_OF_MEMORY"),
+            "the cause is kept: {text}"
+        );
+        let m = super::oom_message(0, Some((1 << 30, 80 << 30)), None);
+        assert!(m.contains("1.00 GiB free of 80.00 GiB now"), "{m}");
+        // Other errors, and CPU stages, are left as they are.
+        let other = super::explain_gpu_oom(anyhow::anyhow!("bad file"), Device::Cuda(0), None);
+        assert_eq!(format!("{other:#}"), "bad file");
+        let cpu = super::explain_gpu_oom(oom(), Device::Cpu, None);
+        assert!(!format!("{cpu:#}").contains("GPU"));
+    }
 
     #[test]
     fn synthetic_ids_stand_for_text_of_the_given_size() {
