@@ -177,8 +177,7 @@ impl Requantized {
     /// The type `name` is written in (see [`tensor_type`]), recording a fallback.
     pub fn type_for(&mut self, name: &str, dims: &[usize]) -> GgmlDType {
         // As llama.cpp does: below 6 bits, the output head is written in q6_k (q8_0 where its
-        // rows do not fit q6_k's blocks). A 4-bit head errs on every logit; with a large tied
-        // vocabulary (Gemma 3: 262 k) generation degenerates.
+        // rows do not fit q6_k's blocks): its error lands on every logit.
         if self.head.as_deref() == Some(name) && dims.len() == 2 && low_bit(self.target) {
             let row = dims[1];
             let t = [GgmlDType::Q6K, GgmlDType::Q8_0]

@@ -372,7 +372,7 @@ impl Trainable {
             "token_embd.weight"
         };
         // QLoRA quantizes the blocks' projections only; the output head stays as the file has
-        // it (as bitsandbytes keeps lm_head in 16 bits): a 4-bit head errs on every logit.
+        // it (as bitsandbytes keeps lm_head in 16 bits).
         let head = match g.tensor_type(head_name) {
             Some(t)
                 if lora.qlora
