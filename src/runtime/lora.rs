@@ -150,6 +150,9 @@ impl Base {
 
 struct Proj {
     base: Base,
+    /// QLoRA re-quantized the file's matrix to 4 bits for training: the merge must start from
+    /// that base, not the file's.
+    requantized: bool,
     /// (A `[r, in]`, B `[out, r]`).
     lora: Option<(Var, Var)>,
 }
@@ -181,6 +184,8 @@ pub struct Trainable {
     /// Frozen bytes held (base matrices as held, embedding, norms).
     pub base_bytes: u64,
     pub device: Device,
+    /// The GGUF the base came from (the merge reads it again).
+    path: std::path::PathBuf,
 }
 
 /// A quantized matrix moved to `device` (its blocks copied as they are).
@@ -280,12 +285,15 @@ impl Trainable {
         let mut g = Gguf::open(path)?;
         let cfg = read_config(&g)?;
         let mut base_bytes = 0u64;
-        let mut matrix = |g: &mut Gguf, name: &str| -> Result<Base> {
+        // The matrix as held, and whether QLoRA re-quantized it.
+        let mut matrix = |g: &mut Gguf, name: &str| -> Result<(Base, bool)> {
             let q = g.tensor(name)?;
+            let mut requantized = false;
             let b = if lora.qlora {
                 let q = if is_4bit(q.dtype()) {
                     q
                 } else if q.shape().dims()[1].is_multiple_of(32) {
+                    requantized = true;
                     QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q4_0)?
                 } else {
                     bail!(
@@ -299,7 +307,7 @@ impl Trainable {
                 Base::Dense(Arc::new(w.to_device(device)?))
             };
             base_bytes += b.bytes();
-            Ok(b)
+            Ok((b, requantized))
         };
         let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {
             Ok(g.tensor(name)?
@@ -311,7 +319,7 @@ impl Trainable {
             let w = |s: &str| format!("blk.{i}.{s}.weight");
             let mut proj = vec![];
             for (short, gguf_name, _) in TARGETS {
-                let base = matrix(&mut g, &w(gguf_name))?;
+                let (base, requantized) = matrix(&mut g, &w(gguf_name))?;
                 let lora_vars = if lora.targets.iter().any(|t| t == short) {
                     let (in_dim, out_dim) = match &base {
                         Base::Dense(wt) => wt.dims2()?,
@@ -334,6 +342,7 @@ impl Trainable {
                 };
                 proj.push(Proj {
                     base,
+                    requantized,
                     lora: lora_vars,
                 });
             }
@@ -392,7 +401,7 @@ impl Trainable {
                 base_bytes += b.bytes();
                 b
             }
-            _ => matrix(&mut g, head_name)?,
+            _ => matrix(&mut g, head_name)?.0,
         };
         let embed_q = Arc::new(g.tensor("token_embd.weight")?);
         base_bytes += embed_q.storage_size_in_bytes() as u64;
@@ -404,6 +413,7 @@ impl Trainable {
             None => None,
         };
         Ok(Trainable {
+            path: path.to_path_buf(),
             local_rope,
             device: device.clone(),
             rng: Cell::new(lora.seed ^ 0xd00d),
@@ -602,17 +612,37 @@ impl Trainable {
         Ok(((logp * onehot)?.sum_all()? * (-1.0 / n as f64))?)
     }
 
-    /// `(α/r) · B A` per adapted matrix, GGUF name → `[out, in]` (GGUF layout).
+    /// What the merge adds to the file's matrices, GGUF name → `[out, in]` (GGUF layout):
+    /// `(α/r) · B A` per adapted matrix, plus, where QLoRA trained against a re-quantized
+    /// matrix, the difference between that base and the file's, so that the merged model is the
+    /// base the adapter learned on plus the adapter.
     pub fn deltas(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut file = None;
         let mut out = vec![];
         for (i, l) in self.layers.iter().enumerate() {
             for ((_, gguf_name, _), p) in TARGETS.iter().zip(&l.proj) {
-                if let Some((a, b)) = &p.lora {
-                    let d = (b.as_tensor().matmul(a.as_tensor())? * self.lora.scale())?;
-                    out.push((
-                        format!("blk.{i}.{gguf_name}.weight"),
-                        d.to_device(&Device::Cpu)?,
-                    ));
+                let name = format!("blk.{i}.{gguf_name}.weight");
+                let mut d = match &p.lora {
+                    Some((a, b)) => {
+                        Some((b.as_tensor().matmul(a.as_tensor())? * self.lora.scale())?)
+                    }
+                    None => None,
+                };
+                if let (true, Base::Quant(q)) = (p.requantized, &p.base) {
+                    let g = match &mut file {
+                        Some(g) => g,
+                        None => file.insert(Gguf::open(&self.path)?),
+                    };
+                    let trained = q.dequantize(&Device::Cpu)?;
+                    let original = g.tensor(&name)?.dequantize(&Device::Cpu)?;
+                    let shift = (trained - original)?.to_device(&self.device)?;
+                    d = Some(match d {
+                        Some(d) => (d + shift)?,
+                        None => shift,
+                    });
+                }
+                if let Some(d) = d {
+                    out.push((name, d.to_device(&Device::Cpu)?));
                 }
             }
         }
@@ -960,6 +990,35 @@ mod tests {
         assert!(diff < 1e-3, "{diff}");
         // And the adapters changed something.
         assert!(max_diff(&adapted, &inference_logits(&p, &ids())) > 1e-2);
+    }
+
+    /// QLoRA on a file that is not 4-bit trains against a re-quantized base; the merged model
+    /// must be that base plus the adapter, not the file plus the adapter.
+    #[test]
+    fn merged_qlora_model_equals_its_trained_base_plus_adapter() {
+        let (d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let m = Trainable::load(&p, cfg(true)).unwrap();
+        for v in m.vars() {
+            let vals = uniform(5, &format!("{:?}", v.id()), v.elem_count(), 0.05);
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let adapted = m.logits(&ids()).unwrap();
+        let merged = d.path().join("merged.gguf");
+        let deltas = m.deltas().unwrap().into_iter().collect();
+        crate::runtime::gguf::requantize_with(
+            &p,
+            &merged,
+            GgmlDType::F32,
+            &deltas,
+            &|_, _| {},
+            &|| false,
+        )
+        .unwrap();
+        // The 4-bit forward quantizes activations to 8 bits: close, not equal.
+        let diff = max_diff(&adapted, &inference_logits(&merged, &ids()));
+        let scale = max_diff(&adapted, &adapted.zeros_like().unwrap());
+        assert!(diff < 0.02 * scale, "{diff} vs logits up to {scale}");
     }
 
     #[test]
