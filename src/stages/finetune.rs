@@ -24,7 +24,7 @@ use super::col as c;
 impl Stage for Finetune {
     stage_meta!(
         "finetune",
-        4,
+        5,
         Role::Stage,
         Output::Model,
         "LoRA / QLoRA fine-tuning on a task's train split"
