@@ -279,12 +279,13 @@ fn hugging_face_folder_round_trip() {
     assert!(answer.contains("Paris"), "{answer:?}");
 }
 
+/// The Gemma-3-270M GGUF fetched by `.ci/fetch-models.sh`.
+fn gemma3_path() -> Option<PathBuf> {
+    common::fetched("EDGE_EVAL_GEMMA3", "models/gemma-3-270m-q4_k_m.gguf", "")
+}
+
 fn gemma3() -> Option<(Llama, Tok)> {
-    load_from(&common::fetched(
-        "EDGE_EVAL_GEMMA3",
-        "models/gemma-3-270m-q4_k_m.gguf",
-        "",
-    )?)
+    load_from(&gemma3_path()?)
 }
 
 /// Greedy continuation of plain text (no chat template).
@@ -315,10 +316,7 @@ fn gemma3_continues_text_sensibly() {
 /// as llama.cpp keeps output heads above 4 bits (rows of 640 do not fit q6_k's blocks).
 #[test]
 fn gemma3_at_q4_0_still_continues_text() {
-    let Some(src) = common::fetched("EDGE_EVAL_GEMMA3", "models/gemma-3-270m-q4_k_m.gguf", "")
-    else {
-        return;
-    };
+    let Some(src) = gemma3_path() else { return };
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("q4_0.gguf");
     let t = edge_eval::runtime::gguf::dtype_of("q4_0").unwrap();
@@ -381,10 +379,7 @@ fn gemma3_chat_prompt_and_cached_forward() {
 #[test]
 fn gemma3_trainable_forward_matches_inference() {
     use edge_eval::runtime::lora::{LoraConfig, Trainable};
-    let Some(src) = common::fetched("EDGE_EVAL_GEMMA3", "models/gemma-3-270m-q4_k_m.gguf", "")
-    else {
-        return;
-    };
+    let Some(src) = gemma3_path() else { return };
     let dir = tempfile::tempdir().unwrap();
     let f32_path = dir.path().join("gemma-f32.gguf");
     let t = edge_eval::runtime::gguf::dtype_of("f32").unwrap();
