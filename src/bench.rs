@@ -95,7 +95,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     );
 
     let t = Instant::now();
-    let report = crate::cli::execute(&pipeline, &cache_dir, false, threads, true)?.report;
+    let report = crate::cli::execute(&pipeline, &cache_dir, &quiet_local(threads))?.report;
     if report
         .outcomes
         .iter()
@@ -134,7 +134,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     })?;
     let noop = time(repeats, || {
         let p = load()?;
-        let report = crate::cli::execute(&p, &cache_dir, false, threads, true)?.report;
+        let report = crate::cli::execute(&p, &cache_dir, &quiet_local(threads))?.report;
         if report
             .outcomes
             .iter()
@@ -336,6 +336,16 @@ pub fn model(
         );
     }
     Ok(0)
+}
+
+/// A local run without progress output.
+fn quiet_local(threads: usize) -> crate::cli::RunSettings {
+    crate::cli::RunSettings {
+        executor: crate::spec::Executor::Local,
+        keep_going: false,
+        threads,
+        quiet: true,
+    }
 }
 
 #[cfg(test)]

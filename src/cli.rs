@@ -7,7 +7,7 @@ use crate::dsl::{self, Pipeline};
 use crate::exec::{self, RunOptions, Status};
 use crate::hw::{Hardware, available_threads};
 use crate::plan::{Planner, State, show_params};
-use crate::spec::Value;
+use crate::spec::{Executor, Value};
 use crate::stages::Role;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +39,10 @@ pub struct PipelineArgs {
     /// CPU threads (default: pipeline `threads`, else all cores); part of measuring stages' keys
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where stages run: `local` (this process) or `slurm` (one job per stage; the cache folder
+    /// must be mounted by every node). Default: the pipeline's `executor` setting, else local
+    #[arg(long, value_parser = ["local", "slurm"])]
+    pub executor: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +94,13 @@ pub enum Command {
     Cache {
         #[command(subcommand)]
         action: CacheAction,
+    },
+    /// Run one stage submitted by `run --executor slurm` (what each Slurm job executes)
+    ExecStage {
+        /// The cache folder the submitting run uses (mounted here)
+        cache_dir: PathBuf,
+        /// The job: RUN/NODE, as named in the cache's jobs/ folder
+        job: String,
     },
     /// Runtime benchmark of a GGUF model: prompt and generation tokens/s (as llama-bench pp/tg)
     BenchModel {
@@ -181,6 +192,21 @@ fn load(p: &PipelineArgs) -> Result<Pipeline, i32> {
     }
 }
 
+/// `--executor` over the pipeline's `executor` setting; `--executor slurm` keeps the pipeline's
+/// `slurm(...)` arguments when it has them.
+fn executor_for(p: &Pipeline, flag: Option<&str>) -> Executor {
+    let set = match p.setting("pipeline.executor") {
+        Some(Value::Executor(e)) => e.clone(),
+        _ => Executor::Local,
+    };
+    match (flag, set) {
+        (Some("local"), _) => Executor::Local,
+        (Some("slurm"), Executor::Slurm(o)) => Executor::Slurm(o),
+        (Some("slurm"), _) => Executor::Slurm(Default::default()),
+        (_, set) => set,
+    }
+}
+
 fn threads_for(p: &Pipeline, flag: Option<usize>) -> usize {
     flag.or_else(|| {
         p.setting("pipeline.threads")
@@ -218,9 +244,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let cache = Cache::open(&cli.cache)?;
             let _lock = cache.lock(false)?;
             let hw = Hardware::detect(threads_for(&pipeline, p.threads));
-            let planner = Planner::new(&pipeline, &cache, &hw);
+            let executor = executor_for(&pipeline, p.executor.as_deref());
+            let mut planner = Planner::new(&pipeline, &cache, &hw);
+            planner.measured_elsewhere = executor != Executor::Local;
             let states = planner.plan();
-            print_plan(&pipeline, &states, json);
+            print_plan(&pipeline, &states, &executor, json);
             Ok(0)
         }
         Command::Explain { p, stage } => {
@@ -243,15 +271,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
+            let executor = executor_for(&pipeline, p.executor.as_deref());
             run(
                 &pipeline,
                 &cli.cache,
-                keep_going,
-                threads_for(&pipeline, p.threads),
+                &RunSettings {
+                    executor,
+                    keep_going,
+                    threads: threads_for(&pipeline, p.threads),
+                    quiet: quiet || json,
+                },
                 json,
-                quiet,
             )
         }
+        Command::ExecStage { cache_dir, job } => crate::exec::job::exec_stage(&cache_dir, &job),
         Command::Cache { action } => cache_cmd(&cli.cache, action),
         Command::Report { dir, metrics } => report_cmd(&dir, &metrics),
         Command::Stages => {
@@ -298,15 +331,21 @@ pub struct Executed {
     pub metrics: Vec<crate::stages::Row>,
 }
 
-pub fn execute(
-    pipeline: &Pipeline,
-    cache_dir: &Path,
-    keep_going: bool,
-    threads: usize,
-    quiet: bool,
-) -> Result<Executed> {
+/// How to run a pipeline.
+pub struct RunSettings {
+    pub executor: Executor,
+    pub keep_going: bool,
+    pub threads: usize,
+    /// No progress output.
+    pub quiet: bool,
+}
+
+pub fn execute(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<Executed> {
+    let (keep_going, threads, quiet) = (s.keep_going, s.threads, s.quiet);
     let cache = Cache::open(cache_dir)?;
-    let _lock = cache.lock(true)?;
+    // A local run has the cache to itself; a batch run shares it with its own jobs (which take
+    // it shared on their nodes) and with other hosts' runs.
+    let _lock = cache.lock(s.executor == Executor::Local)?;
     let hw = Hardware::detect(threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -319,7 +358,13 @@ pub fn execute(
         threads,
         quiet,
     };
-    let report = rt.block_on(exec::run(pipeline, &cache, &hw, &opts))?;
+    let report = match &s.executor {
+        Executor::Local => rt.block_on(exec::run(pipeline, &cache, &hw, &opts))?,
+        Executor::Slurm(o) => {
+            let mut slurm = exec::slurm::Slurm::connect(o.clone())?;
+            rt.block_on(exec::batch::run(pipeline, &cache, &hw, &opts, &mut slurm))?
+        }
+    };
     let fingerprint = hw.fingerprint(crate::spec::Device::Cpu);
     let mut tables = crate::table::write_run_tables(pipeline, &report, &fingerprint)?;
     let metrics = crate::metrics::report::compute(pipeline, &report);
@@ -381,16 +426,14 @@ fn report_cmd(dir: &Path, metrics: &[String]) -> Result<i32> {
 pub fn run(
     pipeline: &Pipeline,
     cache_dir: &Path,
-    keep_going: bool,
-    threads: usize,
+    settings: &RunSettings,
     json: bool,
-    quiet: bool,
 ) -> Result<i32> {
     let Executed {
         report,
         tables,
         metrics,
-    } = execute(pipeline, cache_dir, keep_going, threads, quiet || json)?;
+    } = execute(pipeline, cache_dir, settings)?;
     let count = |s: Status| {
         report
             .outcomes
@@ -464,7 +507,7 @@ fn is_input(pipeline: &Pipeline, i: usize, state: &State) -> bool {
         )
 }
 
-fn print_plan(pipeline: &Pipeline, states: &[State], json: bool) {
+fn print_plan(pipeline: &Pipeline, states: &[State], executor: &Executor, json: bool) {
     let mut inputs = vec![];
     let mut stages = vec![];
     for (i, (node, state)) in pipeline.nodes.iter().zip(states).enumerate() {
@@ -480,7 +523,8 @@ fn print_plan(pipeline: &Pipeline, states: &[State], json: bool) {
             }
             State::Failed { error } => ("stale", format!("blocked: {error}"), None),
         };
-        let entry = json!({ "id": node.id, "kind": node.kind(), "status": status, "reason": reason, "key": key });
+        let runs_on = (status == "stale").then(|| exec::placement(executor, node));
+        let entry = json!({ "id": node.id, "kind": node.kind(), "status": status, "reason": reason, "key": key, "where": runs_on });
         if is_input(pipeline, i, state) {
             inputs.push(entry);
         } else {
@@ -520,7 +564,11 @@ fn print_plan(pipeline: &Pipeline, states: &[State], json: bool) {
         let id = e["id"].as_str().unwrap_or("");
         let kind = e["kind"].as_str().unwrap_or("");
         let reason = e["reason"].as_str().unwrap_or("");
-        let line = format!("  {status:<7} {kind:<10} {id:<width$}  {reason}");
+        let runs_on = e["where"]
+            .as_str()
+            .map(|w| format!("[{w}] "))
+            .unwrap_or_default();
+        let line = format!("  {status:<7} {kind:<10} {id:<width$}  {runs_on}{reason}");
         println!("{}", line.trim_end());
     }
 }
@@ -737,11 +785,13 @@ fn cache_cmd(dir: &Path, action: CacheAction) -> Result<i32> {
             let _lock = cache.lock(true)?;
             let r = cache.gc()?;
             println!(
-                "removed {} unreferenced objects ({}), {} temporary entries, {} stale digest memos",
+                "removed {} unreferenced objects ({}), {} temporary entries, {} stale digest memos, \
+                 {} finished batch-run job folders",
                 r.objects,
                 human_bytes(r.bytes),
                 r.temp,
-                r.memo
+                r.memo,
+                r.job_runs
             );
             Ok(0)
         }

@@ -69,12 +69,39 @@ impl Hardware {
         let cpu = format!("cpu={}; threads={}", self.cpu_model, self.threads);
         match device {
             Device::Cpu => cpu,
-            Device::Cuda(i) => match self.gpus.get(i as usize) {
+            Device::Cuda(i) => match self.gpus.get(physical_gpu(i) as usize) {
                 Some((name, driver)) => format!("gpu{i}={name}; driver={driver}; {cpu}"),
                 None => format!("gpu{i}=absent; {cpu}"),
             },
         }
     }
+}
+
+/// The driver's (NVML's, /proc's) index of the GPU that CUDA calls `cuda(i)` in this process:
+/// CUDA numbers only the devices `CUDA_VISIBLE_DEVICES` lists (as a Slurm job's allocation sets
+/// it), NVML numbers them all. Without the variable, or with entries that are not indices
+/// (UUIDs), the two agree.
+pub fn physical_gpu(i: u32) -> u32 {
+    visible_gpus(std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())
+        .and_then(|v| v.get(i as usize).copied())
+        .unwrap_or(i)
+}
+
+fn visible_gpus(var: Option<&str>) -> Option<Vec<u32>> {
+    let var = var?.trim();
+    if var.is_empty() {
+        return None;
+    }
+    var.split(',').map(|x| x.trim().parse().ok()).collect()
+}
+
+#[cfg(test)]
+#[test]
+fn cuda_visible_devices_maps_cuda_indices_to_driver_indices() {
+    assert_eq!(visible_gpus(Some("2,3")), Some(vec![2, 3]));
+    assert_eq!(visible_gpus(Some("GPU-8f3a…")), None);
+    assert_eq!(visible_gpus(Some("")), None);
+    assert_eq!(visible_gpus(None), None);
 }
 
 /// Number of CPU threads available to this process.

@@ -3,11 +3,12 @@
 //! [`ParamSpec`]s; the resolver checks pipeline arguments against them and hands the stage a map
 //! of canonical [`Value`]s. Nothing here knows the syntax of `.eep` files.
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::fmt;
 
 /// Physical dimension of a quantity. Each has one canonical unit that values are stored in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Dim {
     Power,
     Energy,
@@ -93,7 +94,9 @@ pub fn lookup_unit(unit: &str) -> Option<(Dim, f64)> {
 }
 
 /// Where a stage runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 pub enum Device {
     #[default]
     Cpu,
@@ -112,9 +115,67 @@ impl fmt::Display for Device {
 /// Index of a node (model, task or stage instance) in a resolved pipeline.
 pub type NodeIdx = usize;
 
+/// Where a pipeline's stages run: in this process, or each as a job of a batch scheduler that
+/// shares the cache directory with this host.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub enum Executor {
+    #[default]
+    Local,
+    Slurm(SlurmOptions),
+}
+
+/// `slurm(...)`'s arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlurmOptions {
+    pub partition: Option<String>,
+    /// GPUs a stage on `cuda(N)` requests (`--gres=gpu:N`); stages on `cpu` request none.
+    pub gpus_per_stage: u32,
+    /// Time limit of each job, in Slurm's syntax (`04:00:00`, `1-00:00:00`, `90`).
+    pub time: Option<String>,
+    pub account: Option<String>,
+    /// Further `sbatch` arguments, passed as they are (e.g. `["--qos=short"]`).
+    pub sbatch_args: Vec<String>,
+}
+
+impl std::default::Default for SlurmOptions {
+    fn default() -> Self {
+        SlurmOptions {
+            partition: None,
+            gpus_per_stage: 1,
+            time: None,
+            account: None,
+            sbatch_args: vec![],
+        }
+    }
+}
+
+impl fmt::Display for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Executor::Local => write!(f, "local"),
+            Executor::Slurm(o) => {
+                write!(f, "slurm(gpus_per_stage = {}", o.gpus_per_stage)?;
+                for (k, v) in [
+                    ("partition", &o.partition),
+                    ("time", &o.time),
+                    ("account", &o.account),
+                ] {
+                    if let Some(v) = v {
+                        write!(f, ", {k} = {v:?}")?;
+                    }
+                }
+                if !o.sbatch_args.is_empty() {
+                    write!(f, ", sbatch_args = {:?}", o.sbatch_args)?;
+                }
+                write!(f, ")")
+            }
+        }
+    }
+}
+
 /// A resolved, canonical parameter value. Quantities are stored in their canonical unit, so
 /// `0.5 kW` and `500 W` are the same value and the same cache key.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Value {
     Str(String),
     Int(i64),
@@ -130,6 +191,8 @@ pub enum Value {
     Device(Device),
     /// Another node's output (a model, a task, a stage result).
     Node(NodeIdx),
+    /// Where stages run (`pipeline { executor = … }`).
+    Executor(Executor),
     /// An optional parameter that was not given and has no default.
     Null,
 }
@@ -185,6 +248,7 @@ impl Value {
             }
             Value::Device(d) => json!(d.to_string()),
             Value::Node(n) => node(*n),
+            Value::Executor(e) => json!(e.to_string()),
             Value::Null => serde_json::Value::Null,
         }
     }
@@ -211,6 +275,7 @@ impl fmt::Display for Value {
             }
             Value::Device(d) => write!(f, "{d}"),
             Value::Node(n) => write!(f, "<node {n}>"),
+            Value::Executor(e) => write!(f, "{e}"),
             Value::Null => write!(f, "none"),
         }
     }
@@ -252,6 +317,8 @@ pub enum Ty {
     /// One word out of a fixed set.
     Enum(&'static [&'static str]),
     Device,
+    /// `local` or `slurm(partition = …, gpus_per_stage = …, time = …)`.
+    Executor,
     /// A reference to a node producing this kind of output.
     Ref(Output),
     /// A reference to any node.
@@ -278,6 +345,7 @@ impl Ty {
             Ty::Quantity(d) => format!("{} ({})", d.name(), d.examples()),
             Ty::Enum(xs) => format!("one of {}", xs.join(", ")),
             Ty::Device => "a device (cpu or cuda(N))".into(),
+            Ty::Executor => "an executor (local or slurm(...))".into(),
             Ty::Ref(o) => format!("a {}", o.noun()),
             Ty::AnyRef => "a model, task or stage result".into(),
             Ty::List(t) => format!("a list of {}", strip_article(&t.describe())),

@@ -65,3 +65,48 @@ fn the_paper_study_plans_72_variants_and_names_missing_inputs() {
     // A blocked stage names the missing input behind it, not the stage in between.
     assert!(text.contains("blocked: input `model:llama8b` is unavailable"));
 }
+
+#[test]
+fn the_executor_setting_resolves_to_slurm_options_and_set_overrides_it() {
+    use edge_eval::spec::{Executor, SlurmOptions, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.eep");
+    std::fs::write(
+        &file,
+        r#"pipeline p {
+  executor = slurm(partition = "gpu", gpus_per_stage = 2, time = "1-00:00:00",
+                   sbatch_args = ["--qos=short"])
+}
+test_stage(emit = "x")
+"#,
+    )
+    .unwrap();
+    let executor = |overrides: &[String]| {
+        let (p, _) = edge_eval::dsl::load(&file, overrides).unwrap_or_else(|_| panic!("invalid"));
+        match p.setting("pipeline.executor") {
+            Some(Value::Executor(e)) => e.clone(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        executor(&[]),
+        Executor::Slurm(SlurmOptions {
+            partition: Some("gpu".into()),
+            gpus_per_stage: 2,
+            time: Some("1-00:00:00".into()),
+            account: None,
+            sbatch_args: vec!["--qos=short".into()],
+        })
+    );
+    assert_eq!(
+        executor(&["pipeline.executor=local".into()]),
+        Executor::Local
+    );
+    assert_eq!(
+        executor(&["pipeline.executor=slurm(time = \"30\")".into()]),
+        Executor::Slurm(SlurmOptions {
+            time: Some("30".into()),
+            ..SlurmOptions::default()
+        })
+    );
+}

@@ -8,7 +8,9 @@
 //! digests/<hash>.json      memo of file digests by (path, size, mtime, ctime, inode)
 //! history/<pipeline>.json  key components of each stage id at its last run (for `plan` reasons)
 //! tmp/                     work directories and temp files; never read as results
-//! lock                     held by a run (exclusive) or by readers (shared)
+//! locks/writer, readers/    the cache lock: lock files, safe on NFS (see `lock`)
+//! locks/stages/<key>       held while a stage with that key is computed
+//! jobs/<run>/              stage specs and results of a batch-scheduler run (see `exec::job`)
 //! ```
 //!
 //! Every write is temp file → fsync → rename → fsync(dir), so a crash at any point leaves either
@@ -16,6 +18,7 @@
 //! and a manifest whose objects are missing or of the wrong size is a miss, not a hit.
 
 mod digest;
+pub mod lock;
 
 pub use digest::{hash_file, hash_file_plain};
 
@@ -79,10 +82,7 @@ pub struct Cache {
     root: PathBuf,
 }
 
-/// A held lock on the cache; released on drop (and by the OS if the process dies).
-pub struct CacheLock {
-    _file: File,
-}
+pub use lock::CacheLock;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -107,32 +107,24 @@ impl Cache {
         &self.root
     }
 
-    /// Takes the cache lock, waiting (with a message) while another process holds it.
+    /// Takes the cache lock (shared: readers and runs that share the cache with others;
+    /// exclusive: a local run, `verify`, `gc`), waiting with a message while it is taken.
     pub fn lock(&self, exclusive: bool) -> Result<CacheLock> {
-        let path = self.root.join("lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let tried = if exclusive {
-            file.try_lock()
-        } else {
-            file.try_lock_shared()
-        };
-        if tried.is_err() {
-            eprintln!(
-                "waiting for another edge-eval process using the cache {} …",
-                self.root.display()
-            );
-            if exclusive {
-                file.lock()?;
-            } else {
-                file.lock_shared()?;
-            }
-        }
-        Ok(CacheLock { _file: file })
+        lock::lock_cache(&self.root, exclusive)
+    }
+
+    /// Held while the stage with this key is computed, so that two runs sharing the cache (on
+    /// one host or several) never compute the same result at once: the second waits, then finds
+    /// the first one's result.
+    pub fn lock_stage(
+        &self,
+        key: &str,
+        waiting: impl FnMut(&lock::Owner),
+    ) -> Result<lock::LockFile> {
+        let dir = self.root.join("locks").join("stages");
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create lock folder {}", dir.display()))?;
+        lock::LockFile::acquire(&dir.join(key), waiting)
     }
 
     pub fn object_path(&self, digest: &str) -> PathBuf {
@@ -145,11 +137,11 @@ impl Cache {
 
     /// A fresh private folder under `tmp/` for a stage to work in.
     pub fn work_dir(&self) -> Result<PathBuf> {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            self.root
-                .join("tmp")
-                .join(format!("work-{}-{n}-{}", std::process::id(), now_us()));
+        // Unique across the hosts that share the cache, not just in this process.
+        let dir = self
+            .root
+            .join("tmp")
+            .join(format!("work-{}", unique_suffix()));
         fs::create_dir_all(&dir)?;
         Ok(dir)
     }
@@ -221,10 +213,9 @@ impl Cache {
     }
 
     fn temp_path(&self) -> PathBuf {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         self.root
             .join("tmp")
-            .join(format!("tmp-{}-{n}-{}", std::process::id(), now_us()))
+            .join(format!("tmp-{}", unique_suffix()))
     }
 
     /// temp file in the cache → fsync → rename over `path` → fsync the folder.
@@ -377,7 +368,33 @@ impl Cache {
             }
         }
         report.memo = digest::prune(self);
+        report.job_runs = self.prune_finished_jobs();
         Ok(report)
+    }
+
+    /// Removes the `jobs/<run>` folders of batch runs whose every job left a result (their
+    /// results are in the cache; the folder only held specs and logs). Returns how many.
+    fn prune_finished_jobs(&self) -> usize {
+        let Ok(runs) = fs::read_dir(self.root.join("jobs")) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for run in runs.flatten().map(|e| e.path()).filter(|p| p.is_dir()) {
+            let files: HashSet<String> = fs::read_dir(&run)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            let finished = files
+                .iter()
+                .filter_map(|f| f.strip_suffix(".spec.json"))
+                .all(|job| files.contains(&format!("{job}.result.json")));
+            if finished && fs::remove_dir_all(&run).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 
@@ -394,6 +411,22 @@ pub struct GcReport {
     pub bytes: u64,
     pub temp: usize,
     pub memo: usize,
+    /// Finished batch runs whose job folders were removed.
+    pub job_runs: usize,
+}
+
+/// This host's name (as `hostname` prints it).
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A suffix no other process (on any host sharing the cache) picks at the same time.
+pub fn unique_suffix() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let seed = format!("{}-{}-{}-{n}", hostname(), std::process::id(), now_us());
+    blake3::hash(seed.as_bytes()).to_hex()[..16].to_string()
 }
 
 pub fn now_us() -> i64 {

@@ -9,7 +9,9 @@ use super::ast::*;
 use super::diag::{Diagnostic, Diagnostics, did_you_mean};
 use super::parse::{parse_expr, parse_file, shift};
 use super::source::{FileId, SourceMap, Span};
-use crate::spec::{Default, Device, NodeIdx, Output, ParamSpec, Ty, Value, lookup_unit};
+use crate::spec::{
+    Default, Device, Executor, NodeIdx, Output, ParamSpec, SlurmOptions, Ty, Value, lookup_unit,
+};
 use crate::stages::{self, Role, Stage};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -97,6 +99,12 @@ pub fn block_schema(block: &str) -> Option<Vec<ParamSpec>> {
                 "threads",
                 Ty::int(1, 4096),
                 "CPU threads the executor may use",
+            ),
+            ParamSpec::default(
+                "executor",
+                Ty::Executor,
+                Value::Executor(Executor::Local),
+                "where stages run: `local` or `slurm(partition = …, gpus_per_stage = 1, time = …)`",
             ),
         ],
         "economics" => vec![
@@ -219,7 +227,8 @@ enum Raw {
     Word(String),
     Node(NodeIdx),
     List(Vec<(Raw, Span)>),
-    Call(String, Vec<(Raw, Span)>),
+    /// `f(positional…, name = value…)`.
+    Call(String, Vec<(Raw, Span)>, Vec<(Ident, Raw, Span)>),
 }
 
 /// What a global name stands for.
@@ -771,10 +780,15 @@ impl Resolver {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            Raw::Call(f, xs) => format!(
+            Raw::Call(f, xs, named) => format!(
                 "{f}({})",
                 xs.iter()
                     .map(|(x, _)| self.label(x))
+                    .chain(
+                        named
+                            .iter()
+                            .map(|(n, x, _)| format!("{}={}", n.name, self.label(x)))
+                    )
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -981,18 +995,15 @@ impl Resolver {
                 Raw::List(out)
             }
             ExprKind::Call(c) => {
-                let mut out = vec![];
+                let (mut out, mut named) = (vec![], vec![]);
                 for a in &c.args {
-                    if let Some(n) = &a.name {
-                        return Err(Diagnostic::at(
-                            n.span,
-                            "keyword arguments are not allowed here",
-                            "remove `name =`",
-                        ));
+                    let value = (self.eval(&a.value, env)?, a.value.span);
+                    match &a.name {
+                        Some(n) => named.push((n.clone(), value.0, value.1)),
+                        None => out.push(value),
                     }
-                    out.push((self.eval(&a.value, env)?, a.value.span));
                 }
-                Raw::Call(c.func.name.clone(), out)
+                Raw::Call(c.func.name.clone(), out, named)
             }
             ExprKind::Name(name) => {
                 if let Some((_, v, _)) = env.iter().rev().find(|(n, _, _)| n == name) {
@@ -1132,6 +1143,75 @@ impl Resolver {
         }
     }
 
+    /// `slurm(...)`'s named arguments, each checked like a parameter.
+    fn slurm_options(&self, named: &[(Ident, Raw, Span)]) -> Result<SlurmOptions, Diagnostic> {
+        let schema = [
+            ParamSpec::optional("partition", Ty::Str, "Slurm partition"),
+            ParamSpec::optional("gpus_per_stage", Ty::int(0, 64), "GPUs per GPU stage"),
+            ParamSpec::optional("time", Ty::Str, "time limit per job"),
+            ParamSpec::optional("account", Ty::Str, "Slurm account"),
+            ParamSpec::optional(
+                "sbatch_args",
+                Ty::List(Box::new(Ty::Str)),
+                "sbatch arguments",
+            ),
+        ];
+        let mut o = SlurmOptions::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, raw, span) in named {
+            let Some(spec) = schema.iter().find(|p| p.name == name.name) else {
+                return Err(Diagnostic::at(
+                    name.span,
+                    format!("`slurm` has no argument `{}`", name.name),
+                    "unknown argument",
+                )
+                .suggest(&name.name, schema.iter().map(|p| p.name))
+                .with_hint(
+                    "slurm's arguments: partition, gpus_per_stage, time, account, sbatch_args",
+                ));
+            };
+            if !seen.insert(spec.name) {
+                return Err(Diagnostic::at(
+                    name.span,
+                    format!("`{}` is given twice", name.name),
+                    "repeated argument",
+                ));
+            }
+            let v = self.coerce(raw, *span, &spec.ty, spec.name, "slurm")?;
+            let text = || v.as_str().map(str::to_string);
+            match spec.name {
+                "partition" => o.partition = text(),
+                "gpus_per_stage" => o.gpus_per_stage = v.as_i64().unwrap_or(1) as u32,
+                "time" => {
+                    let t = text().unwrap_or_default();
+                    let ok = !t.is_empty()
+                        && t.chars()
+                            .all(|c| c.is_ascii_digit() || c == ':' || c == '-');
+                    if !ok {
+                        return Err(Diagnostic::at(
+                            *span,
+                            format!("`{t}` is not a Slurm time limit"),
+                            "invalid time",
+                        )
+                        .with_hint("Slurm's forms: \"MM\", \"HH:MM:SS\", \"D-HH:MM:SS\""));
+                    }
+                    o.time = Some(t);
+                }
+                "account" => o.account = text(),
+                _ => {
+                    if let Value::List(xs) = &v {
+                        o.sbatch_args = xs
+                            .iter()
+                            .filter_map(|x| x.as_str())
+                            .map(str::to_string)
+                            .collect();
+                    }
+                }
+            }
+        }
+        Ok(o)
+    }
+
     fn coerce(
         &self,
         raw: &Raw,
@@ -1245,10 +1325,36 @@ impl Resolver {
                 }
                 Value::Symbol(w.clone())
             }
+            (Ty::Executor, Raw::Word(w)) if w == "local" => Value::Executor(Executor::Local),
+            (Ty::Executor, Raw::Word(w)) if w == "slurm" => {
+                Value::Executor(Executor::Slurm(SlurmOptions::default()))
+            }
+            (Ty::Executor, Raw::Call(f, args, named)) if f == "slurm" => {
+                if let Some((_, s)) = args.first() {
+                    return Err(Diagnostic::at(
+                        *s,
+                        "`slurm(...)` takes named arguments only",
+                        "unnamed argument",
+                    )
+                    .with_hint(
+                        "e.g. slurm(partition = \"gpu\", gpus_per_stage = 1, time = \"04:00:00\")",
+                    ));
+                }
+                Value::Executor(Executor::Slurm(self.slurm_options(named)?))
+            }
+            (Ty::Executor, Raw::Word(w) | Raw::Call(w, ..)) => {
+                return Err(Diagnostic::at(
+                    span,
+                    format!("unknown executor `{w}`"),
+                    "not an executor",
+                )
+                .suggest(w, ["local", "slurm"])
+                .with_hint("executors are `local` (this process) and `slurm(...)`"));
+            }
             (Ty::Device, Raw::Word(w)) if w == "cpu" => Value::Device(Device::Cpu),
             (Ty::Device, Raw::Word(w)) if w == "cuda" => Value::Device(Device::Cuda(0)),
-            (Ty::Device, Raw::Call(f, args)) if f == "cuda" => match args.as_slice() {
-                [(Raw::Int(i), _)] if (0..=i64::from(u16::MAX)).contains(i) => {
+            (Ty::Device, Raw::Call(f, args, named)) if f == "cuda" => match args.as_slice() {
+                [(Raw::Int(i), _)] if named.is_empty() && (0..=i64::from(u16::MAX)).contains(i) => {
                     Value::Device(Device::Cuda(*i as u32))
                 }
                 _ => {
@@ -1497,7 +1603,7 @@ fn raw_noun(raw: &Raw) -> String {
         Raw::Word(w) => format!("the name `{w}`"),
         Raw::Node(_) => "a stage result".into(),
         Raw::List(_) => "a list".into(),
-        Raw::Call(f, _) => format!("a call to `{f}`"),
+        Raw::Call(f, ..) => format!("a call to `{f}`"),
     }
 }
 

@@ -3,7 +3,10 @@
 //! committed atomically as they finish, so an interrupted or failing run keeps everything that
 //! completed.
 
+pub mod batch;
+pub mod job;
 mod lease;
+pub mod slurm;
 
 pub use lease::{Leases, Need};
 
@@ -84,7 +87,7 @@ struct Finished {
     node: NodeIdx,
     need: Need,
     started_us: i64,
-    result: Result<Manifest>,
+    result: Result<Computed>,
 }
 
 /// Runs every node of the pipeline and records the key history. Returns when all nodes are
@@ -124,7 +127,7 @@ pub async fn run(
     let mut interrupted = false;
     let provenance = Provenance {
         edge_eval_version: env!("CARGO_PKG_VERSION").into(),
-        host: hostname(),
+        host: crate::cache::hostname(),
         hardware: hardware.fingerprint(crate::spec::Device::Cpu),
         pipeline: pipeline.name.clone(),
     };
@@ -197,8 +200,9 @@ pub async fn run(
                 };
                 let bar = ui.stage_started(&node.id);
                 bars.insert(i, bar.clone());
-                let job = Job {
+                let job = StageJob {
                     node: node.clone(),
+                    device: node.device(),
                     inputs: node
                         .deps
                         .iter()
@@ -251,11 +255,16 @@ pub async fn run(
         let i = f.node;
         let finished_us = now_us();
         match f.result {
-            Ok(m) => {
+            Ok(c) => {
+                let status = match c {
+                    Computed::Ran(_) => Status::Ran,
+                    Computed::Cached(_) => Status::Cached,
+                };
+                let m = c.into_manifest();
                 ui.line(&format!("✓ {} ({:.1} s)", nodes[i].id, m.seconds));
                 let artifact = planner.artifact_of(&m);
                 outcomes[i] = Some(Outcome {
-                    status: Status::Ran,
+                    status,
                     key: Some(m.key.clone()),
                     started_us: Some(m.started_us),
                     finished_us: Some(m.finished_us),
@@ -302,8 +311,18 @@ pub async fn run(
         ui.stage_done(bars.remove(&i));
     }
     ui.finish();
+    conclude(&mut planner, outcomes, states, stop, interrupted)
+}
 
-    // Everything not reached was skipped, with the reason.
+/// The end of a run, whichever executor: everything not reached was skipped (with the reason),
+/// and what ran or was found cached becomes the history `plan` explains reruns against.
+fn conclude(
+    planner: &mut Planner,
+    mut outcomes: Vec<Option<Outcome>>,
+    states: Vec<State>,
+    stop: Option<String>,
+    interrupted: bool,
+) -> Result<RunReport> {
     let why = stop.unwrap_or_else(|| "not reached".into());
     for (i, o) in outcomes.iter_mut().enumerate() {
         let reached = matches!(states[i], State::Done { .. } | State::Failed { .. });
@@ -311,7 +330,6 @@ pub async fn run(
             *o = Some(Outcome::simple(Status::Skipped, Some(why.clone())));
         }
     }
-    // What ran or was found cached is the history `plan` explains reruns against.
     planner.record_history(&states)?;
     Ok(RunReport {
         outcomes,
@@ -354,20 +372,74 @@ fn skip_downstream(
     }
 }
 
-/// One stage execution, owned by a blocking thread.
-struct Job {
-    node: crate::dsl::Node,
-    inputs: BTreeMap<NodeIdx, Artifact>,
-    components: KeyComponents,
-    key: String,
-    cache: Cache,
-    provenance: Provenance,
-    cancel: Arc<AtomicBool>,
-    progress: Arc<crate::ui::StageBar>,
+/// Where a stage would run under `executor`, in words (for `plan`).
+pub fn placement(executor: &crate::spec::Executor, node: &crate::dsl::Node) -> String {
+    let need = Need {
+        threads: node.stage.threads(&node.params),
+        device: node.device(),
+        exclusive: node.stage.measuring(&node.params),
+    };
+    match executor {
+        crate::spec::Executor::Local => format!(
+            "here, {}{}",
+            need.device,
+            if need.exclusive { " (alone)" } else { "" }
+        ),
+        crate::spec::Executor::Slurm(o) => {
+            use batch::Scheduler;
+            slurm::Slurm { options: o.clone() }.placement(&need)
+        }
+    }
 }
 
-impl Job {
-    fn execute(self) -> Result<Manifest> {
+/// How a stage's result came to be.
+pub enum Computed {
+    Ran(Manifest),
+    /// Found in the cache once the stage lock was ours: another run sharing the cache (on this
+    /// host or another) computed it meanwhile.
+    Cached(Manifest),
+}
+
+impl Computed {
+    pub fn manifest(&self) -> &Manifest {
+        match self {
+            Computed::Ran(m) | Computed::Cached(m) => m,
+        }
+    }
+    pub fn into_manifest(self) -> Manifest {
+        match self {
+            Computed::Ran(m) | Computed::Cached(m) => m,
+        }
+    }
+}
+
+/// One stage execution, owned by a blocking thread (local executor) or by `exec-stage` (a
+/// scheduler's job).
+pub(crate) struct StageJob {
+    pub node: crate::dsl::Node,
+    /// Where it runs (the node's device, renumbered inside a scheduler's allocation).
+    pub device: crate::spec::Device,
+    pub inputs: BTreeMap<NodeIdx, Artifact>,
+    pub components: KeyComponents,
+    pub key: String,
+    pub cache: Cache,
+    pub provenance: Provenance,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl StageJob {
+    /// Takes the stage lock, then runs the stage unless its result appeared meanwhile.
+    pub fn execute(self) -> Result<Computed> {
+        let _lock = self.cache.lock_stage(&self.key, |o| {
+            self.progress.message(&format!(
+                "waiting: the same stage is being computed by {}",
+                o.describe()
+            ))
+        })?;
+        if let crate::cache::Lookup::Hit(m) = self.cache.lookup(&self.key) {
+            return Ok(Computed::Cached(*m));
+        }
         let work = self.cache.work_dir()?;
         let resume = self.cache.resume_dir(&self.key)?;
         let result = self.execute_in(&work, &resume);
@@ -378,7 +450,7 @@ impl Job {
             // Kept only when the stage saved progress in it (removing a non-empty folder fails).
             let _ = std::fs::remove_dir(&resume);
         }
-        result
+        result.map(Computed::Ran)
     }
 
     fn execute_in(&self, work: &std::path::Path, resume: &std::path::Path) -> Result<Manifest> {
@@ -389,8 +461,8 @@ impl Job {
             base_dir: &self.node.base_dir,
             work_dir: work,
             resume_dir: resume,
-            device: self.node.device(),
-            progress: self.progress.clone() as Arc<dyn Progress>,
+            device: self.device,
+            progress: self.progress.clone(),
             cancel: &self.cancel,
         };
         let started_us = now_us();
@@ -455,10 +527,4 @@ impl Job {
         self.cache.put_manifest(&manifest)?;
         Ok(manifest)
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -322,7 +322,7 @@ pub fn open(
     };
     if let crate::spec::Device::Cuda(i) = device {
         return match choice {
-            "auto" | "nvml" => NvmlMeter::open(i, sample_interval)
+            "auto" | "nvml" => NvmlMeter::open(crate::hw::physical_gpu(i), sample_interval)
                 .map(|m| Box::new(m) as Box<dyn Meter>)
                 .map_err(|e| format!("{e:#}")),
             other => Err(format!(

@@ -60,6 +60,47 @@ impl State {
     }
 }
 
+/// The key components of `node` given its inputs' output digests; a measuring stage's include
+/// the fingerprint of the hardware behind `device` (on this host).
+pub fn key_components(
+    node: &Node,
+    hardware: &Hardware,
+    device: crate::spec::Device,
+    digest_of: &dyn Fn(NodeIdx) -> String,
+) -> KeyComponents {
+    let params = node
+        .params
+        .iter()
+        .map(|(k, v)| {
+            let json = v.to_json(&|n| serde_json::json!({ "digest": digest_of(n) }));
+            (k.clone(), json)
+        })
+        .collect();
+    let hardware = node
+        .stage
+        .measuring(&node.params)
+        .then(|| hardware.fingerprint(device));
+    KeyComponents {
+        kind: node.kind().to_string(),
+        version: node.stage.version(),
+        params,
+        hardware,
+    }
+}
+
+/// What a cached result hands downstream: its output digest, its objects' paths, its record.
+pub fn artifact_of(cache: &Cache, m: &Manifest) -> Artifact {
+    Artifact {
+        digest: m.output_digest.clone(),
+        files: m
+            .files
+            .iter()
+            .map(|(n, o)| (n.clone(), cache.object_path(&o.digest)))
+            .collect(),
+        record: m.record.clone(),
+    }
+}
+
 /// Plans nodes against one cache and machine.
 pub struct Planner<'a> {
     pub pipeline: &'a Pipeline,
@@ -67,6 +108,11 @@ pub struct Planner<'a> {
     pub hardware: &'a Hardware,
     /// Per stage id: `{"key": …, "components": …}` at its last run.
     pub history: BTreeMap<String, serde_json::Value>,
+    /// Stages run on other hosts (a batch scheduler's nodes): a measuring stage's key holds the
+    /// fingerprint of the node that measured it, which this host cannot know in advance. Its
+    /// last measurement (from the history) counts as cached when everything else in its key is
+    /// unchanged; otherwise the job computes the key on its node.
+    pub measured_elsewhere: bool,
 }
 
 impl PlanCtx for Cache {
@@ -82,6 +128,7 @@ impl<'a> Planner<'a> {
             cache,
             hardware,
             history: cache.history(&pipeline.name),
+            measured_elsewhere: false,
         }
     }
 
@@ -103,28 +150,12 @@ impl<'a> Planner<'a> {
 
     /// Components of a node whose inputs are all known.
     pub fn components(&self, node: &Node, states: &[State]) -> KeyComponents {
-        let digest_of = |n: NodeIdx| {
-            let d = states[n]
+        key_components(node, self.hardware, node.device(), &|n| {
+            states[n]
                 .artifact()
                 .map(|a| a.digest.clone())
-                .unwrap_or_default();
-            serde_json::json!({ "digest": d })
-        };
-        let params = node
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_json(&digest_of)))
-            .collect();
-        let hardware = node
-            .stage
-            .measuring(&node.params)
-            .then(|| self.hardware.fingerprint(node.device()));
-        KeyComponents {
-            kind: node.kind().to_string(),
-            version: node.stage.version(),
-            params,
-            hardware,
-        }
+                .unwrap_or_default()
+        })
     }
 
     /// The state of node `i` given the states of everything upstream of it.
@@ -169,6 +200,12 @@ impl<'a> Planner<'a> {
         }
         let components = self.components(node, states);
         let key = components.key();
+        if let Some(m) = self.measured_on_another_host(node, &components) {
+            return State::Done {
+                artifact: self.artifact_of(&m),
+                manifest: Some(m),
+            };
+        }
         match self.cache.lookup(&key) {
             Lookup::Hit(m) => State::Done {
                 artifact: self.artifact_of(&m),
@@ -187,16 +224,26 @@ impl<'a> Planner<'a> {
         }
     }
 
-    pub fn artifact_of(&self, m: &Manifest) -> Artifact {
-        Artifact {
-            digest: m.output_digest.clone(),
-            files: m
-                .files
-                .iter()
-                .map(|(n, o)| (n.clone(), self.cache.object_path(&o.digest)))
-                .collect(),
-            record: m.record.clone(),
+    /// With `measured_elsewhere`: the last result of this measuring stage, if it differs from
+    /// `now` only in the hardware it was measured on.
+    fn measured_on_another_host(&self, node: &Node, now: &KeyComponents) -> Option<Box<Manifest>> {
+        if !self.measured_elsewhere || now.hardware.is_none() {
+            return None;
         }
+        let last = self.history.get(&node.id)?;
+        let before: KeyComponents = serde_json::from_value(last.get("components")?.clone()).ok()?;
+        let same_work = KeyComponents {
+            hardware: now.hardware.clone(),
+            ..before
+        } == *now;
+        match self.cache.lookup(last.get("key")?.as_str()?) {
+            Lookup::Hit(m) if same_work => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn artifact_of(&self, m: &Manifest) -> Artifact {
+        artifact_of(self.cache, m)
     }
 
     /// Plans every node without running anything.

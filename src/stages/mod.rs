@@ -54,7 +54,7 @@ pub enum Role {
 }
 
 /// What one node hands to the nodes that use it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Artifact {
     /// Output digest: what downstream cache keys contain.
     pub digest: String,
@@ -295,7 +295,11 @@ pub fn explain_gpu_oom(
     if !text.contains("out of memory") && !text.contains("out_of_memory") {
         return e;
     }
-    e.context(oom_message(i, crate::meter::nvml::memory(i), model_bytes))
+    e.context(oom_message(
+        i,
+        crate::meter::nvml::memory(crate::hw::physical_gpu(i)),
+        model_bytes,
+    ))
 }
 
 fn oom_message(gpu: u32, memory: Option<(u64, u64)>, model_bytes: Option<u64>) -> String {

@@ -2,7 +2,8 @@
 //! leases, failures, interruption) without models. Its output file is `emit` followed by the
 //! bytes of every input's files, so it behaves like `cat`: identical inputs give identical bytes.
 //! `note` changes the cache key but not the output (for early-cutoff tests); `sleep_ms` makes it
-//! slow; `fail` makes it fail with that message; `exclusive = true` makes it a measuring stage.
+//! slow; `fail` makes it fail with that message; `exclusive = true` makes it a measuring stage;
+//! `device = cuda(N)` makes a batch scheduler allocate it a GPU (it never touches one).
 
 use super::{ColType, Column, Role, Stage, StageCtx, StageOutput, read};
 use crate::spec::{Output, ParamSpec, Ty, Value};
@@ -16,7 +17,7 @@ pub struct TestStage;
 impl Stage for TestStage {
     stage_meta!(
         "test_stage",
-        1,
+        2,
         Role::Stage,
         Output::Model,
         "engine test stage: concatenates `emit` and its inputs' bytes"
@@ -54,6 +55,7 @@ impl Stage for TestStage {
                 Value::Int(1),
                 "CPU threads claimed",
             ),
+            super::lifecycle::device_param(),
         ]
     }
     fn measuring(&self, params: &BTreeMap<String, Value>) -> bool {
@@ -78,6 +80,11 @@ impl Stage for TestStage {
                 name: "emit",
                 ty: ColType::Str,
                 doc: "the emitted text",
+            },
+            Column {
+                name: "visible_gpus",
+                ty: ColType::Str,
+                doc: "CUDA_VISIBLE_DEVICES as the stage saw it (a scheduler's GPU allocation)",
             },
         ]
     }
@@ -113,6 +120,10 @@ impl Stage for TestStage {
         row.insert(
             "emit".into(),
             json!(ctx.param("emit").as_str().unwrap_or("")),
+        );
+        row.insert(
+            "visible_gpus".into(),
+            json!(std::env::var("CUDA_VISIBLE_DEVICES").ok()),
         );
         Ok(StageOutput {
             files: vec![("out".into(), out_path)],
