@@ -342,6 +342,7 @@ pub fn model(
 fn quiet_local(threads: usize) -> crate::cli::RunSettings {
     crate::cli::RunSettings {
         executor: crate::spec::Executor::Local,
+        remote_cache: None,
         keep_going: false,
         threads,
         quiet: true,

@@ -25,6 +25,16 @@ pub struct Cli {
     /// Cache folder (default: ./cache)
     #[arg(long, global = true, env = "EDGE_EVAL_CACHE", default_value = "cache")]
     pub cache: PathBuf,
+    /// A cache tier shared by several hosts, behind the local one: file:///shared/folder, or
+    /// s3://bucket/prefix (with the `s3` build feature). Misses are pulled from it, results
+    /// pushed to it
+    #[arg(
+        long,
+        global = true,
+        env = "EDGE_EVAL_REMOTE_CACHE",
+        value_name = "URL"
+    )]
+    pub remote_cache: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -157,8 +167,8 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
     let mut i = 1;
     while i < args.len() {
         let a = args[i].as_str();
-        if a == "--cache" {
-            i += 2; // the flag and its value
+        if a == "--cache" || a == "--remote-cache" {
+            i += 2; // a global flag and its value
         } else if a.starts_with('-') {
             i += 1;
         } else {
@@ -241,7 +251,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
-            let cache = Cache::open(&cli.cache)?;
+            let cache = open_cache(&cli.cache, cli.remote_cache.as_deref())?;
             let _lock = cache.lock(false)?;
             let hw = Hardware::detect(threads_for(&pipeline, p.threads));
             let executor = executor_for(&pipeline, p.executor.as_deref());
@@ -256,7 +266,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
-            let cache = Cache::open(&cli.cache)?;
+            let cache = open_cache(&cli.cache, cli.remote_cache.as_deref())?;
             let _lock = cache.lock(false)?;
             let hw = Hardware::detect(threads_for(&pipeline, p.threads));
             explain(&pipeline, &cache, &hw, &stage)
@@ -277,6 +287,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 &cli.cache,
                 &RunSettings {
                     executor,
+                    remote_cache: cli.remote_cache.clone(),
                     keep_going,
                     threads: threads_for(&pipeline, p.threads),
                     quiet: quiet || json,
@@ -284,7 +295,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 json,
             )
         }
-        Command::ExecStage { cache_dir, job } => crate::exec::job::exec_stage(&cache_dir, &job),
+        Command::ExecStage { cache_dir, job } => {
+            let cache = open_cache(&cache_dir, cli.remote_cache.as_deref())?;
+            crate::exec::job::exec_stage(&cache, &job)
+        }
         Command::Cache { action } => cache_cmd(&cli.cache, action),
         Command::Report { dir, metrics } => report_cmd(&dir, &metrics),
         Command::Stages => {
@@ -331,9 +345,20 @@ pub struct Executed {
     pub metrics: Vec<crate::stages::Row>,
 }
 
+/// The cache at `dir`, with the remote tier at `remote` behind it.
+pub fn open_cache(dir: &Path, remote: Option<&str>) -> Result<Cache> {
+    let cache = Cache::open(dir)?;
+    Ok(match remote {
+        Some(url) => cache.with_remote(crate::cache::remote::Remote::open(url)?),
+        None => cache,
+    })
+}
+
 /// How to run a pipeline.
 pub struct RunSettings {
     pub executor: Executor,
+    /// `--remote-cache`.
+    pub remote_cache: Option<String>,
     pub keep_going: bool,
     pub threads: usize,
     /// No progress output.
@@ -342,7 +367,7 @@ pub struct RunSettings {
 
 pub fn execute(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<Executed> {
     let (keep_going, threads, quiet) = (s.keep_going, s.threads, s.quiet);
-    let cache = Cache::open(cache_dir)?;
+    let cache = open_cache(cache_dir, s.remote_cache.as_deref())?;
     // A local run has the cache to itself; a batch run shares it with its own jobs (which take
     // it shared on their nodes) and with other hosts' runs.
     let _lock = cache.lock(s.executor == Executor::Local)?;
@@ -846,6 +871,10 @@ mod tests {
             ["ee", "--cache", "c", "run", "x.eep"]
         );
         assert_eq!(a(&["ee", "--version"]), ["ee", "--version"]);
+        assert_eq!(
+            a(&["ee", "--remote-cache", "file:///r", "x.eep"]),
+            ["ee", "--remote-cache", "file:///r", "run", "x.eep"]
+        );
     }
 
     #[test]

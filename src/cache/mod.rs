@@ -19,10 +19,11 @@
 
 mod digest;
 pub mod lock;
+pub mod remote;
 
 pub use digest::{hash_file, hash_file_plain};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -80,6 +81,9 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// A shared tier behind this one (`--remote-cache`): misses are looked up there, commits
+    /// pushed there.
+    remote: Option<std::sync::Arc<remote::Remote>>,
 }
 
 pub use lock::CacheLock;
@@ -100,7 +104,18 @@ impl Cache {
         }
         Ok(Cache {
             root: root.to_path_buf(),
+            remote: None,
         })
+    }
+
+    /// Puts a shared remote tier behind this cache.
+    pub fn with_remote(mut self, remote: remote::Remote) -> Cache {
+        self.remote = Some(std::sync::Arc::new(remote));
+        self
+    }
+
+    pub fn remote_url(&self) -> Option<&str> {
+        self.remote.as_deref().map(remote::Remote::url)
     }
 
     pub fn root(&self) -> &Path {
@@ -154,7 +169,78 @@ impl Cache {
         Ok(dir)
     }
 
+    /// The manifest of `key` if it and every object it names are here — or, with a remote tier,
+    /// can be pulled from there.
     pub fn lookup(&self, key: &str) -> Lookup {
+        let local = self.lookup_local(key);
+        match (&local, &self.remote) {
+            (Lookup::Hit(_), _) | (_, None) => local,
+            (_, Some(remote)) => match self.pull(remote, key) {
+                Ok(true) => self.lookup_local(key),
+                Ok(false) => local,
+                Err(e) => {
+                    eprintln!("warning: {e:#}; computing it here instead");
+                    local
+                }
+            },
+        }
+    }
+
+    /// Copies the remote entry of `key` (objects first, each checked against its digest, then
+    /// the manifest) into this cache; false when the remote has no such entry.
+    fn pull(&self, remote: &remote::Remote, key: &str) -> Result<bool> {
+        let rel = |dir: &str, name: &str| format!("{dir}/{}/{name}", &name[..2.min(name.len())]);
+        let Some(text) = remote.get_bytes(&rel("actions", &format!("{key}.json")))? else {
+            return Ok(false);
+        };
+        let m: Manifest = serde_json::from_slice(&text)
+            .with_context(|| format!("the remote manifest of {key} is damaged"))?;
+        if m.key != key {
+            bail!("the remote manifest of {key} holds another key");
+        }
+        for (name, obj) in &m.files {
+            let dest = self.object_path(&obj.digest);
+            if fs::metadata(&dest).is_ok_and(|meta| meta.len() == obj.size) {
+                continue;
+            }
+            let tmp = self.temp_path();
+            let got = remote.get_file(&rel("objects", &obj.digest), &tmp);
+            let ok = matches!(&got, Ok(Some(d)) if *d == obj.digest);
+            if !ok {
+                let _ = fs::remove_file(&tmp);
+                let why = match got {
+                    Ok(Some(_)) => {
+                        // Damaged in the store: remove it, so the push of this result replaces it.
+                        let _ = remote.delete(&rel("objects", &obj.digest));
+                        "its content does not match its digest".to_string()
+                    }
+                    Ok(None) => "it is missing".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                bail!("the remote result {key} is unusable: object `{name}`: {why}");
+            }
+            self.put_file(&tmp)?;
+        }
+        self.put_manifest_local(&m)?;
+        Ok(true)
+    }
+
+    /// Pushes a committed result to the remote tier: objects it lacks, then the manifest.
+    fn push(&self, remote: &remote::Remote, m: &Manifest) -> Result<()> {
+        let rel = |dir: &str, name: &str| format!("{dir}/{}/{name}", &name[..2.min(name.len())]);
+        for obj in m.files.values() {
+            let target = rel("objects", &obj.digest);
+            if !remote.exists(&target)? {
+                remote.put_file(&target, &self.object_path(&obj.digest))?;
+            }
+        }
+        remote.put_bytes(
+            &rel("actions", &format!("{}.json", m.key)),
+            serde_json::to_vec_pretty(m)?,
+        )
+    }
+
+    fn lookup_local(&self, key: &str) -> Lookup {
         let path = self.action_path(key);
         let text = match fs::read(&path) {
             Ok(t) => t,
@@ -205,8 +291,22 @@ impl Cache {
         Ok(ObjectRef { digest, size })
     }
 
-    /// Records a finished stage. Call only after every object it names is stored.
+    /// Records a finished stage (and pushes it to the remote tier, if any). Call only after
+    /// every object it names is stored. A failed push is a warning: the result is kept here.
     pub fn put_manifest(&self, m: &Manifest) -> Result<()> {
+        self.put_manifest_local(m)?;
+        if let Some(remote) = &self.remote
+            && let Err(e) = self.push(remote, m)
+        {
+            eprintln!(
+                "warning: the result of `{}` stays in the local cache only: {e:#}",
+                m.stage_id
+            );
+        }
+        Ok(())
+    }
+
+    fn put_manifest_local(&self, m: &Manifest) -> Result<()> {
         let path = self.action_path(&m.key);
         fs::create_dir_all(path.parent().expect("sharded"))?;
         self.write_atomic(&path, &serde_json::to_vec_pretty(m)?)

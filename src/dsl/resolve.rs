@@ -227,8 +227,9 @@ enum Raw {
     Word(String),
     Node(NodeIdx),
     List(Vec<(Raw, Span)>),
-    /// `f(positional…, name = value…)`.
-    Call(String, Vec<(Raw, Span)>, Vec<(Ident, Raw, Span)>),
+    /// `f(positional…, name = value…)`: each argument with its name, if it has one. (One list,
+    /// so that `Raw` stays small: the resolver recurses through it.)
+    Call(String, Vec<(Option<Ident>, Raw, Span)>),
 }
 
 /// What a global name stands for.
@@ -780,15 +781,13 @@ impl Resolver {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            Raw::Call(f, xs, named) => format!(
+            Raw::Call(f, xs) => format!(
                 "{f}({})",
                 xs.iter()
-                    .map(|(x, _)| self.label(x))
-                    .chain(
-                        named
-                            .iter()
-                            .map(|(n, x, _)| format!("{}={}", n.name, self.label(x)))
-                    )
+                    .map(|(n, x, _)| match n {
+                        Some(n) => format!("{}={}", n.name, self.label(x)),
+                        None => self.label(x),
+                    })
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -995,15 +994,11 @@ impl Resolver {
                 Raw::List(out)
             }
             ExprKind::Call(c) => {
-                let (mut out, mut named) = (vec![], vec![]);
+                let mut out = vec![];
                 for a in &c.args {
-                    let value = (self.eval(&a.value, env)?, a.value.span);
-                    match &a.name {
-                        Some(n) => named.push((n.clone(), value.0, value.1)),
-                        None => out.push(value),
-                    }
+                    out.push((a.name.clone(), self.eval(&a.value, env)?, a.value.span));
                 }
-                Raw::Call(c.func.name.clone(), out, named)
+                Raw::Call(c.func.name.clone(), out)
             }
             ExprKind::Name(name) => {
                 if let Some((_, v, _)) = env.iter().rev().find(|(n, _, _)| n == name) {
@@ -1144,7 +1139,12 @@ impl Resolver {
     }
 
     /// `slurm(...)`'s named arguments, each checked like a parameter.
-    fn slurm_options(&self, named: &[(Ident, Raw, Span)]) -> Result<SlurmOptions, Diagnostic> {
+    /// (Called with named arguments only.)
+    #[inline(never)]
+    fn slurm_options(
+        &self,
+        named: &[(Option<Ident>, Raw, Span)],
+    ) -> Result<SlurmOptions, Diagnostic> {
         let schema = [
             ParamSpec::optional("partition", Ty::Str, "Slurm partition"),
             ParamSpec::optional("gpus_per_stage", Ty::int(0, 64), "GPUs per GPU stage"),
@@ -1159,6 +1159,7 @@ impl Resolver {
         let mut o = SlurmOptions::default();
         let mut seen = std::collections::BTreeSet::new();
         for (name, raw, span) in named {
+            let Some(name) = name else { continue };
             let Some(spec) = schema.iter().find(|p| p.name == name.name) else {
                 return Err(Diagnostic::at(
                     name.span,
@@ -1329,8 +1330,8 @@ impl Resolver {
             (Ty::Executor, Raw::Word(w)) if w == "slurm" => {
                 Value::Executor(Executor::Slurm(SlurmOptions::default()))
             }
-            (Ty::Executor, Raw::Call(f, args, named)) if f == "slurm" => {
-                if let Some((_, s)) = args.first() {
+            (Ty::Executor, Raw::Call(f, args)) if f == "slurm" => {
+                if let Some((_, _, s)) = args.iter().find(|(n, _, _)| n.is_none()) {
                     return Err(Diagnostic::at(
                         *s,
                         "`slurm(...)` takes named arguments only",
@@ -1340,7 +1341,7 @@ impl Resolver {
                         "e.g. slurm(partition = \"gpu\", gpus_per_stage = 1, time = \"04:00:00\")",
                     ));
                 }
-                Value::Executor(Executor::Slurm(self.slurm_options(named)?))
+                Value::Executor(Executor::Slurm(self.slurm_options(args)?))
             }
             (Ty::Executor, Raw::Word(w) | Raw::Call(w, ..)) => {
                 return Err(Diagnostic::at(
@@ -1353,8 +1354,8 @@ impl Resolver {
             }
             (Ty::Device, Raw::Word(w)) if w == "cpu" => Value::Device(Device::Cpu),
             (Ty::Device, Raw::Word(w)) if w == "cuda" => Value::Device(Device::Cuda(0)),
-            (Ty::Device, Raw::Call(f, args, named)) if f == "cuda" => match args.as_slice() {
-                [(Raw::Int(i), _)] if named.is_empty() && (0..=i64::from(u16::MAX)).contains(i) => {
+            (Ty::Device, Raw::Call(f, args)) if f == "cuda" => match args.as_slice() {
+                [(None, Raw::Int(i), _)] if (0..=i64::from(u16::MAX)).contains(i) => {
                     Value::Device(Device::Cuda(*i as u32))
                 }
                 _ => {

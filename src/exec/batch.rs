@@ -197,12 +197,17 @@ pub async fn run(
         };
         let submission = Submission {
             stage_id: &node.id,
-            command: vec![
-                binary.display().to_string(),
-                "exec-stage".into(),
-                root.display().to_string(),
-                job.clone(),
-            ],
+            command: [binary.display().to_string()]
+                .into_iter()
+                .chain(
+                    cache
+                        .remote_url()
+                        .map(|url| ["--remote-cache".to_string(), url.to_string()])
+                        .into_iter()
+                        .flatten(),
+                )
+                .chain(["exec-stage".into(), root.display().to_string(), job.clone()])
+                .collect(),
             after: pending.iter().map(|d| submitted[d].id.clone()).collect(),
             need,
             measuring: need.exclusive,

@@ -122,9 +122,8 @@ extern "C" fn on_term(_: libc::c_int) {
 
 /// `edge-eval exec-stage CACHE JOB`: runs one submitted stage here. Returns the exit code: 0 when
 /// the result is in the cache, 1 when the stage failed (the error is in the result file too).
-pub fn exec_stage(cache_root: &Path, job: &str) -> Result<i32> {
-    let files = JobFiles::new(cache_root, job)?;
-    let cache = Cache::open(cache_root)?;
+pub fn exec_stage(cache: &Cache, job: &str) -> Result<i32> {
+    let files = JobFiles::new(cache.root(), job)?;
     let spec: JobSpec = serde_json::from_slice(
         &std::fs::read(&files.spec)
             .with_context(|| format!("cannot read the job spec {}", files.spec.display()))?,
@@ -137,7 +136,7 @@ pub fn exec_stage(cache_root: &Path, job: &str) -> Result<i32> {
     }
     let _reader = cache.lock(false)?;
     let mut key = None;
-    let outcome = run_spec(&cache, &spec, job, &mut key);
+    let outcome = run_spec(cache, &spec, job, &mut key);
     let result = JobResult {
         key,
         ran: matches!(outcome, Ok(Computed::Ran(_))),

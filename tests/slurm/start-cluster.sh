@@ -21,6 +21,14 @@ if [ ! -f "$dir/munge/munge.key" ]; then
   chmod 400 "$dir/munge/munge.key"
 fi
 socket="$dir/munge/munge.socket"
+# Two free ports (unless given), so a cluster left running elsewhere does not get in the way.
+read -r ctld_port slurmd_port < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
+ctld_port=${SLURMCTLD_PORT:-$ctld_port}
+slurmd_port=${SLURMD_PORT:-$slurmd_port}
 munged --force --key-file="$dir/munge/munge.key" --socket="$socket" \
   --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" \
   --seed-file="$dir/munge/munged.seed"
@@ -47,8 +55,8 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
-SlurmctldPort=${SLURMCTLD_PORT:-16817}
-SlurmdPort=${SLURMD_PORT:-16818}
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
