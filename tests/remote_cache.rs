@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 const PIPELINE: &str = r#"
 pipeline shared { results = "out" }
 for x in ["a", "b"] {
@@ -52,19 +54,6 @@ fn all(statuses: &BTreeMap<String, String>, want: &str) -> bool {
     statuses.len() == 4 && statuses.values().all(|s| s == want)
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Host A computes and pushes; host B, with an empty local cache, runs nothing.
 fn shared_between_two_hosts(dir: &Path, remote: &str, env: &[(&str, String)]) {
     std::fs::write(dir.join("p.eep"), PIPELINE).unwrap();
@@ -86,7 +75,7 @@ fn shared_between_two_hosts(dir: &Path, remote: &str, env: &[(&str, String)]) {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
-    let objects = files_under(&dir.join("cache-b/objects"));
+    let objects = common::files_under(&dir.join("cache-b/objects"));
     assert_eq!(objects.len(), 4, "{objects:?}"); // "a", "+a", "b", "+b"
 }
 
@@ -97,7 +86,7 @@ fn a_shared_folder_serves_one_hosts_results_to_another() {
     let remote = format!("file://{}", remote_dir.display());
     shared_between_two_hosts(tmp.path(), &remote, &[]);
     // The remote has the local layout: manifests and objects.
-    let remote_files = files_under(&remote_dir);
+    let remote_files = common::files_under(&remote_dir);
     assert!(
         remote_files
             .iter()

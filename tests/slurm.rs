@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 struct Cluster {
     dir: PathBuf,
 }
@@ -129,7 +131,7 @@ fn stages_run_as_slurm_jobs_sharing_the_cache() {
     }
     // Every stage was a job: submitted (a spec), and its result file names the job that ran it.
     let job_files = |suffix: &str| {
-        walk(&dir.join("cache/jobs"))
+        common::files_under(&dir.join("cache/jobs"))
             .into_iter()
             .filter(|p| p.to_string_lossy().ends_with(suffix))
             .collect::<Vec<_>>()
@@ -229,17 +231,4 @@ fn regex_job_id(text: &str) -> Option<String> {
     let rest = &text[text.find("(job ")? + 5..];
     let id: String = rest.chars().take_while(char::is_ascii_digit).collect();
     (!id.is_empty()).then_some(id)
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

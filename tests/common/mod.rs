@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests that read fetched third-party files.
+//! Helpers shared by the integration tests: fetched third-party files, tensors, folders.
 
 use candle_core::Tensor;
 use std::path::PathBuf;
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// A file or folder fetched by `.ci/fetch-models.sh`: `$env_var`, else `~/.cache/edge-eval/REL`
 /// (a folder is present when it holds `probe`; pass "" for a file).
 /// Absent: under CI that is a failure; locally the test is skipped with a notice (`None`).
+#[allow(dead_code)] // not every test binary uses it
 pub fn fetched(env_var: &str, rel: &str, probe: &str) -> Option<PathBuf> {
     let path = std::env::var_os(env_var)
         .map(PathBuf::from)
@@ -48,4 +49,19 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+/// Every file under `dir`, recursively (empty when it does not exist).
+#[allow(dead_code)] // not every test binary uses it
+pub fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
