@@ -137,6 +137,7 @@ fn stages_run_as_slurm_jobs_sharing_the_cache() {
             .collect::<Vec<_>>()
     };
     assert_eq!(job_files(".spec.json").len(), 7);
+
     let results: Vec<Value> = job_files(".result.json")
         .into_iter()
         .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())

@@ -26,27 +26,30 @@ pub trait Scheduler {
     fn name(&self) -> &'static str;
     /// Where a stage with this need runs, in words (for `plan`).
     fn placement(&self, need: &Need) -> String;
-    /// Submits one job; returns the scheduler's job id.
-    fn submit(&mut self, job: &Submission) -> Result<String>;
+    /// Submits one job (an array when it has several stages); returns each task's id (the one
+    /// `after`, `states` and `cancel` take) and the file its output goes to.
+    fn submit(&mut self, job: &Submission) -> Result<Vec<(String, PathBuf)>>;
     /// The state of each of these jobs the scheduler still knows about.
     fn states(&mut self, ids: &[String]) -> Result<BTreeMap<String, JobState>>;
     /// Cancels these jobs (queued or running).
     fn cancel(&mut self, ids: &[String]) -> Result<()>;
 }
 
-/// One job to submit.
+/// One job to submit: a single stage, or an array of alike stages (same resources, same jobs to
+/// wait for), whose task `k` runs `command` with the array index `k` in its environment.
 pub struct Submission<'a> {
-    /// The stage id (for the scheduler's job name).
-    pub stage_id: &'a str,
-    /// The command the job runs.
+    /// The stages, one per task (for the scheduler's job name).
+    pub stage_ids: Vec<&'a str>,
+    /// The command every task runs.
     pub command: Vec<String>,
-    /// Scheduler ids of the jobs that must succeed first.
+    /// Scheduler ids of the jobs (or array tasks) that must succeed first.
     pub after: Vec<String>,
     pub need: Need,
     /// Measuring stage: it gets its device (on `cpu`: the node) to itself.
     pub measuring: bool,
-    /// File for the job's stdout and stderr.
-    pub log: &'a Path,
+    /// Where each task's stdout and stderr should go (a scheduler may choose otherwise and
+    /// says so in its answer).
+    pub logs: &'a [PathBuf],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +75,6 @@ pub fn job_binary() -> Result<PathBuf> {
 
 struct Submitted {
     stage_id: String,
-    job: String,
     id: String,
     files: JobFiles,
     bar: Option<Arc<StageBar>>,
@@ -116,10 +118,11 @@ pub async fn run(
     let root = std::path::absolute(cache.root()).context("cannot make the cache path absolute")?;
     std::fs::create_dir_all(root.join("jobs").join(&run_id))
         .with_context(|| format!("cannot create {}", root.join("jobs").display()))?;
-    let mut submitted: BTreeMap<NodeIdx, Submitted> = BTreeMap::new();
 
-    // 1. Settle what is known, submit the rest in dependency order (declaration order where
-    //    the dependencies allow, so job ids read like the pipeline).
+    // 1. Settle what is known; everything else is submitted. Specs first (a job names its
+    //    inputs' jobs, `<run>/<node>`, not their scheduler ids).
+    let mut to_submit: Vec<NodeIdx> = vec![];
+    let mut pending_of: BTreeMap<NodeIdx, Vec<NodeIdx>> = BTreeMap::new();
     for i in declaration_order(pipeline, &dependents) {
         if outcomes[i].is_some() {
             continue; // skipped: something upstream failed
@@ -129,7 +132,7 @@ pub async fn run(
             .deps
             .iter()
             .copied()
-            .filter(|d| submitted.contains_key(d))
+            .filter(|d| pending_of.contains_key(d))
             .collect();
         if pending.is_empty() {
             let state = planner.evaluate(i, &states);
@@ -162,9 +165,6 @@ pub async fn run(
                 continue;
             }
         }
-        if stop.is_some() {
-            continue;
-        }
         let job = job_name(&run_id, i);
         let files = JobFiles::new(&root, &job)?;
         let spec = JobSpec {
@@ -179,10 +179,10 @@ pub async fn run(
                 .deps
                 .iter()
                 .map(|d| {
-                    let input = match (submitted.get(d), states[*d].artifact()) {
-                        (Some(s), _) => Input::Job(s.job.clone()),
-                        (None, Some(a)) => Input::Known(a.clone()),
-                        (None, None) => unreachable!("inputs are settled or submitted"),
+                    let input = match (pending_of.contains_key(d), states[*d].artifact()) {
+                        (true, _) => Input::Job(job_name(&run_id, *d)),
+                        (false, Some(a)) => Input::Known(a.clone()),
+                        (false, None) => unreachable!("inputs are settled or submitted"),
                     };
                     (*d, input)
                 })
@@ -190,14 +190,26 @@ pub async fn run(
         };
         let tmp = files.spec.with_extension("tmp");
         write_atomic_via(&tmp, &files.spec, &serde_json::to_vec_pretty(&spec)?)?;
-        let need = Need {
-            threads: node.stage.threads(&node.params),
-            device: node.device(),
-            exclusive: node.stage.measuring(&node.params),
+        pending_of.insert(i, pending);
+        to_submit.push(i);
+    }
+
+    // 2. Submit: stages alike (same resources, same jobs to wait for) as one job array.
+    let mut submitted: BTreeMap<NodeIdx, Submitted> = BTreeMap::new();
+    if stop.is_none() {
+        let need_of = |i: NodeIdx| Need {
+            threads: nodes[i].stage.threads(&nodes[i].params),
+            device: nodes[i].device(),
+            exclusive: nodes[i].stage.measuring(&nodes[i].params),
         };
-        let submission = Submission {
-            stage_id: &node.id,
-            command: [binary.display().to_string()]
+        for group in arrays(&to_submit, &pending_of, need_of) {
+            let need = need_of(group[0]);
+            let list = group
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let command = [binary.display().to_string()]
                 .into_iter()
                 .chain(
                     cache
@@ -206,52 +218,77 @@ pub async fn run(
                         .into_iter()
                         .flatten(),
                 )
-                .chain(["exec-stage".into(), root.display().to_string(), job.clone()])
-                .collect(),
-            after: pending.iter().map(|d| submitted[d].id.clone()).collect(),
-            need,
-            measuring: need.exclusive,
-            log: &files.log,
-        };
-        match scheduler.submit(&submission) {
-            Ok(id) => {
-                ui.line(&format!(
-                    "→ {} submitted as {} job {id}",
-                    node.id,
-                    scheduler.name()
-                ));
-                states[i] = State::Blocked {
-                    reason: format!("{} job {id}", scheduler.name()),
-                };
-                submitted.insert(
-                    i,
-                    Submitted {
-                        stage_id: node.id.clone(),
-                        job,
-                        id,
-                        files,
-                        bar: None,
-                        unlisted: 0,
-                        done: false,
-                    },
-                );
-            }
-            Err(e) => {
-                // Nothing below it can be submitted; what is already queued goes on.
-                let error = format!("cannot submit to {}: {e:#}", scheduler.name());
-                ui.error(&format!("✗ {}: {error}", node.id));
-                outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error)));
-                states[i] = State::Failed {
-                    error: "not submitted".into(),
-                };
-                ui.stage_done(None);
-                skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
-                stop.get_or_insert_with(|| format!("submitting `{}` failed", node.id));
+                .chain([
+                    "exec-stage".into(),
+                    root.display().to_string(),
+                    format!("{run_id}/{list}"),
+                ])
+                .collect();
+            let mut after: Vec<String> = pending_of[&group[0]]
+                .iter()
+                .map(|d| submitted[d].id.clone())
+                .collect();
+            after.sort();
+            let logs: Vec<PathBuf> = group
+                .iter()
+                .map(|&i| JobFiles::new(&root, &job_name(&run_id, i)).map(|f| f.log))
+                .collect::<Result<_>>()?;
+            let submission = Submission {
+                stage_ids: group.iter().map(|&i| nodes[i].id.as_str()).collect(),
+                command,
+                after,
+                need,
+                measuring: need.exclusive,
+                logs: &logs,
+            };
+            match scheduler.submit(&submission) {
+                Ok(tasks) => {
+                    for (&i, (id, log)) in group.iter().zip(tasks) {
+                        ui.line(&format!(
+                            "→ {} submitted as {} job {id}",
+                            nodes[i].id,
+                            scheduler.name()
+                        ));
+                        states[i] = State::Blocked {
+                            reason: format!("{} job {id}", scheduler.name()),
+                        };
+                        let mut files = JobFiles::new(&root, &job_name(&run_id, i))?;
+                        files.log = log;
+                        submitted.insert(
+                            i,
+                            Submitted {
+                                stage_id: nodes[i].id.clone(),
+                                id,
+                                files,
+                                bar: None,
+                                unlisted: 0,
+                                done: false,
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    // Nothing below it can be submitted; what is already queued goes on.
+                    let error = format!("cannot submit to {}: {e:#}", scheduler.name());
+                    for &i in &group {
+                        ui.error(&format!("✗ {}: {error}", nodes[i].id));
+                        outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
+                        states[i] = State::Failed {
+                            error: "not submitted".into(),
+                        };
+                        ui.stage_done(None);
+                        skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                    }
+                    stop.get_or_insert_with(|| {
+                        format!("submitting `{}` failed", nodes[group[0]].id)
+                    });
+                    break;
+                }
             }
         }
     }
 
-    // 2. Follow the jobs until each has a result, has failed, or was cancelled.
+    // 3. Follow the jobs until each has a result, has failed, or was cancelled.
     let mut interrupted = false;
     let poll = poll_interval();
     while submitted.values().any(|s| !s.done) {
@@ -408,6 +445,57 @@ fn declaration_order(pipeline: &Pipeline, dependents: &[Vec<NodeIdx>]) -> Vec<No
     order
 }
 
+/// Groups of alike stages, in an order in which every group comes after the groups of the
+/// stages it waits for. Stages are alike when they need the same resources and wait for the
+/// same jobs; a group's stages then never depend on each other.
+fn arrays(
+    order: &[NodeIdx],
+    pending_of: &BTreeMap<NodeIdx, Vec<NodeIdx>>,
+    need_of: impl Fn(NodeIdx) -> Need,
+) -> Vec<Vec<NodeIdx>> {
+    let mut groups: Vec<Vec<NodeIdx>> = vec![];
+    let mut index: BTreeMap<(String, Vec<NodeIdx>), usize> = BTreeMap::new();
+    let mut group_of: BTreeMap<NodeIdx, usize> = BTreeMap::new();
+    for &i in order {
+        let mut waits = pending_of[&i].clone();
+        waits.sort();
+        let need = need_of(i);
+        let key = (format!("{need:?}"), waits);
+        let g = *index.entry(key).or_insert_with(|| {
+            groups.push(vec![]);
+            groups.len() - 1
+        });
+        groups[g].push(i);
+        group_of.insert(i, g);
+    }
+    // A group waits for the groups of its stages' inputs (acyclic: see the doc comment).
+    let mut waiting: Vec<usize> = vec![0; groups.len()];
+    let mut below: Vec<Vec<usize>> = vec![vec![]; groups.len()];
+    for (g, members) in groups.iter().enumerate() {
+        let ups: std::collections::BTreeSet<usize> = pending_of[&members[0]]
+            .iter()
+            .map(|d| group_of[d])
+            .collect();
+        waiting[g] = ups.len();
+        for u in ups {
+            below[u].push(g);
+        }
+    }
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..groups.len()).filter(|g| waiting[*g] == 0).collect();
+    let mut out = vec![];
+    while let Some(g) = ready.pop_first() {
+        out.push(groups[g].clone());
+        for &b in &below[g] {
+            waiting[b] -= 1;
+            if waiting[b] == 0 {
+                ready.insert(b);
+            }
+        }
+    }
+    out
+}
+
 /// A job's result file is in: its manifest becomes the node's state.
 #[allow(clippy::too_many_arguments)]
 fn finish(
@@ -497,4 +585,37 @@ fn poll_interval() -> Duration {
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Device;
+
+    #[test]
+    fn alike_stages_are_grouped_and_groups_follow_their_inputs() {
+        // 0,1: finetunes (nothing to wait for); 2,3: quantize of 0; 4: quantize of 1;
+        // 5: a measurement of 2 (exclusive); 6: a CPU stage of 2 (other resources).
+        let pending: BTreeMap<NodeIdx, Vec<NodeIdx>> = [
+            (0, vec![]),
+            (1, vec![]),
+            (2, vec![0]),
+            (3, vec![0]),
+            (4, vec![1]),
+            (5, vec![2]),
+            (6, vec![2]),
+        ]
+        .into_iter()
+        .collect();
+        let need = |i: NodeIdx| Need {
+            threads: 1,
+            device: if i == 6 { Device::Cpu } else { Device::Cuda(0) },
+            exclusive: i == 5,
+        };
+        let groups = arrays(&[0, 1, 2, 3, 4, 5, 6], &pending, need);
+        assert_eq!(
+            groups,
+            vec![vec![0, 1], vec![2, 3], vec![4], vec![5], vec![6]]
+        );
+    }
 }

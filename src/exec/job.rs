@@ -114,6 +114,39 @@ pub fn device_in_allocation(device: Device) -> Device {
     }
 }
 
+/// The scheduler's id of this job as the submitter knows it: `ARRAY_TASK` for an array task.
+fn scheduler_job() -> Option<String> {
+    let var = |v: &str| std::env::var(v).ok();
+    match (var("SLURM_ARRAY_JOB_ID"), var("SLURM_ARRAY_TASK_ID")) {
+        (Some(a), Some(t)) => Some(format!("{a}_{t}")),
+        _ => var("SLURM_JOB_ID"),
+    }
+}
+
+/// `RUN/3,7,9` (a job array's command) → the task's own `RUN/N`, by the array index the
+/// scheduler puts in the environment (`SLURM_ARRAY_TASK_ID`; Kubernetes' indexed jobs:
+/// `JOB_COMPLETION_INDEX`). A plain `RUN/N` is returned as it is.
+fn array_task(job: &str) -> Result<String> {
+    let Some((run, list)) = job.split_once('/').filter(|(_, l)| l.contains(',')) else {
+        return Ok(job.to_string());
+    };
+    let index = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok())
+        .with_context(|| {
+            format!("`{job}` names several stages, but no array index is set (SLURM_ARRAY_TASK_ID)")
+        })?;
+    let k: usize = index
+        .trim()
+        .parse()
+        .with_context(|| format!("array index `{index}` is not a number"))?;
+    let node = list
+        .split(',')
+        .nth(k)
+        .with_context(|| format!("array index {k} is past the stages of `{job}`"))?;
+    Ok(format!("{run}/{node}"))
+}
+
 static TERMINATED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_term(_: libc::c_int) {
@@ -123,6 +156,7 @@ extern "C" fn on_term(_: libc::c_int) {
 /// `edge-eval exec-stage CACHE JOB`: runs one submitted stage here. Returns the exit code: 0 when
 /// the result is in the cache, 1 when the stage failed (the error is in the result file too).
 pub fn exec_stage(cache: &Cache, job: &str) -> Result<i32> {
+    let job = &array_task(job)?;
     let files = JobFiles::new(cache.root(), job)?;
     let spec: JobSpec = serde_json::from_slice(
         &std::fs::read(&files.spec)
@@ -142,7 +176,7 @@ pub fn exec_stage(cache: &Cache, job: &str) -> Result<i32> {
         ran: matches!(outcome, Ok(Computed::Ran(_))),
         error: outcome.as_ref().err().map(|e| format!("{e:#}")),
         host: crate::cache::hostname(),
-        scheduler_job: std::env::var("SLURM_JOB_ID").ok(),
+        scheduler_job: scheduler_job(),
         finished_us: now_us(),
     };
     let tmp = files
@@ -311,8 +345,27 @@ mod tests {
         let f = JobFiles::new(root, "20261126-ab12/7").unwrap();
         assert_eq!(f.spec, Path::new("/c/jobs/20261126-ab12/7.spec.json"));
         assert_eq!(f.log, Path::new("/c/jobs/20261126-ab12/7.log"));
-        for bad in ["7", "../x/7", "run/../../7", "run/", "/7", "run/7/8"] {
+        for bad in [
+            "7",
+            "../x/7",
+            "run/../../7",
+            "run/",
+            "/7",
+            "run/7/8",
+            "run/3,7",
+        ] {
             assert!(JobFiles::new(root, bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn an_array_task_picks_its_stage_by_its_index() {
+        assert_eq!(array_task("r/7").unwrap(), "r/7");
+        // SAFETY: this test alone reads or writes the variable.
+        unsafe { std::env::set_var("SLURM_ARRAY_TASK_ID", "2") };
+        assert_eq!(array_task("r/3,7,9").unwrap(), "r/9");
+        unsafe { std::env::set_var("SLURM_ARRAY_TASK_ID", "3") };
+        assert!(array_task("r/3,7,9").is_err());
+        unsafe { std::env::remove_var("SLURM_ARRAY_TASK_ID") };
     }
 }

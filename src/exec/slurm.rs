@@ -9,6 +9,7 @@ use super::batch::{JobState, Scheduler, Submission};
 use crate::spec::{Device, SlurmOptions};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub struct Slurm {
@@ -34,15 +35,39 @@ impl Slurm {
         }
     }
 
-    /// `sbatch` arguments for a job (without the command).
-    pub fn sbatch_args(&self, job: &Submission) -> Vec<String> {
+    /// `sbatch` arguments for a job (without the command), and each task's log file.
+    pub fn sbatch_args(&self, job: &Submission) -> (Vec<String>, Vec<PathBuf>) {
         let o = &self.options;
+        let tasks = job.stage_ids.len();
+        let first = job.stage_ids.first().copied().unwrap_or_default();
+        let (name, output, logs) = if tasks == 1 {
+            (
+                format!("ee:{first}"),
+                job.logs[0].clone(),
+                job.logs.to_vec(),
+            )
+        } else {
+            // One output pattern for the array (`%a` = task index) next to the stages' logs.
+            let dir = job.logs[0].parent().unwrap_or(Path::new("."));
+            let stem = job.logs[0]
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let pattern = dir.join(format!("array{stem}-%a.log"));
+            let logs = (0..tasks)
+                .map(|k| dir.join(format!("array{stem}-{k}.log")))
+                .collect();
+            (format!("ee:{first} +{}", tasks - 1), pattern, logs)
+        };
         let mut a = vec![
             "--parsable".to_string(),
-            format!("--job-name=ee:{}", job.stage_id),
-            format!("--output={}", job.log.display()),
+            format!("--job-name={name}"),
+            format!("--output={}", output.display()),
             format!("--cpus-per-task={}", job.need.threads.max(1)),
         ];
+        if tasks > 1 {
+            a.push(format!("--array=0-{}", tasks - 1));
+        }
         if let Device::Cuda(_) = job.need.device
             && o.gpus_per_stage > 0
         {
@@ -65,7 +90,7 @@ impl Slurm {
             a.push(format!("--account={acc}"));
         }
         a.extend(o.sbatch_args.iter().cloned());
-        a
+        (a, logs)
     }
 }
 
@@ -96,7 +121,7 @@ impl Scheduler for Slurm {
         format!("slurm{partition} ({})", parts.join(", "))
     }
 
-    fn submit(&mut self, job: &Submission) -> Result<String> {
+    fn submit(&mut self, job: &Submission) -> Result<Vec<(String, PathBuf)>> {
         let wrap = format!(
             "exec {}",
             job.command
@@ -105,8 +130,9 @@ impl Scheduler for Slurm {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        let (args, logs) = self.sbatch_args(job);
         let out = Command::new("sbatch")
-            .args(self.sbatch_args(job))
+            .args(args)
             .arg(format!("--wrap={wrap}"))
             .output()
             .context("cannot run sbatch")?;
@@ -124,17 +150,25 @@ impl Scheduler for Slurm {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             bail!("sbatch printed no job id (stdout: {:?})", text.trim());
         }
-        Ok(id)
+        // An array's tasks are `ID_K` to squeue, scancel and dependencies.
+        Ok(if logs.len() == 1 {
+            vec![(id, logs[0].clone())]
+        } else {
+            logs.into_iter()
+                .enumerate()
+                .map(|(k, log)| (format!("{id}_{k}"), log))
+                .collect()
+        })
     }
 
     fn states(&mut self, ids: &[String]) -> Result<BTreeMap<String, JobState>> {
         if ids.is_empty() {
             return Ok(BTreeMap::new());
         }
-        // All of this user's jobs in every state (finished ones stay listed for MinJobAge);
-        // asking for ids Slurm has already forgotten would make squeue fail.
+        // All of this user's jobs in every state (finished ones stay listed for MinJobAge), one
+        // line per array task (-r); asking for ids Slurm has already forgotten would fail.
         let out = Command::new("squeue")
-            .args(["-h", "--me", "-t", "all", "-o", "%i|%T|%r"])
+            .args(["-h", "--me", "-r", "-t", "all", "-o", "%i|%T|%r"])
             .output()
             .context("cannot run squeue")?;
         if !out.status.success() {
@@ -185,7 +219,6 @@ fn parse_squeue(text: &str) -> BTreeMap<String, JobState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
 
     #[test]
     fn squeue_states_are_read() {
@@ -213,8 +246,9 @@ mod tests {
                 ..SlurmOptions::default()
             },
         };
+        let logs = [PathBuf::from("/c/jobs/r/3.log")];
         let job = |device, measuring, after: Vec<String>| Submission {
-            stage_id: "m[q4_0]",
+            stage_ids: vec!["m[q4_0]"],
             command: vec![],
             after,
             need: Need {
@@ -223,13 +257,13 @@ mod tests {
                 exclusive: measuring,
             },
             measuring,
-            log: Path::new("/c/jobs/r/3.log"),
+            logs: &logs,
         };
-        let gpu = s.sbatch_args(&job(Device::Cuda(1), true, vec!["7".into(), "8".into()]));
+        let (gpu, _) = s.sbatch_args(&job(Device::Cuda(1), true, vec!["7".into(), "8_2".into()]));
         for want in [
             "--gres=gpu:1",
             "--cpus-per-task=2",
-            "--dependency=afterok:7:8",
+            "--dependency=afterok:7:8_2",
             "--kill-on-invalid-dep=yes",
             "--partition=gpu",
             "--time=04:00:00",
@@ -241,12 +275,48 @@ mod tests {
             );
         }
         assert!(!gpu.contains(&"--exclusive".to_string()));
-        let cpu = s.sbatch_args(&job(Device::Cpu, true, vec![]));
+        assert!(!gpu.iter().any(|a| a.starts_with("--array")));
+        let (cpu, _) = s.sbatch_args(&job(Device::Cpu, true, vec![]));
         assert!(cpu.contains(&"--exclusive".to_string()));
         assert!(
             !cpu.iter()
                 .any(|a| a.starts_with("--gres") || a.starts_with("--dependency"))
         );
+    }
+
+    #[test]
+    fn alike_stages_are_one_array_with_a_log_per_task() {
+        let s = Slurm {
+            options: SlurmOptions::default(),
+        };
+        let logs = [
+            PathBuf::from("/c/jobs/r/3.log"),
+            PathBuf::from("/c/jobs/r/4.log"),
+            PathBuf::from("/c/jobs/r/9.log"),
+        ];
+        let job = Submission {
+            stage_ids: vec!["q[a]", "q[b]", "q[c]"],
+            command: vec![],
+            after: vec![],
+            need: Need {
+                threads: 1,
+                device: Device::Cpu,
+                exclusive: false,
+            },
+            measuring: false,
+            logs: &logs,
+        };
+        let (args, task_logs) = s.sbatch_args(&job);
+        assert!(args.contains(&"--array=0-2".to_string()), "{args:?}");
+        assert!(
+            args.contains(&"--output=/c/jobs/r/array3-%a.log".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--job-name=ee:q[a] +2".to_string()),
+            "{args:?}"
+        );
+        assert_eq!(task_logs[2], Path::new("/c/jobs/r/array3-2.log"));
     }
 
     #[test]
