@@ -130,6 +130,9 @@ pub struct SlurmOptions {
     pub partition: Option<String>,
     /// GPUs a stage on `cuda(N)` requests (`--gres=gpu:N`); stages on `cpu` request none.
     pub gpus_per_stage: u32,
+    /// CPUs requested by stages that use every core they are given (fine-tuning, evaluation,
+    /// measurements); a stage that declares a thread count requests that many.
+    pub cpus_per_stage: u32,
     /// Time limit of each job, in Slurm's syntax (`04:00:00`, `1-00:00:00`, `90`).
     pub time: Option<String>,
     pub account: Option<String>,
@@ -142,6 +145,7 @@ impl std::default::Default for SlurmOptions {
         SlurmOptions {
             partition: None,
             gpus_per_stage: 1,
+            cpus_per_stage: 4,
             time: None,
             account: None,
             sbatch_args: vec![],
@@ -154,7 +158,11 @@ impl fmt::Display for Executor {
         match self {
             Executor::Local => write!(f, "local"),
             Executor::Slurm(o) => {
-                write!(f, "slurm(gpus_per_stage = {}", o.gpus_per_stage)?;
+                write!(
+                    f,
+                    "slurm(gpus_per_stage = {}, cpus_per_stage = {}",
+                    o.gpus_per_stage, o.cpus_per_stage
+                )?;
                 for (k, v) in [
                     ("partition", &o.partition),
                     ("time", &o.time),

@@ -93,6 +93,7 @@ test_stage(emit = "x")
         Executor::Slurm(SlurmOptions {
             partition: Some("gpu".into()),
             gpus_per_stage: 2,
+            cpus_per_stage: 4,
             time: Some("1-00:00:00".into()),
             account: None,
             sbatch_args: vec!["--qos=short".into()],

@@ -1148,6 +1148,7 @@ impl Resolver {
         let schema = [
             ParamSpec::optional("partition", Ty::Str, "Slurm partition"),
             ParamSpec::optional("gpus_per_stage", Ty::int(0, 64), "GPUs per GPU stage"),
+            ParamSpec::optional("cpus_per_stage", Ty::int(1, 4096), "CPUs per stage"),
             ParamSpec::optional("time", Ty::Str, "time limit per job"),
             ParamSpec::optional("account", Ty::Str, "Slurm account"),
             ParamSpec::optional(
@@ -1168,7 +1169,7 @@ impl Resolver {
                 )
                 .suggest(&name.name, schema.iter().map(|p| p.name))
                 .with_hint(
-                    "slurm's arguments: partition, gpus_per_stage, time, account, sbatch_args",
+                    "slurm's arguments: partition, gpus_per_stage, cpus_per_stage, time, account, sbatch_args",
                 ));
             };
             if !seen.insert(spec.name) {
@@ -1183,6 +1184,7 @@ impl Resolver {
             match spec.name {
                 "partition" => o.partition = text(),
                 "gpus_per_stage" => o.gpus_per_stage = v.as_i64().unwrap_or(1) as u32,
+                "cpus_per_stage" => o.cpus_per_stage = v.as_i64().unwrap_or(4) as u32,
                 "time" => {
                     let t = text().unwrap_or_default();
                     let ok = !t.is_empty()

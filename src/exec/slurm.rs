@@ -35,6 +35,15 @@ impl Slurm {
         }
     }
 
+    /// CPUs a stage asks for: its own thread count, or `cpus_per_stage` for one that uses all.
+    fn cpus(&self, need: &Need) -> usize {
+        if need.threads == usize::MAX {
+            self.options.cpus_per_stage as usize
+        } else {
+            need.threads.max(1)
+        }
+    }
+
     /// `sbatch` arguments for a job (without the command), and each task's log file.
     pub fn sbatch_args(&self, job: &Submission) -> (Vec<String>, Vec<PathBuf>) {
         let o = &self.options;
@@ -63,8 +72,11 @@ impl Slurm {
             "--parsable".to_string(),
             format!("--job-name={name}"),
             format!("--output={}", output.display()),
-            format!("--cpus-per-task={}", job.need.threads.max(1)),
         ];
+        let whole_node = job.measuring && job.need.device == Device::Cpu;
+        if !whole_node {
+            a.push(format!("--cpus-per-task={}", self.cpus(&job.need)));
+        }
         if tasks > 1 {
             a.push(format!("--array=0-{}", tasks - 1));
         }
@@ -73,7 +85,7 @@ impl Slurm {
         {
             a.push(format!("--gres=gpu:{}", o.gpus_per_stage));
         }
-        if job.measuring && job.need.device == Device::Cpu {
+        if whole_node {
             a.push("--exclusive".into());
         }
         if !job.after.is_empty() {
@@ -105,12 +117,14 @@ impl Scheduler for Slurm {
     }
 
     fn placement(&self, need: &Need) -> String {
-        let mut parts = vec![format!("{} CPU", need.threads.max(1))];
+        let mut parts = vec![];
+        if need.exclusive && need.device == Device::Cpu {
+            parts.push("whole node".to_string());
+        } else {
+            parts.push(format!("{} CPU", self.cpus(need)));
+        }
         if let Device::Cuda(_) = need.device {
             parts.push(format!("{} GPU", self.options.gpus_per_stage));
-        }
-        if need.exclusive && need.device == Device::Cpu {
-            parts.push("whole node".into());
         }
         let partition = self
             .options
@@ -299,7 +313,7 @@ mod tests {
             command: vec![],
             after: vec![],
             need: Need {
-                threads: 1,
+                threads: usize::MAX, // "all it is given": cpus_per_stage
                 device: Device::Cpu,
                 exclusive: false,
             },
@@ -308,6 +322,7 @@ mod tests {
         };
         let (args, task_logs) = s.sbatch_args(&job);
         assert!(args.contains(&"--array=0-2".to_string()), "{args:?}");
+        assert!(args.contains(&"--cpus-per-task=4".to_string()), "{args:?}");
         assert!(
             args.contains(&"--output=/c/jobs/r/array3-%a.log".to_string()),
             "{args:?}"
