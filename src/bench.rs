@@ -257,14 +257,20 @@ impl Drop for TempDir {
 /// `edge-eval bench-model FILE.gguf`: prompt processing (one forward pass over `prompt` tokens)
 /// and generation (`tokens` greedy decode steps from a one-token context, end tokens ignored), as
 /// llama-bench's pp/tg tests measure them. Median of `repeats` runs after one warm-up.
-pub fn model(
-    path: &Path,
-    prompt: usize,
-    tokens: usize,
-    repeats: usize,
-    batches: &[usize],
-    device: crate::spec::Device,
-) -> Result<i32> {
+/// What `bench-model` measures.
+pub struct ModelBench {
+    pub prompt: usize,
+    pub tokens: usize,
+    pub repeats: usize,
+    pub batches: Vec<usize>,
+    pub device: crate::spec::Device,
+    /// Alternating decode runs with and without the meter's sampler (pairs).
+    pub meter_overhead: Option<usize>,
+}
+
+pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
+    let (prompt, tokens, repeats, batches, device) =
+        (b.prompt, b.tokens, b.repeats, &b.batches, b.device);
     use crate::runtime::gguf::Gguf;
     use crate::runtime::llama::{KvCache, Llama};
     use candle_core::{D, Tensor};
@@ -335,7 +341,68 @@ pub fn model(
             tg.as_secs_f64() * 1000.0 / tokens as f64
         );
     }
+    if let Some(pairs) = b.meter_overhead {
+        let batch = batches.first().copied().unwrap_or(1).max(1);
+        meter_overhead(device, pairs.max(2), &|| run_tg(batch))?;
+    }
     Ok(0)
+}
+
+/// The meter's cost on throughput: `pairs` decode runs with the meter open (its sampling thread
+/// running, as in a measurement window) and `pairs` without, in ABBA order so that drift (clocks,
+/// temperature) falls on both alike. Reports the mean of the per-pair time ratios and its 95 %
+/// interval: the overhead is shown below 1 % only if the whole interval is.
+fn meter_overhead(
+    device: crate::spec::Device,
+    pairs: usize,
+    run: &dyn Fn() -> Result<Duration>,
+) -> Result<()> {
+    let cores = available_threads();
+    let interval = Duration::from_millis(20);
+    let open = || {
+        crate::meter::open(
+            "auto",
+            device,
+            Some(15.0),
+            cores,
+            crate::meter::Scope::Process,
+            interval,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot open the meter: {e}"))
+    };
+    let meter_name = open()?.describe();
+    run()?; // warm-up
+    let mut ratios = vec![];
+    for k in 0..pairs {
+        let metered_first = k % 2 == 0;
+        let timed = |metered: bool| -> Result<f64> {
+            let meter = if metered { Some(open()?) } else { None };
+            let t = run()?.as_secs_f64();
+            drop(meter);
+            Ok(t)
+        };
+        let (with, without) = if metered_first {
+            let w = timed(true)?;
+            (w, timed(false)?)
+        } else {
+            let wo = timed(false)?;
+            (timed(true)?, wo)
+        };
+        ratios.push(with / without - 1.0);
+    }
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let sd =
+        (ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (ratios.len() - 1) as f64).sqrt();
+    let half = 1.96 * sd / (ratios.len() as f64).sqrt();
+    println!(
+        "  meter overhead ({meter_name}, {pairs} ABBA pairs): decode time {:+.2} % \
+         (95 % interval {:+.2} … {:+.2} %; sd of a pair {:.2} %)",
+        mean * 100.0,
+        (mean - half) * 100.0,
+        (mean + half) * 100.0,
+        sd * 100.0
+    );
+    Ok(())
 }
 
 /// A local run without progress output.

@@ -129,6 +129,10 @@ pub enum Command {
         /// cpu or cuda(N) (the latter needs a build with `--features cuda`)
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
         device: crate::spec::Device,
+        /// Then decode N times with the energy meter running and N times without, alternating,
+        /// and report the meter's cost in tokens/s (with a 95 % interval)
+        #[arg(long, value_name = "N")]
+        meter_overhead: Option<usize>,
     },
     /// Engine benchmark: plan and no-op run of a 72-variant × 5-stage pipeline; file hashing speed
     Bench {
@@ -312,7 +316,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
             repeats,
             batch,
             device,
-        } => crate::bench::model(&model, prompt, tokens, repeats, &batch, device),
+            meter_overhead,
+        } => crate::bench::model(
+            &model,
+            &crate::bench::ModelBench {
+                prompt,
+                tokens,
+                repeats,
+                batches: batch,
+                device,
+                meter_overhead,
+            },
+        ),
         Command::Bench {
             hash_mib,
             repeats,
