@@ -19,8 +19,6 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// How often a held lock's file is touched.
@@ -76,7 +74,8 @@ impl Owner {
 pub struct LockFile {
     path: PathBuf,
     owner: Owner,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the heartbeat thread (which wakes at once).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -112,22 +111,20 @@ impl LockFile {
     }
 
     fn held(path: &Path, owner: Owner) -> LockFile {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let heartbeat = {
-            let (path, stop, nonce) = (path.to_path_buf(), stop.clone(), owner.nonce.clone());
+            let (path, nonce) = (path.to_path_buf(), owner.nonce.clone());
             std::thread::Builder::new()
                 .name("lock-heartbeat".into())
                 .spawn(move || {
-                    let mut last = Instant::now();
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        if last.elapsed() >= HEARTBEAT {
-                            last = Instant::now();
-                            // Touch only our own lock: if it was broken (we were presumed dead)
-                            // the file now belongs to someone else.
-                            if read_owner(&path).is_some_and(|o| o.nonce == nonce) {
-                                touch(&path);
-                            }
+                    // Until the holder drops its end of the channel.
+                    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(HEARTBEAT)
+                    {
+                        // Touch only our own lock: if it was broken (we were presumed dead)
+                        // the file now belongs to someone else.
+                        if read_owner(&path).is_some_and(|o| o.nonce == nonce) {
+                            touch(&path);
                         }
                     }
                 })
@@ -136,7 +133,7 @@ impl LockFile {
         LockFile {
             path: path.to_path_buf(),
             owner,
-            stop,
+            stop: Some(stop),
             heartbeat,
         }
     }
@@ -148,7 +145,7 @@ impl LockFile {
 
 impl Drop for LockFile {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(h) = self.heartbeat.take() {
             let _ = h.join();
         }
@@ -313,6 +310,8 @@ fn poll_interval() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     #[test]
     fn one_holder_at_a_time_and_released_on_drop() {

@@ -194,6 +194,11 @@ pub async fn run(
         to_submit.push(i);
     }
 
+    if stop.is_some() {
+        // Nothing is submitted after a failure found while settling: the specs go too.
+        let _ = std::fs::remove_dir_all(root.join("jobs").join(&run_id));
+    }
+
     // 2. Submit: stages alike (same resources, same jobs to wait for) as one job array.
     let mut submitted: BTreeMap<NodeIdx, Submitted> = BTreeMap::new();
     if stop.is_none() {
@@ -290,6 +295,7 @@ pub async fn run(
 
     // 3. Follow the jobs until each has a result, has failed, or was cancelled.
     let mut interrupted = false;
+    let mut queue_failing = false;
     let poll = poll_interval();
     while submitted.values().any(|s| !s.done) {
         tokio::select! {
@@ -315,12 +321,19 @@ pub async fn run(
             .map(|s| s.id.clone())
             .collect();
         let queue = match scheduler.states(&open) {
-            Ok(q) => Some(q),
+            Ok(q) => {
+                queue_failing = false;
+                Some(q)
+            }
             Err(e) => {
-                ui.error(&format!(
-                    "cannot read the {} queue: {e:#}",
-                    scheduler.name()
-                ));
+                // Once per outage, not every poll; result files are still read meanwhile.
+                if !queue_failing {
+                    ui.error(&format!(
+                        "cannot read the {} queue (retrying): {e:#}",
+                        scheduler.name()
+                    ));
+                }
+                queue_failing = true;
                 None
             }
         };
