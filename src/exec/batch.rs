@@ -341,8 +341,6 @@ pub async fn run(
         for (&i, s) in submitted.iter_mut().filter(|(_, s)| !s.done) {
             let listed = queue.as_ref().and_then(|q| q.get(&s.id));
             if let Some(r) = s.files.read_result() {
-                s.done = true;
-                ui.stage_done(s.bar.take());
                 finish(i, s, r, cache, &planner, &mut states, &mut outcomes, &ui);
                 if outcomes[i]
                     .as_ref()
@@ -367,8 +365,6 @@ pub async fn run(
                     let (state, reason) = (state.clone(), reason.clone());
                     // The result file may have landed between the two reads.
                     if let Some(r) = s.files.read_result() {
-                        s.done = true;
-                        ui.stage_done(s.bar.take());
                         finish(i, s, r, cache, &planner, &mut states, &mut outcomes, &ui);
                     } else {
                         let why = format!(
@@ -513,7 +509,7 @@ fn arrays(
 #[allow(clippy::too_many_arguments)]
 fn finish(
     i: NodeIdx,
-    s: &Submitted,
+    s: &mut Submitted,
     r: JobResult,
     cache: &Cache,
     planner: &Planner,
@@ -533,6 +529,8 @@ fn finish(
         }
     };
     let status = if r.ran { Status::Ran } else { Status::Cached };
+    s.done = true;
+    ui.stage_done(s.bar.take());
     ui.line(&format!(
         "✓ {} ({:.1} s, {where_}{})",
         planner.pipeline.nodes[i].id,
@@ -557,7 +555,7 @@ fn finish(
 /// A job failed: its error, with the job id and the tail of its log.
 fn fail(
     i: NodeIdx,
-    s: &Submitted,
+    s: &mut Submitted,
     why: String,
     states: &mut [State],
     outcomes: &mut [Option<Outcome>],
@@ -579,6 +577,8 @@ fn fail(
     ui.error(&format!("✗ {}: {error}", s.stage_id));
     outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
     states[i] = State::Failed { error };
+    s.done = true;
+    ui.stage_done(s.bar.take());
 }
 
 /// The last `n` lines of a file (empty when it cannot be read).
