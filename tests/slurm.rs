@@ -31,6 +31,10 @@ impl Cluster {
             eprintln!("skipping: {why}");
             return None;
         }
+        // The guard exists first, so whatever start-cluster did start is stopped even if it fails.
+        let cluster = Cluster {
+            dir: dir.to_path_buf(),
+        };
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/start-cluster.sh");
         let out = Command::new("bash").arg(script).arg(dir).output().unwrap();
         assert!(
@@ -39,9 +43,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Some(Cluster {
-            dir: dir.to_path_buf(),
-        })
+        Some(cluster)
     }
 }
 
