@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -40,14 +42,7 @@ impl Env {
         let mut args = vec!["run", "p.eep", "--json"];
         args.extend_from_slice(extra);
         let out = self.exec(&args);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json: Value =
-            serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
-                panic!(
-                    "no JSON ({e}): stdout={stdout} stderr={}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
+        let json = common::run_json(&out);
         let statuses = json["stages"]
             .as_array()
             .unwrap()

@@ -3,7 +3,6 @@
 //! Backends: a shared folder (`file://`, always built) and, with the `s3` feature, an
 //! S3-compatible server (moto, from PyPI, started on 127.0.0.1; `.ci/run` installs it).
 
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,11 +31,12 @@ fn run_on(
         .args(["--remote-cache", remote, "run", "p.eep", "--json"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}\n{stderr}"));
+    let json = common::run_json(&out);
+    assert!(
+        out.status.success(),
+        "{json}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     json["stages"]
         .as_array()
         .unwrap()

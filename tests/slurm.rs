@@ -70,10 +70,8 @@ fn run(dir: &Path, cluster: &Cluster, file: &str, extra: &[&str]) -> Run {
         .args(extra)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no JSON ({e}): stdout={stdout} stderr={stderr}"));
+    let json = common::run_json(&out);
     let stages = json["stages"]
         .as_array()
         .unwrap()

@@ -180,7 +180,7 @@ impl Watch {
                 Duration::ZERO
             }
         };
-        if !(owner.dead_here() || still >= stale_after()) {
+        if !(owner.dead_here() || still >= STALE_AFTER) {
             return Ok(false);
         }
         self.seen = None;
@@ -292,15 +292,6 @@ fn touch(path: &Path) {
     if let Ok(f) = fs::OpenOptions::new().append(true).open(path) {
         let _ = f.set_modified(SystemTime::now());
     }
-}
-
-/// Test hooks: `EDGE_EVAL_LOCK_STALE_MS` shortens [`STALE_AFTER`].
-fn stale_after() -> Duration {
-    std::env::var("EDGE_EVAL_LOCK_STALE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(STALE_AFTER)
 }
 
 fn poll_interval() -> Duration {

@@ -94,6 +94,11 @@ fn shard(dir: &Path, name: &str) -> PathBuf {
     dir.join(&name[..2.min(name.len())]).join(name)
 }
 
+/// The remote tier's path of `name` under `dir` (`objects`, `actions`): the local layout.
+fn rel(dir: &str, name: &str) -> String {
+    shard(Path::new(dir), name).to_string_lossy().into_owned()
+}
+
 impl Cache {
     /// Opens (creating if needed) a cache directory.
     pub fn open(root: &Path) -> Result<Cache> {
@@ -189,7 +194,6 @@ impl Cache {
     /// Copies the remote entry of `key` (objects first, each checked against its digest, then
     /// the manifest) into this cache; false when the remote has no such entry.
     fn pull(&self, remote: &remote::Remote, key: &str) -> Result<bool> {
-        let rel = |dir: &str, name: &str| format!("{dir}/{}/{name}", &name[..2.min(name.len())]);
         let Some(text) = remote.get_bytes(&rel("actions", &format!("{key}.json")))? else {
             return Ok(false);
         };
@@ -227,7 +231,6 @@ impl Cache {
 
     /// Pushes a committed result to the remote tier: objects it lacks, then the manifest.
     fn push(&self, remote: &remote::Remote, m: &Manifest) -> Result<()> {
-        let rel = |dir: &str, name: &str| format!("{dir}/{}/{name}", &name[..2.min(name.len())]);
         for obj in m.files.values() {
             let target = rel("objects", &obj.digest);
             if !remote.exists(&target)? {

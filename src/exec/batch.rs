@@ -537,15 +537,7 @@ fn finish(
         manifest.seconds,
         if r.ran { "" } else { ", found cached" }
     ));
-    outcomes[i] = Some(Outcome {
-        status,
-        key: Some(manifest.key.clone()),
-        started_us: Some(manifest.started_us),
-        finished_us: Some(manifest.finished_us),
-        seconds: Some(manifest.seconds),
-        error: None,
-        manifest: Some(manifest.clone()),
-    });
+    outcomes[i] = Some(Outcome::finished(status, &manifest));
     states[i] = State::Done {
         artifact: planner.artifact_of(&manifest),
         manifest: Some(manifest),

@@ -68,6 +68,19 @@ impl Outcome {
             manifest: None,
         }
     }
+
+    /// A stage that finished in this run (ran, or was found computed meanwhile).
+    fn finished(status: Status, m: &Manifest) -> Outcome {
+        Outcome {
+            status,
+            key: Some(m.key.clone()),
+            started_us: Some(m.started_us),
+            finished_us: Some(m.finished_us),
+            seconds: Some(m.seconds),
+            error: None,
+            manifest: Some(Box::new(m.clone())),
+        }
+    }
 }
 
 pub struct RunOptions {
@@ -263,15 +276,7 @@ pub async fn run(
                 let m = c.into_manifest();
                 ui.line(&format!("✓ {} ({:.1} s)", nodes[i].id, m.seconds));
                 let artifact = planner.artifact_of(&m);
-                outcomes[i] = Some(Outcome {
-                    status,
-                    key: Some(m.key.clone()),
-                    started_us: Some(m.started_us),
-                    finished_us: Some(m.finished_us),
-                    seconds: Some(m.seconds),
-                    error: None,
-                    manifest: Some(Box::new(m.clone())),
-                });
+                outcomes[i] = Some(Outcome::finished(status, &m));
                 states[i] = State::Done {
                     artifact,
                     manifest: Some(Box::new(m)),
