@@ -1,7 +1,8 @@
 //! The llama architecture (SmolLM2, Llama 3.x) and its qwen2 variant (Qwen2.5) over GGUF weights, with a forward pass of our own:
 //! batched input, full-sequence logits (for perplexity and KL), and a KV cache. Matrix weights
-//! stay in their GGUF type and are multiplied with candle's quantized kernels (`QMatMul`); on a
-//! GPU, f16 / bf16 matrices are held in their own type and multiplied densely ([`Mat`]).
+//! stay in their GGUF type: on the CPU, Q4_0 / Q4_1 / Q8_0 go through our kernels
+//! ([`super::cpu`]), other types through candle's quantized kernels (`QMatMul`); on a GPU,
+//! f16 / bf16 matrices are held in their own type and multiplied densely ([`Mat`]).
 
 use super::gguf::Gguf;
 use anyhow::{Context, Result, bail};
@@ -112,7 +113,9 @@ impl Embedding {
 
 /// A weight matrix as held for inference.
 pub(crate) enum Mat {
-    /// Through candle's quantized matmul (GGUF block types; f16 on the CPU; f32).
+    /// Q4_0 / Q4_1 / Q8_0 on the CPU: our own kernels ([`super::cpu`]).
+    Cpu(super::cpu::CpuMat),
+    /// Through candle's quantized matmul (other GGUF block types; f16 on the CPU; f32; GPUs).
     Q(QMatMul),
     /// `W` `[out, in]` in f16 or bf16 on a GPU: activations are converted to the weight's type
     /// for the product (cuBLAS half GEMM) and back. candle's `QMatMul` would hold f16 as f32 and
@@ -124,6 +127,7 @@ impl Mat {
     /// Bytes the matrix occupies once loaded.
     fn resident_bytes(&self) -> u64 {
         match self {
+            Mat::Cpu(m) => m.resident_bytes(),
             Mat::Q(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
             Mat::Q(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) | Mat::Half(t) => {
                 (t.elem_count() * t.dtype().size_in_bytes()) as u64
@@ -135,6 +139,7 @@ impl Mat {
 impl Module for Mat {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Mat::Cpu(m) => m.forward(x),
             Mat::Q(m) => m.forward(x),
             Mat::Half(w) => {
                 let wt = match *x.dims() {
@@ -168,6 +173,9 @@ pub struct Llama {
 
 /// Keys and values of the positions seen so far, per layer.
 pub struct KvCache {
+    /// Per layer, K and V buffers `[batch, kv heads, capacity, head size]` whose first `len`
+    /// positions are filled; the capacity doubles when full, so a decode step writes its own
+    /// position instead of copying the whole cache.
     layers: Vec<Option<(Tensor, Tensor)>>,
     pub len: usize,
     /// Left padding of each batch row: keys before it are never attended to.
@@ -187,6 +195,44 @@ impl KvCache {
             len: 0,
             pads,
         }
+    }
+}
+
+/// Writes `k`, `v` (`[b, kv, t, d]`, contiguous) at positions `pos..pos + t` of a layer's cache,
+/// growing it when full, and returns the cache's first `pos + t` positions (views, no copy).
+fn cache_append(
+    slot: &mut Option<(Tensor, Tensor)>,
+    k: &Tensor,
+    v: &Tensor,
+    pos: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (b, kv, t, d) = k.dims4()?;
+    let total = pos + t;
+    let cap = slot.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
+    if total > cap {
+        let cap = total.next_power_of_two().max(64);
+        let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+            let buf = Tensor::zeros((b, kv, cap, d), k.dtype(), k.device())?;
+            if let Some(old) = old.filter(|_| pos > 0) {
+                buf.slice_set(&old.narrow(2, 0, pos)?.contiguous()?, 2, 0)?;
+            }
+            Ok(buf)
+        };
+        let old = slot.take();
+        *slot = Some((
+            grow(old.as_ref().map(|(k, _)| k))?,
+            grow(old.as_ref().map(|(_, v)| v))?,
+        ));
+    }
+    let (kb, vb) = slot.as_ref().expect("allocated above");
+    kb.slice_set(k, 2, pos)?;
+    vb.slice_set(v, 2, pos)?;
+    let (k, v) = (kb.narrow(2, 0, total)?, vb.narrow(2, 0, total)?);
+    if k.device().is_cpu() {
+        Ok((k, v))
+    } else {
+        // candle's CUDA matmul is only relied on here with contiguous operands.
+        Ok((k.contiguous()?, v.contiguous()?))
     }
 }
 
@@ -320,13 +366,21 @@ impl Llama {
                 )
             } else {
                 let q = g.tensor_on(name, device)?;
+                let ours = match device.is_cpu() {
+                    true => super::cpu::CpuMat::from_qtensor(&q)
+                        .with_context(|| format!("tensor `{name}`"))?,
+                    false => None,
+                };
                 // f16 matrices stay f16 and go through the quantized kernels (f16 dot products)
                 // on the CPU; candle's default would hold them as f32, doubling the bytes read.
-                Mat::Q(if q.dtype() == GgmlDType::F16 {
-                    QMatMul::QTensor(Arc::new(q))
-                } else {
-                    QMatMul::from_qtensor(q).map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?
-                })
+                match ours {
+                    Some(m) => Mat::Cpu(m),
+                    None if q.dtype() == GgmlDType::F16 => Mat::Q(QMatMul::QTensor(Arc::new(q))),
+                    None => Mat::Q(
+                        QMatMul::from_qtensor(q)
+                            .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?,
+                    ),
+                }
             };
             weight_bytes += m.resident_bytes();
             Ok(m)
@@ -543,12 +597,7 @@ impl Llama {
                     candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
                 )
             };
-            let (k, v) = match slot.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v.contiguous()?),
-            };
-            *slot = Some((k.clone(), v.clone()));
-            let total = k.dim(2)?;
+            let (k, v) = cache_append(slot, &k, &v.contiguous()?, pos)?;
             let (k, v) = if rep > 1 {
                 let expand = |x: &Tensor| -> Result<Tensor> {
                     Ok(x.unsqueeze(2)?

