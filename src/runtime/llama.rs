@@ -348,6 +348,32 @@ impl Llama {
         } = cfg;
         let arch = family.clone();
         let mut weight_bytes = 0u64;
+        let head_name = match g.content.tensor_infos.contains_key("output.weight") {
+            true => "output.weight",
+            false => "token_embd.weight",
+        };
+        // Our CPU kernels only when every matrix has them: candle's quantized matmul runs on a
+        // spinning thread pool of its own, and two such pools on the same cores slowed a file
+        // mixing Q8_0 and Q4_K to a fifth of its speed.
+        const MATRICES: [&str; 7] = [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ];
+        let own_kernels = device.is_cpu()
+            && (0..n_layer)
+                .flat_map(|i| MATRICES.map(|m| format!("blk.{i}.{m}.weight")))
+                .chain([head_name.to_string()])
+                .all(|n| {
+                    matches!(
+                        g.tensor_type(&n),
+                        Some(GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0)
+                    )
+                });
         let mut qmat = |g: &mut Gguf, name: &str| -> Result<Mat> {
             let half = matches!(g.tensor_type(name), Some(GgmlDType::F16 | GgmlDType::BF16));
             let m = if half && !device.is_cpu() {
@@ -366,7 +392,7 @@ impl Llama {
                 )
             } else {
                 let q = g.tensor_on(name, device)?;
-                let ours = match device.is_cpu() {
+                let ours = match own_kernels {
                     true => super::cpu::CpuMat::from_qtensor(&q)
                         .with_context(|| format!("tensor `{name}`"))?,
                     false => None,
@@ -438,11 +464,7 @@ impl Llama {
         // its own copy: sharing the embedding's QTensor made decoding ~25 % slower (measured on
         // SmolLM2 Q4_0: 93 vs 120 tok/s), presumably candle's repacked-weight cache; both copies
         // are counted in `weight_bytes`.
-        let head = if g.content.tensor_infos.contains_key("output.weight") {
-            qmat(g, "output.weight")?
-        } else {
-            qmat(g, "token_embd.weight")?
-        };
+        let head = qmat(g, head_name)?;
         weight_bytes += embed_q.storage_size_in_bytes() as u64;
         weight_bytes += ((2 * n_layer + 1) * hidden * 4) as u64; // norms
         if cfg.gemma.is_some() {
