@@ -1,7 +1,7 @@
 //! The llama architecture (SmolLM2, Llama 3.x) and its qwen2 variant (Qwen2.5) over GGUF weights, with a forward pass of our own:
 //! batched input, full-sequence logits (for perplexity and KL), and a KV cache. Matrix weights
-//! stay in their GGUF type: on the CPU, Q4_0 / Q4_1 / Q8_0 go through our kernels
-//! ([`super::cpu`]), other types through candle's quantized kernels (`QMatMul`); on a GPU,
+//! stay in their GGUF type: on the CPU, models whose matrices are all Q4_0 / Q4_1 / Q8_0 go
+//! through our kernels ([`super::cpu`]), others through candle's quantized kernels (`QMatMul`); on a GPU,
 //! f16 / bf16 matrices are held in their own type and multiplied densely ([`Mat`]).
 
 use super::gguf::Gguf;
@@ -113,7 +113,8 @@ impl Embedding {
 
 /// A weight matrix as held for inference.
 pub(crate) enum Mat {
-    /// Q4_0 / Q4_1 / Q8_0 on the CPU: our own kernels ([`super::cpu`]).
+    /// Q4_0 / Q4_1 / Q8_0 on the CPU, when every matrix of the model is one of these: our own
+    /// kernels ([`super::cpu`]).
     Cpu(super::cpu::CpuMat),
     /// Through candle's quantized matmul (other GGUF block types; f16 on the CPU; f32; GPUs).
     Q(QMatMul),
