@@ -4,8 +4,9 @@
 //! f16 scale, f16 minimum + nibbles; `Q8_0`: f16 scale + 32 bytes), repacked at load
 //! ([`Packed`]). Activations are quantized per block of 32 to 8 bits ([`Acts`]: f32 scale, its
 //! scaled sum, 32 × i8), as llama.cpp does, so each block product is an integer dot product of
-//! 32 pairs; the scale products of 8 blocks are formed in one vector multiply. The AVX2 kernels are used when the CPU
-//! has AVX2 and FMA (checked once at run time); a portable version computes the same sums.
+//! 32 pairs; the scale products of 8 blocks are formed in one vector multiply. The AVX2 kernels
+//! are used when the CPU has AVX2, FMA and F16C (checked once at run time); a portable version
+//! computes the same sums.
 //! Every function returns `ROWS` dot products of one weight row with `ROWS` activation rows, so
 //! a weight block is unpacked once per tile of prompt rows.
 
@@ -44,7 +45,6 @@ impl Kind {
 /// Rows of activations quantized per block of 32: `x ≈ d · qs`; `s = d · Σ qs` (for the
 /// minimum / offset term of the 4-bit types). Scales and sums in arrays of their own, so the
 /// kernels read 8 at a time.
-#[derive(Default)]
 pub struct Acts {
     /// Blocks per row.
     kb: usize,
