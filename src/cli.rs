@@ -112,6 +112,13 @@ pub enum Command {
         /// The job: RUN/NODE, as named in the cache's jobs/ folder
         job: String,
     },
+    /// A cold load in a fresh process, driven by `cold_load` over stdin/stdout (internal)
+    #[command(hide = true)]
+    LoadProbe {
+        model: PathBuf,
+        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        device: crate::spec::Device,
+    },
     /// Runtime benchmark of a GGUF model: prompt and generation tokens/s (as llama-bench pp/tg)
     BenchModel {
         /// GGUF file
@@ -302,6 +309,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::ExecStage { cache_dir, job } => {
             let cache = open_cache(&cache_dir, cli.remote_cache.as_deref())?;
             crate::exec::job::exec_stage(&cache, &job)
+        }
+        Command::LoadProbe { model, device } => {
+            crate::stages::load_probe::child(&model, device)?;
+            Ok(0)
         }
         Command::Cache { action } => cache_cmd(&cli.cache, action),
         Command::Report { dir, metrics } => report_cmd(&dir, &metrics),

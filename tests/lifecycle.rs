@@ -73,7 +73,7 @@ for q in [f16, q8_0] {
   v[q] = quantize(smol, q)
   cold_load(v[q], repeats = 2)
   evaluate(v[q], qa, samples = 4, reference = v[f16])
-  measure(v[q], qa, batch = [1, 2], repeats = 2, requests = 2, warmup = 1)
+  measure(v[q], qa, batch = [1, 2], repeats = 2, requests = 2, warmup = 1, min_window = 1 s)
 }"#;
     std::fs::write(dir.path().join("p.eep"), pipeline(&model, ECONOMICS, body)).unwrap();
     let out = run(dir.path(), &["run", "p.eep"]);
@@ -102,6 +102,15 @@ for q in [f16, q8_0] {
     }
 
     let measure = rows(dir.path(), "measure");
+    for r in by(&measure, "row", "repeat") {
+        // At least `requests`, then whole batches until the window has lasted `min_window`.
+        let (n, batch) = (
+            r["requests"].as_i64().unwrap(),
+            r["batch"].as_i64().unwrap(),
+        );
+        assert!(n >= 2 && n % batch == 0, "{r:?}");
+        assert!(r["seconds"].as_f64().unwrap() >= 1.0, "{r:?}");
+    }
     let summaries = by(&measure, "row", "summary");
     assert_eq!(summaries.len(), 4, "one summary per variant × batch size");
     for s in &summaries {
@@ -194,8 +203,8 @@ fn without_any_meter_energy_is_null_with_a_reason_never_zero() {
     let dir = tempfile::tempdir().unwrap();
     let body = r#"
 v = quantize(smol, q8_0)
-cold_load(v, repeats = 1)
-measure(v, qa, repeats = 1, requests = 1, warmup = 0)"#;
+cold_load(v, repeats = 2, isolation = process)
+measure(v, qa, repeats = 1, requests = 1, warmup = 0, min_window = 0 s)"#;
     let economics = "economics { electricity = 0.12 usd/kWh  api_request = 0.00125 usd }";
     std::fs::write(dir.path().join("p.eep"), pipeline(&model, economics, body)).unwrap();
     let out = run(dir.path(), &["run", "p.eep"]);
@@ -212,6 +221,19 @@ measure(v, qa, repeats = 1, requests = 1, warmup = 0)"#;
             assert!(why.contains("cpu_power"), "{why}");
         }
     }
+    // Each load ran in a fresh child process: its memory is that process's growth, every time.
+    for r in by(&rows(dir.path(), "cold_load"), "row", "repeat") {
+        assert_eq!(r["isolation"], "process");
+        let weights = r["weight_bytes"].as_i64().unwrap();
+        let resident = r["resident_bytes"].as_i64().unwrap();
+        assert!(resident > weights / 2 && resident < weights * 4, "{r:?}");
+        assert!(r["peak_bytes"].as_i64().unwrap() >= resident, "{r:?}");
+    }
+    // `min_window = 0 s`: exactly the requests asked for.
+    assert_eq!(
+        by(&rows(dir.path(), "measure"), "row", "repeat")[0]["requests"],
+        1
+    );
     let m = &rows(dir.path(), "metrics")[0];
     for k in ["ipw", "c_tax", "n_break"] {
         assert!(m[k].is_null(), "{k}: {m:?}");

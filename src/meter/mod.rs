@@ -55,6 +55,17 @@ pub trait Meter: Send {
     fn describe(&self) -> String;
     /// Joules since the meter was opened (monotone).
     fn joules(&mut self) -> Result<f64>;
+    /// A reading that belongs to the instant returned with it. A meter that updates in steps
+    /// (NVML's counter: about every 100 ms, so a plain read can be up to a step stale at either
+    /// edge of a window) waits for its next step; the default is a plain read, now.
+    fn joules_at_step(&mut self) -> Result<(f64, Instant)> {
+        Ok((self.joules()?, Instant::now()))
+    }
+    /// Power now, in watts, where the meter can read it (used for the short stretch between the
+    /// end of the work and the meter's next step, which [`Metered::window`] subtracts).
+    fn power_w(&mut self) -> Option<f64> {
+        None
+    }
     /// Joules integrated from timestamped power samples, where the meter samples (a second
     /// figure beside a counter, to compare with).
     fn sampled_joules(&mut self) -> Option<f64> {
@@ -192,13 +203,12 @@ impl WindowEnergy {
     }
 }
 
-/// Idle power: the meter's joules over a quiet interval.
+/// Idle power: the meter's joules over a quiet interval, between two of its steps.
 fn idle_power(meter: &mut dyn Meter, idle: Duration) -> Result<f64> {
-    let t0 = Instant::now();
-    let e0 = meter.joules()?;
+    let (e0, t0) = meter.joules_at_step()?;
     std::thread::sleep(idle);
-    let e1 = meter.joules()?;
-    Ok((e1 - e0) / t0.elapsed().as_secs_f64())
+    let (e1, t1) = meter.joules_at_step()?;
+    Ok((e1 - e0) / t1.duration_since(t0).as_secs_f64())
 }
 
 /// A meter (or the reason there is none) and the idle window used around each measurement.
@@ -210,6 +220,11 @@ pub struct Metered {
 impl Metered {
     pub fn new(meter: Result<Box<dyn Meter>, String>, idle: Duration) -> Metered {
         Metered { meter, idle }
+    }
+
+    /// Where the energy figures come from; None when there is no meter.
+    pub fn source(&self) -> Option<Source> {
+        self.meter.as_ref().ok().map(|m| m.source())
     }
 
     /// What is measured and how, or why nothing is.
@@ -240,13 +255,24 @@ impl Metered {
         let before = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
         let snap0 = meter.snapshot();
         meter.take_peak_power_w();
+        // The work starts right after a step of the meter and the window's reading is taken at
+        // the first step after it ends, less the energy of that short tail (power read at both
+        // of its ends): no edge is off by up to a step of the meter.
+        let start = meter.joules_at_step().map(|r| r.0);
         let sampled0 = meter.sampled_joules();
-        let start = meter.joules();
         let t0 = Instant::now();
         let out = work()?;
-        let seconds = t0.elapsed().as_secs_f64();
-        let end = meter.joules();
+        let t1 = Instant::now();
+        let seconds = t1.duration_since(t0).as_secs_f64();
         let sampled1 = meter.sampled_joules();
+        let tail_w0 = meter.power_w();
+        let end = meter.joules_at_step().map(|(e, at)| {
+            let tail_s = at.saturating_duration_since(t1).as_secs_f64();
+            match tail_w0.zip(meter.power_w()) {
+                Some((a, b)) => e - (a + b) / 2.0 * tail_s,
+                None => e,
+            }
+        });
         let peak = meter.take_peak_power_w();
         let mut device = meter.snapshot();
         let after = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
@@ -436,6 +462,71 @@ pub(crate) mod tests {
         assert_eq!(e.gross_j, None);
         assert_eq!(e.net_j, None);
         assert!(e.null_reason.unwrap().contains("did not advance"));
+    }
+
+    /// A meter that, like NVML's counter, updates in steps: constant `watts`, readings that move
+    /// only every `step`.
+    struct Stepping {
+        t0: Instant,
+        watts: f64,
+        step: Duration,
+    }
+    impl Stepping {
+        fn steps(&self) -> u32 {
+            (self.t0.elapsed().as_secs_f64() / self.step.as_secs_f64()) as u32
+        }
+    }
+    impl Meter for Stepping {
+        fn source(&self) -> Source {
+            Source::Counter
+        }
+        fn resolution_j(&self) -> f64 {
+            self.watts * self.step.as_secs_f64()
+        }
+        fn describe(&self) -> String {
+            "stepping".into()
+        }
+        fn joules(&mut self) -> Result<f64> {
+            Ok(self.steps() as f64 * self.resolution_j())
+        }
+        fn joules_at_step(&mut self) -> Result<(f64, Instant)> {
+            let first = self.steps();
+            while self.steps() == first {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Ok((self.joules()?, Instant::now()))
+        }
+        fn power_w(&mut self) -> Option<f64> {
+            Some(self.watts)
+        }
+    }
+
+    #[test]
+    fn windows_read_a_stepping_meter_at_its_steps() {
+        let meter = Stepping {
+            t0: Instant::now(),
+            watts: 100.0,
+            step: Duration::from_millis(40),
+        };
+        let mut m = Metered::new(Ok(Box::new(meter)), Duration::from_millis(40));
+        for work_ms in [10, 55, 130] {
+            let (_, e) = m
+                .window(|| {
+                    std::thread::sleep(Duration::from_millis(work_ms));
+                    Ok(())
+                })
+                .unwrap();
+            // Plain reads at the edges would be off by up to a step (4 J) either way; aligned
+            // to the steps, less the tail after the work, the window is off by the time the
+            // step was noticed late (sub-millisecond polling, at 100 W: well under 0.5 J).
+            let gross = e.gross_j.unwrap();
+            assert!(
+                (gross - 100.0 * e.seconds).abs() < 0.5,
+                "{work_ms} ms: {gross} J in {} s",
+                e.seconds
+            );
+            assert!((e.idle_w.unwrap() - 100.0).abs() < 2.0, "{:?}", e.idle_w);
+        }
     }
 
     #[test]

@@ -199,9 +199,39 @@ impl Meter for NvmlMeter {
             None => self.sampled_joules().context("no power samples"),
         }
     }
+    fn joules_at_step(&mut self) -> Result<(f64, Instant)> {
+        let Some(start) = self.counter_start else {
+            return Ok((self.joules()?, Instant::now()));
+        };
+        let dev = self.nvml.device_by_index(self.index)?;
+        let first = dev.total_energy_consumption()?;
+        // The counter steps about every 100 ms; one that has not moved for half a second is read
+        // as it is.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let (now, at) = loop {
+            let v = dev.total_energy_consumption()?;
+            let at = Instant::now();
+            if v != first || at > deadline {
+                break (v, at);
+            }
+            std::thread::sleep(Duration::from_micros(250));
+        };
+        Ok((now.saturating_sub(start) as f64 / 1000.0, at))
+    }
+    fn power_w(&mut self) -> Option<f64> {
+        let dev = self.nvml.device_by_index(self.index).ok()?;
+        let mw = if self.samples.lock().unwrap().instant {
+            instant_power(&dev)?
+        } else {
+            dev.power_usage().ok()?
+        };
+        Some(mw as f64 / 1000.0)
+    }
     fn sampled_joules(&mut self) -> Option<f64> {
         let s = self.samples.lock().unwrap();
-        (s.count > 1 && s.error.is_none()).then_some(s.joules)
+        // Up to now: the last sample's power held since it was taken.
+        let (t, w) = s.last?;
+        (s.count > 1 && s.error.is_none()).then(|| s.joules + w * t.elapsed().as_secs_f64())
     }
     fn take_peak_power_w(&mut self) -> Option<f64> {
         let mut s = self.samples.lock().unwrap();

@@ -11,7 +11,7 @@ use crate::metrics::stats;
 use crate::runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
 use crate::runtime::llama::{KvCache, Llama};
 use crate::runtime::tokenizer::Tok;
-use crate::spec::{Output, ParamSpec, Ty, Value};
+use crate::spec::{Dim, Output, ParamSpec, Ty, Value};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ fn summary_energy_labels(rows: &[Row], out: &mut Row) {
 }
 
 /// One forward pass on a single token: after it, the first token can be produced.
-fn first_forward(model: &Llama, tok: Option<&Tok>) -> Result<u32> {
+pub(super) fn first_forward(model: &Llama, tok: Option<&Tok>) -> Result<u32> {
     let id = match tok {
         Some(t) => match t.bos {
             Some(b) => b,
@@ -79,7 +79,7 @@ pub struct ColdLoad;
 impl Stage for ColdLoad {
     stage_meta!(
         "cold_load",
-        4,
+        5,
         Role::Stage,
         Output::Record,
         "time and energy from nothing in memory to the first token"
@@ -93,6 +93,14 @@ impl Stage for ColdLoad {
                 Ty::Enum(&["cold", "warm"]),
                 Value::Symbol("cold".into()),
                 "cold: the model file is evicted from the page cache before each load",
+            ),
+            ParamSpec::default(
+                "isolation",
+                Ty::Enum(&["auto", "process", "none"]),
+                Value::Symbol("auto".into()),
+                "process: each load in a fresh child process (a device allocator keeps what an \
+                 earlier load freed, so only a fresh process measures a GPU model's memory); \
+                 none: in this process; auto: process on a GPU, none on the CPU",
             ),
         ];
         p.extend(super::meter_params());
@@ -145,10 +153,15 @@ impl Stage for ColdLoad {
             c(
                 "gpu_resident_bytes",
                 ColType::Int,
-                "measured on a GPU: device memory in use after the load minus before (NVML, B); \
-                 candle's allocator reuses freed memory, so repetitions after the first show \
-                 little growth and the summary is the largest (a lower bound when an earlier \
-                 stage of the same run left memory in the pool)",
+                "measured on a GPU: device memory in use after the load minus before (NVML, B). \
+                 With isolation = process the load is a fresh process's first (its CUDA context \
+                 opened before); in this process, candle's allocator reuses freed memory, so \
+                 loads after the first show little growth and the summary is the largest",
+            ),
+            c(
+                "isolation",
+                ColType::Str,
+                "process (each load in a fresh child process) | none (in this process)",
             ),
             c("synthetic", ColType::Bool, "random weights"),
         ];
@@ -170,20 +183,43 @@ impl Stage for ColdLoad {
         let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
         let file_bytes = std::fs::metadata(&path)?.len();
         ctx.progress.set_length(repeats as u64);
+        let isolated = match ctx.param("isolation").as_str() {
+            Some("process") => true,
+            Some("none") => false,
+            _ => ctx.device != crate::spec::Device::Cpu,
+        };
         let mut rows = vec![];
         for r in 0..repeats {
             ctx.check_cancelled()?;
             let (fraction, note) = prepare_page_cache(&path, cold);
-            memory::release_free_memory();
-            let rss0 = memory::rss_bytes()?;
-            let peak_reset = memory::reset_peak();
-            let ((model, _first), energy) = meter.window(|| {
-                let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
-                let first = first_forward(&model, tok.as_ref())?;
-                Ok((model, first))
-            })?;
-            let rss1 = memory::rss_bytes()?;
-            let peak = memory::peak_rss_bytes()?;
+            let (load, mut energy) = if isolated {
+                let mut probe = super::load_probe::Probe::spawn(&path, ctx.device)?;
+                let (loaded, energy) = meter.window(|| probe.load())?;
+                (Load::child(&probe.ready, &loaded), energy)
+            } else {
+                memory::release_free_memory();
+                let rss0 = memory::rss_bytes()?;
+                let peak_reset = memory::reset_peak();
+                let (model, energy) = meter.window(|| {
+                    let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
+                    first_forward(&model, tok.as_ref())?;
+                    Ok(model)
+                })?;
+                // Read with the model still held.
+                let load = Load::here(model.weight_bytes, rss0, peak_reset)?;
+                drop(model);
+                (load, energy)
+            };
+            if isolated && meter.source() == Some(crate::meter::Source::Estimated) {
+                energy = crate::meter::WindowEnergy {
+                    device: energy.device,
+                    ..crate::meter::WindowEnergy::unmeasured(
+                        energy.seconds,
+                        "the estimate counts this process's CPU time, but the load ran in a \
+                         child process (isolation = process): use isolation = none on the CPU",
+                    )
+                };
+            }
             let mut row = base_row("repeat", Some(r), &meter);
             row.insert(
                 "cache_state".into(),
@@ -193,13 +229,12 @@ impl Stage for ColdLoad {
             row.insert("eviction_note".into(), json!(note));
             row.insert("seconds".into(), json!(energy.seconds));
             row.insert("file_bytes".into(), json!(file_bytes));
-            row.insert("weight_bytes".into(), json!(model.weight_bytes));
-            // Signed: a process that shrank during the load is a measurement too, not a 0.
-            row.insert("resident_bytes".into(), json!(rss1 as i64 - rss0 as i64));
-            // Without a peak reset the kernel's mark is the process lifetime peak: say nothing.
+            row.insert("weight_bytes".into(), json!(load.weight_bytes));
+            row.insert("resident_bytes".into(), json!(load.resident_bytes));
+            row.insert("peak_bytes".into(), json!(load.peak_bytes));
             row.insert(
-                "peak_bytes".into(),
-                json!(peak_reset.then(|| peak.saturating_sub(rss0))),
+                "isolation".into(),
+                json!(if isolated { "process" } else { "none" }),
             );
             row.insert("synthetic".into(), json!(super::is_synthetic(ctx, "model")));
             energy.columns(&mut row);
@@ -213,11 +248,16 @@ impl Stage for ColdLoad {
                 ),
             );
             rows.push(row);
-            drop(model);
             ctx.progress.set_position(r as u64 + 1);
         }
         let mut summary = base_row("summary", None, &meter);
-        for k in ["cache_state", "file_bytes", "weight_bytes", "synthetic"] {
+        for k in [
+            "cache_state",
+            "file_bytes",
+            "weight_bytes",
+            "isolation",
+            "synthetic",
+        ] {
             summary.insert(k.into(), rows[0][k].clone());
         }
         for k in [
@@ -250,6 +290,37 @@ impl Stage for ColdLoad {
     }
 }
 
+/// Host memory of one load: the weights as held, RSS growth and peak over the RSS before.
+struct Load {
+    weight_bytes: u64,
+    /// Signed: a process that shrank during the load is a measurement too, not a 0.
+    resident_bytes: i64,
+    /// None where the peak mark could not be reset (it would be the process's lifetime peak).
+    peak_bytes: Option<u64>,
+}
+
+impl Load {
+    /// A load in this process: `rss0` before it, the peak mark reset then (or not).
+    fn here(weight_bytes: u64, rss0: u64, peak_reset: bool) -> Result<Load> {
+        let rss1 = memory::rss_bytes()?;
+        let peak = memory::peak_rss_bytes()?;
+        Ok(Load {
+            weight_bytes,
+            resident_bytes: rss1 as i64 - rss0 as i64,
+            peak_bytes: peak_reset.then(|| peak.saturating_sub(rss0)),
+        })
+    }
+
+    /// A load in a child process, from what it reported before and after.
+    fn child(ready: &super::load_probe::Ready, l: &super::load_probe::Loaded) -> Load {
+        Load {
+            weight_bytes: l.weight_bytes,
+            resident_bytes: l.rss_bytes as i64 - ready.rss_bytes as i64,
+            peak_bytes: Some(l.peak_rss_bytes.saturating_sub(ready.rss_bytes)),
+        }
+    }
+}
+
 /// Evicts (cold) or warms (warm) the file's pages; returns the resident fraction and a note when
 /// the requested state could not be reached.
 fn prepare_page_cache(path: &Path, cold: bool) -> (Option<f64>, Option<String>) {
@@ -277,7 +348,7 @@ pub struct Measure;
 impl Stage for Measure {
     stage_meta!(
         "measure",
-        4,
+        5,
         Role::Stage,
         Output::Record,
         "throughput, latency, energy and memory of serving a task"
@@ -306,7 +377,18 @@ impl Stage for Measure {
                 "requests",
                 Ty::int(1, 1_000_000),
                 Value::Int(8),
-                "requests per repetition (the task's prompts in order, cycled)",
+                "requests per repetition at least (the task's prompts in order, cycled)",
+            ),
+            ParamSpec::default(
+                "min_window",
+                Ty::Quantity(Dim::Time),
+                Value::Quantity {
+                    value: 2.0,
+                    dim: Dim::Time,
+                },
+                "a window keeps serving further batches (prompts still cycled) until it has lasted \
+                 this long: energy meters step (NVML about every 100 ms), so short windows are \
+                 coarse; 0 s serves exactly `requests`",
             ),
             ParamSpec::default(
                 "warmup",
@@ -341,7 +423,11 @@ impl Stage for Measure {
             c("row", ColType::Str, "repeat | summary (per batch size)"),
             c("repeat", ColType::Int, "repetition (null in summaries)"),
             c("batch", ColType::Int, "requests per forward pass"),
-            c("requests", ColType::Int, "requests in the window"),
+            c(
+                "requests",
+                ColType::Int,
+                "requests served in the window (at least `requests`; more to fill `min_window`)",
+            ),
             c("fixed_length", ColType::Bool, "end tokens ignored"),
             c(
                 "prompts",
@@ -500,19 +586,36 @@ impl Stage for Measure {
             ignore_eos: fixed,
             ..Default::default()
         };
-        // Serves `n` requests from prompt `start` on, `batch` at a time: the generations and each
-        // batch's prefill time (its earliest first token).
-        let serve = |start: usize, n: usize, batch: usize| -> Result<(Vec<Generation>, Vec<f64>)> {
+        let min_window = std::time::Duration::from_secs_f64(
+            ctx.param("min_window").as_f64().unwrap_or(0.0).max(0.0),
+        );
+        // Serves at least `n` requests from prompt `start` on, `batch` at a time, and further
+        // batches until `min` has passed: the generations and each batch's prefill time (its
+        // earliest first token).
+        let serve = |start: usize,
+                     n: usize,
+                     batch: usize,
+                     min: std::time::Duration|
+         -> Result<(Vec<Generation>, Vec<f64>)> {
+            let t0 = std::time::Instant::now();
             let mut out = vec![];
             let mut prefills = vec![];
-            let ids: Vec<Vec<u32>> = (start..start + n)
-                .map(|i| prompts[i % prompts.len()].clone())
-                .collect();
-            for chunk in ids.chunks(batch) {
+            let mut next = start;
+            while next < start + n || t0.elapsed() < min {
                 ctx.check_cancelled()?;
+                // The last batch of the `n` may be partial; past them, whole batches.
+                let take = if next < start + n {
+                    batch.min(start + n - next)
+                } else {
+                    batch
+                };
+                let chunk: Vec<Vec<u32>> = (next..next + take)
+                    .map(|i| prompts[i % prompts.len()].clone())
+                    .collect();
+                next += take;
                 let gens = match &tok {
-                    Some(tok) => generate_batch(&model, tok, chunk, &opts)?,
-                    None => generate_batch_ids(&model, chunk, &opts)?,
+                    Some(tok) => generate_batch(&model, tok, &chunk, &opts)?,
+                    None => generate_batch_ids(&model, &chunk, &opts)?,
                 };
                 if let Some(t) = gens.iter().filter_map(|g| g.time_to_first_token()).min() {
                     prefills.push(t.as_secs_f64());
@@ -523,7 +626,7 @@ impl Stage for Measure {
         };
         ctx.progress.message("warming up");
         if warmup > 0 {
-            serve(0, warmup, 1)?;
+            serve(0, warmup, 1, std::time::Duration::ZERO)?;
         }
         let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
         ctx.progress.set_length((batches.len() * repeats) as u64);
@@ -535,7 +638,8 @@ impl Stage for Measure {
                 ctx.progress
                     .message(&format!("batch {batch}, repetition {}", r + 1));
                 memory::reset_peak();
-                let ((gens, prefills), energy) = meter.window(|| serve(warmup, requests, batch))?;
+                let ((gens, prefills), energy) =
+                    meter.window(|| serve(warmup, requests, batch, min_window))?;
                 let mut row = base_row("repeat", Some(r), &meter);
                 row.insert("batch".into(), json!(batch));
                 row.insert(

@@ -31,6 +31,7 @@ macro_rules! stage_meta {
 mod evaluate;
 mod finetune;
 mod lifecycle;
+pub mod load_probe;
 mod measuring;
 mod quantize;
 pub use lifecycle::PRECISIONS;
