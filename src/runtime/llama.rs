@@ -207,6 +207,16 @@ fn cache_append(
     v: &Tensor,
     pos: usize,
 ) -> Result<(Tensor, Tensor)> {
+    if !k.device().is_cpu() {
+        // On a GPU the cache is one tensor extended with `cat`: writing into a buffer and copying
+        // its filled part contiguous for candle's CUDA matmul was slower there.
+        let (k, v) = match slot.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
+            None => (k.clone(), v.clone()),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        return Ok((k, v));
+    }
     let (b, kv, t, d) = k.dims4()?;
     let total = pos + t;
     let cap = slot.as_ref().map_or(0, |(k, _)| k.dim(2).unwrap_or(0));
@@ -228,13 +238,7 @@ fn cache_append(
     let (kb, vb) = slot.as_ref().expect("allocated above");
     kb.slice_set(k, 2, pos)?;
     vb.slice_set(v, 2, pos)?;
-    let (k, v) = (kb.narrow(2, 0, total)?, vb.narrow(2, 0, total)?);
-    if k.device().is_cpu() {
-        Ok((k, v))
-    } else {
-        // candle's CUDA matmul is only relied on here with contiguous operands.
-        Ok((k.contiguous()?, v.contiguous()?))
-    }
+    Ok((kb.narrow(2, 0, total)?, vb.narrow(2, 0, total)?))
 }
 
 /// The architecture read from a GGUF's metadata (`vocab` from the embedding's shape).

@@ -386,15 +386,19 @@ impl Stage for Measure {
                     value: 2.0,
                     dim: Dim::Time,
                 },
-                "a window keeps serving further batches (prompts still cycled) until it has lasted \
-                 this long: energy meters step (NVML about every 100 ms), so short windows are \
-                 coarse; 0 s serves exactly `requests`",
+                "windows last about this long at least: more requests than `requests` (whole \
+                 batches, prompts still cycled) when the warm-up's timing says they are needed, \
+                 the same number in every repetition of a batch size; energy meters step (NVML \
+                 every 100 ms), so short windows are coarse; 0 s serves exactly `requests`",
             ),
             ParamSpec::default(
                 "warmup",
                 Ty::int(0, 1_000_000),
                 Value::Int(2),
-                "requests served before measuring, outside every window",
+                "warm-up before each batch size's windows, outside them: at least this many \
+                 requests (whole batches), then batches until two in a row agree on tokens/s \
+                 within 5 % (at most 10 batches); 0: none, and windows serve exactly `requests` \
+                 (nothing timed to size them by `min_window`)",
             ),
             ParamSpec::optional(
                 "max_tokens",
@@ -427,6 +431,17 @@ impl Stage for Measure {
                 "requests",
                 ColType::Int,
                 "requests served in the window (at least `requests`; more to fill `min_window`)",
+            ),
+            c(
+                "warmup_requests",
+                ColType::Int,
+                "requests served at this batch size before its windows",
+            ),
+            c(
+                "warmup_stable",
+                ColType::Bool,
+                "the warm-up ended with two batches agreeing on tokens/s within 5 % (false: \
+                 it stopped at its limit of 10 batches, or `warmup = 0`)",
             ),
             c("fixed_length", ColType::Bool, "end tokens ignored"),
             c(
@@ -586,36 +601,20 @@ impl Stage for Measure {
             ignore_eos: fixed,
             ..Default::default()
         };
-        let min_window = std::time::Duration::from_secs_f64(
-            ctx.param("min_window").as_f64().unwrap_or(0.0).max(0.0),
-        );
-        // Serves at least `n` requests from prompt `start` on, `batch` at a time, and further
-        // batches until `min` has passed: the generations and each batch's prefill time (its
-        // earliest first token).
-        let serve = |start: usize,
-                     n: usize,
-                     batch: usize,
-                     min: std::time::Duration|
-         -> Result<(Vec<Generation>, Vec<f64>)> {
-            let t0 = std::time::Instant::now();
+        let min_window = ctx.param("min_window").as_f64().unwrap_or(0.0).max(0.0);
+        // Serves `n` requests from prompt `start` on (cycled), `batch` at a time: the generations
+        // and each batch's prefill time (its earliest first token).
+        let serve = |start: usize, n: usize, batch: usize| -> Result<(Vec<Generation>, Vec<f64>)> {
             let mut out = vec![];
             let mut prefills = vec![];
-            let mut next = start;
-            while next < start + n || t0.elapsed() < min {
+            let ids: Vec<Vec<u32>> = (start..start + n)
+                .map(|i| prompts[i % prompts.len()].clone())
+                .collect();
+            for chunk in ids.chunks(batch) {
                 ctx.check_cancelled()?;
-                // The last batch of the `n` may be partial; past them, whole batches.
-                let take = if next < start + n {
-                    batch.min(start + n - next)
-                } else {
-                    batch
-                };
-                let chunk: Vec<Vec<u32>> = (next..next + take)
-                    .map(|i| prompts[i % prompts.len()].clone())
-                    .collect();
-                next += take;
                 let gens = match &tok {
-                    Some(tok) => generate_batch(&model, tok, &chunk, &opts)?,
-                    None => generate_batch_ids(&model, &chunk, &opts)?,
+                    Some(tok) => generate_batch(&model, tok, chunk, &opts)?,
+                    None => generate_batch_ids(&model, chunk, &opts)?,
                 };
                 if let Some(t) = gens.iter().filter_map(|g| g.time_to_first_token()).min() {
                     prefills.push(t.as_secs_f64());
@@ -624,24 +623,31 @@ impl Stage for Measure {
             }
             Ok((out, prefills))
         };
-        ctx.progress.message("warming up");
-        if warmup > 0 {
-            serve(0, warmup, 1, std::time::Duration::ZERO)?;
-        }
         let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
         ctx.progress.set_length((batches.len() * repeats) as u64);
         let mut rows = vec![];
         let mut done = 0;
         for &batch in &batches {
+            ctx.progress.message(&format!("batch {batch}, warming up"));
+            let warm = warm_up(batch, warmup, |n| {
+                let t = std::time::Instant::now();
+                let (gens, _) = serve(0, n, batch)?;
+                let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+                Ok((tokens, t.elapsed().as_secs_f64()))
+            })?;
+            // Every repetition of this batch size serves the same requests (equal work); enough of
+            // them for the window to last about `min_window`, as timed in the warm-up.
+            let n = window_requests(requests, batch, min_window, warm.batch_seconds);
             let mut reps = vec![];
             for r in 0..repeats {
                 ctx.progress
                     .message(&format!("batch {batch}, repetition {}", r + 1));
                 memory::reset_peak();
-                let ((gens, prefills), energy) =
-                    meter.window(|| serve(warmup, requests, batch, min_window))?;
+                let ((gens, prefills), energy) = meter.window(|| serve(warmup, n, batch))?;
                 let mut row = base_row("repeat", Some(r), &meter);
                 row.insert("batch".into(), json!(batch));
+                row.insert("warmup_requests".into(), json!(warm.requests));
+                row.insert("warmup_stable".into(), json!(warm.stable));
                 row.insert(
                     "peak_rss_bytes".into(),
                     json!(memory::peak_rss_bytes().ok()),
@@ -667,6 +673,8 @@ impl Stage for Measure {
             for k in [
                 "batch",
                 "requests",
+                "warmup_requests",
+                "warmup_stable",
                 "fixed_length",
                 "max_tokens",
                 "synthetic",
@@ -724,6 +732,63 @@ impl Stage for Measure {
     }
 }
 
+/// The warm-up before a batch size's windows.
+#[derive(Debug, PartialEq)]
+struct WarmUp {
+    requests: usize,
+    /// Two consecutive batches agreed on tokens/s within [`STABLE`].
+    stable: bool,
+    /// Seconds of the last batch served (None: none was).
+    batch_seconds: Option<f64>,
+}
+
+/// Relative difference of tokens/s between two warm-up batches taken as stable.
+const STABLE: f64 = 0.05;
+const MAX_WARMUP_BATCHES: usize = 10;
+
+/// Serves whole batches (`serve(batch)` → generated tokens, seconds) until at least `warmup`
+/// requests are done and two batches in a row agree on tokens/s within [`STABLE`], or
+/// [`MAX_WARMUP_BATCHES`] were served. `warmup = 0` serves nothing.
+fn warm_up(
+    batch: usize,
+    warmup: usize,
+    mut serve: impl FnMut(usize) -> Result<(usize, f64)>,
+) -> Result<WarmUp> {
+    let mut w = WarmUp {
+        requests: 0,
+        stable: false,
+        batch_seconds: None,
+    };
+    let mut last_rate: Option<f64> = None;
+    for _ in 0..if warmup == 0 { 0 } else { MAX_WARMUP_BATCHES } {
+        let (tokens, seconds) = serve(batch)?;
+        w.requests += batch;
+        w.batch_seconds = Some(seconds);
+        let rate = tokens as f64 / seconds.max(1e-9);
+        let agrees = last_rate.is_some_and(|l| (rate / l - 1.0).abs() <= STABLE);
+        if agrees && w.requests >= warmup {
+            w.stable = true;
+            break;
+        }
+        last_rate = Some(rate);
+    }
+    Ok(w)
+}
+
+/// Requests per window: `requests`, or more — whole batches — so that at the warm-up's
+/// `batch_seconds` per batch the window lasts `min_window` (with a 10 % margin).
+fn window_requests(
+    requests: usize,
+    batch: usize,
+    min_window: f64,
+    batch_seconds: Option<f64>,
+) -> usize {
+    match batch_seconds.filter(|&s| s > 0.0 && min_window > 0.0) {
+        Some(s) => requests.max((min_window * 1.1 / s).ceil() as usize * batch),
+        None => requests,
+    }
+}
+
 /// Latency, throughput and energy-per-unit cells of one repetition.
 fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, row: &mut Row) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
@@ -771,4 +836,54 @@ fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, r
         "avg_power_w".into(),
         json!(energy.gross_j.map(|e| e / energy.seconds)),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted server: the i-th batch takes `secs[i]` seconds (cycled) for 64 tokens per
+    /// request.
+    fn server(secs: &[f64]) -> impl FnMut(usize) -> Result<(usize, f64)> + '_ {
+        let mut i = 0;
+        move |batch| {
+            i += 1;
+            Ok((64 * batch, secs[(i - 1) % secs.len()]))
+        }
+    }
+
+    #[test]
+    fn warm_up_runs_until_two_batches_agree() {
+        // 1.0 s, 0.6 s (40 % faster), 0.5 s (20 %), 0.49 s (2 %): stable at the fourth batch.
+        let w = warm_up(8, 2, server(&[1.0, 0.6, 0.5, 0.49, 0.49])).unwrap();
+        assert_eq!(
+            w,
+            WarmUp {
+                requests: 32,
+                stable: true,
+                batch_seconds: Some(0.49)
+            }
+        );
+        // At least `warmup` requests even when the first two batches already agree.
+        let w = warm_up(1, 5, server(&[0.5])).unwrap();
+        assert_eq!((w.requests, w.stable), (5, true));
+        // Never stable: stops at its limit and says so.
+        let w = warm_up(1, 1, server(&[1.0, 2.0])).unwrap();
+        assert_eq!((w.requests, w.stable), (MAX_WARMUP_BATCHES, false));
+        // `warmup = 0`: nothing served, nothing timed.
+        let w = warm_up(4, 0, |_| -> Result<(usize, f64)> { panic!("served") }).unwrap();
+        assert_eq!(w.batch_seconds, None);
+    }
+
+    #[test]
+    fn windows_are_sized_in_whole_batches_to_last_min_window() {
+        // 0.3 s per batch of 8: 2 s × 1.1 / 0.3 = 7.3 → 8 batches, 64 requests.
+        assert_eq!(window_requests(16, 8, 2.0, Some(0.3)), 64);
+        // Already long enough: `requests` as asked.
+        assert_eq!(window_requests(16, 8, 2.0, Some(1.0)), 24);
+        assert_eq!(window_requests(40, 8, 2.0, Some(1.0)), 40);
+        // No window minimum, or nothing timed: exactly `requests`.
+        assert_eq!(window_requests(16, 8, 0.0, Some(0.3)), 16);
+        assert_eq!(window_requests(16, 8, 2.0, None), 16);
+    }
 }
