@@ -176,7 +176,6 @@ impl Stage for ColdLoad {
         cols
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        let dev = crate::runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let cold = ctx.param("cache_state").as_str() == Some("cold");
         let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
@@ -187,6 +186,11 @@ impl Stage for ColdLoad {
             Some("process") => true,
             Some("none") => false,
             _ => ctx.device != crate::spec::Device::Cpu,
+        };
+        // Isolated loads open the device in their child; this process needs it only otherwise.
+        let dev = match isolated {
+            true => None,
+            false => Some(crate::runtime::candle_device(ctx.device)?),
         };
         let mut rows = vec![];
         for r in 0..repeats {
@@ -200,8 +204,9 @@ impl Stage for ColdLoad {
                 memory::release_free_memory();
                 let rss0 = memory::rss_bytes()?;
                 let peak_reset = memory::reset_peak();
+                let dev = dev.as_ref().expect("opened for in-process loads");
                 let (model, energy) = meter.window(|| {
-                    let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
+                    let (model, tok) = crate::runtime::load_model_on(&path, dev)?;
                     first_forward(&model, tok.as_ref())?;
                     Ok(model)
                 })?;
