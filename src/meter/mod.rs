@@ -508,7 +508,7 @@ pub(crate) mod tests {
             watts: 100.0,
             step: Duration::from_millis(40),
         };
-        let mut m = Metered::new(Ok(Box::new(meter)), Duration::from_millis(40));
+        let mut m = Metered::new(Ok(Box::new(meter)), Duration::from_millis(200));
         for work_ms in [10, 55, 130] {
             let (_, e) = m
                 .window(|| {
@@ -526,7 +526,8 @@ pub(crate) mod tests {
                 "{work_ms} ms: {gross} J in {} s",
                 e.seconds
             );
-            assert!((e.idle_w.unwrap() - 100.0).abs() < 2.0, "{:?}", e.idle_w);
+            // Idle power between two steps ≥ 200 ms apart: a few ms of lateness is a few %.
+            assert!((e.idle_w.unwrap() - 100.0).abs() < 4.0, "{:?}", e.idle_w);
         }
     }
 
