@@ -48,6 +48,15 @@ fn instant_power(dev: &nvml_wrapper::Device) -> Option<u32> {
     }
 }
 
+/// Power in mW: the instantaneous field where `instant` (the driver has it), else the 1 s average.
+fn power_mw(dev: &nvml_wrapper::Device, instant: bool) -> Result<u32, String> {
+    if instant {
+        instant_power(dev).ok_or_else(|| "no instantaneous power reading".to_string())
+    } else {
+        dev.power_usage().map_err(|e| e.to_string())
+    }
+}
+
 pub struct NvmlMeter {
     nvml: Arc<Nvml>,
     index: u32,
@@ -119,11 +128,7 @@ fn sample_loop(
     let instant = instant_power(&dev).is_some_and(|mw| mw > 0);
     samples.lock().unwrap().instant = instant;
     while !stop.load(Ordering::Relaxed) {
-        let reading = if instant {
-            instant_power(&dev).ok_or_else(|| "no instantaneous power reading".to_string())
-        } else {
-            dev.power_usage().map_err(|e| e.to_string())
-        };
+        let reading = power_mw(&dev, instant);
         let now = Instant::now();
         let memory = dev.memory_info().ok().map(|m| m.used);
         {
@@ -220,12 +225,8 @@ impl Meter for NvmlMeter {
     }
     fn power_w(&mut self) -> Option<f64> {
         let dev = self.nvml.device_by_index(self.index).ok()?;
-        let mw = if self.samples.lock().unwrap().instant {
-            instant_power(&dev)?
-        } else {
-            dev.power_usage().ok()?
-        };
-        Some(mw as f64 / 1000.0)
+        let instant = self.samples.lock().unwrap().instant;
+        power_mw(&dev, instant).ok().map(|mw| mw as f64 / 1000.0)
     }
     fn sampled_joules(&mut self) -> Option<f64> {
         let s = self.samples.lock().unwrap();

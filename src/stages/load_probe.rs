@@ -28,8 +28,9 @@ pub struct Ready {
 pub struct Loaded {
     pub weight_bytes: u64,
     pub rss_bytes: u64,
-    /// The child's lifetime peak RSS (VmHWM): it started empty, so this is the load's peak.
-    pub peak_rss_bytes: u64,
+    /// Peak RSS (VmHWM) since the mark was reset at `go`; None where the kernel refused the
+    /// reset (the mark would include the device set-up before the load).
+    pub peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,12 +60,15 @@ pub fn child(path: &Path, device: crate::spec::Device) -> Result<()> {
         // The parent went away before the load: nothing to do.
         return Ok(());
     }
+    let peak_reset = crate::meter::memory::reset_peak();
     let (model, tok) = crate::runtime::load_model_on(path, &dev)?;
     super::measuring::first_forward(&model, tok.as_ref())?;
     say(&Message::Loaded(Loaded {
         weight_bytes: model.weight_bytes,
         rss_bytes: crate::meter::memory::rss_bytes()?,
-        peak_rss_bytes: crate::meter::memory::peak_rss_bytes()?,
+        peak_rss_bytes: peak_reset
+            .then(crate::meter::memory::peak_rss_bytes)
+            .transpose()?,
     }))?;
     // Hold the model until the parent has read the device's memory, then exit.
     line.clear();

@@ -321,7 +321,7 @@ impl Load {
         Load {
             weight_bytes: l.weight_bytes,
             resident_bytes: l.rss_bytes as i64 - ready.rss_bytes as i64,
-            peak_bytes: Some(l.peak_rss_bytes.saturating_sub(ready.rss_bytes)),
+            peak_bytes: l.peak_rss_bytes.map(|p| p.saturating_sub(ready.rss_bytes)),
         }
     }
 }
@@ -764,8 +764,11 @@ fn warm_up(
         stable: false,
         batch_seconds: None,
     };
+    if warmup == 0 {
+        return Ok(w);
+    }
     let mut last_rate: Option<f64> = None;
-    for _ in 0..if warmup == 0 { 0 } else { MAX_WARMUP_BATCHES } {
+    for _ in 0..MAX_WARMUP_BATCHES {
         let (tokens, seconds) = serve(batch)?;
         w.requests += batch;
         w.batch_seconds = Some(seconds);
