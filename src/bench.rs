@@ -266,18 +266,25 @@ pub struct ModelBench {
     pub device: crate::spec::Device,
     /// Alternating decode runs with and without the meter's sampler (pairs).
     pub meter_overhead: Option<usize>,
+    /// Candle's forward pass even where ours would run.
+    pub candle: bool,
 }
 
 pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
     let (prompt, tokens, repeats, batches, device) =
         (b.prompt, b.tokens, b.repeats, &b.batches, b.device);
     use crate::runtime::gguf::Gguf;
-    use crate::runtime::llama::{KvCache, Llama};
+    use crate::runtime::llama::{Kernels, KvCache, Llama};
     use candle_core::{D, Tensor};
     let dev = crate::runtime::candle_device(device)?;
     let t = Instant::now();
     let mut g = Gguf::open(path)?;
-    let model = Llama::load_on(&mut g, &dev)?;
+    let kernels = if b.candle {
+        Kernels::Candle
+    } else {
+        Kernels::Own
+    };
+    let model = Llama::load_with(&mut g, &dev, kernels)?;
     let load_s = t.elapsed().as_secs_f64();
     let vocab = model.cfg.vocab as u32;
     // A deterministic prompt of ordinary tokens.
@@ -308,11 +315,12 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
         }
         Ok(t.elapsed())
     };
-    let median = |f: &dyn Fn() -> Result<Duration>| -> Result<Duration> {
+    // Median, fastest and slowest of the runs after a warm-up.
+    let median = |f: &dyn Fn() -> Result<Duration>| -> Result<[Duration; 3]> {
         f()?; // warm-up
         let mut xs: Vec<Duration> = (0..repeats.max(1)).map(|_| f()).collect::<Result<_>>()?;
         xs.sort();
-        Ok(xs[xs.len() / 2])
+        Ok([xs[xs.len() / 2], xs[0], xs[xs.len() - 1]])
     };
     println!(
         "model {} ({} layers, hidden {}, vocab {}) on {device}",
@@ -326,19 +334,29 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
         model.weight_bytes as f64 / 1048576.0
     );
     if dev.is_cpu() {
-        println!("  threads {}", available_threads());
+        let pass = match model.kernels() {
+            Kernels::Own => "edge-eval's",
+            Kernels::Candle => "candle's",
+        };
+        println!("  threads {}, {pass} forward pass", available_threads());
     }
-    let pp = median(&run_pp)?;
+    let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+    let [pp, fast, slow] = median(&run_pp)?;
     println!(
-        "  pp{prompt}: {:>8.1} tok/s   (median of {repeats})",
-        prompt as f64 / pp.as_secs_f64()
+        "  pp{prompt}: {:>8.1} tok/s   (median of {repeats}; {:.1}–{:.1})",
+        rate(prompt, pp),
+        rate(prompt, slow),
+        rate(prompt, fast)
     );
     for &b in batches {
-        let tg = median(&|| run_tg(b.max(1)))?;
+        let n = b.max(1) * tokens;
+        let [tg, fast, slow] = median(&|| run_tg(b.max(1)))?;
         println!(
-            "  tg{tokens} batch {b}: {:>8.1} tok/s   ({:.2} ms/step, median of {repeats})",
-            (b.max(1) * tokens) as f64 / tg.as_secs_f64(),
-            tg.as_secs_f64() * 1000.0 / tokens as f64
+            "  tg{tokens} batch {b}: {:>8.1} tok/s   ({:.2} ms/step, median of {repeats}; {:.1}–{:.1})",
+            rate(n, tg),
+            tg.as_secs_f64() * 1000.0 / tokens as f64,
+            rate(n, slow),
+            rate(n, fast)
         );
     }
     if let Some(pairs) = b.meter_overhead {

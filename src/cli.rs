@@ -140,6 +140,10 @@ pub enum Command {
         /// and report the meter's cost in tokens/s (with a 95 % interval)
         #[arg(long, value_name = "N")]
         meter_overhead: Option<usize>,
+        /// On the CPU, run candle's forward pass and kernels even where edge-eval's own would
+        /// run (to compare the two)
+        #[arg(long)]
+        candle: bool,
     },
     /// Engine benchmark: plan and no-op run of a 72-variant × 5-stage pipeline; file hashing speed
     Bench {
@@ -328,6 +332,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             batch,
             device,
             meter_overhead,
+            candle,
         } => crate::bench::model(
             &model,
             &crate::bench::ModelBench {
@@ -337,6 +342,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 batches: batch,
                 device,
                 meter_overhead,
+                candle,
             },
         ),
         Command::Bench {

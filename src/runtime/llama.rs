@@ -1,9 +1,12 @@
-//! The llama architecture (SmolLM2, Llama 3.x) and its qwen2 variant (Qwen2.5) over GGUF weights, with a forward pass of our own:
-//! batched input, full-sequence logits (for perplexity and KL), and a KV cache. Matrix weights
-//! stay in their GGUF type: on the CPU, models whose matrices are all Q4_0 / Q4_1 / Q8_0 go
-//! through our kernels ([`super::cpu`]), others through candle's quantized kernels (`QMatMul`); on a GPU,
-//! f16 / bf16 matrices are held in their own type and multiplied densely ([`Mat`]).
+//! The llama architecture (SmolLM2, Llama 3.x), its qwen2 variant (Qwen2.5) and Gemma 3 over GGUF
+//! weights, with a forward pass of our own: batched input, full-sequence logits (for perplexity
+//! and KL), and a KV cache. Matrix weights stay in their GGUF type. On the CPU, models whose
+//! matrices (head included) are all Q4_0 / Q4_1 / Q8_0 run entirely on our code
+//! ([`super::cpu::forward`]: kernels, attention, norms); others are written with candle's ops and
+//! quantized kernels (`QMatMul`) here. On a GPU, always candle's ops; f16 / bf16 matrices are
+//! held in their own type and multiplied densely ([`Mat`]).
 
+use super::cpu::{self, CpuMat};
 use super::gguf::Gguf;
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
@@ -60,20 +63,55 @@ impl Config {
     }
 }
 
-struct Layer {
-    attn_norm: Tensor,
-    q: Mat,
-    k: Mat,
-    v: Mat,
+/// One transformer block's weights: matrices `M`, vectors (norms, biases) `V` — candle's
+/// [`Mat`]s and tensors, or for [`super::cpu::forward`] our matrices and `f32` vectors.
+pub(crate) struct Layer<M = Mat, V = Tensor> {
+    pub attn_norm: V,
+    pub q: M,
+    pub k: M,
+    pub v: M,
     /// q, k, v biases (qwen2).
-    bias: Option<[Tensor; 3]>,
+    pub bias: Option<[V; 3]>,
     /// Gemma 3's q / k norms and post-attention / post-FFN norms.
-    extra: Option<[Tensor; 4]>,
-    o: Mat,
-    ffn_norm: Tensor,
-    gate: Mat,
-    up: Mat,
-    down: Mat,
+    pub extra: Option<[V; 4]>,
+    pub o: M,
+    pub ffn_norm: V,
+    pub gate: M,
+    pub up: M,
+    pub down: M,
+}
+
+impl Layer {
+    /// The layer for the CPU forward pass: every matrix must be one of ours.
+    fn into_cpu(self) -> Result<Layer<CpuMat, Vec<f32>>> {
+        let m = |m: Mat| match m {
+            Mat::Cpu(m) => Ok(m),
+            _ => bail!("a matrix without CPU kernels reached the CPU forward pass"),
+        };
+        let v = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_vec1()?) };
+        Ok(Layer {
+            attn_norm: v(self.attn_norm)?,
+            q: m(self.q)?,
+            k: m(self.k)?,
+            v: m(self.v)?,
+            bias: vectors(self.bias)?,
+            extra: vectors(self.extra)?,
+            o: m(self.o)?,
+            ffn_norm: v(self.ffn_norm)?,
+            gate: m(self.gate)?,
+            up: m(self.up)?,
+            down: m(self.down)?,
+        })
+    }
+}
+
+fn vectors<const N: usize>(ts: Option<[Tensor; N]>) -> Result<Option<[Vec<f32>; N]>> {
+    let Some(ts) = ts else { return Ok(None) };
+    let v = ts
+        .into_iter()
+        .map(|t| t.to_vec1())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Some(v.try_into().expect("N tensors give N vectors")))
 }
 
 /// Token embeddings kept in their GGUF type; rows are dequantized on lookup (a Llama-3 vocabulary
@@ -114,8 +152,8 @@ impl Embedding {
 /// A weight matrix as held for inference.
 pub(crate) enum Mat {
     /// Q4_0 / Q4_1 / Q8_0 on the CPU, when every matrix of the model is one of these: our own
-    /// kernels ([`super::cpu`]).
-    Cpu(super::cpu::CpuMat),
+    /// kernels; the layers are then moved into [`cpu::forward::Model`].
+    Cpu(CpuMat),
     /// Through candle's quantized matmul (other GGUF block types; f16 on the CPU; f32; GPUs).
     Q(QMatMul),
     /// `W` `[out, in]` in f16 or bf16 on a GPU: activations are converted to the weight's type
@@ -157,6 +195,24 @@ impl Module for Mat {
 pub struct Llama {
     pub cfg: Config,
     embed: Embedding,
+    body: Body,
+    /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
+    /// GGUF type (plus the head's own copy when tied), norms in f32.
+    pub weight_bytes: u64,
+    /// Where the matrices, norms and KV cache live (the embedding table stays in host memory;
+    /// looked-up rows are moved).
+    pub device: Device,
+}
+
+/// The layers, final norm and head, with the forward pass that runs them.
+enum Body {
+    /// Through candle's ops (GPUs; CPU models with matrix types we have no kernels for).
+    Candle(CandleBody),
+    /// Our own CPU forward pass ([`cpu::forward`]).
+    Cpu(cpu::forward::Model),
+}
+
+struct CandleBody {
     layers: Vec<Layer>,
     norm: Tensor,
     head: Mat,
@@ -164,12 +220,15 @@ pub struct Llama {
     sin: Tensor,
     /// RoPE tables of the local layers (Gemma 3).
     local_rope: Option<(Tensor, Tensor)>,
-    /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
-    /// GGUF type (plus the head's own copy when tied), norms in f32.
-    pub weight_bytes: u64,
-    /// Where the matrices, norms and KV cache live (the embedding table stays in host memory;
-    /// looked-up rows are moved).
-    pub device: Device,
+}
+
+/// The forward pass of a model on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// Our own ([`cpu::forward`]) when every matrix is Q4_0, Q4_1 or Q8_0; candle's otherwise.
+    Own,
+    /// Candle's ops and quantized kernels throughout.
+    Candle,
 }
 
 /// Keys and values of the positions seen so far, per layer.
@@ -179,6 +238,8 @@ pub struct KvCache {
     /// writes its own position instead of copying the whole cache; on a GPU, exactly `len`
     /// positions, extended with `cat` (see [`cache_append`]).
     layers: Vec<Option<(Tensor, Tensor)>>,
+    /// The cache of the CPU forward pass ([`cpu::forward`]), used instead of `layers`.
+    cpu: cpu::forward::Cache,
     pub len: usize,
     /// Left padding of each batch row: keys before it are never attended to.
     pads: Vec<usize>,
@@ -194,6 +255,7 @@ impl KvCache {
     pub fn with_padding(n_layer: usize, pads: Vec<usize>) -> KvCache {
         KvCache {
             layers: vec![None; n_layer],
+            cpu: cpu::forward::Cache::default(),
             len: 0,
             pads,
         }
@@ -348,6 +410,12 @@ impl Llama {
     /// Loads the weights onto `device`. On a GPU, quantized matrices use candle's CUDA quantized
     /// kernels and f16/f32 matrices are held dense (f32), which `weight_bytes` counts.
     pub fn load_on(g: &mut Gguf, device: &Device) -> Result<Llama> {
+        Llama::load_with(g, device, Kernels::Own)
+    }
+
+    /// As [`Llama::load_on`], choosing the CPU forward pass: `Kernels::Candle` keeps candle's
+    /// ops throughout (to compare the two).
+    pub fn load_with(g: &mut Gguf, device: &Device, kernels: Kernels) -> Result<Llama> {
         let cfg = read_config(g)?;
         let Config {
             n_layer,
@@ -374,6 +442,7 @@ impl Llama {
             "ffn_down",
         ];
         let own_kernels = device.is_cpu()
+            && kernels == Kernels::Own
             && (0..n_layer)
                 .flat_map(|i| MATRICES.map(|m| format!("blk.{i}.{m}.weight")))
                 .chain([head_name.to_string()])
@@ -402,8 +471,7 @@ impl Llama {
             } else {
                 let q = g.tensor_on(name, device)?;
                 let ours = match own_kernels {
-                    true => super::cpu::CpuMat::from_qtensor(&q)
-                        .with_context(|| format!("tensor `{name}`"))?,
+                    true => CpuMat::from_qtensor(&q).with_context(|| format!("tensor `{name}`"))?,
                     false => None,
                 };
                 // f16 matrices stay f16 and go through the quantized kernels (f16 dot products)
@@ -480,22 +548,46 @@ impl Llama {
             weight_bytes += (n_layer * (2 * cfg.head_dim + 2 * hidden) * 4) as u64;
         }
         let embed = Embedding::new(embed_q)?;
-        let (cos, sin) = rope_tables(&cfg)?;
-        let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
-        let local_rope = match local_rope_tables(&cfg)? {
-            Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
-            None => None,
+        let body = if own_kernels {
+            let rope = |(cos, sin): (Tensor, Tensor)| -> Result<cpu::forward::Rope> {
+                Ok(cpu::forward::Rope {
+                    cos: cos.flatten_all()?.to_vec1()?,
+                    sin: sin.flatten_all()?.to_vec1()?,
+                })
+            };
+            Body::Cpu(cpu::forward::Model {
+                layers: layers
+                    .into_iter()
+                    .map(Layer::into_cpu)
+                    .collect::<Result<_>>()?,
+                norm: norm.to_vec1()?,
+                head: match head {
+                    Mat::Cpu(h) => h,
+                    _ => bail!("the output head has no CPU kernel"),
+                },
+                rope: rope(rope_tables(&cfg)?)?,
+                local_rope: local_rope_tables(&cfg)?.map(rope).transpose()?,
+            })
+        } else {
+            let (cos, sin) = rope_tables(&cfg)?;
+            let local_rope = match local_rope_tables(&cfg)? {
+                Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
+                None => None,
+            };
+            Body::Candle(CandleBody {
+                layers,
+                norm,
+                head,
+                cos: cos.to_device(device)?,
+                sin: sin.to_device(device)?,
+                local_rope,
+            })
         };
         Ok(Llama {
             device: device.clone(),
-            local_rope,
             cfg,
             embed,
-            layers,
-            norm,
-            head,
-            cos,
-            sin,
+            body,
             weight_bytes,
         })
     }
@@ -503,30 +595,96 @@ impl Llama {
     /// Logits for every position of `ids` (`[batch, tokens]`, u32), continuing from `cache`.
     /// Returns `[batch, tokens, vocab]` f32.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        Ok(self.head.forward(&self.hidden(ids, cache)?)?)
+        match &self.body {
+            Body::Candle(body) => Ok(body.head.forward(&self.hidden(body, ids, cache)?)?),
+            Body::Cpu(m) => {
+                let (h, b, t) = self.cpu_hidden(m, ids, cache)?;
+                let logits = m.logits(&h, b * t);
+                let vocab = logits.len() / (b * t).max(1);
+                Ok(Tensor::from_vec(logits, (b, t, vocab), &Device::Cpu)?)
+            }
+        }
     }
 
     /// Logits of the last position only: `[batch, vocab]` (the head runs on that position only).
     pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let x = self.hidden(ids, cache)?;
-        let t = x.dim(1)?;
-        Ok(self
-            .head
-            .forward(&x.narrow(1, t - 1, 1)?.contiguous()?)?
-            .squeeze(1)?)
+        match &self.body {
+            Body::Candle(body) => {
+                let x = self.hidden(body, ids, cache)?;
+                let t = x.dim(1)?;
+                Ok(body
+                    .head
+                    .forward(&x.narrow(1, t - 1, 1)?.contiguous()?)?
+                    .squeeze(1)?)
+            }
+            Body::Cpu(m) => {
+                let (h, b, t) = self.cpu_hidden(m, ids, cache)?;
+                let n = self.cfg.hidden;
+                let last: Vec<f32> = (0..b)
+                    .flat_map(|r| &h[(r * t + t - 1) * n..(r * t + t) * n])
+                    .copied()
+                    .collect();
+                let logits = m.logits(&last, b);
+                let vocab = logits.len() / b.max(1);
+                Ok(Tensor::from_vec(logits, (b, vocab), &Device::Cpu)?)
+            }
+        }
     }
 
-    /// The final normalised hidden states `[batch, tokens, hidden]`.
-    fn hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let pos = cache.len;
-        if pos + t > self.cfg.context {
+    /// Which forward pass runs the model: ours ([`cpu::forward`]) or candle's.
+    pub fn kernels(&self) -> Kernels {
+        match self.body {
+            Body::Cpu(_) => Kernels::Own,
+            Body::Candle(_) => Kernels::Candle,
+        }
+    }
+
+    /// Rejects input the cache cannot take: past the context, or a batch the cache was not
+    /// padded for.
+    fn check_input(&self, b: usize, t: usize, cache: &KvCache) -> Result<()> {
+        if cache.len + t > self.cfg.context {
             bail!(
                 "sequence of {} tokens exceeds the model's context of {}",
-                pos + t,
+                cache.len + t,
                 self.cfg.context
             );
         }
+        if cache.pads.iter().any(|p| *p > 0) && cache.pads.len() != b {
+            bail!(
+                "the cache was made for {} rows, the input has {b}",
+                cache.pads.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// The CPU forward pass: final normalised hidden states `[batch · tokens, hidden]`.
+    fn cpu_hidden(
+        &self,
+        m: &cpu::forward::Model,
+        ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<(Vec<f32>, usize, usize)> {
+        let (b, t) = ids.dims2()?;
+        self.check_input(b, t, cache)?;
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let x: Vec<f32> = self.embed.lookup(&flat)?.flatten_all()?.to_vec1()?;
+        let step = cpu::forward::Step {
+            b,
+            t,
+            pos: cache.len,
+            pads: &cache.pads,
+        };
+        let h = m.hidden(&self.cfg, x, &step, &mut cache.cpu)?;
+        cache.len += t;
+        Ok((h, b, t))
+    }
+
+    /// The final normalised hidden states `[batch, tokens, hidden]`.
+    fn hidden(&self, body: &CandleBody, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.check_input(b, t, cache)?;
+        let pos = cache.len;
         let c = &self.cfg;
         let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
         let mut x = self
@@ -540,16 +698,10 @@ impl Llama {
         let tables = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
             Ok((cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?))
         };
-        let global_rope = tables(&(self.cos.clone(), self.sin.clone()))?;
-        let local_rope = self.local_rope.as_ref().map(tables).transpose()?;
+        let global_rope = tables(&(body.cos.clone(), body.sin.clone()))?;
+        let local_rope = body.local_rope.as_ref().map(tables).transpose()?;
         // Additive mask [batch or 1, 1, t, pos + t]: causal, plus each row's left padding.
         let padded = cache.pads.iter().any(|p| *p > 0);
-        if padded && cache.pads.len() != b {
-            bail!(
-                "the cache was made for {} rows, the input has {b}",
-                cache.pads.len()
-            );
-        }
         let total = pos + t;
         // `window`: a sliding-window layer sees only the last `window` positions.
         let make_mask = |window: Option<usize>| -> Result<Option<Tensor>> {
@@ -588,7 +740,7 @@ impl Llama {
         };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let rep = c.n_head / c.n_kv_head;
-        for (i, (layer, slot)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        for (i, (layer, slot)) in body.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let local = c.window(i).is_some();
             let (cos, sin) = match (&local_rope, local) {
                 (Some(r), true) => r,
@@ -667,7 +819,7 @@ impl Llama {
             x = (x + y)?;
         }
         cache.len += t;
-        Ok(candle_nn::ops::rms_norm(&x, &self.norm, c.eps as f32)?)
+        Ok(candle_nn::ops::rms_norm(&x, &body.norm, c.eps as f32)?)
     }
 }
 

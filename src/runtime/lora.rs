@@ -800,6 +800,7 @@ fn is_4bit(t: GgmlDType) -> bool {
 mod tests {
     use super::*;
     use crate::runtime::llama::{KvCache, Llama};
+    use crate::runtime::test_util::max_diff;
 
     fn tiny(arch: &str, ty: GgmlDType) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
@@ -817,19 +818,6 @@ mod tests {
             qlora,
             seed: 1,
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     fn ids() -> Vec<u32> {

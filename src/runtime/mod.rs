@@ -64,3 +64,15 @@ pub fn candle_device(d: crate::spec::Device) -> anyhow::Result<candle_core::Devi
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// Largest absolute elementwise difference of two tensors of one shape.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar())
+            .expect("tensors of one shape")
+    }
+}

