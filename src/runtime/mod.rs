@@ -55,7 +55,11 @@ pub fn candle_device(d: crate::spec::Device) -> anyhow::Result<candle_core::Devi
                 );
             }
             match std::panic::catch_unwind(|| candle_core::Device::new_cuda(i as usize)) {
-                Ok(Ok(dev)) => Ok(dev),
+                Ok(Ok(dev)) => {
+                    #[cfg(feature = "cuda")]
+                    tune_cuda(&dev, i as usize)?;
+                    Ok(dev)
+                }
                 Ok(Err(e)) => anyhow::bail!("device cuda({i}) cannot be opened: {e}"),
                 Err(_) => anyhow::bail!(
                     "device cuda({i}) cannot be opened: no usable NVIDIA driver (libcuda) here"
@@ -63,6 +67,46 @@ pub fn candle_device(d: crate::spec::Device) -> anyhow::Result<candle_core::Devi
             }
         }
     }
+}
+
+/// Settings of a freshly opened CUDA device that take host work out of every kernel launch (a
+/// decode step of a small model is hundreds of launches, and the host's time per launch is what
+/// varies on a shared machine):
+/// - no event tracking: by default every buffer carries two CUDA events, created with it and
+///   recorded / waited on at each use, which only multi-stream programs need (candle runs one
+///   stream per device, and so do we);
+/// - the stream-ordered allocator keeps freed memory: with the default release threshold (0) the
+///   pool hands its memory back to the driver at every synchronisation (each decode step reads
+///   its token back), and the next step maps it again.
+///
+/// `EDGE_EVAL_CUDA_DEFAULTS=1` leaves both at the driver's defaults (for comparisons).
+#[cfg(feature = "cuda")]
+fn tune_cuda(dev: &candle_core::Device, ordinal: usize) -> anyhow::Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    if std::env::var_os("EDGE_EVAL_CUDA_DEFAULTS").is_some_and(|v| v == "1") {
+        return Ok(());
+    }
+    let cuda = dev.as_cuda_device()?;
+    // SAFETY: one stream per device (see above); set before any tensor exists on it.
+    unsafe { cuda.disable_event_tracking() };
+    let keep = || -> Result<(), result::DriverError> {
+        let d = result::device::get(ordinal as std::ffi::c_int)?;
+        // SAFETY: `d` comes from `device::get`; the threshold attribute takes a u64.
+        unsafe {
+            let pool = result::device::get_default_mem_pool(d)?;
+            let mut threshold = u64::MAX;
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            )
+        }
+    };
+    // A device without memory pools allocates synchronously; nothing to keep then.
+    if let Err(e) = keep() {
+        eprintln!("note: cuda({ordinal}): the allocator's release threshold was not set: {e}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
