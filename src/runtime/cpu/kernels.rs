@@ -212,6 +212,42 @@ pub fn dot_rows<const ROWS: usize>(
     }
 }
 
+/// `put(o, [x[0] · W[o], …])` for each f16 weight row `o` of `rows` (`w` row-major, `cols` wide,
+/// a multiple of 16) and `ROWS` f32 activation rows: sixteen lanes of products (two vectors of
+/// eight), summed the same way for a row alone or in a tile.
+pub fn f16_rows<const ROWS: usize>(
+    w: &[u16],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    x: [&[f32]; ROWS],
+    mut put: impl FnMut(usize, [f32; ROWS]),
+) {
+    assert!(
+        cols.is_multiple_of(16) && w.len() >= rows.end * cols && x.iter().all(|r| r.len() >= cols)
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; lengths asserted above.
+        unsafe { x86::f16_rows(w, cols, rows, x, put) };
+        return;
+    }
+    for o in rows {
+        let wr = &w[o * cols..(o + 1) * cols];
+        put(
+            o,
+            std::array::from_fn(|r| {
+                let mut lanes = [0f32; 16];
+                for (wc, xc) in wr.chunks_exact(16).zip(x[r].chunks_exact(16)) {
+                    for l in 0..16 {
+                        lanes[l] += half(wc[l]) * xc[l];
+                    }
+                }
+                lanes.iter().sum()
+            }),
+        );
+    }
+}
+
 /// The reference sums (and the path on CPUs without AVX2).
 pub fn portable<const ROWS: usize>(kind: Kind, w: Row, x: [ActRow; ROWS]) -> [f32; ROWS] {
     let qb = kind.quant_bytes();
@@ -353,6 +389,40 @@ mod x86 {
         for o in rows {
             // SAFETY: the caller's guarantee (AVX2, FMA, F16C).
             put(o, unsafe { dot_q4::<MIN, ROWS>(p.row(o, kb), x) });
+        }
+    }
+
+    /// [`super::f16_rows`] (lengths checked by the caller).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_rows<const ROWS: usize>(
+        w: &[u16],
+        cols: usize,
+        rows: Range<usize>,
+        x: [&[f32]; ROWS],
+        mut put: impl FnMut(usize, [f32; ROWS]),
+    ) {
+        for o in rows {
+            // SAFETY: row `o` and the activation rows hold `cols` values (caller's checks).
+            unsafe {
+                let wp = w.as_ptr().add(o * cols);
+                let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+                let mut i = 0;
+                while i < cols {
+                    for (k, half) in [0, 8].into_iter().enumerate() {
+                        let wv =
+                            _mm256_cvtph_ps(_mm_loadu_si128(wp.add(i + half) as *const __m128i));
+                        for r in 0..ROWS {
+                            let xv = _mm256_loadu_ps(x[r].as_ptr().add(i + half));
+                            acc[r][k] = _mm256_fmadd_ps(wv, xv, acc[r][k]);
+                        }
+                    }
+                    i += 16;
+                }
+                put(
+                    o,
+                    std::array::from_fn(|r| hsum(_mm256_add_ps(acc[r][0], acc[r][1]))),
+                );
+            }
         }
     }
 

@@ -17,11 +17,17 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use kernels::{Acts, Kind, QK};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// A weight matrix `[out, in]` in one of [`Kind`]'s block types, rows contiguous.
+/// A weight matrix `[out, in]`, rows contiguous: in one of [`Kind`]'s block types, or f16.
 pub struct CpuMat {
     rows: usize,
     cols: usize,
-    data: kernels::Packed,
+    data: Weights,
+}
+
+enum Weights {
+    Blocks(kernels::Packed),
+    /// f16 bits, row-major (multiplied with the f32 activations as they are).
+    F16(Vec<u16>),
 }
 
 /// The smallest claim of weight rows in a prompt's product: small enough to balance two to a few
@@ -31,34 +37,45 @@ const CHUNK: usize = 16;
 impl CpuMat {
     /// The matrix of `q`, if its type has kernels here.
     pub fn from_qtensor(q: &QTensor) -> Result<Option<CpuMat>> {
+        let (rows, cols) = q.shape().dims2()?;
         let kind = match q.dtype() {
-            GgmlDType::Q4_0 => Kind::Q4_0,
-            GgmlDType::Q4_1 => Kind::Q4_1,
-            GgmlDType::Q8_0 => Kind::Q8_0,
+            GgmlDType::Q4_0 => Some(Kind::Q4_0),
+            GgmlDType::Q4_1 => Some(Kind::Q4_1),
+            GgmlDType::Q8_0 => Some(Kind::Q8_0),
+            GgmlDType::F16 => None,
             _ => return Ok(None),
         };
-        let (rows, cols) = q.shape().dims2()?;
         if !cols.is_multiple_of(QK) {
             return Ok(None);
         }
-        let data = q.data()?.into_owned();
-        if data.len() != rows * cols / QK * kind.block_bytes() {
+        let data = q.data()?;
+        let want = match kind {
+            Some(k) => rows * cols / QK * k.block_bytes(),
+            None => rows * cols * 2,
+        };
+        if data.len() != want {
             bail!(
-                "a {rows}×{cols} {:?} matrix should hold {} bytes, it holds {}",
+                "a {rows}×{cols} {:?} matrix should hold {want} bytes, it holds {}",
                 q.dtype(),
-                rows * cols / QK * kind.block_bytes(),
                 data.len()
             );
         }
-        Ok(Some(CpuMat {
-            rows,
-            cols,
-            data: kernels::Packed::from_gguf(kind, &data),
-        }))
+        let data = match kind {
+            Some(k) => Weights::Blocks(kernels::Packed::from_gguf(k, &data)),
+            None => Weights::F16(
+                data.chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+        };
+        Ok(Some(CpuMat { rows, cols, data }))
     }
 
     pub fn resident_bytes(&self) -> u64 {
-        self.data.bytes() as u64
+        match &self.data {
+            Weights::Blocks(p) => p.bytes() as u64,
+            Weights::F16(w) => 2 * w.len() as u64,
+        }
     }
 
     /// `x · Wᵀ` for `x` `[…, in]` f32 on the CPU: `[…, out]`.
@@ -66,30 +83,71 @@ impl CpuMat {
         x.apply_op1_no_bwd(self)
     }
 
-    /// `out[r·rows + o] += x[r] · W[o]` over the weight rows `range` (`m` rows of `x`).
-    fn rows_product(&self, xq: &Acts, m: usize, range: std::ops::Range<usize>, out: &SyncPtr) {
-        let kb = self.cols / QK;
+    /// `out[r·rows + o] = x[r] · W[o]` over the weight rows `range` (`m` rows of `x`), prompt
+    /// rows four at a time (a weight row is read once per four).
+    fn rows_product(&self, x: &Input, m: usize, range: std::ops::Range<usize>, out: &SyncPtr) {
         let n = self.rows;
-        let xr = |r: usize| xq.row(r);
         let put = |r: usize, o: usize, v: f32| {
             // SAFETY: `r < m`, `o < n`; each (r, o) is written by the one task owning `o`.
             unsafe { *out.get().add(r * n + o) = v }
         };
-        let mut r = 0;
-        while r + 4 <= m {
-            let x = [xr(r), xr(r + 1), xr(r + 2), xr(r + 3)];
-            kernels::dot_rows::<4>(&self.data, kb, range.clone(), x, |o, v| {
-                for (i, v) in v.into_iter().enumerate() {
-                    put(r + i, o, v);
-                }
-            });
-            r += 4;
+        let put4 = |r: usize, o: usize, v: [f32; 4]| {
+            for (i, v) in v.into_iter().enumerate() {
+                put(r + i, o, v);
+            }
+        };
+        match &self.data {
+            Weights::Blocks(p) => {
+                let (kb, xq) = (self.cols / QK, x.quantized());
+                tiles(
+                    m,
+                    |r| xq.row(r),
+                    |r, x| kernels::dot_rows::<4>(p, kb, range.clone(), x, |o, v| put4(r, o, v)),
+                    |r, x| kernels::dot_rows::<1>(p, kb, range.clone(), [x], |o, [v]| put(r, o, v)),
+                );
+            }
+            Weights::F16(w) => {
+                let c = self.cols;
+                tiles(
+                    m,
+                    |r| &x.f32[r * c..(r + 1) * c],
+                    |r, x| kernels::f16_rows::<4>(w, c, range.clone(), x, |o, v| put4(r, o, v)),
+                    |r, x| kernels::f16_rows::<1>(w, c, range.clone(), [x], |o, [v]| put(r, o, v)),
+                );
+            }
         }
-        for r in r..m {
-            kernels::dot_rows::<1>(&self.data, kb, range.clone(), [xr(r)], |o, [v]| {
-                put(r, o, v)
-            });
-        }
+    }
+}
+
+/// Runs `four` on each tile of four rows of `0..m` and `one` on the rows left over.
+fn tiles<'a, A: Copy + 'a>(
+    m: usize,
+    row: impl Fn(usize) -> A,
+    mut four: impl FnMut(usize, [A; 4]),
+    mut one: impl FnMut(usize, A),
+) {
+    let mut r = 0;
+    while r + 4 <= m {
+        four(r, std::array::from_fn(|i| row(r + i)));
+        r += 4;
+    }
+    for r in r..m {
+        one(r, row(r));
+    }
+}
+
+/// The activations of one product: as given, and quantized to 8-bit blocks when a matrix of a
+/// block type needs them.
+struct Input<'a> {
+    f32: &'a [f32],
+    q: Option<Acts>,
+}
+
+impl Input<'_> {
+    fn quantized(&self) -> &Acts {
+        self.q
+            .as_ref()
+            .expect("quantized when a block matrix is in the product")
     }
 }
 
@@ -104,7 +162,11 @@ pub fn products(mats: &[&CpuMat], x: &[f32], m: usize) -> Vec<Vec<f32>> {
         mats.iter().all(|w| w.cols == cols) && x.len() == m * cols,
         "products of matrices with different input widths"
     );
-    let xq = Acts::quantize(x, cols);
+    let blocks = mats.iter().any(|w| matches!(w.data, Weights::Blocks(_)));
+    let input = Input {
+        f32: x,
+        q: blocks.then(|| Acts::quantize(x, cols)),
+    };
     let mut outs: Vec<Vec<f32>> = mats.iter().map(|w| vec![0f32; m * w.rows]).collect();
     let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
     let n: usize = mats.iter().map(|w| w.rows).sum();
@@ -138,7 +200,7 @@ pub fn products(mats: &[&CpuMat], x: &[f32], m: usize) -> Vec<Vec<f32>> {
             for (w, out) in mats.iter().zip(&ptrs) {
                 let (lo, hi) = (range.start.max(first), range.end.min(first + w.rows));
                 if lo < hi {
-                    w.rows_product(&xq, m, lo - first..hi - first, out);
+                    w.rows_product(&input, m, lo - first..hi - first, out);
                 }
                 first += w.rows;
             }
@@ -217,6 +279,7 @@ mod tests {
             (GgmlDType::Q4_0, 2e-2),
             (GgmlDType::Q4_1, 2e-2),
             (GgmlDType::Q8_0, 5e-3),
+            (GgmlDType::F16, 2e-3),
         ] {
             let w = Tensor::randn(0f32, 1.0, (70, 320), &dev)?;
             let q = QTensor::quantize(&w, dtype)?;
@@ -244,7 +307,12 @@ mod tests {
     #[test]
     fn a_row_alone_equals_the_same_row_in_a_batch() -> Result<()> {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::F16,
+        ] {
             let w = Tensor::randn(0f32, 1.0, (70, 576), &dev)?;
             let m = CpuMat::from_qtensor(&QTensor::quantize(&w, dtype)?)?.expect("has kernels");
             let x = Tensor::randn(0f32, 1.0, (11, 576), &dev)?;
@@ -261,7 +329,7 @@ mod tests {
     fn other_types_stay_with_candle() -> Result<()> {
         let w = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu)?;
         assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q6K)?)?.is_none());
-        assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::F16)?)?.is_none());
+        assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4K)?)?.is_none());
         Ok(())
     }
 }
