@@ -1,7 +1,7 @@
 //! The llama architecture (SmolLM2, Llama 3.x), its qwen2 variant (Qwen2.5) and Gemma 3 over GGUF
 //! weights, with a forward pass of our own: batched input, full-sequence logits (for perplexity
 //! and KL), and a KV cache. Matrix weights stay in their GGUF type. On the CPU, models whose
-//! matrices (head included) are all Q4_0 / Q4_1 / Q8_0 / F16 run entirely on our code
+//! matrices (head included) are all Q4_0 / Q4_1 / Q8_0 / Q6_K / F16 run entirely on our code
 //! ([`super::cpu::forward`]: kernels, attention, norms); others are written with candle's ops and
 //! quantized kernels (`QMatMul`) here. On a GPU, always candle's ops; f16 / bf16 matrices are
 //! held in their own type and multiplied densely ([`Mat`]).
@@ -151,7 +151,7 @@ impl Embedding {
 
 /// A weight matrix as held for inference.
 pub(crate) enum Mat {
-    /// Q4_0 / Q4_1 / Q8_0 / F16 on the CPU, when every matrix of the model is one of these: our own
+    /// Q4_0 / Q4_1 / Q8_0 / Q6_K / F16 on the CPU, when every matrix of the model is one of these: our own
     /// kernels; the layers are then moved into [`cpu::forward::Model`].
     Cpu(CpuMat),
     /// Through candle's quantized matmul (other GGUF block types; f16 on the CPU; f32; GPUs).
@@ -225,7 +225,7 @@ struct CandleBody {
 /// The forward pass of a model on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
-    /// Our own ([`cpu::forward`]) when every matrix is Q4_0, Q4_1, Q8_0 or F16; candle's
+    /// Our own ([`cpu::forward`]) when every matrix is Q4_0, Q4_1, Q8_0, Q6_K or F16; candle's
     /// otherwise.
     Own,
     /// Candle's ops and quantized kernels throughout.
@@ -450,7 +450,13 @@ impl Llama {
                 .all(|n| {
                     matches!(
                         g.tensor_type(&n),
-                        Some(GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::F16)
+                        Some(
+                            GgmlDType::Q4_0
+                                | GgmlDType::Q4_1
+                                | GgmlDType::Q8_0
+                                | GgmlDType::Q6K
+                                | GgmlDType::F16
+                        )
                     )
                 });
         let mut qmat = |g: &mut Gguf, name: &str| -> Result<Mat> {

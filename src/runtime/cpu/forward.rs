@@ -323,7 +323,8 @@ mod tests {
     use candle_core::quantized::GgmlDType;
     use candle_core::{Device, Tensor};
 
-    /// On tiny synthetic llama and qwen2 models (GQA, qwen2's biases and NeoX RoPE), our CPU
+    /// On tiny synthetic llama and qwen2 models (GQA, qwen2's biases and NeoX RoPE; q8_0, f16,
+    /// q4_0 with a q6_k head), our CPU
     /// forward pass gives candle's logits for a left-padded batch and the cached steps after it;
     /// with two layers the different float order stays far below a logit's scale.
     #[test]
@@ -332,6 +333,9 @@ mod tests {
         for (arch, dtype) in [
             ("llama-tiny", GgmlDType::Q8_0),
             ("qwen2-tiny", GgmlDType::Q8_0),
+            ("llama-tiny", GgmlDType::F16),
+            // q4_0 matrices, the head in q6_k (its rows are whole super-blocks).
+            ("llama-tiny", GgmlDType::Q4_0),
         ] {
             let path = dir.path().join(format!("{arch}-{dtype:?}.gguf"));
             write_gguf(arch, 5, dtype, &path, &|_, _| {}, &|| false).unwrap();

@@ -248,6 +248,85 @@ pub fn f16_rows<const ROWS: usize>(
     }
 }
 
+/// Weights per Q6_K super-block, and its bytes: 128 bytes of low nibbles, 64 of high bit pairs,
+/// 16 signed 8-bit scales (one per 16 weights), an f16 scale.
+pub const QK_K: usize = 256;
+pub const Q6K_BYTES: usize = 210;
+
+/// The 6-bit values (0 … 63; the weight is `d · scale · (q − 32)`) of 32-weight block `b` (0 … 7)
+/// of a Q6_K super-block, and the two scales of its halves.
+fn q6k_block(blk: &[u8], b: usize) -> ([u8; QK], [i8; 2]) {
+    let (h, k) = (b / 4, b % 4);
+    let (ql, qh) = (
+        &blk[64 * h..64 * h + 64],
+        &blk[128 + 32 * h..128 + 32 * h + 32],
+    );
+    let q = std::array::from_fn(|l| {
+        let low = match k {
+            0 => ql[l] & 0x0F,
+            1 => ql[l + 32] & 0x0F,
+            2 => ql[l] >> 4,
+            _ => ql[l + 32] >> 4,
+        };
+        low | (((qh[l] >> (2 * k)) & 3) << 4)
+    });
+    let sc = &blk[192 + 8 * h + 2 * k..];
+    (q, [sc[0] as i8, sc[1] as i8])
+}
+
+/// `put(o, [x[0] · W[o], …])` for each Q6_K weight row `o` of `rows` (`w`: the file's
+/// super-blocks, `cols / 256` per row) and `ROWS` quantized activation rows. Each 32-weight block
+/// meets one activation block: integer sums per 16 weights times their scale, then `d · d_x`.
+pub fn q6k_rows<const ROWS: usize>(
+    w: &[u8],
+    cols: usize,
+    rows: std::ops::Range<usize>,
+    x: [ActRow; ROWS],
+    mut put: impl FnMut(usize, [f32; ROWS]),
+) {
+    let nb = cols / QK_K;
+    assert!(
+        cols.is_multiple_of(QK_K)
+            && w.len() >= rows.end * nb * Q6K_BYTES
+            && x.iter()
+                .all(|r| r.qs.len() >= cols / QK && r.d.len() >= cols / QK)
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; lengths asserted above.
+        unsafe { x86::q6k_rows(w, nb, rows, x, put) };
+        return;
+    }
+    for o in rows {
+        put(
+            o,
+            q6k_portable(&w[o * nb * Q6K_BYTES..(o + 1) * nb * Q6K_BYTES], x),
+        );
+    }
+}
+
+/// One Q6_K row's products without SIMD (the path on CPUs without AVX2, and the kernel's test).
+fn q6k_portable<const ROWS: usize>(row: &[u8], x: [ActRow; ROWS]) -> [f32; ROWS] {
+    let mut out = [0f32; ROWS];
+    for (s, blk) in row.chunks_exact(Q6K_BYTES).enumerate() {
+        let d = half(u16::from_le_bytes([blk[208], blk[209]]));
+        for b in 0..8 {
+            let (q, sc) = q6k_block(blk, b);
+            let j = s * 8 + b;
+            for (o, y) in out.iter_mut().zip(&x) {
+                let part = |lo: usize| -> i32 {
+                    (lo..lo + 16)
+                        .map(|i| (q[i] as i32 - 32) * y.qs[j][i] as i32)
+                        .sum()
+                };
+                let sum = sc[0] as i32 * part(0) + sc[1] as i32 * part(16);
+                *o += d * y.d[j] * sum as f32;
+            }
+        }
+    }
+    out
+}
+
 /// The reference sums (and the path on CPUs without AVX2).
 pub fn portable<const ROWS: usize>(kind: Kind, w: Row, x: [ActRow; ROWS]) -> [f32; ROWS] {
     let qb = kind.quant_bytes();
@@ -423,6 +502,81 @@ mod x86 {
                     std::array::from_fn(|r| hsum(_mm256_add_ps(acc[r][0], acc[r][1]))),
                 );
             }
+        }
+    }
+
+    /// [`super::q6k_rows`] (lengths checked by the caller; `nb` super-blocks per row).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q6k_rows<const ROWS: usize>(
+        w: &[u8],
+        nb: usize,
+        rows: Range<usize>,
+        x: [ActRow; ROWS],
+        mut put: impl FnMut(usize, [f32; ROWS]),
+    ) {
+        use super::Q6K_BYTES;
+        let (m4, m2, c32) = (
+            _mm256_set1_epi8(0x0F),
+            _mm256_set1_epi8(3),
+            _mm256_set1_epi8(32),
+        );
+        for o in rows {
+            let mut acc = [_mm256_setzero_ps(); ROWS];
+            for s in 0..nb {
+                // SAFETY: super-block `s` of row `o` is inside `w`, and every activation row
+                // has `8 · nb` blocks (caller's checks).
+                unsafe {
+                    let blk = w.as_ptr().add((o * nb + s) * Q6K_BYTES);
+                    let d = half(u16::from_le_bytes([*blk.add(208), *blk.add(209)]));
+                    for h in 0..2 {
+                        let l0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+                        let l1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+                        let hb = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+                        let high = |shift: i32| {
+                            let bits = match shift {
+                                0 => hb,
+                                2 => _mm256_srli_epi16(hb, 2),
+                                4 => _mm256_srli_epi16(hb, 4),
+                                _ => _mm256_srli_epi16(hb, 6),
+                            };
+                            _mm256_slli_epi16(_mm256_and_si256(bits, m2), 4)
+                        };
+                        let q = [
+                            _mm256_or_si256(_mm256_and_si256(l0, m4), high(0)),
+                            _mm256_or_si256(_mm256_and_si256(l1, m4), high(2)),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                high(4),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                high(6),
+                            ),
+                        ];
+                        for (k, q) in q.into_iter().enumerate() {
+                            let sc = blk.add(192 + 8 * h + 2 * k) as *const i8;
+                            let scales = _mm256_set_m128i(
+                                _mm_set1_epi16(*sc.add(1) as i16),
+                                _mm_set1_epi16(*sc as i16),
+                            );
+                            let j = s * 8 + h * 4 + k;
+                            for r in 0..ROWS {
+                                let xv = _mm256_loadu_si256(
+                                    x[r].qs.get_unchecked(j).as_ptr() as *const __m256i
+                                );
+                                let p = _mm256_sub_epi16(
+                                    _mm256_maddubs_epi16(q, xv),
+                                    _mm256_maddubs_epi16(c32, xv),
+                                );
+                                let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, scales));
+                                let scale = _mm256_set1_ps(d * *x[r].d.get_unchecked(j));
+                                acc[r] = _mm256_fmadd_ps(f, scale, acc[r]);
+                            }
+                        }
+                    }
+                }
+            }
+            put(o, std::array::from_fn(|r| hsum(acc[r])));
         }
     }
 
@@ -620,6 +774,47 @@ mod tests {
                 fast1[0], fast4[2],
                 "{kind:?}: one row = the same row in a tile"
             );
+        }
+    }
+
+    /// Q6_K: the AVX2 kernel and the portable one against the weights as candle dequantizes them,
+    /// times the quantized activations (f64); a row alone equals the same row in a tile.
+    #[test]
+    fn q6k_matches_candles_dequantization() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let cols = 512;
+        let w = Tensor::randn(0f32, 1.0, (3, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q6K).unwrap();
+        let deq: Vec<Vec<f32>> = q.dequantize(&Device::Cpu).unwrap().to_vec2().unwrap();
+        let bytes = q.data().unwrap();
+        let v: Vec<f32> = noise(9, 4 * cols)
+            .into_iter()
+            .map(|v| (v % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let acts = Acts::quantize(&v, cols);
+        let x = [acts.row(0), acts.row(1), acts.row(2), acts.row(3)];
+        let mut tile = vec![];
+        q6k_rows::<4>(&bytes, cols, 0..3, x, |o, v| tile.push((o, v)));
+        for (o, four) in tile {
+            let mut one = [0f32];
+            q6k_rows::<1>(&bytes, cols, o..o + 1, [x[2]], |_, v| one = v);
+            assert_eq!(one[0], four[2], "row {o}: alone vs in a tile");
+            let slow = q6k_portable(&bytes[o * 2 * Q6K_BYTES..(o + 1) * 2 * Q6K_BYTES], x);
+            for r in 0..4 {
+                let want: f64 = (0..cols)
+                    .map(|i| {
+                        deq[o][i] as f64 * x[r].d[i / QK] as f64 * x[r].qs[i / QK][i % QK] as f64
+                    })
+                    .sum();
+                let tol = 1e-4 * want.abs().max(1.0);
+                assert!(
+                    (four[r] as f64 - want).abs() < tol,
+                    "row {o}/{r}: {} vs {want}",
+                    four[r]
+                );
+                assert!((slow[r] as f64 - want).abs() < tol, "row {o}/{r} portable");
+            }
         }
     }
 }

