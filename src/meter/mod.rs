@@ -10,6 +10,7 @@
 //! (declared watts × the process's CPU time). A GPU counter (NVML) plugs in behind the same trait.
 //! When no meter can be had, every energy figure is null with the reason, never 0.
 
+pub mod host;
 pub mod memory;
 pub mod nvml;
 pub mod pagecache;
@@ -260,9 +261,11 @@ impl Metered {
         // of its ends): no edge is off by up to a step of the meter.
         let start = meter.joules_at_step().map(|r| r.0);
         let sampled0 = meter.sampled_joules();
+        let host0 = host::HostSample::take();
         let t0 = Instant::now();
         let out = work()?;
         let t1 = Instant::now();
+        let host1 = host::HostSample::take();
         let seconds = t1.duration_since(t0).as_secs_f64();
         let sampled1 = meter.sampled_joules();
         let tail_w0 = meter.power_w();
@@ -285,6 +288,7 @@ impl Metered {
         if let Some(n) = others(&snap0).max(others(&device)) {
             device.insert("gpu_other_processes".into(), json!(n));
         }
+        host0.columns(&host1, &mut device);
         let energy = match (start, end) {
             // No device draws nothing: a reading that did not move means the meter updates less
             // often than the window lasted (NVML's counter steps every few tens of ms), not 0 J.
