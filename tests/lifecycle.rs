@@ -113,6 +113,10 @@ for q in [f16, q8_0] {
         assert!(n >= 2 && n % batch == 0, "{r:?}");
         assert!(r["seconds"].as_f64().unwrap() >= 0.7, "{r:?}");
         assert!(r["warmup_requests"].as_i64().unwrap() >= 2 * batch, "{r:?}");
+        // The host's share in the window is recorded (Linux reports both).
+        let steal = r["host_steal_pct"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&steal), "{r:?}");
+        assert!(r["host_preemptions"].as_i64().is_some(), "{r:?}");
         let mut same = by(&measure, "row", "repeat")
             .into_iter()
             .filter(|o| o["stage_id"] == r["stage_id"] && o["batch"] == r["batch"]);

@@ -538,6 +538,16 @@ pub(crate) fn gpu_columns() -> Vec<Column> {
             ColType::Int,
             "other processes on the GPU at the window's edges: >0 means the energy is not this work's alone",
         ),
+        col(
+            "host_steal_pct",
+            ColType::Float,
+            "share of all CPUs' time the hypervisor gave to other guests during the window (/proc/stat steal, %)",
+        ),
+        col(
+            "host_preemptions",
+            ColType::Int,
+            "times the thread running the work was preempted during the window (involuntary context switches)",
+        ),
     ]
 }
 
