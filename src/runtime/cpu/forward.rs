@@ -1,15 +1,18 @@
 //! The whole forward pass on the CPU, for models whose matrices all have kernels here (Q4_0,
-//! Q4_1, Q8_0): plain `f32` buffers from the embedding to the last norm, no candle op in between.
+//! Q4_1, Q8_0, Q6_K, F16): plain `f32` buffers from the embedding to the last norm, no candle op
+//! in between.
 //!
 //! Through candle, a decode step of SmolLM2-135M was ~20 small ops per layer (norms, RoPE, GQA
 //! copies of the KV cache, attention products, softmax, allocation), each run on the calling
 //! thread while the pool's other threads spun: about a third of the step. Here a layer is two
-//! norms, three pool runs of products (q, k, v together; gate and up together; o and down), and
+//! norms, four pool runs of products (q, k and v together; o; gate and up together; down), and
 //! attention over the cache in place, split over the pool by (row, head).
 //!
 //! Every position is computed by the same code whether it comes in a prompt or alone in a decode
 //! step, and each row's products do not depend on the rows beside it ([`super::products`]):
-//! cached decoding, batched rows and a full pass give bit-identical logits.
+//! cached decoding, batched rows and a full pass give bit-identical logits. A left-padded row's
+//! positions count from its first real token (its RoPE angles and the keys it sees are those of
+//! the row alone), so a padded batch generates bit for bit what each prompt generates alone.
 
 use super::{CpuMat, SyncPtr, pool, products};
 use crate::runtime::llama::{Config, Layer};
