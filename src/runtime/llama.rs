@@ -151,8 +151,8 @@ impl Embedding {
 
 /// A weight matrix as held for inference.
 pub(crate) enum Mat {
-    /// Q4_0 / Q4_1 / Q8_0 / Q6_K / F16 on the CPU, when every matrix of the model is one of these: our own
-    /// kernels; the layers are then moved into [`cpu::forward::Model`].
+    /// Q4_0 / Q4_1 / Q8_0 / Q6_K / F16 on the CPU, when every matrix of the model is one of
+    /// these: our own kernels; the layers are then moved into [`cpu::forward::Model`].
     Cpu(CpuMat),
     /// Through candle's quantized matmul (other GGUF block types; f16 on the CPU; f32; GPUs).
     Q(QMatMul),
@@ -234,10 +234,10 @@ pub enum Kernels {
 
 /// Keys and values of the positions seen so far, per layer.
 pub struct KvCache {
-    /// Per layer, K and V `[batch, kv heads, positions, head size]`. On the CPU, buffers whose
-    /// first `len` positions are filled and whose capacity doubles when full, so a decode step
-    /// writes its own position instead of copying the whole cache; on a GPU, exactly `len`
-    /// positions, extended with `cat` (see [`cache_append`]).
+    /// Candle's pass: per layer, K and V `[batch, kv heads, positions, head size]`. On the CPU,
+    /// buffers whose first `len` positions are filled and whose capacity doubles when full, so a
+    /// decode step writes its own position instead of copying the whole cache; on a GPU, exactly
+    /// `len` positions, extended with `cat` (see [`cache_append`]).
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// The cache of the CPU forward pass ([`cpu::forward`]), used instead of `layers`.
     cpu: cpu::forward::Cache,
