@@ -6,13 +6,14 @@
 //! scaled sum, 32 × i8), as llama.cpp does, so each block product is an integer dot product of
 //! 32 pairs; the scale products of 8 blocks are formed in one vector multiply. The AVX2 kernels
 //! are used when the CPU has AVX2, FMA and F16C (checked once at run time); a portable version
-//! computes the same sums.
-//! Every function returns `ROWS` dot products of one weight row with `ROWS` activation rows, so
-//! a weight block is unpacked once per tile of prompt rows.
+//! computes the same sums. Q6_K rows are used in the file's super-blocks of 256 against the same
+//! 8-bit activations ([`q6k_rows`]); f16 rows against the f32 activations ([`f16_rows`]).
+//! Every kernel walks a range of weight rows and gives `ROWS` dot products per weight row, one
+//! per activation row, so a weight block is unpacked once per tile of prompt rows.
 
 use half::f16;
 
-/// Elements per block (every type here).
+/// Elements per block (Q4_0, Q4_1, Q8_0 and the activations).
 pub const QK: usize = 32;
 
 /// The weight block types with kernels here.
@@ -166,23 +167,6 @@ fn bytemuck_u8(v: &[u128]) -> &[u8] {
 
 fn half(bits: u16) -> f32 {
     f16::from_bits(bits).to_f32()
-}
-
-/// `ROWS` dot products of the weight row `w` (of `kind`) with the activation rows `x`.
-pub fn dot<const ROWS: usize>(kind: Kind, w: Row, x: [ActRow; ROWS]) -> [f32; ROWS] {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked by `avx2`); lengths are asserted
-        // inside.
-        return unsafe {
-            match kind {
-                Kind::Q4_0 => x86::dot_q4::<false, ROWS>(w, x),
-                Kind::Q4_1 => x86::dot_q4::<true, ROWS>(w, x),
-                Kind::Q8_0 => x86::dot_q8::<ROWS>(w, x),
-            }
-        };
-    }
-    portable(kind, w, x)
 }
 
 /// `put(o, [x[0] · W[o], …])` for each weight row `o` of `rows` (of `kb` blocks): the loop over
@@ -762,9 +746,10 @@ mod tests {
             let want: Vec<f64> = x.iter().map(|r| reference(kind, w1, *r)).collect();
             let rows = [x[0], x[1], x[2], x[3]];
             let row = packed.row(1, blocks);
-            let fast4 = dot::<4>(kind, row, rows);
+            let (mut fast4, mut fast1) = ([0f32; 4], [0f32]);
+            dot_rows::<4>(&packed, blocks, 1..2, rows, |_, v| fast4 = v);
+            dot_rows::<1>(&packed, blocks, 1..2, [x[2]], |_, v| fast1 = v);
             let slow4 = portable::<4>(kind, row, rows);
-            let fast1 = dot::<1>(kind, row, [x[2]]);
             for r in 0..4 {
                 let tol = 1e-4 * want[r].abs().max(1.0);
                 assert!((fast4[r] as f64 - want[r]).abs() < tol, "{kind:?} row {r}");
