@@ -196,8 +196,9 @@ pub struct Llama {
     pub cfg: Config,
     embed: Embedding,
     body: Body,
-    /// Bytes the weights occupy as loaded: matrices as candle holds them, the embedding in its
-    /// GGUF type (plus the head's own copy when tied), norms in f32.
+    /// Bytes the weights occupy as loaded: matrices as held (our CPU kernels keep the file's
+    /// bytes; candle may widen, e.g. f32), the embedding in its GGUF type (plus the head's own
+    /// copy when tied), norms in f32.
     pub weight_bytes: u64,
     /// Where the matrices, norms and KV cache live (the embedding table stays in host memory;
     /// looked-up rows are moved).
