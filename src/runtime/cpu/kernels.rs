@@ -182,13 +182,7 @@ pub fn dot_rows<const ROWS: usize>(
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked by `avx2`).
-        unsafe {
-            match p.kind {
-                Kind::Q4_0 => x86::rows_q4::<false, ROWS>(p, kb, rows, x, put),
-                Kind::Q4_1 => x86::rows_q4::<true, ROWS>(p, kb, rows, x, put),
-                Kind::Q8_0 => x86::rows_q8::<ROWS>(p, kb, rows, x, put),
-            }
-        }
+        unsafe { x86::rows(p, kb, rows, x, put) }
         return;
     }
     for o in rows {
@@ -359,7 +353,7 @@ pub(crate) fn avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ActRow, Packed, QK, Row};
+    use super::{ActRow, Kind, Packed, QK, Row};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -440,9 +434,9 @@ mod x86 {
         if MIN { sum } else { -8.0 * sum }
     }
 
-    /// [`super::dot_rows`] for Q4_0 / Q4_1.
+    /// [`super::dot_rows`]: the loop over weight rows, each row's block kernel inlined.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows_q4<const MIN: bool, const ROWS: usize>(
+    pub unsafe fn rows<const ROWS: usize>(
         p: &Packed,
         kb: usize,
         rows: Range<usize>,
@@ -450,8 +444,16 @@ mod x86 {
         mut put: impl FnMut(usize, [f32; ROWS]),
     ) {
         for o in rows {
-            // SAFETY: the caller's guarantee (AVX2, FMA, F16C).
-            put(o, unsafe { dot_q4::<MIN, ROWS>(p.row(o, kb), x) });
+            let w = p.row(o, kb);
+            // SAFETY: the caller's guarantee (AVX2, FMA, F16C); lengths asserted inside.
+            let v = unsafe {
+                match p.kind {
+                    Kind::Q4_0 => dot_q4::<false, ROWS>(w, x),
+                    Kind::Q4_1 => dot_q4::<true, ROWS>(w, x),
+                    Kind::Q8_0 => dot_q8::<ROWS>(w, x),
+                }
+            };
+            put(o, v);
         }
     }
 
@@ -561,21 +563,6 @@ mod x86 {
                 }
             }
             put(o, std::array::from_fn(|r| hsum(acc[r])));
-        }
-    }
-
-    /// [`super::dot_rows`] for Q8_0.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows_q8<const ROWS: usize>(
-        p: &Packed,
-        kb: usize,
-        rows: Range<usize>,
-        x: [ActRow; ROWS],
-        mut put: impl FnMut(usize, [f32; ROWS]),
-    ) {
-        for o in rows {
-            // SAFETY: as in `rows_q4`.
-            put(o, unsafe { dot_q8::<ROWS>(p.row(o, kb), x) });
         }
     }
 
