@@ -274,7 +274,7 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
     let (prompt, tokens, repeats, batches, device) =
         (b.prompt, b.tokens, b.repeats, &b.batches, b.device);
     use crate::runtime::gguf::Gguf;
-    use crate::runtime::llama::{Kernels, KvCache, Llama};
+    use crate::runtime::llama::{Decode, Kernels, KvCache, Llama};
     use candle_core::{D, Tensor};
     let dev = crate::runtime::candle_device(device)?;
     let t = Instant::now();
@@ -334,11 +334,13 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
         model.weight_bytes as f64 / 1048576.0
     );
     if dev.is_cpu() {
-        let pass = match model.kernels() {
-            Kernels::Own => "edge-eval's",
-            Kernels::Candle => "candle's",
-        };
-        println!("  threads {}, {pass} forward pass", available_threads());
+        println!(
+            "  threads {}, forward pass: {}",
+            available_threads(),
+            model.forward_pass()
+        );
+    } else {
+        println!("  forward pass: {}", model.forward_pass());
     }
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
     let [pp, fast, slow] = median(&run_pp)?;
@@ -359,11 +361,49 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
             rate(n, fast)
         );
     }
+    if !dev.is_cpu() && Decode::default_for(&dev) != Decode::PerOp {
+        check_decode(&model, &ids, tokens.min(64))?;
+    }
     if let Some(pairs) = b.meter_overhead {
         let batch = batches.first().copied().unwrap_or(1).max(1);
         meter_overhead(device, pairs.max(2), &|| run_tg(batch))?;
     }
     Ok(0)
+}
+
+/// Greedy decode steps of the device's decode mode (fixed buffers, CUDA graphs) beside op-by-op
+/// steps, both fed the op-by-op pass's tokens: how often they pick the same next token, and how
+/// far apart their logits are (float order differs; quantized activations can amplify it).
+fn check_decode(model: &crate::runtime::llama::Llama, ids: &[u32], steps: usize) -> Result<()> {
+    use crate::runtime::llama::{Decode, KvCache};
+    use candle_core::{D, Tensor};
+    let dev = &model.device;
+    let n = model.cfg.n_layer;
+    let (mut per_op, mut fixed) = (KvCache::new(n).with_decode(Decode::PerOp), KvCache::new(n));
+    let prompt = Tensor::new(&ids[..ids.len().min(16)], dev)?.unsqueeze(0)?;
+    let mut a = model.forward_last(&prompt, &mut per_op)?;
+    let mut b = model.forward_last(&prompt, &mut fixed)?;
+    let (mut agree, mut worst, mut scale, mut kl) = (0, 0f32, 0f32, 0f32);
+    for _ in 0..steps {
+        let next: Vec<u32> = a.argmax(D::Minus1)?.to_vec1()?;
+        agree += usize::from(next == b.argmax(D::Minus1)?.to_vec1::<u32>()?);
+        worst = worst.max((&a - &b)?.abs()?.max_all()?.to_scalar()?);
+        scale = scale.max(a.abs()?.max_all()?.to_scalar()?);
+        let (la, lb) = (
+            candle_nn::ops::log_softmax(&a, D::Minus1)?,
+            candle_nn::ops::log_softmax(&b, D::Minus1)?,
+        );
+        let row_kl = (la.exp()? * (&la - &lb)?)?.sum(D::Minus1)?;
+        kl = kl.max(row_kl.max_all()?.to_scalar()?);
+        let input = Tensor::new(next.as_slice(), dev)?.unsqueeze(1)?;
+        a = model.forward_last(&input, &mut per_op)?;
+        b = model.forward_last(&input, &mut fixed)?;
+    }
+    println!(
+        "  decode check vs op by op ({steps} greedy steps): same next token {agree}/{steps}, \
+         max |Δlogit| {worst:.4} (logits up to {scale:.1}), max KL {kl:.2e} nats"
+    );
+    Ok(())
 }
 
 /// The meter's cost on throughput: `pairs` decode runs with the meter open (its sampling thread

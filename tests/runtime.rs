@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use edge_eval::runtime::generate::{GenOptions, generate};
 use edge_eval::runtime::gguf::Gguf;
-use edge_eval::runtime::llama::{KvCache, Llama, argmax};
+use edge_eval::runtime::llama::{Decode, KvCache, Llama, argmax};
 use edge_eval::runtime::tokenizer::{Message, Tok};
 use std::path::PathBuf;
 
@@ -349,7 +349,11 @@ fn gemma3_chat_prompt_and_cached_forward() {
         "user\nWhat is the capital of France?\nmodel\n"
     );
     // Prefill then one-token steps give the logits of one full pass (local and global layers
-    // use different RoPE tables; both paths must pick the right one).
+    // use different RoPE tables; both paths must pick the right one), op by op and over the
+    // fixed buffers that GPUs replay as graphs. The latter attend over 256 positions, a
+    // different float order: Gemma's huge activations, quantized to 8 bits per matrix product,
+    // turn ~1e-6 differences after attention into ~1 logit (KL ~0.005–0.02 measured; the same
+    // ops over 64 positions are bit-identical), so that path is held to the distribution.
     let full = {
         let mut c = KvCache::new(model.cfg.n_layer);
         let x = Tensor::new(ids.as_slice(), &Device::Cpu)
@@ -358,22 +362,28 @@ fn gemma3_chat_prompt_and_cached_forward() {
             .unwrap();
         model.forward(&x, &mut c).unwrap().squeeze(0).unwrap()
     };
-    let mut c = KvCache::new(model.cfg.n_layer);
-    let n = ids.len();
-    let x = Tensor::new(&ids[..n - 3], &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    model.forward(&x, &mut c).unwrap();
-    for (k, id) in ids[n - 3..].iter().enumerate() {
-        let x = Tensor::new(&[*id], &Device::Cpu)
+    for mode in [Decode::PerOp, Decode::Fixed] {
+        let mut c = KvCache::new(model.cfg.n_layer).with_decode(mode);
+        let n = ids.len();
+        let x = Tensor::new(&ids[..n - 3], &Device::Cpu)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
-        let step = model.forward_last(&x, &mut c).unwrap().squeeze(0).unwrap();
-        let want = full.get(n - 3 + k).unwrap();
-        let d = common::max_abs_diff(&step, &want);
-        assert!(d < 1e-2, "position {}: max |Δ| {d}", n - 3 + k);
+        model.forward(&x, &mut c).unwrap();
+        for (k, id) in ids[n - 3..].iter().enumerate() {
+            let x = Tensor::new(&[*id], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let step = model.forward_last(&x, &mut c).unwrap().squeeze(0).unwrap();
+            let want = full.get(n - 3 + k).unwrap();
+            let d = common::max_abs_diff(&step, &want);
+            let kl = kl_divergence(&want, &step);
+            match mode {
+                Decode::PerOp => assert!(d < 1e-2, "position {}: max |Δ| {d}", n - 3 + k),
+                _ => assert!(kl < 0.05, "{mode:?} position {}: KL {kl}", n - 3 + k),
+            }
+        }
     }
 }
 

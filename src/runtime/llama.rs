@@ -192,6 +192,9 @@ impl Module for Mat {
     }
 }
 
+mod decode;
+pub use decode::Decode;
+
 pub struct Llama {
     pub cfg: Config,
     embed: Embedding,
@@ -242,6 +245,11 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// The cache of the CPU forward pass ([`cpu::forward`]), used instead of `layers`.
     cpu: cpu::forward::Cache,
+    /// Candle's pass, once decoding over fixed buffers ([`decode`]): the cache is there, not in
+    /// `layers`.
+    fixed: Option<decode::Fixed>,
+    /// How decode steps run; `None`: the device's default ([`Decode::default_for`]).
+    decode: Option<Decode>,
     pub len: usize,
     /// Left padding of each batch row: keys before it are never attended to.
     pads: Vec<usize>,
@@ -258,9 +266,17 @@ impl KvCache {
         KvCache {
             layers: vec![None; n_layer],
             cpu: cpu::forward::Cache::default(),
+            fixed: None,
+            decode: None,
             len: 0,
             pads,
         }
+    }
+
+    /// The cache with decode steps of candle's pass run as `mode` says, whatever the device.
+    pub fn with_decode(mut self, mode: Decode) -> KvCache {
+        self.decode = Some(mode);
+        self
     }
 }
 
@@ -604,7 +620,10 @@ impl Llama {
     /// Returns `[batch, tokens, vocab]` f32.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         match &self.body {
-            Body::Candle(body) => Ok(body.head.forward(&self.hidden(body, ids, cache)?)?),
+            Body::Candle(body) => match self.fixed_step(body, ids, cache)? {
+                Some(logits) => Ok(logits),
+                None => Ok(body.head.forward(&self.hidden(body, ids, cache)?)?),
+            },
             Body::Cpu(m) => {
                 let (h, b, t) = self.cpu_hidden(m, ids, cache)?;
                 let logits = m.logits(&h, b * t);
@@ -618,6 +637,9 @@ impl Llama {
     pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         match &self.body {
             Body::Candle(body) => {
+                if let Some(logits) = self.fixed_step(body, ids, cache)? {
+                    return Ok(logits.squeeze(1)?);
+                }
                 let x = self.hidden(body, ids, cache)?;
                 let t = x.dim(1)?;
                 Ok(body
@@ -636,6 +658,20 @@ impl Llama {
                 let vocab = logits.len() / b.max(1);
                 Ok(Tensor::from_vec(logits, (b, vocab), &Device::Cpu)?)
             }
+        }
+    }
+
+    /// How the model runs, for result rows: our CPU pass, or candle's with decode steps op by
+    /// op, over fixed buffers, or replayed as CUDA graphs (saying so if capturing failed).
+    pub fn forward_pass(&self) -> &'static str {
+        match (&self.body, Decode::default_for(&self.device)) {
+            (Body::Cpu(_), _) => "edge-eval CPU kernels",
+            (Body::Candle(_), Decode::PerOp) => "candle, decode op by op",
+            (Body::Candle(_), Decode::Fixed) => "candle, decode on fixed buffers",
+            (Body::Candle(_), Decode::Graph) if decode::capture_failed() => {
+                "candle, decode on fixed buffers (CUDA graph capture failed)"
+            }
+            (Body::Candle(_), Decode::Graph) => "candle, decode as CUDA graphs",
         }
     }
 
@@ -688,21 +724,51 @@ impl Llama {
         Ok((h, b, t))
     }
 
+    /// The embeddings of `ids` (`[batch, tokens]`) on the model's device, `[batch, tokens,
+    /// hidden]` (scaled by √hidden for Gemma).
+    fn embed_on_device(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let x = self
+            .embed
+            .lookup(&flat)?
+            .to_device(&self.device)?
+            .reshape((b, t, self.cfg.hidden))?;
+        Ok(match self.cfg.gemma {
+            Some(_) => (x * (self.cfg.hidden as f64).sqrt())?,
+            None => x,
+        })
+    }
+
+    /// A decode step over fixed buffers ([`decode`]) when `ids` is one token per row and the
+    /// cache's mode asks for it: the logits `[batch, 1, vocab]`.
+    fn fixed_step(
+        &self,
+        body: &CandleBody,
+        ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Option<Tensor>> {
+        let (b, t) = ids.dims2()?;
+        let mode = cache
+            .decode
+            .unwrap_or_else(|| Decode::default_for(&self.device));
+        if t != 1 || mode == Decode::PerOp {
+            return Ok(None);
+        }
+        self.check_input(b, t, cache)?;
+        Ok(Some(decode::step(self, body, ids, cache, mode)?))
+    }
+
     /// The final normalised hidden states `[batch, tokens, hidden]`.
     fn hidden(&self, body: &CandleBody, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         self.check_input(b, t, cache)?;
+        if let Some(fixed) = cache.fixed.take() {
+            cache.layers = fixed.into_layers(cache.len)?;
+        }
         let pos = cache.len;
         let c = &self.cfg;
-        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        let mut x = self
-            .embed
-            .lookup(&flat)?
-            .to_device(&self.device)?
-            .reshape((b, t, c.hidden))?;
-        if c.gemma.is_some() {
-            x = (x * (c.hidden as f64).sqrt())?;
-        }
+        let mut x = self.embed_on_device(ids)?;
         let tables = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
             Ok((cos.narrow(0, pos, t)?, sin.narrow(0, pos, t)?))
         };
@@ -711,30 +777,13 @@ impl Llama {
         // Additive mask [batch or 1, 1, t, pos + t]: causal, plus each row's left padding.
         let padded = cache.pads.iter().any(|p| *p > 0);
         let total = pos + t;
-        // `window`: a sliding-window layer sees only the last `window` positions.
         let make_mask = |window: Option<usize>| -> Result<Option<Tensor>> {
             let windowed = window.is_some_and(|w| total > w);
             if t == 1 && !padded && !windowed {
                 return Ok(None);
             }
             let rows = if padded { b } else { 1 };
-            let mut m = Vec::with_capacity(rows * t * total);
-            for r in 0..rows {
-                let pad = if padded { cache.pads[r] } else { 0 };
-                for i in 0..t {
-                    // A padding position still sees itself, so its (unused) values stay finite
-                    // and cannot turn real rows into NaN through 0 × NaN.
-                    let q = pos + i;
-                    m.extend((0..total).map(|j| {
-                        let outside = window.is_some_and(|w| j + w <= q);
-                        if j > q || outside || (j < pad && j != q) {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    }));
-                }
-            }
+            let m = mask_values(&cache.pads, rows, pos, t, total, window);
             Ok(Some(Tensor::from_vec(
                 m,
                 (rows, 1, t, total),
@@ -750,81 +799,33 @@ impl Llama {
         let rep = c.n_head / c.n_kv_head;
         for (i, (layer, slot)) in body.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             let local = c.window(i).is_some();
-            let (cos, sin) = match (&local_rope, local) {
-                (Some(r), true) => r,
-                _ => &global_rope,
+            let rope = match (&local_rope, local) {
+                (Some((cos, sin)), true) => (cos, sin),
+                _ => (&global_rope.0, &global_rope.1),
             };
             let mask = if local { &local_mask } else { &mask };
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
-            let (mut q, mut k, mut v) = (
-                layer.q.forward(&h)?,
-                layer.k.forward(&h)?,
-                layer.v.forward(&h)?,
-            );
-            if let Some([bq, bk, bv]) = &layer.bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
-            }
-            let mut q = q.reshape((b, t, c.n_head, c.head_dim))?;
-            let mut k = k.reshape((b, t, c.n_kv_head, c.head_dim))?;
-            if let Some([qn, kn, _, _]) = &layer.extra {
-                q = candle_nn::ops::rms_norm(&q, qn, c.eps as f32)?;
-                k = candle_nn::ops::rms_norm(&k, kn, c.eps as f32)?;
-            }
-            let q = q.transpose(1, 2)?.contiguous()?;
-            let k = k.transpose(1, 2)?.contiguous()?;
-            let v = v
-                .reshape((b, t, c.n_kv_head, c.head_dim))?
-                .transpose(1, 2)?;
-            let (q, k) = if c.neox_rope() {
-                (
-                    candle_nn::rotary_emb::rope(&q, cos, sin)?,
-                    candle_nn::rotary_emb::rope(&k, cos, sin)?,
-                )
-            } else {
-                (
-                    candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
-                    candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
-                )
-            };
-            let (k, v) = cache_append(slot, &k, &v.contiguous()?, pos)?;
-            let (k, v) = if rep > 1 {
-                let expand = |x: &Tensor| -> Result<Tensor> {
-                    Ok(x.unsqueeze(2)?
-                        .expand((b, c.n_kv_head, rep, total, c.head_dim))?
-                        .reshape((b, c.n_head, total, c.head_dim))?)
+            x = block(c, layer, x, rope, |q, k, v| {
+                let (k, v) = cache_append(slot, &k, &v, pos)?;
+                let (k, v) = if rep > 1 {
+                    let expand = |x: &Tensor| -> Result<Tensor> {
+                        Ok(x.unsqueeze(2)?
+                            .expand((b, c.n_kv_head, rep, total, c.head_dim))?
+                            .reshape((b, c.n_head, total, c.head_dim))?)
+                    };
+                    (expand(&k)?, expand(&v)?)
+                } else {
+                    (k, v)
                 };
-                (expand(&k)?, expand(&v)?)
-            } else {
-                (k, v)
-            };
-            let mut att = (q.matmul(&k.t()?)? * scale)?;
-            if let Some(m) = mask {
-                att = att.broadcast_add(m)?;
-            }
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, c.q_dim()))?;
-            let mut y = layer.o.forward(&y)?;
-            if let Some([_, _, post_attn, _]) = &layer.extra {
-                y = candle_nn::ops::rms_norm(&y, post_attn, c.eps as f32)?;
-            }
-            x = (x + y)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps as f32)?;
-            let gate = layer.gate.forward(&h)?;
-            let gate = if c.gemma.is_some() {
-                gate.gelu()?
-            } else {
-                candle_nn::ops::silu(&gate)?
-            };
-            let mut y = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
-            if let Some([_, _, _, post_ffw]) = &layer.extra {
-                y = candle_nn::ops::rms_norm(&y, post_ffw, c.eps as f32)?;
-            }
-            x = (x + y)?;
+                let mut att = (q.matmul(&k.t()?)? * scale)?;
+                if let Some(m) = mask {
+                    att = att.broadcast_add(m)?;
+                }
+                let att = candle_nn::ops::softmax_last_dim(&att)?;
+                Ok(att
+                    .matmul(&v)?
+                    .transpose(1, 2)?
+                    .reshape((b, t, c.q_dim()))?)
+            })?;
         }
         cache.len += t;
         Ok(candle_nn::ops::rms_norm(&x, &body.norm, c.eps as f32)?)
@@ -834,4 +835,101 @@ impl Llama {
 /// Index of the largest value of a `[vocab]` row.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
     Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}
+
+/// One transformer block on `x` (`[batch, tokens, hidden]`): attention's input side (norm, q / k /
+/// v, biases, Gemma's q / k norms, RoPE with the rows `rope` of the tokens' positions), then
+/// `attend(q, k, v)` — q `[b, heads, t, head]`, k and v `[b, kv heads, t, head]`, contiguous —
+/// which stores k / v and returns the heads' outputs `[b, t, heads · head]`; then the output
+/// projection, the residuals and the feed-forward part.
+fn block(
+    c: &Config,
+    layer: &Layer,
+    x: Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    attend: impl FnOnce(Tensor, Tensor, Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps as f32)?;
+    let (mut q, mut k, mut v) = (
+        layer.q.forward(&h)?,
+        layer.k.forward(&h)?,
+        layer.v.forward(&h)?,
+    );
+    if let Some([bq, bk, bv]) = &layer.bias {
+        q = q.broadcast_add(bq)?;
+        k = k.broadcast_add(bk)?;
+        v = v.broadcast_add(bv)?;
+    }
+    let mut q = q.reshape((b, t, c.n_head, c.head_dim))?;
+    let mut k = k.reshape((b, t, c.n_kv_head, c.head_dim))?;
+    if let Some([qn, kn, _, _]) = &layer.extra {
+        q = candle_nn::ops::rms_norm(&q, qn, c.eps as f32)?;
+        k = candle_nn::ops::rms_norm(&k, kn, c.eps as f32)?;
+    }
+    let q = q.transpose(1, 2)?.contiguous()?;
+    let k = k.transpose(1, 2)?.contiguous()?;
+    let v = v
+        .reshape((b, t, c.n_kv_head, c.head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let (q, k) = if c.neox_rope() {
+        (
+            candle_nn::rotary_emb::rope(&q, cos, sin)?,
+            candle_nn::rotary_emb::rope(&k, cos, sin)?,
+        )
+    } else {
+        (
+            candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+            candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+        )
+    };
+    let mut y = layer.o.forward(&attend(q, k, v)?)?;
+    if let Some([_, _, post_attn, _]) = &layer.extra {
+        y = candle_nn::ops::rms_norm(&y, post_attn, c.eps as f32)?;
+    }
+    let x = (x + y)?;
+    let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps as f32)?;
+    let gate = layer.gate.forward(&h)?;
+    let gate = if c.gemma.is_some() {
+        gate.gelu()?
+    } else {
+        candle_nn::ops::silu(&gate)?
+    };
+    let mut y = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+    if let Some([_, _, _, post_ffw]) = &layer.extra {
+        y = candle_nn::ops::rms_norm(&y, post_ffw, c.eps as f32)?;
+    }
+    Ok((x + y)?)
+}
+
+/// An additive attention mask, `rows × t × cols` values (row-major): query `i` of a row sits at
+/// position `pos + i` and sees key `j` when `j` is not after it, not in the row's left padding
+/// (`pads[row]`; none when `pads` is shorter) and, for a sliding-window layer, less than `window`
+/// positions back. Columns past `pos + t` are hidden (a fixed-size cache's unfilled positions).
+/// A padding position still sees itself, so its (unused) values stay finite and cannot turn real
+/// rows into NaN through 0 × NaN.
+fn mask_values(
+    pads: &[usize],
+    rows: usize,
+    pos: usize,
+    t: usize,
+    cols: usize,
+    window: Option<usize>,
+) -> Vec<f32> {
+    let mut m = Vec::with_capacity(rows * t * cols);
+    for r in 0..rows {
+        let pad = pads.get(r).copied().unwrap_or(0);
+        for q in pos..pos + t {
+            m.extend((0..cols).map(|j| {
+                let outside = window.is_some_and(|w| j + w <= q);
+                if j > q || outside || (j < pad && j != q) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            }));
+        }
+    }
+    m
 }

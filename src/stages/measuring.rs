@@ -353,7 +353,7 @@ pub struct Measure;
 impl Stage for Measure {
     stage_meta!(
         "measure",
-        5,
+        6,
         Role::Stage,
         Output::Record,
         "throughput, latency, energy and memory of serving a task"
@@ -548,6 +548,12 @@ impl Stage for Measure {
                 "peak process RSS in the window (B)",
             ),
             c("synthetic", ColType::Bool, "random weights"),
+            c(
+                "forward_pass",
+                ColType::Str,
+                "which forward pass served the requests (CPU kernels; on a GPU, how decode \
+                 steps ran: op by op, fixed buffers, CUDA graphs)",
+            ),
         ];
         cols.extend(super::energy_columns());
         cols.extend(super::gpu_columns());
@@ -669,6 +675,7 @@ impl Stage for Measure {
                 );
                 row.insert("max_tokens".into(), json!(max_tokens));
                 row.insert("synthetic".into(), json!(synthetic));
+                row.insert("forward_pass".into(), json!(model.forward_pass()));
                 energy.columns(&mut row);
                 reps.push(row);
                 done += 1;
@@ -684,6 +691,7 @@ impl Stage for Measure {
                 "max_tokens",
                 "synthetic",
                 "prompts",
+                "forward_pass",
             ] {
                 summary.insert(k.into(), reps[0][k].clone());
             }
