@@ -206,6 +206,8 @@ pub struct Llama {
     /// Where the matrices, norms and KV cache live (the embedding table stays in host memory;
     /// looked-up rows are moved).
     pub device: Device,
+    /// Decode buffers of finished generations, reused by the next ones ([`decode`]).
+    decode_pool: decode::Pool,
 }
 
 /// The layers, final norm and head, with the forward pass that runs them.
@@ -250,6 +252,8 @@ pub struct KvCache {
     fixed: Option<decode::Fixed>,
     /// How decode steps run; `None`: the device's default ([`Decode::default_for`]).
     decode: Option<Decode>,
+    /// Where `fixed` goes back to when the cache is dropped: the model's pool.
+    pool: Option<decode::Pool>,
     pub len: usize,
     /// Left padding of each batch row: keys before it are never attended to.
     pads: Vec<usize>,
@@ -268,8 +272,16 @@ impl KvCache {
             cpu: cpu::forward::Cache::default(),
             fixed: None,
             decode: None,
+            pool: None,
             len: 0,
             pads,
+        }
+    }
+
+    /// Hands fixed decode buffers (see `fixed`) back to the model's pool.
+    fn release_fixed(&mut self) {
+        if let (Some(f), Some(pool)) = (self.fixed.take(), &self.pool) {
+            pool.put(f);
         }
     }
 
@@ -277,6 +289,12 @@ impl KvCache {
     pub fn with_decode(mut self, mode: Decode) -> KvCache {
         self.decode = Some(mode);
         self
+    }
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        self.release_fixed();
     }
 }
 
@@ -613,6 +631,7 @@ impl Llama {
             embed,
             body,
             weight_bytes,
+            decode_pool: decode::Pool::default(),
         })
     }
 
@@ -671,7 +690,9 @@ impl Llama {
             (Body::Candle(_), Decode::Graph) if decode::capture_failed() => {
                 "candle, decode on fixed buffers (CUDA graph capture failed)"
             }
-            (Body::Candle(_), Decode::Graph) => "candle, decode as CUDA graphs",
+            (Body::Candle(_), Decode::Graph) => {
+                "candle, decode as CUDA graphs (batches over 8 rows on fixed buffers)"
+            }
         }
     }
 
@@ -763,8 +784,9 @@ impl Llama {
     fn hidden(&self, body: &CandleBody, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         self.check_input(b, t, cache)?;
-        if let Some(fixed) = cache.fixed.take() {
-            cache.layers = fixed.into_layers(cache.len)?;
+        if let Some(fixed) = &cache.fixed {
+            cache.layers = fixed.layers(cache.len)?;
+            cache.release_fixed();
         }
         let pos = cache.len;
         let c = &self.cfg;

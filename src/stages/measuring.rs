@@ -9,7 +9,7 @@ use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
 use crate::meter::{Metered, WindowEnergy, memory, pagecache};
 use crate::metrics::stats;
 use crate::runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
-use crate::runtime::llama::{KvCache, Llama};
+use crate::runtime::llama::{Decode, KvCache, Llama};
 use crate::runtime::tokenizer::Tok;
 use crate::spec::{Dim, Output, ParamSpec, Ty, Value};
 use anyhow::{Context, Result, bail};
@@ -71,7 +71,10 @@ pub(super) fn first_forward(model: &Llama, tok: Option<&Tok>) -> Result<u32> {
         None => 1,
     };
     let ids = candle_core::Tensor::from_vec(vec![id], (1, 1), &candle_core::Device::Cpu)?;
-    let logits = model.forward_last(&ids, &mut KvCache::new(model.cfg.n_layer))?;
+    // A one-token prompt through the prompt pass: decode buffers and CUDA graphs are made by
+    // the first decode step of serving (`measure`), not by loading.
+    let mut cache = KvCache::new(model.cfg.n_layer).with_decode(Decode::PerOp);
+    let logits = model.forward_last(&ids, &mut cache)?;
     crate::runtime::llama::argmax(&logits.get(0)?)
 }
 

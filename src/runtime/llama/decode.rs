@@ -10,7 +10,9 @@
 //! token's embedding, its RoPE rows, the masks, the scatter index) is copied into a fixed buffer
 //! before the step. Such a step is captured once as a CUDA graph (after one eager step that loads
 //! every kernel and fills candle's cache of launch parameters) and then replayed: one launch per
-//! token. When the cache is full it grows by doubling, and the graph is captured again.
+//! token. When the cache is full it grows by doubling, and the graph is captured again. A finished
+//! generation's buffers, graph included, go back to the model's [`Pool`] for the next generation of
+//! as many rows (the new prompt's keys and values are copied in; stale positions stay masked).
 //!
 //! `EDGE_EVAL_CUDA_GRAPHS=0` keeps candle's per-op pass with a growing cache (for comparisons);
 //! `EDGE_EVAL_CUDA_GRAPHS=eager` runs the fixed-size steps without capturing them. On the CPU the
@@ -20,6 +22,7 @@
 use super::{CandleBody, Config, KvCache, Llama, block, mask_values};
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
+use std::sync::{Arc, Mutex};
 
 /// How decode steps (one token per row) of candle's pass run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,38 @@ pub(super) fn capture_failed() -> bool {
 /// Positions a fixed cache is first made for, and the multiple its size is rounded up to (small
 /// in unit tests, so that they cross it).
 const CHUNK: usize = if cfg!(test) { 8 } else { 256 };
+
+/// Fixed buffers of finished generations (at most [`Pool::KEEP`]), waiting for the next ones.
+#[derive(Clone, Default)]
+pub(super) struct Pool(Arc<Mutex<Vec<Fixed>>>);
+
+impl Pool {
+    const KEEP: usize = 2;
+
+    /// The smallest pooled buffers for `b` rows holding at least `need` positions.
+    fn take(&self, b: usize, need: usize) -> Option<Fixed> {
+        let mut pool = self.0.lock().ok()?;
+        let i = (0..pool.len())
+            .filter(|&i| pool[i].b == b && pool[i].cap >= need)
+            .min_by_key(|&i| pool[i].cap)?;
+        Some(pool.swap_remove(i))
+    }
+
+    /// Keeps `f` for a later generation (the oldest is dropped past [`Pool::KEEP`]).
+    pub(super) fn put(&self, f: Fixed) {
+        if let Ok(mut pool) = self.0.lock() {
+            pool.push(f);
+            if pool.len() > Self::KEEP {
+                pool.remove(0);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().map_or(0, |p| p.len())
+    }
+}
 
 /// The fixed buffers of decode steps for `b` rows and up to `cap` positions.
 pub(super) struct Fixed {
@@ -106,20 +141,9 @@ impl Fixed {
         layers: &[Option<(Tensor, Tensor)>],
     ) -> Result<Fixed> {
         let kv_shape = (b, c.n_kv_head, cap, c.head_dim);
-        let mut k = Vec::with_capacity(layers.len());
-        let mut v = Vec::with_capacity(layers.len());
-        for slot in layers {
-            let (kb, vb) = (
-                Tensor::zeros(kv_shape, DType::F32, dev)?,
-                Tensor::zeros(kv_shape, DType::F32, dev)?,
-            );
-            if let (Some((pk, pv)), true) = (slot, len > 0) {
-                kb.slice_set(&pk.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-                vb.slice_set(&pv.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-            }
-            k.push(kb);
-            v.push(vb);
-        }
+        let zeros = || Tensor::zeros(kv_shape, DType::F32, dev);
+        let k = layers.iter().map(|_| zeros()).collect::<candle_core::Result<_>>()?;
+        let v = layers.iter().map(|_| zeros()).collect::<candle_core::Result<_>>()?;
         let rope_pair = |table: &Tensor| -> Result<(Tensor, Tensor)> {
             let shape = (1, table.dim(1)?);
             Ok((
@@ -147,10 +171,23 @@ impl Fixed {
             #[cfg(feature = "cuda")]
             graph: Graph::Warm,
         })
+        .and_then(|f| f.load(layers, len).map(|()| f))
+    }
+
+    /// Copies the first `len` positions of the per-op pass's cache `layers` in (positions from
+    /// `len` on keep whatever they held: the masks hide them until a step writes them).
+    fn load(&self, layers: &[Option<(Tensor, Tensor)>], len: usize) -> Result<()> {
+        for ((kb, vb), slot) in self.k.iter().zip(&self.v).zip(layers) {
+            if let (Some((pk, pv)), true) = (slot, len > 0) {
+                kb.slice_set(&pk.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                vb.slice_set(&pv.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            }
+        }
+        Ok(())
     }
 
     /// The first `len` positions as the per-op pass's cache (for a step of several tokens).
-    pub(super) fn into_layers(self, len: usize) -> Result<Vec<Option<(Tensor, Tensor)>>> {
+    pub(super) fn layers(&self, len: usize) -> Result<Vec<Option<(Tensor, Tensor)>>> {
         self.k
             .iter()
             .zip(&self.v)
@@ -235,7 +272,9 @@ impl Fixed {
     /// Runs the step whose inputs are set: replaying its graph, capturing it, or eagerly.
     fn execute(&mut self, c: &Config, body: &CandleBody, mode: Decode) -> Result<()> {
         #[cfg(feature = "cuda")]
-        if let (Decode::Graph, Device::Cuda(dev)) = (mode, self.x.device()) {
+        if let (Decode::Graph, Device::Cuda(dev), true) =
+            (mode, self.x.device(), self.b <= GRAPH_ROWS)
+        {
             let dev = dev.clone();
             return self.execute_graph(c, body, &dev);
         }
@@ -256,6 +295,7 @@ impl Fixed {
                 self.graph = Graph::Replay(g);
             }
             Graph::Warm => {
+                reserve_scratch(body, self.x.device())?;
                 let _cache = dev.enable_cuda_graph_htod_cache();
                 self.run(c, body)?;
                 self.graph = Graph::Capture;
@@ -302,6 +342,36 @@ impl Fixed {
     }
 }
 
+/// Rows up to which decode steps are captured as graphs. candle's quantized products of up to 8
+/// rows quantize their input into one scratch buffer per device (more rows: other buffers, which
+/// prompts grow without bound); a graph keeps the buffer's address, so it must never be
+/// reallocated while a graph that uses it lives (see [`reserve_scratch`]).
+#[cfg(feature = "cuda")]
+const GRAPH_ROWS: usize = 8;
+
+/// Grows candle's scratch buffer of products of up to 8 rows (it only ever grows) to the most
+/// this model can ask of it: 8 rows of its widest quantized matrix input. Later products of this
+/// model then never move it from under a captured graph.
+#[cfg(feature = "cuda")]
+fn reserve_scratch(body: &CandleBody, dev: &Device) -> Result<()> {
+    use candle_core::Module;
+    use candle_core::quantized::QMatMul;
+    let widest = body
+        .layers
+        .iter()
+        .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+        .chain([&body.head])
+        .filter_map(|m| match m {
+            super::Mat::Q(QMatMul::QTensor(q)) => Some((q.shape().dims2().ok()?.1, m)),
+            _ => None,
+        })
+        .max_by_key(|(width, _)| *width);
+    if let Some((width, m)) = widest {
+        m.forward(&Tensor::zeros((GRAPH_ROWS, 1, width), DType::F32, dev)?)?;
+    }
+    Ok(())
+}
+
 /// Captures what `run` launches on the device's stream as a graph (nothing runs meanwhile).
 #[cfg(feature = "cuda")]
 fn capture(
@@ -337,10 +407,19 @@ pub(super) fn step(
         Some(f) if f.cap < need => f.grow(c, body, need)?,
         Some(_) => {}
         None => {
-            let cap = need.next_multiple_of(CHUNK).min(c.context);
-            let f = Fixed::new(c, body, &model.device, b, pos, cap, &cache.layers)?;
+            let f = match model.decode_pool.take(b, need) {
+                Some(f) => {
+                    f.load(&cache.layers, pos)?;
+                    f
+                }
+                None => {
+                    let cap = need.next_multiple_of(CHUNK).min(c.context);
+                    Fixed::new(c, body, &model.device, b, pos, cap, &cache.layers)?
+                }
+            };
             cache.layers.iter_mut().for_each(|slot| *slot = None);
             cache.fixed = Some(f);
+            cache.pool = Some(model.decode_pool.clone());
         }
     }
     let f = cache.fixed.as_mut().expect("made above");
@@ -408,6 +487,27 @@ mod tests {
                 Some(32),
                 "{arch}: grown twice"
             );
+            // A dropped cache hands its buffers to the model; the next generation of two rows
+            // takes them, stale keys and values of the first one included, and still matches.
+            drop((per_op, fixed));
+            assert_eq!(model.decode_pool.len(), 1, "{arch}");
+            let pads = vec![1, 0];
+            let (mut per_op, mut fixed) = (
+                KvCache::with_padding(n, pads.clone()).with_decode(Decode::PerOp),
+                KvCache::with_padding(n, pads).with_decode(Decode::Fixed),
+            );
+            let prompt = Tensor::new(&[[1u32, 60, 61], [17, 18, 19]], &Device::Cpu).unwrap();
+            model.forward_last(&prompt, &mut per_op).unwrap();
+            model.forward_last(&prompt, &mut fixed).unwrap();
+            for step in 0..4u32 {
+                let ids = Tensor::new(&[[step + 500], [step + 600]], &Device::Cpu).unwrap();
+                let a = model.forward_last(&ids, &mut per_op).unwrap();
+                let b = model.forward_last(&ids, &mut fixed).unwrap();
+                let d = max_diff(&a, &b);
+                assert!(d < 1e-4 * scale, "{arch} reused, step {step}: Δ {d}");
+            }
+            assert_eq!(model.decode_pool.len(), 0, "{arch}: the buffers are in use");
+            assert_eq!(fixed.fixed.as_ref().map(|f| f.cap), Some(32), "{arch}: reused");
         }
     }
 
