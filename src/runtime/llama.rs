@@ -243,7 +243,8 @@ pub struct KvCache {
     /// Candle's pass: per layer, K and V `[batch, kv heads, positions, head size]`. On the CPU,
     /// buffers whose first `len` positions are filled and whose capacity doubles when full, so a
     /// decode step writes its own position instead of copying the whole cache; on a GPU, exactly
-    /// `len` positions, extended with `cat` (see [`cache_append`]).
+    /// `len` positions, extended with `cat` (see [`cache_append`]) — until decode steps move
+    /// them into `fixed`.
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// The cache of the CPU forward pass ([`cpu::forward`]), used instead of `layers`.
     cpu: cpu::forward::Cache,

@@ -142,8 +142,14 @@ impl Fixed {
     ) -> Result<Fixed> {
         let kv_shape = (b, c.n_kv_head, cap, c.head_dim);
         let zeros = || Tensor::zeros(kv_shape, DType::F32, dev);
-        let k = layers.iter().map(|_| zeros()).collect::<candle_core::Result<_>>()?;
-        let v = layers.iter().map(|_| zeros()).collect::<candle_core::Result<_>>()?;
+        let k = layers
+            .iter()
+            .map(|_| zeros())
+            .collect::<candle_core::Result<_>>()?;
+        let v = layers
+            .iter()
+            .map(|_| zeros())
+            .collect::<candle_core::Result<_>>()?;
         let rope_pair = |table: &Tensor| -> Result<(Tensor, Tensor)> {
             let shape = (1, table.dim(1)?);
             Ok((
@@ -507,7 +513,11 @@ mod tests {
                 assert!(d < 1e-4 * scale, "{arch} reused, step {step}: Δ {d}");
             }
             assert_eq!(model.decode_pool.len(), 0, "{arch}: the buffers are in use");
-            assert_eq!(fixed.fixed.as_ref().map(|f| f.cap), Some(32), "{arch}: reused");
+            assert_eq!(
+                fixed.fixed.as_ref().map(|f| f.cap),
+                Some(32),
+                "{arch}: reused"
+            );
         }
     }
 
