@@ -13,6 +13,7 @@
 //! token. When the cache is full it grows by doubling, and the graph is captured again. A finished
 //! generation's buffers, graph included, go back to the model's [`Pool`] for the next generation of
 //! as many rows (the new prompt's keys and values are copied in; stale positions stay masked).
+//! Batches of more than 8 rows run the fixed buffers without a graph (see `GRAPH_ROWS`).
 //!
 //! `EDGE_EVAL_CUDA_GRAPHS=0` keeps candle's per-op pass with a growing cache (for comparisons);
 //! `EDGE_EVAL_CUDA_GRAPHS=eager` runs the fixed-size steps without capturing them. On the CPU the
