@@ -1,5 +1,6 @@
 //! Resource leases: a CPU-thread budget and per-device holds. A measuring stage holds its device
-//! exclusively (on `cpu` that means the whole CPU budget), so nothing pollutes its figures.
+//! exclusively (on `cpu` that means the whole CPU budget), so nothing pollutes its figures; any
+//! stage on a GPU holds it alone (see `try_acquire`).
 
 use crate::spec::Device;
 use std::collections::HashMap;
@@ -47,7 +48,12 @@ impl Leases {
     pub fn try_acquire(&mut self, need: &Need) -> bool {
         let threads = self.threads(need);
         let hold = self.devices.get(&need.device).copied().unwrap_or_default();
-        let device_ok = if need.exclusive {
+        // A GPU runs one stage at a time: candle's quantized products keep one scratch buffer
+        // per device that every thread's stream writes (two stages at once could read each
+        // other's activations), and captured decode graphs rely on that buffer never moving
+        // (runtime/llama/decode.rs), which another model's first products could do.
+        let one_at_a_time = need.exclusive || matches!(need.device, Device::Cuda(_));
+        let device_ok = if one_at_a_time {
             !hold.exclusive && hold.shared == 0
         } else {
             !hold.exclusive
@@ -130,8 +136,10 @@ mod tests {
         assert!(!l.try_acquire(&m0));
         l.release(&m0);
         assert!(l.try_acquire(&use0));
-        assert!(l.try_acquire(&use0), "non-measuring stages share a GPU");
+        assert!(!l.try_acquire(&use0), "stages take a GPU one at a time");
         assert!(!l.try_acquire(&m0), "measuring needs the GPU to itself");
         assert!(l.try_acquire(&need(1, Device::Cpu, false)));
+        l.release(&use0);
+        assert!(l.try_acquire(&use0), "free again");
     }
 }
