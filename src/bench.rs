@@ -334,14 +334,9 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
         model.weight_bytes as f64 / 1048576.0
     );
     if dev.is_cpu() {
-        println!(
-            "  threads {}, forward pass: {}",
-            available_threads(),
-            model.forward_pass()
-        );
-    } else {
-        println!("  forward pass: {}", model.forward_pass());
+        println!("  threads {}", available_threads());
     }
+    println!("  forward pass: {}", model.forward_pass());
     let rate = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
     let [pp, fast, slow] = median(&run_pp)?;
     println!(

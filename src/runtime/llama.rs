@@ -688,7 +688,7 @@ impl Llama {
             (Body::Cpu(_), _) => "edge-eval CPU kernels",
             (Body::Candle(_), Decode::PerOp) => "candle, decode op by op",
             (Body::Candle(_), Decode::Fixed) => "candle, decode on fixed buffers",
-            (Body::Candle(_), Decode::Graph) if decode::capture_failed() => {
+            (Body::Candle(_), Decode::Graph) if self.decode_pool.capture_failed() => {
                 "candle, decode on fixed buffers (CUDA graph capture failed)"
             }
             (Body::Candle(_), Decode::Graph) => {

@@ -23,6 +23,7 @@
 use super::{CandleBody, Config, KvCache, Llama, block, mask_values};
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// How decode steps (one token per row) of candle's pass run.
@@ -51,28 +52,24 @@ impl Decode {
     }
 }
 
-/// Set once capturing a decode step has failed in this process (steps then run eagerly).
-static CAPTURE_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether a decode step failed to be captured as a CUDA graph in this process.
-pub(super) fn capture_failed() -> bool {
-    CAPTURE_FAILED.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Positions a fixed cache is first made for, and the multiple its size is rounded up to (small
 /// in unit tests, so that they cross it).
 const CHUNK: usize = if cfg!(test) { 8 } else { 256 };
 
-/// Fixed buffers of finished generations (at most [`Pool::KEEP`]), waiting for the next ones.
+/// A model's fixed buffers of finished generations (at most [`Pool::KEEP`]), waiting for the
+/// next ones, and whether capturing one of its decode steps as a graph has failed.
 #[derive(Clone, Default)]
-pub(super) struct Pool(Arc<Mutex<Vec<Fixed>>>);
+pub(super) struct Pool {
+    free: Arc<Mutex<Vec<Fixed>>>,
+    capture_failed: Arc<AtomicBool>,
+}
 
 impl Pool {
     const KEEP: usize = 2;
 
     /// The smallest pooled buffers for `b` rows holding at least `need` positions.
     fn take(&self, b: usize, need: usize) -> Option<Fixed> {
-        let mut pool = self.0.lock().ok()?;
+        let mut pool = self.free.lock().ok()?;
         let i = (0..pool.len())
             .filter(|&i| pool[i].b == b && pool[i].cap >= need)
             .min_by_key(|&i| pool[i].cap)?;
@@ -81,7 +78,7 @@ impl Pool {
 
     /// Keeps `f` for a later generation (the oldest is dropped past [`Pool::KEEP`]).
     pub(super) fn put(&self, f: Fixed) {
-        if let Ok(mut pool) = self.0.lock() {
+        if let Ok(mut pool) = self.free.lock() {
             pool.push(f);
             if pool.len() > Self::KEEP {
                 pool.remove(0);
@@ -89,9 +86,14 @@ impl Pool {
         }
     }
 
+    /// Whether a decode step of this model failed to be captured (its steps then run eagerly).
+    pub(super) fn capture_failed(&self) -> bool {
+        self.capture_failed.load(Ordering::Relaxed)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().map_or(0, |p| p.len())
+        self.free.lock().map_or(0, |p| p.len())
     }
 }
 
@@ -276,16 +278,23 @@ impl Fixed {
         Ok(())
     }
 
-    /// Runs the step whose inputs are set: replaying its graph, capturing it, or eagerly.
-    fn execute(&mut self, c: &Config, body: &CandleBody, mode: Decode) -> Result<()> {
+    /// Runs the step whose inputs are set: replaying its graph, capturing it (a failure is
+    /// recorded in `capture_failed`), or eagerly.
+    fn execute(
+        &mut self,
+        c: &Config,
+        body: &CandleBody,
+        mode: Decode,
+        capture_failed: &AtomicBool,
+    ) -> Result<()> {
         #[cfg(feature = "cuda")]
         if let (Decode::Graph, Device::Cuda(dev), true) =
             (mode, self.x.device(), self.b <= GRAPH_ROWS)
         {
             let dev = dev.clone();
-            return self.execute_graph(c, body, &dev);
+            return self.execute_graph(c, body, &dev, capture_failed);
         }
-        let _ = mode;
+        let _ = (mode, capture_failed);
         self.run(c, body)
     }
 
@@ -295,6 +304,7 @@ impl Fixed {
         c: &Config,
         body: &CandleBody,
         dev: &candle_core::CudaDevice,
+        capture_failed: &AtomicBool,
     ) -> Result<()> {
         match std::mem::replace(&mut self.graph, Graph::Off) {
             Graph::Replay(g) => {
@@ -318,7 +328,7 @@ impl Fixed {
                         self.graph = Graph::Replay(g);
                     }
                     Err(e) => {
-                        if !CAPTURE_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        if !capture_failed.swap(true, Ordering::Relaxed) {
                             eprintln!(
                                 "note: decode steps run without CUDA graphs (capturing one \
                                  failed: {e:#})"
@@ -431,7 +441,7 @@ pub(super) fn step(
     }
     let f = cache.fixed.as_mut().expect("made above");
     f.set_inputs(c, body, &x, pos, &cache.pads)?;
-    f.execute(c, body, mode)?;
+    f.execute(c, body, mode, &model.decode_pool.capture_failed)?;
     cache.len += 1;
     // A copy: the buffer is overwritten by the next step.
     Ok(f.logits.copy()?)
