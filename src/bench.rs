@@ -6,18 +6,18 @@
 //! 2. A file of `--hash-mib` MiB is hashed with edge-eval's hasher and, when `b3sum` is on PATH,
 //!    with `b3sum`, from a warm page cache.
 
-use crate::cache::{Cache, hash_file, hash_file_plain};
-use crate::exec::Status;
-use crate::hw::{Hardware, available_threads};
-use crate::plan::{Planner, State};
 use anyhow::{Context, Result, bail};
+use engine::cache::{Cache, hash_file, hash_file_plain};
+use engine::exec::Status;
+use engine::plan::{Planner, State};
+use meter::hw::{Hardware, available_threads};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The paper's six models (the published shapes `synthetic(...)` knows, without the test ones).
-const MODELS: &[&str] = crate::runtime::synthetic::PAPER_MODELS;
+const MODELS: &[&str] = runtime::synthetic::PAPER_MODELS;
 
 /// The benchmark pipeline: 6 models × 2 methods × 3 precisions × 2 tasks = 72 variants, each
 /// with finetune → quantize → {cold_load, evaluate, measure}.
@@ -80,7 +80,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     let cache_dir = dir.join("cache");
     let threads = available_threads();
     let load = || {
-        crate::dsl::load(&file, &[])
+        crate::stages::load(&file, &[])
             .map(|(p, _)| p)
             .map_err(|(d, m)| anyhow::anyhow!("{}", d.render(&m)))
     };
@@ -91,11 +91,11 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     );
     println!(
         "  machine: {}",
-        Hardware::detect(threads).fingerprint(crate::spec::Device::Cpu)
+        Hardware::detect(threads).fingerprint(spec::Device::Cpu)
     );
 
     let t = Instant::now();
-    let report = crate::cli::execute(&pipeline, &cache_dir, &quiet_local(threads))?.report;
+    let report = crate::study::run(&pipeline, &cache_dir, &quiet_local(threads))?.report;
     if report
         .outcomes
         .iter()
@@ -114,7 +114,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     let parse = time(repeats, load)?;
     let plan = time(repeats, || {
         let p = load()?;
-        let states = Planner::new(&p, &cache, &hw).plan();
+        let states = Planner::new(&p, &crate::stages::REGISTRY, &cache, &hw).plan();
         let cached = states
             .iter()
             .filter(|s| {
@@ -134,7 +134,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     })?;
     let noop = time(repeats, || {
         let p = load()?;
-        let report = crate::cli::execute(&p, &cache_dir, &quiet_local(threads))?.report;
+        let report = crate::study::run(&p, &cache_dir, &quiet_local(threads))?.report;
         if report
             .outcomes
             .iter()
@@ -242,7 +242,7 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!(
             "edge-eval-bench-{}-{}",
             std::process::id(),
-            crate::cache::now_us()
+            engine::cache::now_us()
         ));
         std::fs::create_dir_all(&p)?;
         Ok(TempDir(p))
@@ -250,7 +250,7 @@ impl TempDir {
 }
 impl Drop for TempDir {
     fn drop(&mut self) {
-        crate::cache::remove_tree(&self.0);
+        engine::cache::remove_tree(&self.0);
     }
 }
 
@@ -263,7 +263,7 @@ pub struct ModelBench {
     pub tokens: usize,
     pub repeats: usize,
     pub batches: Vec<usize>,
-    pub device: crate::spec::Device,
+    pub device: spec::Device,
     /// Alternating decode runs with and without the meter's sampler (pairs).
     pub meter_overhead: Option<usize>,
     /// Candle's forward pass even where ours would run.
@@ -273,10 +273,10 @@ pub struct ModelBench {
 pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
     let (prompt, tokens, repeats, batches, device) =
         (b.prompt, b.tokens, b.repeats, &b.batches, b.device);
-    use crate::runtime::gguf::Gguf;
-    use crate::runtime::llama::{Decode, Kernels, KvCache, Llama};
     use candle_core::{D, Tensor};
-    let dev = crate::runtime::candle_device(device)?;
+    use runtime::gguf::Gguf;
+    use runtime::llama::{Decode, Kernels, KvCache, Llama};
+    let dev = runtime::candle_device(device)?;
     let t = Instant::now();
     let mut g = Gguf::open(path)?;
     let kernels = if b.candle {
@@ -369,9 +369,9 @@ pub fn model(path: &Path, b: &ModelBench) -> Result<i32> {
 /// Greedy decode steps of the device's decode mode (fixed buffers, CUDA graphs) beside op-by-op
 /// steps, both fed the op-by-op pass's tokens: how often they pick the same next token, and how
 /// far apart their logits are (float order differs; quantized activations can amplify it).
-fn check_decode(model: &crate::runtime::llama::Llama, ids: &[u32], steps: usize) -> Result<()> {
-    use crate::runtime::llama::{Decode, KvCache};
+fn check_decode(model: &runtime::llama::Llama, ids: &[u32], steps: usize) -> Result<()> {
     use candle_core::{D, Tensor};
+    use runtime::llama::{Decode, KvCache};
     let dev = &model.device;
     let n = model.cfg.n_layer;
     let (mut per_op, mut fixed) = (KvCache::new(n).with_decode(Decode::PerOp), KvCache::new(n));
@@ -406,19 +406,19 @@ fn check_decode(model: &crate::runtime::llama::Llama, ids: &[u32], steps: usize)
 /// temperature) falls on both alike. Reports the mean of the per-pair time ratios and its 95 %
 /// interval: the overhead is shown below 1 % only if the whole interval is.
 fn meter_overhead(
-    device: crate::spec::Device,
+    device: spec::Device,
     pairs: usize,
     run: &dyn Fn() -> Result<Duration>,
 ) -> Result<()> {
     let cores = available_threads();
     let interval = Duration::from_millis(20);
     let open = || {
-        crate::meter::open(
+        meter::open(
             "auto",
             device,
             Some(15.0),
             cores,
-            crate::meter::Scope::Process,
+            meter::Scope::Process,
             interval,
         )
         .map_err(|e| anyhow::anyhow!("cannot open the meter: {e}"))
@@ -459,9 +459,9 @@ fn meter_overhead(
 }
 
 /// A local run without progress output.
-fn quiet_local(threads: usize) -> crate::cli::RunSettings {
-    crate::cli::RunSettings {
-        executor: crate::spec::Executor::Local,
+fn quiet_local(threads: usize) -> engine::exec::RunSettings {
+    engine::exec::RunSettings {
+        executor: spec::Executor::Local,
         remote_cache: None,
         keep_going: false,
         threads,
@@ -477,7 +477,7 @@ mod tests {
         let file = dir.path().join("bench.eep");
         std::fs::write(&file, super::pipeline_text()).unwrap();
         let (p, _) =
-            crate::dsl::load(&file, &[]).unwrap_or_else(|(d, m)| panic!("{}", d.render(&m)));
+            crate::stages::load(&file, &[]).unwrap_or_else(|(d, m)| panic!("{}", d.render(&m)));
         let count = |prefix: &str| p.nodes.iter().filter(|n| n.id.starts_with(prefix)).count();
         assert_eq!(p.nodes.len(), 72 * 5 + 13);
         for stage in [

@@ -2,16 +2,16 @@
 //! and `bench`. Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is
 //! invalid, 130 interrupted.
 
-use crate::cache::Cache;
-use crate::dsl::{self, Pipeline};
-use crate::exec::{self, RunOptions, Status};
-use crate::hw::{Hardware, available_threads};
-use crate::plan::{Planner, State, show_params};
-use crate::spec::{Executor, Value};
-use crate::stages::Role;
-use anyhow::{Context, Result};
+use crate::stages::{REGISTRY, Role};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use engine::cache::Cache;
+use engine::exec::{self, RunSettings, Status};
+use engine::plan::{Planner, State, show_params};
+use lang::{self, Pipeline};
+use meter::hw::{Hardware, available_threads};
 use serde_json::json;
+use spec::{Executor, Value};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
@@ -117,7 +117,7 @@ pub enum Command {
     LoadProbe {
         model: PathBuf,
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
-        device: crate::spec::Device,
+        device: spec::Device,
     },
     /// Runtime benchmark of a GGUF model: prompt and generation tokens/s (as llama-bench pp/tg)
     BenchModel {
@@ -135,7 +135,7 @@ pub enum Command {
         batch: Vec<usize>,
         /// cpu or cuda(N) (the latter needs a build with `--features cuda`)
         #[arg(long, default_value = "cpu", value_parser = parse_device)]
-        device: crate::spec::Device,
+        device: spec::Device,
         /// Then decode N times with the energy meter running and N times without, alternating,
         /// and report the meter's cost in tokens/s (with a 95 % interval)
         #[arg(long, value_name = "N")]
@@ -208,7 +208,7 @@ pub fn main() -> i32 {
 }
 
 fn load(p: &PipelineArgs) -> Result<Pipeline, i32> {
-    match dsl::load(&p.file, &p.overrides) {
+    match crate::stages::load(&p.file, &p.overrides) {
         Ok((pipeline, _)) => Ok(pipeline),
         Err((diags, map)) => {
             eprint!("{}", diags.render(&map));
@@ -252,7 +252,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let stages = pipeline
                 .nodes
                 .iter()
-                .filter(|n| n.stage.role() == Role::Stage)
+                .filter(|n| n.role() == Role::Stage)
                 .count();
             println!(
                 "{}: ok — {} models/tasks, {stages} stages",
@@ -266,11 +266,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
-            let cache = open_cache(&cli.cache, cli.remote_cache.as_deref())?;
+            let cache = Cache::open_with_remote(&cli.cache, cli.remote_cache.as_deref())?;
             let _lock = cache.lock(false)?;
             let hw = Hardware::detect(threads_for(&pipeline, p.threads));
             let executor = executor_for(&pipeline, p.executor.as_deref());
-            let mut planner = Planner::new(&pipeline, &cache, &hw);
+            let mut planner = Planner::new(&pipeline, &REGISTRY, &cache, &hw);
             planner.measured_elsewhere = executor != Executor::Local;
             let states = planner.plan();
             print_plan(&pipeline, &states, &executor, json);
@@ -281,7 +281,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
             };
-            let cache = open_cache(&cli.cache, cli.remote_cache.as_deref())?;
+            let cache = Cache::open_with_remote(&cli.cache, cli.remote_cache.as_deref())?;
             let _lock = cache.lock(false)?;
             let hw = Hardware::detect(threads_for(&pipeline, p.threads));
             explain(&pipeline, &cache, &hw, &stage)
@@ -311,8 +311,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             )
         }
         Command::ExecStage { cache_dir, job } => {
-            let cache = open_cache(&cache_dir, cli.remote_cache.as_deref())?;
-            crate::exec::job::exec_stage(&cache, &job)
+            let cache = Cache::open_with_remote(&cache_dir, cli.remote_cache.as_deref())?;
+            engine::exec::job::exec_stage(&REGISTRY, &cache, &job)
         }
         Command::LoadProbe { model, device } => {
             crate::stages::load_probe::child(&model, device)?;
@@ -354,103 +354,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 /// `cpu`, `cuda` or `cuda(N)`.
-fn parse_device(s: &str) -> std::result::Result<crate::spec::Device, String> {
+fn parse_device(s: &str) -> std::result::Result<spec::Device, String> {
     let s = s.trim();
     if s == "cpu" {
-        return Ok(crate::spec::Device::Cpu);
+        return Ok(spec::Device::Cpu);
     }
     if s == "cuda" {
-        return Ok(crate::spec::Device::Cuda(0));
+        return Ok(spec::Device::Cuda(0));
     }
     s.strip_prefix("cuda(")
         .and_then(|r| r.strip_suffix(')'))
         .and_then(|n| n.trim().parse().ok())
-        .map(crate::spec::Device::Cuda)
+        .map(spec::Device::Cuda)
         .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda(N)"))
-}
-
-/// Runs a pipeline, records history and writes its tables.
-/// What a run produced: the per-stage report, the files written, and the metrics rows.
-pub struct Executed {
-    pub report: exec::RunReport,
-    pub tables: Vec<PathBuf>,
-    pub metrics: Vec<crate::stages::Row>,
-}
-
-/// The cache at `dir`, with the remote tier at `remote` behind it.
-pub fn open_cache(dir: &Path, remote: Option<&str>) -> Result<Cache> {
-    let cache = Cache::open(dir)?;
-    Ok(match remote {
-        Some(url) => cache.with_remote(crate::cache::remote::Remote::open(url)?),
-        None => cache,
-    })
-}
-
-/// How to run a pipeline.
-pub struct RunSettings {
-    pub executor: Executor,
-    /// `--remote-cache`.
-    pub remote_cache: Option<String>,
-    pub keep_going: bool,
-    pub threads: usize,
-    /// No progress output.
-    pub quiet: bool,
-}
-
-pub fn execute(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<Executed> {
-    let (keep_going, threads, quiet) = (s.keep_going, s.threads, s.quiet);
-    let cache = open_cache(cache_dir, s.remote_cache.as_deref())?;
-    // A local run has the cache to itself; a batch run shares it with its own jobs (which take
-    // it shared on their nodes) and with other hosts' runs.
-    let _lock = cache.lock(s.executor == Executor::Local)?;
-    let hw = Hardware::detect(threads);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(threads.max(1) + 1)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let opts = RunOptions {
-        keep_going,
-        threads,
-        quiet,
-    };
-    let report = match &s.executor {
-        Executor::Local => rt.block_on(exec::run(pipeline, &cache, &hw, &opts))?,
-        Executor::Slurm(o) => {
-            let mut slurm = exec::slurm::Slurm::connect(o.clone())?;
-            rt.block_on(exec::batch::run(pipeline, &cache, &hw, &opts, &mut slurm))?
-        }
-    };
-    let fingerprint = hw.fingerprint(crate::spec::Device::Cpu);
-    let mut tables = crate::table::write_run_tables(pipeline, &report, &fingerprint)?;
-    let metrics = crate::metrics::report::compute(pipeline, &report);
-    if !metrics.is_empty() {
-        let meta = crate::table::run_metadata(pipeline, &fingerprint);
-        tables.extend(crate::metrics::report::write(
-            &pipeline.results_dir(),
-            &pipeline.name,
-            &metrics,
-            &report_metrics(pipeline),
-            &meta,
-        )?);
-    }
-    Ok(Executed {
-        report,
-        tables,
-        metrics,
-    })
-}
-
-/// The metrics the pipeline's `report { metrics = [...] }` shows (empty: all).
-fn report_metrics(p: &Pipeline) -> Vec<String> {
-    match p.setting("report.metrics") {
-        Some(Value::List(xs)) => xs
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect(),
-        _ => vec![],
-    }
 }
 
 /// `edge-eval report DIR`: the metrics table of a finished run, and its HTML page rewritten.
@@ -464,16 +380,16 @@ fn report_cmd(dir: &Path, metrics: &[String]) -> Result<i32> {
         );
         return Ok(2);
     }
-    let rows = crate::table::read_rows(&path)?;
-    print!("{}", crate::metrics::report::terminal_table(&rows, metrics));
+    let rows = engine::table::read_rows(&path)?;
+    print!("{}", crate::report::terminal_table(&rows, metrics));
     let title = dir
         .file_name()
         .map_or("edge-eval".to_string(), |n| n.to_string_lossy().to_string());
     let page = dir.join("report.html");
-    crate::cache::write_atomic_via(
+    engine::cache::write_atomic_via(
         &dir.join(".report.html.tmp"),
         &page,
-        crate::metrics::report::html(&title, &rows, metrics).as_bytes(),
+        crate::report::html(&title, &rows, metrics).as_bytes(),
     )?;
     eprintln!("wrote {}", page.display());
     Ok(0)
@@ -486,11 +402,11 @@ pub fn run(
     settings: &RunSettings,
     json: bool,
 ) -> Result<i32> {
-    let Executed {
+    let crate::study::StudyRun {
         report,
         tables,
         metrics,
-    } = execute(pipeline, cache_dir, settings)?;
+    } = crate::study::run(pipeline, cache_dir, settings)?;
     let count = |s: Status| {
         report
             .outcomes
@@ -543,7 +459,7 @@ pub fn run(
             println!();
             print!(
                 "{}",
-                crate::metrics::report::terminal_table(&metrics, &report_metrics(pipeline))
+                crate::report::terminal_table(&metrics, &crate::study::report_metrics(pipeline))
             );
         }
     }
@@ -557,7 +473,7 @@ pub fn run(
 }
 
 fn is_input(pipeline: &Pipeline, i: usize, state: &State) -> bool {
-    pipeline.nodes[i].stage.role() == Role::Source
+    pipeline.nodes[i].role() == Role::Source
         && matches!(
             state,
             State::Done { manifest: None, .. } | State::Failed { .. }
@@ -580,7 +496,8 @@ fn print_plan(pipeline: &Pipeline, states: &[State], executor: &Executor, json: 
             }
             State::Failed { error } => ("stale", format!("blocked: {error}"), None),
         };
-        let runs_on = (status == "stale").then(|| exec::placement(executor, node));
+        let runs_on =
+            (status == "stale").then(|| exec::placement(executor, REGISTRY.of(node), node));
         let entry = json!({ "id": node.id, "kind": node.kind(), "status": status, "reason": reason, "key": key, "where": runs_on });
         if is_input(pipeline, i, state) {
             inputs.push(entry);
@@ -632,17 +549,22 @@ fn print_plan(pipeline: &Pipeline, states: &[State], executor: &Executor, json: 
 
 fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Result<i32> {
     let Some(i) = pipeline.node_index(stage) else {
-        let hint = dsl::resolve::suggest_id(stage, pipeline.nodes.iter().map(|n| n.id.as_str()))
+        let hint = lang::resolve::suggest_id(stage, pipeline.nodes.iter().map(|n| n.id.as_str()))
             .map(|s| format!("; did you mean `{s}`?"))
             .unwrap_or_default();
         eprintln!("error: no stage `{stage}` in {}{hint}", pipeline.name);
         eprintln!("  = hint: `edge-eval plan FILE` lists every stage id");
         return Ok(2);
     };
-    let planner = Planner::new(pipeline, cache, hw);
+    let planner = Planner::new(pipeline, &REGISTRY, cache, hw);
     let states = planner.plan();
     let node = &pipeline.nodes[i];
-    println!("{} ({} v{})", node.id, node.kind(), node.stage.version());
+    println!(
+        "{} ({} v{})",
+        node.id,
+        node.kind(),
+        REGISTRY.of(node).version()
+    );
     match &states[i] {
         State::Done {
             manifest: Some(m), ..
@@ -676,14 +598,13 @@ fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Re
                 println!(
                     "  {} ({})",
                     pipeline.nodes[*d].id,
-                    crate::plan::status_word(&states[*d])
+                    engine::plan::status_word(&states[*d])
                 );
             }
         }
         return Ok(0);
     }
-    if node.stage.role() == Role::Source && matches!(states[i], State::Done { manifest: None, .. })
-    {
+    if node.role() == Role::Source && matches!(states[i], State::Done { manifest: None, .. }) {
         return Ok(0);
     }
     let components = planner.components(node, &states);
@@ -703,9 +624,9 @@ fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Re
     match planner.history.get(&node.id) {
         None => println!("last run: none recorded for this stage id"),
         Some(prev) => {
-            let before = prev
-                .get("components")
-                .and_then(|c| serde_json::from_value::<crate::plan::KeyComponents>(c.clone()).ok());
+            let before = prev.get("components").and_then(|c| {
+                serde_json::from_value::<engine::plan::KeyComponents>(c.clone()).ok()
+            });
             match before {
                 Some(b) if b == components => println!("last run: same key components"),
                 Some(b) => {
@@ -713,7 +634,7 @@ fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Re
                         "last run: key {}; what changed since:",
                         prev["key"].as_str().unwrap_or("?")
                     );
-                    for d in crate::plan::diff(&pipeline.nodes, node, &b, &components) {
+                    for d in engine::plan::diff(&pipeline.nodes, node, &b, &components) {
                         println!("  - {d}");
                     }
                 }
@@ -726,14 +647,18 @@ fn explain(pipeline: &Pipeline, cache: &Cache, hw: &Hardware, stage: &str) -> Re
 
 /// Every kind a pipeline can use, with its parameters (what `edge-eval stages` prints).
 pub fn describe_stages() -> String {
-    use crate::spec::Default as D;
+    use spec::Default as D;
     let mut out = String::new();
     for (title, role) in [
         ("Model and task sources", Role::Source),
         ("Stages", Role::Stage),
     ] {
         out.push_str(&format!("{title}:\n"));
-        for s in crate::stages::all().iter().filter(|s| s.role() == role) {
+        for s in crate::stages::REGISTRY
+            .all()
+            .iter()
+            .filter(|s| s.role() == role)
+        {
             let measuring = if s.measuring(&Default::default()) {
                 " [measuring]"
             } else {
@@ -876,7 +801,7 @@ mod tests {
 
     #[test]
     fn device_arguments() {
-        use crate::spec::Device;
+        use spec::Device;
         assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
         assert_eq!(parse_device("cuda"), Ok(Device::Cuda(0)));
         assert_eq!(parse_device("cuda(3)"), Ok(Device::Cuda(3)));
@@ -912,7 +837,7 @@ mod tests {
     #[test]
     fn every_kind_is_described_with_its_parameters() {
         let text = describe_stages();
-        for s in crate::stages::all() {
+        for s in crate::stages::REGISTRY.all() {
             assert!(
                 text.contains(&format!("  {}(...)", s.kind())),
                 "{}",

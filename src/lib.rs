@@ -1,18 +1,11 @@
 //! edge-eval: declarative, cached, measured deployment studies of LLM variants.
-//! See ARCHITECTURE.md for the map of the code.
+//! See ARCHITECTURE.md for the map of the code: this crate is the top layer (the command line,
+//! the stage kinds, the join of results into the five metrics, the benchmarks); the layers below
+//! it are the crates in `crates/`.
 
 pub mod bench;
-pub mod cache;
 pub mod cli;
-pub mod dsl;
-pub mod exec;
-pub mod hw;
-pub mod meter;
-pub mod metrics;
-pub mod plan;
-pub mod runtime;
-pub mod spec;
+pub mod report;
 pub mod stages;
-pub mod table;
+pub mod study;
 pub mod tasks;
-pub mod ui;

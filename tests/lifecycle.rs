@@ -3,7 +3,7 @@
 //! → metrics.parquet and report.html; nulls with reasons when nothing can measure energy; an
 //! interrupted evaluation resumes where it stopped.
 
-use edge_eval::table::read_rows;
+use engine::table::read_rows;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -347,11 +347,7 @@ evaluate(smol, judged, samples = 1, id = "no_judge")"#,
         let reply = s["judge_reply"].as_str().unwrap();
         let score = s["score"].as_f64();
         // A score exists exactly when the reply parses; it is never a default.
-        assert_eq!(
-            score,
-            edge_eval::metrics::score::parse_judgement(reply),
-            "{reply:?}"
-        );
+        assert_eq!(score, metrics::score::parse_judgement(reply), "{reply:?}");
         parsed += score.is_some() as i64;
     }
     let summary = by(&eval, "row", "summary")[0];

@@ -68,7 +68,7 @@ fn the_paper_study_plans_72_variants_and_names_missing_inputs() {
 
 #[test]
 fn the_executor_setting_resolves_to_slurm_options_and_set_overrides_it() {
-    use edge_eval::spec::{Executor, SlurmOptions, Value};
+    use spec::{Executor, SlurmOptions, Value};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.eep");
     std::fs::write(
@@ -82,7 +82,8 @@ test_stage(emit = "x")
     )
     .unwrap();
     let executor = |overrides: &[String]| {
-        let (p, _) = edge_eval::dsl::load(&file, overrides).unwrap_or_else(|_| panic!("invalid"));
+        let (p, _) =
+            edge_eval::stages::load(&file, overrides).unwrap_or_else(|_| panic!("invalid"));
         match p.setting("pipeline.executor") {
             Some(Value::Executor(e)) => e.clone(),
             other => panic!("{other:?}"),

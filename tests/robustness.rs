@@ -21,7 +21,7 @@ fn load_text(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), Stri
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     let t = Instant::now();
-    let r = edge_eval::dsl::load(&path, &[]);
+    let r = edge_eval::stages::load(&path, &[]);
     assert!(
         t.elapsed() < Duration::from_secs(20),
         "loading {name} took {:?}",

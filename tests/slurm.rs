@@ -150,7 +150,7 @@ fn stages_run_as_slurm_jobs_sharing_the_cache() {
     );
 
     // Timings and GPUs from the tables the run wrote, as a local run writes them.
-    let runs = edge_eval::table::read_rows(&dir.join("out/runs.parquet")).unwrap();
+    let runs = engine::table::read_rows(&dir.join("out/runs.parquet")).unwrap();
     let span = |id: &str| {
         let r = runs.iter().find(|r| r["stage_id"] == id).unwrap();
         (
@@ -172,7 +172,7 @@ fn stages_run_as_slurm_jobs_sharing_the_cache() {
     }
     // Never more than two GPU stages at once (two GPUs), and the two got different GPUs.
     let gpu_ids = ["gpu[a]", "gpu[b]", "gpu[c]", "gpu[d]", "gpu[e]", "measured"];
-    let rows = edge_eval::table::read_rows(&dir.join("out/test_stage.parquet")).unwrap();
+    let rows = engine::table::read_rows(&dir.join("out/test_stage.parquet")).unwrap();
     let gpu_of = |id: &str| {
         rows.iter().find(|r| r["stage_id"] == id).unwrap()["visible_gpus"]
             .as_str()

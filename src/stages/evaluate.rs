@@ -7,18 +7,18 @@
 //! Resumable: each finished batch of samples is appended to the stage's resume folder; an
 //! interrupted evaluation continues from there on the next run (same cache key).
 
-use super::lifecycle::device_param;
+use super::device_param;
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
-use crate::metrics::fidelity::Fidelity;
-use crate::metrics::{score, stats};
-use crate::runtime::generate::{GenOptions, StopReason, generate_batch};
-use crate::runtime::llama::{KvCache, Llama};
-use crate::runtime::tokenizer::Tok;
-use crate::spec::{Output, ParamSpec, Ty, Value};
 use crate::tasks::Sample;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
+use metrics::fidelity::Fidelity;
+use metrics::{score, stats};
+use runtime::generate::{GenOptions, StopReason, generate_batch};
+use runtime::llama::{KvCache, Llama};
+use runtime::tokenizer::Tok;
 use serde_json::json;
+use spec::{Output, ParamSpec, Ty, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
@@ -29,7 +29,7 @@ const RESUME_FILE: &str = "samples.jsonl";
 use super::col as c;
 
 impl Stage for Evaluate {
-    stage_meta!(
+    engine::stage_meta!(
         "evaluate",
         3,
         Role::Stage,
@@ -133,8 +133,12 @@ impl Stage for Evaluate {
             c("kl_positions", ColType::Int, "positions compared"),
         ]
     }
+    fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+        super::explain_model_failure(e, ctx)
+    }
+
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        let dev = crate::runtime::candle_device(ctx.device)?;
+        let dev = runtime::candle_device(ctx.device)?;
         if super::is_synthetic(ctx, "model") {
             bail!(
                 "synthetic models have random weights: they are valid for speed, energy and \
@@ -191,13 +195,13 @@ impl Stage for Evaluate {
         }
 
         if !todo.is_empty() {
-            let (model, tok) = crate::runtime::load_gguf_on(&path, &dev)?;
+            let (model, tok) = runtime::load_gguf_on(&path, &dev)?;
             let reference = match &reference {
-                Some(p) => Some(crate::runtime::load_gguf_on(p, &dev)?),
+                Some(p) => Some(runtime::load_gguf_on(p, &dev)?),
                 None => None,
             };
             let judge = match &judge {
-                Some(p) => Some(crate::runtime::load_gguf_on(p, &dev)?),
+                Some(p) => Some(runtime::load_gguf_on(p, &dev)?),
                 None => None,
             };
             let mut log = std::fs::OpenOptions::new()
@@ -294,7 +298,7 @@ fn judge_batch(
     judge: &Llama,
     tok: &Tok,
     samples: &[&Sample],
-    gens: &[crate::runtime::generate::Generation],
+    gens: &[runtime::generate::Generation],
 ) -> Result<Vec<String>> {
     let mut prompts = vec![];
     for (s, g) in samples.iter().zip(gens) {
@@ -303,7 +307,7 @@ fn judge_batch(
             .replace("{input}", &input.join("\n\n"))
             .replace("{reference}", &s.references[0])
             .replace("{candidate}", g.text.trim());
-        let msg = crate::runtime::tokenizer::Message {
+        let msg = runtime::tokenizer::Message {
             role: "user".into(),
             content: text,
         };

@@ -7,14 +7,14 @@
 //! Nothing is written to the cache unless the whole run succeeds: an empty or malformed train
 //! split, a sequence longer than `max_seq` or the context, or a NaN loss is an error.
 
-use super::lifecycle::device_param;
+use super::device_param;
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
-use crate::meter::{Scope, memory};
-use crate::runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
-use crate::spec::{Output, ParamSpec, Ty, Value};
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::GgmlDType;
+use meter::{Scope, memory};
+use runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
 use serde_json::json;
+use spec::{Output, ParamSpec, Ty, Value};
 use std::collections::BTreeMap;
 
 pub struct Finetune;
@@ -22,7 +22,7 @@ pub struct Finetune;
 use super::col as c;
 
 impl Stage for Finetune {
-    stage_meta!(
+    engine::stage_meta!(
         "finetune",
         5,
         Role::Stage,
@@ -185,8 +185,12 @@ impl Stage for Finetune {
         .chain(super::gpu_columns())
         .collect()
     }
+    fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+        super::explain_model_failure(e, ctx)
+    }
+
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        let dev = crate::runtime::candle_device(ctx.device)?;
+        let dev = runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
         let Some(train_file) = &task.train else {
@@ -226,8 +230,8 @@ impl Stage for Finetune {
         let tok = if synthetic {
             None
         } else {
-            Some(crate::runtime::tokenizer::Tok::from_gguf(
-                &crate::runtime::gguf::Gguf::open(&path)?,
+            Some(runtime::tokenizer::Tok::from_gguf(
+                &runtime::gguf::Gguf::open(&path)?,
             )?)
         };
         let model = Trainable::load_on(&path, cfg.clone(), &dev)?;
@@ -295,7 +299,7 @@ impl Stage for Finetune {
         let deltas = model.deltas()?.into_iter().collect();
         let cancelled = || ctx.cancel.load(std::sync::atomic::Ordering::Relaxed);
         let (_, merge_e) = meter.window(|| {
-            crate::runtime::gguf::requantize_with(
+            runtime::gguf::requantize_with(
                 &path,
                 &merged,
                 GgmlDType::F16,

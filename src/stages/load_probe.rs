@@ -49,10 +49,10 @@ fn say(m: &Message) -> Result<()> {
 }
 
 /// The child's side (`edge-eval load-probe`).
-pub fn child(path: &Path, device: crate::spec::Device) -> Result<()> {
-    let dev = crate::runtime::candle_device(device)?;
+pub fn child(path: &Path, device: spec::Device) -> Result<()> {
+    let dev = runtime::candle_device(device)?;
     say(&Message::Ready(Ready {
-        rss_bytes: crate::meter::memory::rss_bytes()?,
+        rss_bytes: meter::memory::rss_bytes()?,
     }))?;
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
@@ -60,15 +60,13 @@ pub fn child(path: &Path, device: crate::spec::Device) -> Result<()> {
         // The parent went away before the load: nothing to do.
         return Ok(());
     }
-    let peak_reset = crate::meter::memory::reset_peak();
-    let (model, tok) = crate::runtime::load_model_on(path, &dev)?;
-    super::measuring::first_forward(&model, tok.as_ref())?;
+    let peak_reset = meter::memory::reset_peak();
+    let (model, tok) = runtime::load_model_on(path, &dev)?;
+    runtime::generate::first_token(&model, tok.as_ref())?;
     say(&Message::Loaded(Loaded {
         weight_bytes: model.weight_bytes,
-        rss_bytes: crate::meter::memory::rss_bytes()?,
-        peak_rss_bytes: peak_reset
-            .then(crate::meter::memory::peak_rss_bytes)
-            .transpose()?,
+        rss_bytes: meter::memory::rss_bytes()?,
+        peak_rss_bytes: peak_reset.then(meter::memory::peak_rss_bytes).transpose()?,
     }))?;
     // Hold the model until the parent has read the device's memory, then exit.
     line.clear();
@@ -88,7 +86,7 @@ pub struct Probe {
 
 impl Probe {
     /// Starts a child for `path` on `device` and waits until its device is open.
-    pub fn spawn(path: &Path, device: crate::spec::Device) -> Result<Probe> {
+    pub fn spawn(path: &Path, device: spec::Device) -> Result<Probe> {
         let exe = std::env::current_exe().context("cannot find this program to start a child")?;
         let mut child = Command::new(exe)
             .arg("load-probe")

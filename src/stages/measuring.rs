@@ -4,16 +4,14 @@
 //! work measured, and write one row per repetition plus summary rows (`row = "summary"`) with
 //! medians and spread.
 
-use super::lifecycle::device_param;
+use super::device_param;
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
-use crate::meter::{Metered, WindowEnergy, memory, pagecache};
-use crate::metrics::stats;
-use crate::runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
-use crate::runtime::llama::{Decode, KvCache, Llama};
-use crate::runtime::tokenizer::Tok;
-use crate::spec::{Dim, Output, ParamSpec, Ty, Value};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use meter::{Metered, WindowEnergy, memory, pagecache};
+use metrics::stats;
+use runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
 use serde_json::json;
+use spec::{Dim, Output, ParamSpec, Ty, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -60,27 +58,9 @@ fn summary_energy_labels(rows: &[Row], out: &mut Row) {
     }
 }
 
-/// One forward pass on a single token: after it, the first token can be produced.
-pub(super) fn first_forward(model: &Llama, tok: Option<&Tok>) -> Result<u32> {
-    let id = match tok {
-        Some(t) => match t.bos {
-            Some(b) => b,
-            None => *t.encode("Hello")?.first().context("empty tokenization")?,
-        },
-        // A synthetic model has no tokenizer: any id does.
-        None => 1,
-    };
-    let ids = candle_core::Tensor::from_vec(vec![id], (1, 1), &candle_core::Device::Cpu)?;
-    // A one-token prompt through the prompt pass: decode buffers and CUDA graphs are made by
-    // the first decode step of serving (`measure`), not by loading.
-    let mut cache = KvCache::new(model.cfg.n_layer).with_decode(Decode::PerOp);
-    let logits = model.forward_last(&ids, &mut cache)?;
-    crate::runtime::llama::argmax(&logits.get(0)?)
-}
-
 pub struct ColdLoad;
 impl Stage for ColdLoad {
-    stage_meta!(
+    engine::stage_meta!(
         "cold_load",
         5,
         Role::Stage,
@@ -178,22 +158,26 @@ impl Stage for ColdLoad {
         ));
         cols
     }
+    fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+        super::explain_model_failure(e, ctx)
+    }
+
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         let path = super::model_gguf(ctx, "model")?;
         let cold = ctx.param("cache_state").as_str() == Some("cold");
         let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
-        let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
+        let mut meter = super::open_meter(ctx, meter::Scope::Process);
         let file_bytes = std::fs::metadata(&path)?.len();
         ctx.progress.set_length(repeats as u64);
         let isolated = match ctx.param("isolation").as_str() {
             Some("process") => true,
             Some("none") => false,
-            _ => ctx.device != crate::spec::Device::Cpu,
+            _ => ctx.device != spec::Device::Cpu,
         };
         // Isolated loads open the device in their child; this process needs it only otherwise.
         let dev = match isolated {
             true => None,
-            false => Some(crate::runtime::candle_device(ctx.device)?),
+            false => Some(runtime::candle_device(ctx.device)?),
         };
         let mut rows = vec![];
         for r in 0..repeats {
@@ -209,8 +193,8 @@ impl Stage for ColdLoad {
                 let peak_reset = memory::reset_peak();
                 let dev = dev.as_ref().expect("opened for in-process loads");
                 let (model, energy) = meter.window(|| {
-                    let (model, tok) = crate::runtime::load_model_on(&path, dev)?;
-                    first_forward(&model, tok.as_ref())?;
+                    let (model, tok) = runtime::load_model_on(&path, dev)?;
+                    runtime::generate::first_token(&model, tok.as_ref())?;
                     Ok(model)
                 })?;
                 // Read with the model still held.
@@ -218,10 +202,10 @@ impl Stage for ColdLoad {
                 drop(model);
                 (load, energy)
             };
-            if isolated && meter.source() == Some(crate::meter::Source::Estimated) {
-                energy = crate::meter::WindowEnergy {
+            if isolated && meter.source() == Some(meter::Source::Estimated) {
+                energy = meter::WindowEnergy {
                     device: energy.device,
-                    ..crate::meter::WindowEnergy::unmeasured(
+                    ..meter::WindowEnergy::unmeasured(
                         energy.seconds,
                         "the estimate counts this process's CPU time, but the load ran in a \
                          child process (isolation = process): use isolation = none on the CPU",
@@ -354,7 +338,7 @@ fn prepare_page_cache(path: &Path, cold: bool) -> (Option<f64>, Option<String>) 
 
 pub struct Measure;
 impl Stage for Measure {
-    stage_meta!(
+    engine::stage_meta!(
         "measure",
         6,
         Role::Stage,
@@ -562,8 +546,12 @@ impl Stage for Measure {
         cols.extend(super::gpu_columns());
         cols
     }
+    fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+        super::explain_model_failure(e, ctx)
+    }
+
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
-        let dev = crate::runtime::candle_device(ctx.device)?;
+        let dev = runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
         let samples = crate::tasks::load(&task.eval, &task.kind)?;
@@ -589,7 +577,7 @@ impl Stage for Measure {
         let synthetic = super::is_synthetic(ctx, "model");
 
         // Loading and warm-up happen before any window opens.
-        let (model, tok) = crate::runtime::load_model_on(&path, &dev)?;
+        let (model, tok) = runtime::load_model_on(&path, &dev)?;
         let mut prompts = vec![];
         let mut ids_of = super::SyntheticIds::new(model.cfg.vocab);
         for s in &samples {
@@ -637,7 +625,7 @@ impl Stage for Measure {
             }
             Ok((out, prefills))
         };
-        let mut meter = super::open_meter(ctx, crate::meter::Scope::Process);
+        let mut meter = super::open_meter(ctx, meter::Scope::Process);
         ctx.progress.set_length((batches.len() * repeats) as u64);
         let mut rows = vec![];
         let mut done = 0;

@@ -7,253 +7,47 @@
 //! the ones that only point at local files compute their digest at plan time
 //! ([`Stage::plan_time`]); `pip` downloads, so it runs and is cached like any stage.
 
-/// The identity part of a [`Stage`] impl: kind, version, role, output and summary.
-macro_rules! stage_meta {
-    ($kind:literal, $version:literal, $role:expr, $out:expr, $summary:literal) => {
-        fn kind(&self) -> &'static str {
-            $kind
-        }
-        fn version(&self) -> u32 {
-            $version
-        }
-        fn role(&self) -> Role {
-            $role
-        }
-        fn output(&self) -> Output {
-            $out
-        }
-        fn summary(&self) -> &'static str {
-            $summary
-        }
-    };
-}
-
 mod evaluate;
 mod finetune;
-mod lifecycle;
 pub mod load_probe;
 mod measuring;
 mod quantize;
-pub use lifecycle::PRECISIONS;
+pub use spec::PRECISIONS;
 mod sources;
-mod test_stage;
 
-use crate::spec::{Device, NodeIdx, Output, ParamSpec, Value};
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+pub use engine::stage::*;
+pub use spec::resolve_path;
+use spec::{Device, ParamSpec, Value};
+use std::path::PathBuf;
+use std::sync::LazyLock;
 
-/// Where a kind may be used in a pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `model NAME = kind(...)` or `task NAME = kind(...)`.
-    Source,
-    /// A stage call statement.
-    Stage,
-}
+/// Every stage kind and source edge-eval offers.
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    Registry::new(vec![
+        &sources::PathSource,
+        &sources::HfSource,
+        &sources::PipSource,
+        &sources::SyntheticSource,
+        &sources::JsonlTask,
+        &quantize::Quantize,
+        &finetune::Finetune,
+        &measuring::ColdLoad,
+        &evaluate::Evaluate,
+        &measuring::Measure,
+        &engine::test_stage::TestStage,
+    ])
+});
 
-/// What one node hands to the nodes that use it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Artifact {
-    /// Output digest: what downstream cache keys contain.
-    pub digest: String,
-    /// Named files (content-addressed objects, or the user's own files for local sources).
-    pub files: BTreeMap<String, PathBuf>,
-    /// Structured result (e.g. `{"synthetic": true}`), part of the digest.
-    pub record: serde_json::Value,
-}
-
-/// Column types of stage tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColType {
-    Str,
-    Int,
-    Float,
-    Bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Column {
-    pub name: &'static str,
-    pub ty: ColType,
-    pub doc: &'static str,
-}
-
-/// A table column (what `Stage::table` lists).
-pub(crate) fn col(name: &'static str, ty: ColType, doc: &'static str) -> Column {
-    Column { name, ty, doc }
-}
-
-pub type Row = serde_json::Map<String, serde_json::Value>;
-
-/// What `run` returns. Files live in the stage's work directory and are moved into the cache.
-#[derive(Debug, Default)]
-pub struct StageOutput {
-    pub files: Vec<(String, PathBuf)>,
-    /// What downstream stages consume besides the files (part of the output digest): must be
-    /// deterministic for stages whose outputs are deterministic.
-    pub record: serde_json::Value,
-    /// Rows for this kind's table (timings, measurements); not part of the output digest.
-    pub rows: Vec<Row>,
-}
-
-/// Progress reporting from inside a stage (drawn as a bar with an ETA when the stage sets a length).
-pub trait Progress: Send + Sync {
-    fn set_length(&self, n: u64);
-    fn set_position(&self, n: u64);
-    fn message(&self, msg: &str);
-}
-
-/// Everything a stage may use while running.
-pub struct StageCtx<'a> {
-    pub id: &'a str,
-    pub params: &'a BTreeMap<String, Value>,
-    pub inputs: &'a BTreeMap<NodeIdx, Artifact>,
-    /// Directory relative paths in the stage's parameters are resolved against.
-    pub base_dir: &'a Path,
-    /// Private scratch directory; files returned in [`StageOutput`] must be inside it.
-    pub work_dir: &'a Path,
-    /// Kept across interrupted attempts of the same stage (same cache key) and removed once the
-    /// result is committed: where a stage saves partial progress to resume from.
-    pub resume_dir: &'a Path,
-    pub device: Device,
-    pub progress: Arc<dyn Progress>,
-    pub cancel: &'a AtomicBool,
-}
-
-impl StageCtx<'_> {
-    pub fn param(&self, name: &str) -> &Value {
-        self.params.get(name).unwrap_or(&Value::Null)
-    }
-
-    /// The artifact(s) a node-valued parameter refers to, in order.
-    pub fn artifacts(&self, name: &str) -> Vec<&Artifact> {
-        let mut nodes = vec![];
-        self.param(name).nodes(&mut nodes);
-        nodes.iter().filter_map(|n| self.inputs.get(n)).collect()
-    }
-
-    /// Errors out when the run was interrupted; call between units of work.
-    pub fn check_cancelled(&self) -> Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
-            bail!("interrupted");
-        }
-        Ok(())
-    }
-}
-
-/// Plan-time services for sources (file digests are memoised by the cache).
-pub trait PlanCtx {
-    fn digest_path(&self, path: &Path) -> Result<String>;
-}
-
-pub trait Stage: Send + Sync {
-    fn kind(&self) -> &'static str;
-    /// Bump when the stage's output for the same inputs changes: it invalidates cached results.
-    fn version(&self) -> u32;
-    fn role(&self) -> Role;
-    fn output(&self) -> Output;
-    fn summary(&self) -> &'static str;
-    fn params(&self) -> Vec<ParamSpec>;
-    /// Measuring stages are keyed by hardware and hold their device exclusively.
-    fn measuring(&self, _params: &BTreeMap<String, Value>) -> bool {
-        false
-    }
-    /// CPU threads the stage keeps busy (its share of the executor's CPU budget).
-    fn threads(&self, _params: &BTreeMap<String, Value>) -> usize {
-        1
-    }
-    /// For sources that only read local files: the artifact, computed at plan time.
-    fn plan_time(
-        &self,
-        _params: &BTreeMap<String, Value>,
-        _base_dir: &Path,
-        _ctx: &dyn PlanCtx,
-    ) -> Option<Result<Artifact>> {
-        None
-    }
-    /// Columns of this kind's table (`<kind>.parquet`); empty: no table.
-    fn table(&self) -> Vec<Column> {
-        vec![]
-    }
-    fn run(&self, ctx: &StageCtx) -> Result<StageOutput>;
-}
-
-static REGISTRY: &[&dyn Stage] = &[
-    &sources::PathSource,
-    &sources::HfSource,
-    &sources::PipSource,
-    &sources::SyntheticSource,
-    &sources::JsonlTask,
-    &quantize::Quantize,
-    &finetune::Finetune,
-    &measuring::ColdLoad,
-    &evaluate::Evaluate,
-    &measuring::Measure,
-    &test_stage::TestStage,
-];
-
-pub fn all() -> &'static [&'static dyn Stage] {
-    REGISTRY
-}
-
-pub fn get(kind: &str) -> Option<&'static dyn Stage> {
-    REGISTRY.iter().copied().find(|s| s.kind() == kind)
-}
-
-/// Resolves a path parameter against the pipeline file's directory, removing `.` and `..`
-/// lexically (so messages show `/repo/results`, not `/repo/pipelines/../results`).
-pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
-    use std::path::Component;
-    let joined = base_dir.join(p);
-    let mut out = PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-#[test]
-fn paths_resolve_against_the_pipeline_folder() {
-    assert_eq!(
-        resolve_path(Path::new("/r/pipelines"), "../tasks/qa.jsonl"),
-        Path::new("/r/tasks/qa.jsonl")
-    );
-    assert_eq!(
-        resolve_path(Path::new("/r/p"), "/abs/x"),
-        Path::new("/abs/x")
-    );
-    assert_eq!(resolve_path(Path::new("rel"), "../../x"), Path::new("../x"));
-}
-
-/// Reads a file, naming it in the error.
-pub fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// The output digest of a node: blake3 over its files' content digests (by name) and its record.
-/// Identical bytes give identical digests, which is what makes early cutoff work. Table rows are
-/// not part of it (they hold timings and measurements that differ on every run); whatever a
-/// downstream stage consumes must be in the files or the record.
-pub fn output_digest(
-    file_digests: &BTreeMap<String, String>,
-    record: &serde_json::Value,
-) -> String {
-    let canonical = serde_json::json!({ "files": file_digests, "record": record });
-    blake3::hash(canonical.to_string().as_bytes())
-        .to_hex()
-        .to_string()
+/// Loads, checks and expands a pipeline file against [`REGISTRY`].
+pub fn load(
+    path: &std::path::Path,
+    overrides: &[String],
+) -> Result<
+    (lang::Pipeline, lang::source::SourceMap),
+    (lang::diag::Diagnostics, lang::source::SourceMap),
+> {
+    lang::load(path, overrides, REGISTRY.signatures())
 }
 
 /// The GGUF file of a model artifact, or an error saying how to get one.
@@ -292,15 +86,27 @@ pub fn explain_gpu_oom(
     model_bytes: Option<u64>,
 ) -> anyhow::Error {
     let Device::Cuda(i) = device else { return e };
-    let text = format!("{e:#}").to_lowercase();
-    if !text.contains("out of memory") && !text.contains("out_of_memory") {
+    let e = runtime::mark_out_of_memory(e);
+    if e.downcast_ref::<runtime::OutOfMemory>().is_none() {
         return e;
     }
     e.context(oom_message(
         i,
-        crate::meter::nvml::memory(crate::hw::physical_gpu(i)),
+        meter::nvml::memory(meter::hw::physical_gpu(i)),
         model_bytes,
     ))
+}
+
+/// [`Stage::explain_failure`] of the stages that place a model (`model`) on a device.
+pub fn explain_model_failure(e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+    let model_bytes = ctx.artifacts("model").first().map(|a| {
+        a.files
+            .values()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    });
+    explain_gpu_oom(e, ctx.device, model_bytes)
 }
 
 fn oom_message(gpu: u32, memory: Option<(u64, u64)>, model_bytes: Option<u64>) -> String {
@@ -350,7 +156,7 @@ impl SyntheticIds {
 
 /// Parameters every energy-metered stage takes from the pipeline's `hardware`/`economics` blocks.
 pub fn meter_params() -> Vec<ParamSpec> {
-    use crate::spec::{Dim, Ty};
+    use spec::{Dim, Ty};
     vec![
         ParamSpec::setting(
             "cpu_power",
@@ -391,9 +197,9 @@ pub fn meter_params() -> Vec<ParamSpec> {
 
 /// The meter the stage's parameters ask for (see [`meter_params`]); an estimate counts the CPU
 /// time of `scope`.
-pub fn open_meter(ctx: &StageCtx, scope: crate::meter::Scope) -> crate::meter::Metered {
+pub fn open_meter(ctx: &StageCtx, scope: meter::Scope) -> meter::Metered {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let meter = crate::meter::open(
+    let meter = meter::open(
         ctx.param("meter").as_str().unwrap_or("auto"),
         ctx.device,
         ctx.param("cpu_power").as_f64(),
@@ -407,7 +213,7 @@ pub fn open_meter(ctx: &StageCtx, scope: crate::meter::Scope) -> crate::meter::M
         ),
     );
     let idle = ctx.param("idle_window").as_f64().unwrap_or(0.0).max(0.0);
-    crate::meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
+    meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
 }
 
 /// The task artifact behind `param`: its kind, scorer, generation budget and record files.
@@ -447,7 +253,7 @@ pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
     })
 }
 
-/// The energy columns of every metered row (what [`crate::meter::WindowEnergy::columns`] writes,
+/// The energy columns of every metered row (what [`meter::WindowEnergy::columns`] writes,
 /// without the GPU ones).
 pub(crate) fn energy_columns() -> Vec<Column> {
     vec![
@@ -557,11 +363,15 @@ mod tests {
 
     #[test]
     fn gpu_out_of_memory_says_what_is_free_and_what_was_placed() {
-        use crate::spec::Device;
+        use spec::Device;
         let oom = || anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")");
         let e = super::explain_gpu_oom(oom(), Device::Cuda(1), Some(3 << 30));
         let text = format!("{e:#}");
         assert!(text.starts_with("GPU 1 ran out of memory ("), "{text}");
+        assert!(
+            e.downcast_ref::<runtime::OutOfMemory>().is_some(),
+            "callers can branch on the type"
+        );
         assert!(text.contains("the model's files: 3.00 GiB"), "{text}");
         assert!(
             text.contains("CUDA_ERROR_OUT_OF_MEMORY"),

@@ -8,12 +8,12 @@
 //! for the same input and precision, so an unchanged upstream leaves everything below cached.
 
 use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
-use crate::runtime::gguf::{self, dtype_of, type_name};
-use crate::runtime::hf;
-use crate::runtime::synthetic;
-use crate::spec::{Output, ParamSpec, Ty};
 use anyhow::{Context, Result, bail};
+use runtime::gguf::{self, dtype_of, type_name};
+use runtime::hf;
+use runtime::synthetic;
 use serde_json::json;
+use spec::{Output, ParamSpec, Ty};
 
 pub struct Quantize;
 
@@ -22,7 +22,7 @@ fn is_quantized(t: &str) -> bool {
 }
 
 impl Stage for Quantize {
-    stage_meta!(
+    engine::stage_meta!(
         "quantize",
         3,
         Role::Stage,
@@ -95,7 +95,7 @@ impl Stage for Quantize {
         // stages. An estimate therefore counts this (single-threaded) conversion's own thread,
         // and no idle windows are taken: gross energy of the conversion. A device counter
         // (RAPL) cannot tell stages apart; its row says so through `meter`.
-        let mut meter = super::open_meter(ctx, crate::meter::Scope::Thread);
+        let mut meter = super::open_meter(ctx, meter::Scope::Thread);
         meter.idle = std::time::Duration::ZERO;
         let ((r, input_bytes), energy) = meter.window(|| {
             let progress = |done: u64, total: u64| {

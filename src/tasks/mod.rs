@@ -8,8 +8,8 @@
 //! chat template. The template text is part of the evaluating stages' cache keys through
 //! [`TEMPLATE_VERSION`] and the template strings themselves.
 
-use crate::runtime::tokenizer::Message;
 use anyhow::{Context, Result, bail};
+use runtime::tokenizer::Message;
 use serde_json::Value as J;
 use std::path::Path;
 

@@ -1,0 +1,438 @@
+//! Tables: Arrow columns written as Parquet (atomically: temp file, fsync, rename).
+//!
+//! `runs.parquet` has one row per stage instance of a run; `<kind>.parquet` has the rows each
+//! stage kind produced (cached results included, so a table always describes the whole study).
+//! Every file carries key-value metadata: pipeline name and digest, edge-eval version, hardware.
+
+use crate::exec::{Outcome, RunReport};
+use crate::stage::{ColType, Column, Registry, Row};
+use anyhow::{Context, Result};
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use lang::Pipeline;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One column being built.
+enum Builder {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Time(TimestampMicrosecondBuilder),
+}
+
+/// A table assembled row by row from JSON-like cells, typed by its declared columns.
+pub struct Table {
+    fields: Vec<Field>,
+    builders: Vec<Builder>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    Str,
+    Int,
+    Float,
+    Bool,
+    /// Microseconds since the epoch, UTC.
+    Time,
+}
+
+impl From<ColType> for Ty {
+    fn from(c: ColType) -> Ty {
+        match c {
+            ColType::Str => Ty::Str,
+            ColType::Int => Ty::Int,
+            ColType::Float => Ty::Float,
+            ColType::Bool => Ty::Bool,
+        }
+    }
+}
+
+impl Table {
+    /// Attaches `doc` to column `name` as the field's `description` metadata (what the column
+    /// holds, with its unit), which Parquet readers show with the schema.
+    pub fn describe(&mut self, name: &str, doc: &str) {
+        if let Some(f) = self.fields.iter_mut().find(|f| f.name() == name) {
+            let meta = std::collections::HashMap::from([("description".into(), doc.into())]);
+            *f = f.clone().with_metadata(meta);
+        }
+    }
+
+    pub fn new(columns: &[(&str, Ty)]) -> Table {
+        let mut fields = vec![];
+        let mut builders = vec![];
+        for (name, ty) in columns {
+            let (dt, b) = match ty {
+                Ty::Str => (DataType::Utf8, Builder::Str(StringBuilder::new())),
+                Ty::Int => (DataType::Int64, Builder::Int(Int64Builder::new())),
+                Ty::Float => (DataType::Float64, Builder::Float(Float64Builder::new())),
+                Ty::Bool => (DataType::Boolean, Builder::Bool(BooleanBuilder::new())),
+                Ty::Time => (
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    Builder::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
+                ),
+            };
+            fields.push(Field::new(*name, dt, true));
+            builders.push(b);
+        }
+        Table { fields, builders }
+    }
+
+    /// Appends a row; cells are looked up by column name, absent or JSON null → null. A cell of
+    /// the wrong type is an error naming the column (a stage bug, never silently a null).
+    pub fn push(&mut self, row: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+        use serde_json::Value as J;
+        // Check every cell first: a rejected row must not leave the columns uneven.
+        for (field, b) in self.fields.iter().zip(&self.builders) {
+            let cell = row.get(field.name()).unwrap_or(&J::Null);
+            let ok = match (b, cell) {
+                (_, J::Null) => true,
+                (Builder::Str(_), J::String(_)) => true,
+                (Builder::Int(_) | Builder::Time(_), J::Number(n)) => n.as_i64().is_some(),
+                (Builder::Float(_), J::Number(_)) => true,
+                (Builder::Float(_), J::String(s)) => float_word(s).is_some(),
+                (Builder::Bool(_), J::Bool(_)) => true,
+                _ => false,
+            };
+            anyhow::ensure!(
+                ok,
+                "column `{}`: cannot store {cell} as {}",
+                field.name(),
+                field.data_type()
+            );
+        }
+        for (field, b) in self.fields.iter().zip(&mut self.builders) {
+            let cell = row.get(field.name()).unwrap_or(&J::Null);
+            match b {
+                Builder::Str(b) => b.append_option(cell.as_str()),
+                Builder::Int(b) => b.append_option(cell.as_i64()),
+                Builder::Time(b) => b.append_option(cell.as_i64()),
+                Builder::Float(b) => {
+                    b.append_option(cell.as_f64().or_else(|| cell.as_str().and_then(float_word)))
+                }
+                Builder::Bool(b) => b.append_option(cell.as_bool()),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<RecordBatch> {
+        let arrays: Vec<ArrayRef> = self
+            .builders
+            .iter_mut()
+            .map(|b| -> ArrayRef {
+                match b {
+                    Builder::Str(b) => Arc::new(b.finish()),
+                    Builder::Int(b) => Arc::new(b.finish()),
+                    Builder::Float(b) => Arc::new(b.finish()),
+                    Builder::Bool(b) => Arc::new(b.finish()),
+                    Builder::Time(b) => Arc::new(b.finish()),
+                }
+            })
+            .collect();
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(self.fields)),
+            arrays,
+        )?)
+    }
+}
+
+/// JSON has no infinity: rows spell it "inf" / "-inf" (e.g. N_break when local serving never
+/// breaks even) and the table stores the float.
+fn float_word(s: &str) -> Option<f64> {
+    match s {
+        "inf" => Some(f64::INFINITY),
+        "-inf" => Some(f64::NEG_INFINITY),
+        _ => None,
+    }
+}
+
+/// Writes a batch to `path` as Parquet with key-value metadata, atomically.
+pub fn write_parquet(
+    path: &Path,
+    batch: &RecordBatch,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_key_value_metadata(Some(
+            metadata
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                .collect(),
+        ))
+        .build();
+    {
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+        w.write(batch)?;
+        let file = w.into_inner()?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+const RUN_COLUMNS: &[(&str, Ty)] = &[
+    ("pipeline", Ty::Str),
+    ("stage_id", Ty::Str),
+    ("kind", Ty::Str),
+    ("status", Ty::Str),
+    ("error", Ty::Str),
+    ("cache_key", Ty::Str),
+    ("output_digest", Ty::Str),
+    ("device", Ty::Str),
+    ("measuring", Ty::Bool),
+    ("started_at", Ty::Time),
+    ("finished_at", Ty::Time),
+    ("seconds", Ty::Float),
+    ("computed_at", Ty::Time),
+    ("computed_seconds", Ty::Float),
+    ("computed_on", Ty::Str),
+    ("computed_by_version", Ty::Str),
+    ("hardware", Ty::Str),
+];
+
+fn outcome_row(
+    p: &Pipeline,
+    stages: &Registry,
+    i: usize,
+    o: &Outcome,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let node = &p.nodes[i];
+    let m = o.manifest.as_deref();
+    let mut row = serde_json::Map::new();
+    row.insert("pipeline".into(), json!(p.name));
+    row.insert("stage_id".into(), json!(node.id));
+    row.insert("kind".into(), json!(node.kind()));
+    row.insert("status".into(), json!(o.status.as_str()));
+    row.insert("error".into(), json!(o.error));
+    row.insert("cache_key".into(), json!(o.key));
+    row.insert("output_digest".into(), json!(m.map(|m| &m.output_digest)));
+    row.insert("device".into(), json!(node.device().to_string()));
+    row.insert(
+        "measuring".into(),
+        json!(stages.of(node).measuring(&node.params)),
+    );
+    row.insert("started_at".into(), json!(o.started_us));
+    row.insert("finished_at".into(), json!(o.finished_us));
+    row.insert("seconds".into(), json!(o.seconds));
+    row.insert("computed_at".into(), json!(m.map(|m| m.started_us)));
+    row.insert("computed_seconds".into(), json!(m.map(|m| m.seconds)));
+    row.insert("computed_on".into(), json!(m.map(|m| &m.provenance.host)));
+    row.insert(
+        "computed_by_version".into(),
+        json!(m.map(|m| &m.provenance.edge_eval_version)),
+    );
+    row.insert(
+        "hardware".into(),
+        json!(
+            m.and_then(|m| m.components.get("hardware"))
+                .filter(|h| !h.is_null())
+        ),
+    );
+    row
+}
+
+/// Key-value metadata every table of a run carries.
+pub fn run_metadata(p: &Pipeline, hardware: &str) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("edge_eval.pipeline".to_string(), p.name.clone());
+    meta.insert(
+        "edge_eval.pipeline_digest".to_string(),
+        p.source_digest.clone(),
+    );
+    meta.insert(
+        "edge_eval.version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    meta.insert("edge_eval.hardware".to_string(), hardware.to_string());
+    meta
+}
+
+/// Reads a Parquet file back into JSON rows (string, integer, float, boolean and timestamp
+/// columns — timestamps as microseconds; infinities as "inf"), e.g. `metrics.parquet` for
+/// `edge-eval report`. Columns of other types read as null.
+pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
+    use arrow_array::{
+        Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{} is not a Parquet file", path.display()))?
+        .build()?;
+    let mut rows = vec![];
+    for batch in reader {
+        let batch = batch?;
+        let schema = batch.schema();
+        for r in 0..batch.num_rows() {
+            let mut row = Row::new();
+            for (c, field) in schema.fields().iter().enumerate() {
+                let col = batch.column(c);
+                let v = if col.is_null(r) {
+                    serde_json::Value::Null
+                } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
+                    serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
+                    serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
+                    let x = a.value(r);
+                    match x {
+                        f64::INFINITY => serde_json::json!("inf"),
+                        f64::NEG_INFINITY => serde_json::json!("-inf"),
+                        x => serde_json::json!(x),
+                    }
+                } else if let Some(a) = col.as_any().downcast_ref::<BooleanArray>() {
+                    serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<TimestampMicrosecondArray>() {
+                    serde_json::json!(a.value(r))
+                } else {
+                    serde_json::Value::Null
+                };
+                row.insert(field.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows; returns the paths.
+pub fn write_run_tables(
+    p: &Pipeline,
+    stages: &Registry,
+    report: &RunReport,
+    hardware: &str,
+) -> Result<Vec<PathBuf>> {
+    let dir = p.results_dir();
+    let meta = run_metadata(p, hardware);
+    let mut written = vec![];
+
+    let mut runs = Table::new(RUN_COLUMNS);
+    let mut per_kind: BTreeMap<&str, (Vec<Column>, Vec<Row>)> = BTreeMap::new();
+    for (i, o) in report.outcomes.iter().enumerate() {
+        let Some(o) = o else { continue };
+        runs.push(&outcome_row(p, stages, i, o))?;
+        let node = &p.nodes[i];
+        let columns = stages.of(node).table();
+        if let (Some(m), false) = (&o.manifest, columns.is_empty()) {
+            let entry = per_kind
+                .entry(node.kind())
+                .or_insert_with(|| (columns, vec![]));
+            for r in &m.rows {
+                let mut row = r.clone();
+                row.insert("stage_id".into(), serde_json::json!(node.id));
+                row.insert("cache_key".into(), serde_json::json!(m.key));
+                row.insert("status".into(), serde_json::json!(o.status.as_str()));
+                entry.1.push(row);
+            }
+        }
+    }
+    let path = dir.join("runs.parquet");
+    write_parquet(&path, &runs.finish()?, &meta)?;
+    written.push(path);
+
+    for (kind, (columns, rows)) in per_kind {
+        let mut cols: Vec<(&str, Ty)> = vec![
+            ("stage_id", Ty::Str),
+            ("cache_key", Ty::Str),
+            ("status", Ty::Str),
+        ];
+        cols.extend(columns.iter().map(|c| (c.name, Ty::from(c.ty))));
+        let mut t = Table::new(&cols);
+        for c in &columns {
+            t.describe(c.name, c.doc);
+        }
+        for r in &rows {
+            t.push(r).with_context(|| format!("table {kind}"))?;
+        }
+        let path = dir.join(format!("{kind}.parquet"));
+        write_parquet(&path, &t.finish()?, &meta)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    #[test]
+    fn typed_rows_round_trip_with_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Table::new(&[
+            ("a", Ty::Str),
+            ("n", Ty::Int),
+            ("x", Ty::Float),
+            ("t", Ty::Time),
+        ]);
+        let row = |v: serde_json::Value| v.as_object().unwrap().clone();
+        t.push(&row(
+            serde_json::json!({"a": "one", "n": 1, "x": 0.5, "t": 1_700_000_000_000_000i64}),
+        ))
+        .unwrap();
+        t.push(&row(serde_json::json!({"a": null, "x": 2})))
+            .unwrap();
+        assert!(t.push(&row(serde_json::json!({"n": "nope"}))).is_err());
+        let path = dir.path().join("t.parquet");
+        let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        write_parquet(&path, &t.finish().unwrap(), &meta).unwrap();
+        let b =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        let kv = b
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .clone();
+        assert!(
+            kv.iter()
+                .any(|e| e.key == "k" && e.value.as_deref() == Some("v"))
+        );
+        let batch = b.build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.column(1).null_count(), 1);
+    }
+
+    #[test]
+    fn rows_read_back_with_infinity_and_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Table::new(&[("x", Ty::Float), ("t", Ty::Time), ("s", Ty::Str)]);
+        let row = |v: serde_json::Value| v.as_object().unwrap().clone();
+        t.push(&row(serde_json::json!({"x": "inf", "t": 17, "s": "a"})))
+            .unwrap();
+        t.push(&row(serde_json::json!({"x": 0.25}))).unwrap();
+        assert!(t.push(&row(serde_json::json!({"x": "many"}))).is_err());
+        let path = dir.path().join("r.parquet");
+        write_parquet(&path, &t.finish().unwrap(), &BTreeMap::new()).unwrap();
+        let rows = read_rows(&path).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["x"], "inf");
+        assert_eq!(rows[0]["t"], 17);
+        assert_eq!(rows[1]["x"], 0.25);
+        assert!(rows[1]["s"].is_null());
+    }
+}

@@ -1,0 +1,1046 @@
+//! LoRA / QLoRA training over a GGUF llama/qwen2 model, with a forward pass written only with
+//! differentiable candle operations (candle's fused rms_norm, softmax, rope and QMatMul record no
+//! gradient). It matches the inference forward of [`super::llama`] (tested).
+//!
+//! - LoRA: frozen base matrices dequantized to f32; `y = x Wᵀ + (α/r) · B A dropout(x)`.
+//! - QLoRA: frozen base matrices kept 4-bit (the GGUF's own quantized type when it is one, else
+//!   Q4_0; the output head stays in the file's type) behind [`Frozen`], a custom op whose forward is candle's quantized matmul and whose
+//!   backward is `grad · dequantize(W)` (recomputed, not kept, so the base stays 4-bit in memory).
+//!
+//! Adapters: A `[r, in]` (uniform ±1/√in, as PEFT's Kaiming init), B `[out, r]` zeros, trained
+//! with AdamW; the loss is the mean cross-entropy of the answer tokens only. Outputs: PEFT-named
+//! tensors (q/k rows un-permuted to Hugging Face layout) and a merged GGUF (`W + (α/r) B A`).
+
+use super::gguf::{Gguf, type_name};
+use super::llama::{Config, Embedding, local_rope_tables, read_config, rope_tables};
+use anyhow::{Result, bail};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Tensor, Var};
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The projections adapters can target, with their GGUF and PEFT names.
+pub const TARGETS: &[(&str, &str, &str)] = &[
+    ("q", "attn_q", "self_attn.q_proj"),
+    ("k", "attn_k", "self_attn.k_proj"),
+    ("v", "attn_v", "self_attn.v_proj"),
+    ("o", "attn_output", "self_attn.o_proj"),
+    ("gate", "ffn_gate", "mlp.gate_proj"),
+    ("up", "ffn_up", "mlp.up_proj"),
+    ("down", "ffn_down", "mlp.down_proj"),
+];
+
+#[derive(Debug, Clone)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Short names from [`TARGETS`] (`q`, `k`, …).
+    pub targets: Vec<String>,
+    /// QLoRA: keep the base 4-bit.
+    pub qlora: bool,
+    pub seed: u64,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+}
+
+/// A frozen base matrix.
+#[derive(Clone)]
+enum Base {
+    /// `Wᵀ` `[in, out]`, f32.
+    Dense(Arc<Tensor>),
+    /// `W` `[out, in]` in a GGUF quantized type.
+    Quant(Arc<QTensor>),
+}
+
+/// `x · Wᵀ` for a frozen `W`, as a custom op so that autograd computes the gradient of `x` only
+/// (`grad · W`): candle's own matmul backward would also compute — and keep until the step ends —
+/// a full-size gradient for every frozen matrix. For a quantized `W` the forward is candle's
+/// quantized matmul and the backward dequantizes `W` on the fly (QLoRA), so it stays 4-bit.
+struct Frozen(Base);
+
+impl CustomOp1 for Frozen {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let data = super::cpu::contiguous_f32(storage, layout, self.name())?;
+        let x = Tensor::from_slice(data, layout.shape(), &Device::Cpu)?;
+        let y = self.0.apply(&x)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda::CudaStorageSlice;
+        use candle_core::op::BackpropOp;
+        use candle_core::{Storage, bail};
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("frozen-linear takes a contiguous input");
+        };
+        // `try_clone` copies the whole buffer: wrap it as a 1-d tensor, then take the layout's
+        // window of it.
+        let all = storage.try_clone(layout)?;
+        let n = match &all.slice {
+            CudaStorageSlice::F32(s) => s.len(),
+            _ => bail!("frozen-linear takes f32 input"),
+        };
+        let x = Tensor::from_storage(Storage::Cuda(all), n, BackpropOp::none(), false)
+            .narrow(0, start, end - start)?
+            .reshape(layout.shape())?;
+        let y = self.0.apply(&x)?.contiguous()?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        match &*st {
+            Storage::Cuda(c) if l.start_offset() == 0 => Ok((c.try_clone(l)?, shape)),
+            _ => bail!("frozen-linear: unexpected output storage"),
+        }
+    }
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = match &self.0 {
+            Base::Dense(wt) => grad.broadcast_matmul(&wt.t()?)?,
+            Base::Quant(q) => grad.broadcast_matmul(&q.dequantize(grad.device())?)?,
+        };
+        Ok(Some(g))
+    }
+}
+
+impl Base {
+    /// `x · Wᵀ` without autograd (the op's forward).
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Base::Dense(wt) => x.broadcast_matmul(wt),
+            Base::Quant(q) => QMatMul::QTensor(q.clone()).forward(x),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op1(Frozen(self.clone()))?)
+    }
+    fn bytes(&self) -> u64 {
+        match self {
+            Base::Dense(t) => (t.elem_count() * 4) as u64,
+            Base::Quant(q) => q.storage_size_in_bytes() as u64,
+        }
+    }
+}
+
+struct Proj {
+    base: Base,
+    /// QLoRA re-quantized the file's matrix to 4 bits for training: the merge must start from
+    /// that base, not the file's.
+    requantized: bool,
+    /// (A `[r, in]`, B `[out, r]`).
+    lora: Option<(Var, Var)>,
+}
+
+struct TLayer {
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    bias: Option<[Tensor; 3]>,
+    /// Gemma 3: q / k norms, post-attention and post-FFN norms.
+    extra: Option<[Tensor; 4]>,
+    /// In [`TARGETS`] order.
+    proj: Vec<Proj>,
+}
+
+/// A model with LoRA adapters, trainable.
+pub struct Trainable {
+    pub cfg: Config,
+    pub lora: LoraConfig,
+    embed: Embedding,
+    layers: Vec<TLayer>,
+    norm: Tensor,
+    head: Base,
+    cos: Tensor,
+    sin: Tensor,
+    /// RoPE tables of Gemma 3's local layers.
+    local_rope: Option<(Tensor, Tensor)>,
+    /// Dropout stream (splitmix64 state).
+    rng: Cell<u64>,
+    /// Frozen bytes held (base matrices as held, embedding, norms).
+    pub base_bytes: u64,
+    pub device: Device,
+    /// The GGUF the base came from (the merge reads it again).
+    path: std::path::PathBuf,
+}
+
+/// A quantized matrix moved to `device` (its blocks copied as they are).
+fn on_device(q: QTensor, device: &Device) -> Result<QTensor> {
+    if device.is_cpu() {
+        return Ok(q);
+    }
+    let dims = q.shape().dims().to_vec();
+    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
+        q.dtype(),
+        &q.data()?,
+        dims,
+        device,
+    )?)
+}
+
+/// Uniform in ±`bound`, deterministic from `seed` and `name`.
+fn uniform(seed: u64, name: &str, n: usize, bound: f32) -> Vec<f32> {
+    let mut s = blake3::hash(format!("{seed}:{name}").as_bytes()).as_bytes()[..8]
+        .iter()
+        .fold(0u64, |a, b| (a << 8) | u64::from(*b));
+    (0..n)
+        .map(|_| {
+            s = splitmix(s);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * bound
+        })
+        .collect()
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A training sequence: the loss covers the tokens from `answer_from` on.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub answer_from: usize,
+}
+
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension from differentiable operations (max detached).
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let e = x
+        .broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?
+        .exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// RoPE on `[heads, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]`: interleaved pairs (llama,
+/// whose q/k rows are permuted at conversion) or halves (qwen2).
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let (h, t, d) = x.dims3()?;
+    if interleaved {
+        let x = x.reshape((h, t, d / 2, 2))?;
+        let x0 = x.narrow(3, 0, 1)?.squeeze(3)?;
+        let x1 = x.narrow(3, 1, 1)?.squeeze(3)?;
+        let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+        let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+        Ok(Tensor::stack(&[a, b], 3)?.reshape((h, t, d))?)
+    } else {
+        let x0 = x.narrow(2, 0, d / 2)?;
+        let x1 = x.narrow(2, d / 2, d / 2)?;
+        let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
+        let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
+        Ok(Tensor::cat(&[a, b], 2)?)
+    }
+}
+
+impl Trainable {
+    /// Loads `path` with fresh adapters, on the CPU.
+    pub fn load(path: &Path, lora: LoraConfig) -> Result<Trainable> {
+        Trainable::load_on(path, lora, &Device::Cpu)
+    }
+
+    /// Loads `path` with fresh adapters onto `device` (frozen matrices, norms, adapters; the
+    /// embedding table stays in host memory and rows are copied over per sequence).
+    pub fn load_on(path: &Path, lora: LoraConfig, device: &Device) -> Result<Trainable> {
+        for t in &lora.targets {
+            if !TARGETS.iter().any(|(n, _, _)| n == t) {
+                bail!("unknown LoRA target `{t}`");
+            }
+        }
+        let mut g = Gguf::open(path)?;
+        let cfg = read_config(&g)?;
+        let mut base_bytes = 0u64;
+        // The matrix as held, and whether QLoRA re-quantized it.
+        let mut matrix = |g: &mut Gguf, name: &str| -> Result<(Base, bool)> {
+            let q = g.tensor(name)?;
+            let mut requantized = false;
+            let b = if lora.qlora {
+                let q = if is_4bit(q.dtype()) {
+                    q
+                } else if q.shape().dims()[1].is_multiple_of(32) {
+                    requantized = true;
+                    QTensor::quantize(&q.dequantize(&Device::Cpu)?, GgmlDType::Q4_0)?
+                } else {
+                    bail!(
+                        "`{name}`: rows of {} cannot be held in 4-bit blocks of 32",
+                        q.shape().dims()[1]
+                    )
+                };
+                Base::Quant(Arc::new(on_device(q, device)?))
+            } else {
+                let w = q.dequantize(&Device::Cpu)?.t()?.contiguous()?;
+                Base::Dense(Arc::new(w.to_device(device)?))
+            };
+            base_bytes += b.bytes();
+            Ok((b, requantized))
+        };
+        let dense = |g: &mut Gguf, name: &str| -> Result<Tensor> {
+            Ok(g.tensor(name)?
+                .dequantize(&Device::Cpu)?
+                .to_device(device)?)
+        };
+        let mut layers = vec![];
+        for i in 0..cfg.n_layer {
+            let w = |s: &str| format!("blk.{i}.{s}.weight");
+            let mut proj = vec![];
+            for (short, gguf_name, _) in TARGETS {
+                let (base, requantized) = matrix(&mut g, &w(gguf_name))?;
+                let lora_vars = if lora.targets.iter().any(|t| t == short) {
+                    let (in_dim, out_dim) = match &base {
+                        Base::Dense(wt) => wt.dims2()?,
+                        Base::Quant(q) => {
+                            let (o, i) = q.shape().dims2()?;
+                            (i, o)
+                        }
+                    };
+                    let a = uniform(
+                        lora.seed,
+                        &format!("{i}.{short}.A"),
+                        lora.rank * in_dim,
+                        1.0 / (in_dim as f32).sqrt(),
+                    );
+                    let a = Var::from_tensor(&Tensor::from_vec(a, (lora.rank, in_dim), device)?)?;
+                    let b = Var::zeros((out_dim, lora.rank), DType::F32, device)?;
+                    Some((a, b))
+                } else {
+                    None
+                };
+                proj.push(Proj {
+                    base,
+                    requantized,
+                    lora: lora_vars,
+                });
+            }
+            let bias = if cfg.family == "qwen2" {
+                let b = |s: &str| format!("blk.{i}.{s}.bias");
+                Some([
+                    dense(&mut g, &b("attn_q"))?,
+                    dense(&mut g, &b("attn_k"))?,
+                    dense(&mut g, &b("attn_v"))?,
+                ])
+            } else {
+                None
+            };
+            let extra = if cfg.gemma.is_some() {
+                Some([
+                    dense(&mut g, &w("attn_q_norm"))?,
+                    dense(&mut g, &w("attn_k_norm"))?,
+                    dense(&mut g, &w("post_attention_norm"))?,
+                    dense(&mut g, &w("post_ffw_norm"))?,
+                ])
+            } else {
+                None
+            };
+            layers.push(TLayer {
+                extra,
+                attn_norm: dense(&mut g, &w("attn_norm"))?,
+                ffn_norm: dense(&mut g, &w("ffn_norm"))?,
+                bias,
+                proj,
+            });
+        }
+        let norm = dense(&mut g, "output_norm.weight")?;
+        let head_name = if g.content.tensor_infos.contains_key("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        // QLoRA quantizes the blocks' projections only; the output head stays as the file has
+        // it (as bitsandbytes keeps lm_head in 16 bits).
+        let head = match g.tensor_type(head_name) {
+            Some(t)
+                if lora.qlora
+                    && !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) =>
+            {
+                let q = on_device(g.tensor(head_name)?, device)?;
+                base_bytes += q.storage_size_in_bytes() as u64;
+                Base::Quant(Arc::new(q))
+            }
+            Some(_) if lora.qlora => {
+                let w = g
+                    .tensor(head_name)?
+                    .dequantize(&Device::Cpu)?
+                    .t()?
+                    .contiguous()?;
+                let b = Base::Dense(Arc::new(w.to_device(device)?));
+                base_bytes += b.bytes();
+                b
+            }
+            _ => matrix(&mut g, head_name)?.0,
+        };
+        let embed_q = Arc::new(g.tensor("token_embd.weight")?);
+        base_bytes += embed_q.storage_size_in_bytes() as u64;
+        let embed = Embedding::new(embed_q)?;
+        let (cos, sin) = rope_tables(&cfg)?;
+        let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
+        let local_rope = match local_rope_tables(&cfg)? {
+            Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
+            None => None,
+        };
+        Ok(Trainable {
+            path: path.to_path_buf(),
+            local_rope,
+            device: device.clone(),
+            rng: Cell::new(lora.seed ^ 0xd00d),
+            cfg,
+            lora,
+            embed,
+            layers,
+            norm,
+            head,
+            cos,
+            sin,
+            base_bytes,
+        })
+    }
+
+    /// The trainable variables (A, B of every adapted projection).
+    pub fn vars(&self) -> Vec<Var> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.proj.iter())
+            .filter_map(|p| p.lora.as_ref())
+            .flat_map(|(a, b)| [a.clone(), b.clone()])
+            .collect()
+    }
+
+    pub fn trainable_params(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
+    }
+
+    fn dropout(&self, x: &Tensor) -> Result<Tensor> {
+        let p = self.lora.dropout;
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let mut s = self.rng.get();
+        let keep: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                s = splitmix(s);
+                if (s >> 11) as f64 / (1u64 << 53) as f64 >= p {
+                    (1.0 / (1.0 - p)) as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        self.rng.set(s);
+        Ok((x * Tensor::from_vec(keep, x.shape(), &self.device)?)?)
+    }
+
+    fn project(&self, p: &Proj, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = p.base.forward(x)?;
+        match &p.lora {
+            None => Ok(y),
+            Some((a, b)) => {
+                let xd = if train { self.dropout(x)? } else { x.clone() };
+                let delta = xd
+                    .broadcast_matmul(&a.as_tensor().t()?)?
+                    .broadcast_matmul(&b.as_tensor().t()?)?;
+                Ok((y + (delta * self.lora.scale())?)?)
+            }
+        }
+    }
+
+    /// Final normalised hidden states `[t, hidden]` of one sequence (no KV cache).
+    pub fn hidden(&self, ids: &[u32], train: bool) -> Result<Tensor> {
+        let c = &self.cfg;
+        let t = ids.len();
+        if t > c.context {
+            bail!(
+                "sequence of {t} tokens exceeds the model's context of {}",
+                c.context
+            );
+        }
+        let mut x = self.embed.lookup(ids)?.to_device(&self.device)?;
+        if c.gemma.is_some() {
+            x = (x * (c.hidden as f64).sqrt())?;
+        }
+        let narrow = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?))
+        };
+        let global_rope = narrow(&(self.cos.clone(), self.sin.clone()))?;
+        let local_rope = self.local_rope.as_ref().map(narrow).transpose()?;
+        // Causal; a sliding-window layer also hides positions `window` or more behind.
+        let make_mask = |window: Option<usize>| -> Result<Tensor> {
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..t).map(move |j| {
+                        if j > i || window.is_some_and(|w| j + w <= i) {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            Ok(Tensor::from_vec(m, (t, t), &self.device)?)
+        };
+        let mask = make_mask(None)?;
+        let local_mask = c
+            .gemma
+            .as_ref()
+            .map(|g| make_mask(Some(g.window)))
+            .transpose()?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let rep = c.n_head / c.n_kv_head;
+        let interleaved = !c.neox_rope();
+        for (i, l) in self.layers.iter().enumerate() {
+            let local = c.window(i).is_some();
+            let ((cos, sin), mask) = match (&local_rope, &local_mask, local) {
+                (Some(r), Some(m), true) => (r, m),
+                _ => (&global_rope, &mask),
+            };
+            let h = rms_norm(&x, &l.attn_norm, c.eps)?;
+            let mut q = self.project(&l.proj[0], &h, train)?;
+            let mut k = self.project(&l.proj[1], &h, train)?;
+            let mut v = self.project(&l.proj[2], &h, train)?;
+            if let Some([bq, bk, bv]) = &l.bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let heads = |x: Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+                let mut x = x.reshape((t, n, c.head_dim))?;
+                if let Some(w) = norm {
+                    x = rms_norm(&x, w, c.eps)?;
+                }
+                Ok(x.transpose(0, 1)?.contiguous()?)
+            };
+            let (qn, kn) = match &l.extra {
+                Some([qn, kn, _, _]) => (Some(qn), Some(kn)),
+                None => (None, None),
+            };
+            let q = rope(&heads(q, c.n_head, qn)?, cos, sin, interleaved)?;
+            let k = rope(&heads(k, c.n_kv_head, kn)?, cos, sin, interleaved)?;
+            let v = heads(v, c.n_kv_head, None)?;
+            let expand = |x: Tensor| -> Result<Tensor> {
+                if rep == 1 {
+                    return Ok(x);
+                }
+                Ok(x.unsqueeze(1)?
+                    .expand((c.n_kv_head, rep, t, c.head_dim))?
+                    .reshape((c.n_head, t, c.head_dim))?)
+            };
+            let (k, v) = (expand(k)?, expand(v)?);
+            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+            let y = softmax(&att)?
+                .matmul(&v)?
+                .transpose(0, 1)?
+                .reshape((t, c.q_dim()))?;
+            let mut y = self.project(&l.proj[3], &y, train)?;
+            if let Some([_, _, post_attn, _]) = &l.extra {
+                y = rms_norm(&y, post_attn, c.eps)?;
+            }
+            x = (x + y)?;
+            let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
+            let gate = self.project(&l.proj[4], &h, train)?;
+            let gate = if c.gemma.is_some() {
+                gate.gelu()?
+            } else {
+                gate.silu()?
+            };
+            let up = self.project(&l.proj[5], &h, train)?;
+            let mut y = self.project(&l.proj[6], &(gate * up)?, train)?;
+            if let Some([_, _, _, post_ffw]) = &l.extra {
+                y = rms_norm(&y, post_ffw, c.eps)?;
+            }
+            x = (x + y)?;
+        }
+        rms_norm(&x, &self.norm, c.eps)
+    }
+
+    /// Logits `[t, vocab]` (inference mode: no dropout).
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        self.head.forward(&self.hidden(ids, false)?)
+    }
+
+    /// Mean cross-entropy of the answer tokens (positions `answer_from..`), as a scalar tensor.
+    pub fn loss(&self, ex: &Example, train: bool) -> Result<Tensor> {
+        let n = ex.ids.len().saturating_sub(ex.answer_from);
+        if ex.answer_from == 0 || n == 0 {
+            bail!("a training example needs a prompt and at least one answer token");
+        }
+        let h = self.hidden(&ex.ids, train)?;
+        // Positions answer_from-1 .. len-2 predict the answer tokens.
+        let h = h.narrow(0, ex.answer_from - 1, n)?;
+        let logp = log_softmax(&self.head.forward(&h)?)?;
+        let mut onehot = vec![0f32; n * self.cfg.vocab];
+        for (i, id) in ex.ids[ex.answer_from..].iter().enumerate() {
+            let id = *id as usize;
+            if id >= self.cfg.vocab {
+                bail!("token id {id} is outside the vocabulary");
+            }
+            onehot[i * self.cfg.vocab + id] = 1.0;
+        }
+        let onehot = Tensor::from_vec(onehot, (n, self.cfg.vocab), &self.device)?;
+        Ok(((logp * onehot)?.sum_all()? * (-1.0 / n as f64))?)
+    }
+
+    /// What the merge adds to the file's matrices, GGUF name → `[out, in]` (GGUF layout):
+    /// `(α/r) · B A` per adapted matrix, plus, where QLoRA trained against a re-quantized
+    /// matrix, the difference between that base and the file's, so that the merged model is the
+    /// base the adapter learned on plus the adapter.
+    pub fn deltas(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut file = None;
+        let mut out = vec![];
+        for (i, l) in self.layers.iter().enumerate() {
+            for ((_, gguf_name, _), p) in TARGETS.iter().zip(&l.proj) {
+                let name = format!("blk.{i}.{gguf_name}.weight");
+                let mut d = match &p.lora {
+                    Some((a, b)) => {
+                        Some((b.as_tensor().matmul(a.as_tensor())? * self.lora.scale())?)
+                    }
+                    None => None,
+                };
+                if let (true, Base::Quant(q)) = (p.requantized, &p.base) {
+                    let g = match &mut file {
+                        Some(g) => g,
+                        None => file.insert(Gguf::open(&self.path)?),
+                    };
+                    let trained = q.dequantize(&Device::Cpu)?;
+                    let original = g.tensor(&name)?.dequantize(&Device::Cpu)?;
+                    let shift = (trained - original)?.to_device(&self.device)?;
+                    d = Some(match d {
+                        Some(d) => (d + shift)?,
+                        None => shift,
+                    });
+                }
+                if let Some(d) = d {
+                    out.push((name, d.to_device(&Device::Cpu)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adapter tensors under PEFT's names, in Hugging Face layout (llama q/k rows un-permuted).
+    pub fn peft_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![];
+        for (i, l) in self.layers.iter().enumerate() {
+            for ((short, _, hf), p) in TARGETS.iter().zip(&l.proj) {
+                if let Some((a, b)) = &p.lora {
+                    let mut b = b.as_tensor().to_device(&Device::Cpu)?;
+                    if self.cfg.family == "llama" && (*short == "q" || *short == "k") {
+                        let heads = if *short == "q" {
+                            self.cfg.n_head
+                        } else {
+                            self.cfg.n_kv_head
+                        };
+                        b = super::hf::unpermute_qk(&b, heads)?;
+                    }
+                    let p = format!("base_model.model.model.layers.{i}.{hf}");
+                    out.push((
+                        format!("{p}.lora_A.weight"),
+                        a.as_tensor().to_device(&Device::Cpu)?,
+                    ));
+                    out.push((format!("{p}.lora_B.weight"), b));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// PEFT's adapter_config.json.
+    pub fn peft_config(&self, base_model: &str) -> serde_json::Value {
+        let modules: Vec<&str> = TARGETS
+            .iter()
+            .filter(|(s, _, _)| self.lora.targets.iter().any(|t| t == s))
+            .map(|(_, _, hf)| hf.rsplit('.').next().unwrap_or(hf))
+            .collect();
+        serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.lora.rank,
+            "lora_alpha": self.lora.alpha,
+            "lora_dropout": self.lora.dropout,
+            "target_modules": modules,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+        })
+    }
+}
+
+/// Optimizer settings of a training run.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub lr: f64,
+    pub steps: usize,
+    /// Sequences per micro-batch (processed one after another; their gradients are summed).
+    pub batch: usize,
+    pub grad_accum: usize,
+}
+
+/// One optimizer step.
+#[derive(Debug, Clone)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub seconds: f64,
+    /// Tokens forwarded in the step (prompt and answer).
+    pub tokens: usize,
+}
+
+/// AdamW (β 0.9 / 0.999, no weight decay, as PEFT's defaults under the HF Trainer) over the
+/// adapters: each step averages the loss of `batch × grad_accum` examples, taken in order and
+/// cycled. `on_step` sees every step (progress, cancellation); a NaN or infinite loss stops the
+/// run with an error.
+pub fn train(
+    m: &Trainable,
+    examples: &[Example],
+    o: &TrainOptions,
+    on_step: &mut dyn FnMut(&StepLog) -> Result<()>,
+) -> Result<Vec<StepLog>> {
+    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+    if examples.is_empty() {
+        bail!("no training examples");
+    }
+    let vars = m.vars();
+    if vars.is_empty() {
+        bail!("no adapter targets: nothing to train");
+    }
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: o.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let per_step = o.batch.max(1) * o.grad_accum.max(1);
+    let mut logs = vec![];
+    let mut next = 0usize;
+    for step in 0..o.steps {
+        let t0 = std::time::Instant::now();
+        let mut total: Option<candle_core::backprop::GradStore> = None;
+        let (mut loss_sum, mut tokens) = (0.0, 0usize);
+        for _ in 0..per_step {
+            let ex = &examples[next % examples.len()];
+            next += 1;
+            let loss = (m.loss(ex, true)? / per_step as f64)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                bail!(
+                    "the loss became {value} at step {} (learning rate {} too high?): nothing is kept",
+                    step + 1,
+                    o.lr
+                );
+            }
+            loss_sum += value;
+            tokens += ex.ids.len();
+            let grads = loss.backward()?;
+            match &mut total {
+                None => total = Some(grads),
+                Some(acc) => {
+                    for v in &vars {
+                        if let Some(g) = grads.get(v.as_tensor()) {
+                            let sum = match acc.get(v.as_tensor()) {
+                                Some(prev) => (prev + g)?,
+                                None => g.clone(),
+                            };
+                            acc.insert(v.as_tensor(), sum);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(g) = &total {
+            opt.step(g)?;
+        }
+        let log = StepLog {
+            step: step + 1,
+            loss: loss_sum,
+            seconds: t0.elapsed().as_secs_f64(),
+            tokens,
+        };
+        on_step(&log)?;
+        logs.push(log);
+    }
+    Ok(logs)
+}
+
+fn is_4bit(t: GgmlDType) -> bool {
+    matches!(type_name(t), "q4_0" | "q4_1" | "q4_k")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llama::{KvCache, Llama};
+    use crate::test_util::max_diff;
+
+    fn tiny(arch: &str, ty: GgmlDType) -> (tempfile::TempDir, std::path::PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.gguf");
+        crate::synthetic::write_gguf(arch, 3, ty, &p, &|_, _| {}, &|| false).unwrap();
+        (d, p)
+    }
+
+    fn cfg(qlora: bool) -> LoraConfig {
+        LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: TARGETS.iter().map(|t| t.0.to_string()).collect(),
+            qlora,
+            seed: 1,
+        }
+    }
+
+    fn ids() -> Vec<u32> {
+        vec![5, 17, 300, 2, 999, 41, 7, 7, 128, 64]
+    }
+
+    fn inference_logits(path: &Path, ids: &[u32]) -> Tensor {
+        let mut g = Gguf::open(path).unwrap();
+        let m = Llama::load(&mut g).unwrap();
+        let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
+        m.forward(&t, &mut KvCache::new(m.cfg.n_layer))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+    }
+
+    #[test]
+    fn trainable_forward_matches_the_inference_forward() {
+        for arch in ["llama-tiny", "qwen2-tiny"] {
+            let (_d, p) = tiny(arch, GgmlDType::F32);
+            let m = Trainable::load(&p, cfg(false)).unwrap();
+            // B = 0: the adapters add nothing yet.
+            let d = max_diff(&m.logits(&ids()).unwrap(), &inference_logits(&p, &ids()));
+            assert!(d < 1e-3, "{arch}: {d}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let m = Trainable::load(&p, cfg(false)).unwrap();
+        // Give B non-zero values so gradients reach A too.
+        for v in m.vars() {
+            let n = v.elem_count();
+            let vals = uniform(9, &format!("{:?}", v.id()), n, 0.05);
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let ex = Example {
+            ids: ids(),
+            answer_from: 6,
+        };
+        let grads = m.loss(&ex, false).unwrap().backward().unwrap();
+        let loss_at = || m.loss(&ex, false).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let vars = m.vars();
+        let mut checked = 0;
+        // A of q in layer 0, B of down in layer 1: a few coordinates each.
+        for v in [&vars[0], &vars[vars.len() - 1]] {
+            let g: Vec<f32> = grads
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let base: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for &i in &[0usize, 7, base.len() / 2] {
+                let eps = 1e-2f32;
+                let mut plus = base.clone();
+                plus[i] += eps;
+                v.set(&Tensor::from_vec(plus, v.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let lp = loss_at();
+                let mut minus = base.clone();
+                minus[i] -= eps;
+                v.set(&Tensor::from_vec(minus, v.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let lm = loss_at();
+                v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let numeric = (lp - lm) / (2.0 * eps as f64);
+                let analytic = g[i] as f64;
+                let tol = 2e-3 + 0.05 * numeric.abs().max(analytic.abs());
+                assert!(
+                    (numeric - analytic).abs() < tol,
+                    "coord {i}: numeric {numeric} vs analytic {analytic}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6);
+    }
+
+    fn fit(qlora: bool, ty: GgmlDType) -> Vec<StepLog> {
+        let (_d, p) = tiny("llama-tiny", ty);
+        let m = Trainable::load(&p, cfg(qlora)).unwrap();
+        let examples = vec![
+            Example {
+                ids: vec![1, 2, 3, 4, 10, 11, 12],
+                answer_from: 4,
+            },
+            Example {
+                ids: vec![9, 8, 7, 10, 11, 12],
+                answer_from: 3,
+            },
+        ];
+        let o = TrainOptions {
+            lr: 1e-2,
+            steps: 12,
+            batch: 2,
+            grad_accum: 1,
+        };
+        train(&m, &examples, &o, &mut |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn a_few_steps_reduce_the_loss() {
+        let logs = fit(false, GgmlDType::F32);
+        let (first, last) = (logs[0].loss, logs.last().unwrap().loss);
+        assert!(last < first * 0.7, "{first} → {last}");
+    }
+
+    #[test]
+    fn qlora_trains_with_a_4bit_base() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let q = Trainable::load(&p, cfg(true)).unwrap();
+        let dense = Trainable::load(&p, cfg(false)).unwrap();
+        // Block matrices at ~4.5 bits per weight instead of 32 (the f32 embedding and the output
+        // head stay as the file has them in both).
+        assert!(
+            q.base_bytes * 2 < dense.base_bytes,
+            "{} vs {}",
+            q.base_bytes,
+            dense.base_bytes
+        );
+        let logs = fit(true, GgmlDType::F32);
+        let (first, last) = (logs[0].loss, logs.last().unwrap().loss);
+        assert!(last < first * 0.7, "{first} → {last}");
+    }
+
+    /// A tiny f32 model with non-zero adapters, merged: (logits of the trainable model, logits
+    /// of the merged GGUF, logits of the untouched file).
+    fn adapt_and_merge(qlora: bool) -> (Tensor, Tensor, Tensor) {
+        let (d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let m = Trainable::load(&p, cfg(qlora)).unwrap();
+        for v in m.vars() {
+            let vals = uniform(5, &format!("{:?}", v.id()), v.elem_count(), 0.05);
+            v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let merged = d.path().join("merged.gguf");
+        let deltas = m.deltas().unwrap().into_iter().collect();
+        crate::gguf::requantize_with(&p, &merged, GgmlDType::F32, &deltas, &|_, _| {}, &|| false)
+            .unwrap();
+        (
+            m.logits(&ids()).unwrap(),
+            inference_logits(&merged, &ids()),
+            inference_logits(&p, &ids()),
+        )
+    }
+
+    #[test]
+    fn merged_model_equals_base_plus_adapter() {
+        let (adapted, merged, base) = adapt_and_merge(false);
+        let diff = max_diff(&adapted, &merged);
+        assert!(diff < 1e-3, "{diff}");
+        // And the adapters changed something.
+        assert!(max_diff(&adapted, &base) > 1e-2);
+    }
+
+    /// QLoRA on a file that is not 4-bit trains against a re-quantized base; the merged model
+    /// must be that base plus the adapter, not the file plus the adapter.
+    #[test]
+    fn merged_qlora_model_equals_its_trained_base_plus_adapter() {
+        let (adapted, merged, _) = adapt_and_merge(true);
+        // The 4-bit forward quantizes activations to 8 bits: close, not equal.
+        let diff = max_diff(&adapted, &merged);
+        let scale = max_diff(&adapted, &adapted.zeros_like().unwrap());
+        assert!(diff < 0.02 * scale, "{diff} vs logits up to {scale}");
+    }
+
+    #[test]
+    fn peft_names_and_shapes() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let m = Trainable::load(&p, cfg(false)).unwrap();
+        let t = m.peft_tensors().unwrap();
+        assert_eq!(t.len(), 2 * 7 * 2);
+        let get = |n: &str| {
+            t.iter()
+                .find(|(k, _)| k == n)
+                .unwrap_or_else(|| panic!("{n}"))
+                .1
+                .dims()
+                .to_vec()
+        };
+        // hidden 256, 2 KV heads × 64, ffn 512, rank 4.
+        assert_eq!(
+            get("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"),
+            [4, 256]
+        );
+        assert_eq!(
+            get("base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"),
+            [128, 4]
+        );
+        assert_eq!(
+            get("base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"),
+            [4, 512]
+        );
+        assert_eq!(
+            get("base_model.model.model.layers.1.mlp.gate_proj.lora_B.weight"),
+            [512, 4]
+        );
+        let c = m.peft_config("smol");
+        assert_eq!(c["peft_type"], "LORA");
+        assert_eq!(c["target_modules"].as_array().unwrap().len(), 7);
+        assert_eq!(c["target_modules"][0], "q_proj");
+    }
+
+    #[test]
+    fn nan_loss_is_an_error() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let m = Trainable::load(&p, cfg(false)).unwrap();
+        let ex = vec![Example {
+            ids: vec![1, 2, 3],
+            answer_from: 1,
+        }];
+        let o = TrainOptions {
+            lr: 1e30,
+            steps: 5,
+            batch: 1,
+            grad_accum: 1,
+        };
+        let e = train(&m, &ex, &o, &mut |_| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("loss became"), "{e}");
+    }
+}
