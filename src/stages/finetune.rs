@@ -15,11 +15,28 @@ use meter::{Scope, memory};
 use runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
 use serde_json::json;
 use spec::{Output, ParamSpec, Ty, Value};
-use std::collections::BTreeMap;
 
 pub struct Finetune;
 
 use super::col as c;
+
+/// `finetune`'s parameters as `run` reads them (defaults: [`Finetune::params`]).
+#[derive(Debug, serde::Deserialize)]
+struct Params {
+    method: String,
+    rank: usize,
+    alpha: f64,
+    dropout: f64,
+    lr: f64,
+    epochs: Option<usize>,
+    steps: Option<usize>,
+    rows: Option<usize>,
+    batch: usize,
+    grad_accum: usize,
+    max_seq: usize,
+    seed: u64,
+    targets: Vec<String>,
+}
 
 impl Stage for Finetune {
     engine::stage_meta!(
@@ -115,12 +132,7 @@ impl Stage for Finetune {
         .chain(super::meter_params())
         .collect()
     }
-    fn measuring(&self, _: &BTreeMap<String, Value>) -> bool {
-        true
-    }
-    fn threads(&self, _: &BTreeMap<String, Value>) -> usize {
-        usize::MAX
-    }
+    super::holds_the_machine!();
     fn table(&self) -> Vec<Column> {
         vec![
             c("row", ColType::Str, "step | summary"),
@@ -198,31 +210,24 @@ impl Stage for Finetune {
                 "the task has no train split: add `train = \"FILE.jsonl\"` to its jsonl(...) declaration"
             );
         };
+        let p: Params = ctx.typed()?;
+        let method = p.method.clone();
         let mut samples = crate::tasks::load(train_file, &task.kind)?;
-        if let Some(n) = ctx.param("rows").as_i64() {
-            samples.truncate(n as usize);
+        if let Some(n) = p.rows {
+            samples.truncate(n);
         }
-        let int = |k: &str, d: i64| ctx.param(k).as_i64().unwrap_or(d).max(1) as usize;
-        let method = ctx.param("method").as_str().unwrap_or("lora").to_string();
-        let targets: Vec<String> = match ctx.param("targets") {
-            Value::List(xs) => xs
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            _ => vec![],
-        };
         let cfg = LoraConfig {
-            rank: int("rank", 16),
-            alpha: ctx.param("alpha").as_f64().unwrap_or(16.0),
-            dropout: ctx.param("dropout").as_f64().unwrap_or(0.05),
-            targets,
-            qlora: method == "qlora",
-            seed: ctx.param("seed").as_i64().unwrap_or(0) as u64,
+            rank: p.rank,
+            alpha: p.alpha,
+            dropout: p.dropout,
+            targets: p.targets.clone(),
+            qlora: p.method == "qlora",
+            seed: p.seed,
         };
-        let (batch, accum, max_seq) = (int("batch", 1), int("grad_accum", 1), int("max_seq", 512));
-        let steps = match ctx.param("steps").as_i64() {
-            Some(s) => s as usize,
-            None => int("epochs", 1) * samples.len().div_ceil(batch * accum),
+        let (batch, accum, max_seq) = (p.batch, p.grad_accum, p.max_seq);
+        let steps = match p.steps {
+            Some(s) => s,
+            None => p.epochs.unwrap_or(1) * samples.len().div_ceil(batch * accum),
         };
 
         ctx.progress.message("loading the base model");
@@ -274,7 +279,7 @@ impl Stage for Finetune {
         }
 
         let opts = TrainOptions {
-            lr: ctx.param("lr").as_f64().unwrap_or(2e-4),
+            lr: p.lr,
             steps,
             batch,
             grad_accum: accum,
@@ -388,5 +393,30 @@ impl Stage for Finetune {
             record: json!({ "format": "gguf", "precision": "f16", "adapted": method }),
             rows,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_parameters_fit_the_declared_ones_and_their_defaults() {
+        let mut params = engine::stage::default_params(&Finetune.params());
+        let p: Params = engine::stage::typed_params(&params).unwrap();
+        assert_eq!(
+            (p.method.as_str(), p.rank, p.batch, p.max_seq),
+            ("lora", 16, 1, 512)
+        );
+        assert_eq!((p.alpha, p.dropout, p.lr), (16.0, 0.05, 2e-4));
+        assert_eq!(p.targets.len(), 7);
+        assert_eq!((p.steps, p.epochs, p.rows), (None, None, None));
+        params.insert("steps".into(), Value::Int(40));
+        params.insert("method".into(), Value::Symbol("qlora".into()));
+        let p: Params = engine::stage::typed_params(&params).unwrap();
+        assert_eq!((p.steps, p.method.as_str()), (Some(40), "qlora"));
+        // A parameter of the wrong type is an error, not a default.
+        params.insert("rank".into(), Value::Str("sixteen".into()));
+        assert!(engine::stage::typed_params::<Params>(&params).is_err());
     }
 }

@@ -7,9 +7,25 @@
 //! the ones that only point at local files compute their digest at plan time
 //! ([`Stage::plan_time`]); `pip` downloads, so it runs and is cached like any stage.
 
+/// `measuring` and `threads` of a stage that measures and holds its whole device (on `cpu`: the
+/// machine) alone while it runs.
+macro_rules! holds_the_machine {
+    () => {
+        fn measuring(&self, _: &std::collections::BTreeMap<String, spec::Value>) -> bool {
+            true
+        }
+        fn threads(&self, _: &std::collections::BTreeMap<String, spec::Value>) -> usize {
+            usize::MAX
+        }
+    };
+}
+use holds_the_machine;
+
+mod cold_load;
 mod evaluate;
 mod finetune;
 pub mod load_probe;
+mod measure;
 mod measuring;
 mod quantize;
 pub use spec::PRECISIONS;
@@ -32,9 +48,9 @@ pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &sources::JsonlTask,
         &quantize::Quantize,
         &finetune::Finetune,
-        &measuring::ColdLoad,
+        &cold_load::ColdLoad,
         &evaluate::Evaluate,
-        &measuring::Measure,
+        &measure::Measure,
         &engine::test_stage::TestStage,
     ])
 });
@@ -152,6 +168,13 @@ impl SyntheticIds {
             })
             .collect()
     }
+}
+
+/// A metered stage's own parameters, then the meter's ([`meter_params`]) and `device`.
+pub fn metered_on_a_device(mut own: Vec<ParamSpec>) -> Vec<ParamSpec> {
+    own.extend(meter_params());
+    own.push(device_param());
+    own
 }
 
 /// Parameters every energy-metered stage takes from the pipeline's `hardware`/`economics` blocks.
@@ -291,7 +314,8 @@ pub(crate) fn energy_columns() -> Vec<Column> {
     ]
 }
 
-/// The columns only a GPU meter fills (power samples, NVML device state), for measuring stages.
+/// The columns only a GPU meter fills (power samples, NVML device state) and the host columns of
+/// a window: every metered stage's table has them (null where not measured).
 pub(crate) fn gpu_columns() -> Vec<Column> {
     vec![
         col(

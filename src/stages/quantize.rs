@@ -79,6 +79,7 @@ impl Stage for Quantize {
         ]
         .into_iter()
         .chain(super::energy_columns())
+        .chain(super::gpu_columns())
         .collect()
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {

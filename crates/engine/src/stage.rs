@@ -112,6 +112,16 @@ impl StageCtx<'_> {
         self.params.get(name).unwrap_or(&Value::Null)
     }
 
+    /// The parameters as `T`, a struct deriving `Deserialize` whose fields are (some of) the
+    /// parameter names: strings and symbols as `String`, quantities as `f64` in their canonical
+    /// unit (J, W, s, B, usd), devices as their name, node references as their index. Defaults
+    /// were applied by the resolver from the stage's `ParamSpec`s — the one place they are
+    /// written — so a field is an `Option` only for a parameter without a default.
+    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        typed_params(self.params)
+            .with_context(|| format!("the parameters of `{}` (a stage bug)", self.id))
+    }
+
     /// The artifact(s) a node-valued parameter refers to, in order.
     pub fn artifacts(&self, name: &str) -> Vec<&Artifact> {
         let mut nodes = vec![];
@@ -126,6 +136,37 @@ impl StageCtx<'_> {
         }
         Ok(())
     }
+}
+
+/// Parameters as `T` (see [`StageCtx::typed`]).
+pub fn typed_params<T: serde::de::DeserializeOwned>(params: &BTreeMap<String, Value>) -> Result<T> {
+    let plain: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_plain_json()))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(plain))
+        .context("they do not fit the stage's typed form")
+}
+
+/// The parameters a resolver would bind when a call gives only what is required: defaults (and
+/// settings' fallbacks) applied, node references numbered in order, optional ones null. For
+/// tests that a stage's typed parameters fit its `ParamSpec`s.
+pub fn default_params(specs: &[ParamSpec]) -> BTreeMap<String, Value> {
+    let mut nodes = 0;
+    specs
+        .iter()
+        .map(|p| {
+            let v = match &p.default {
+                spec::Default::Value(v) | spec::Default::Setting(_, Some(v)) => v.clone(),
+                spec::Default::Required => {
+                    nodes += 1;
+                    Value::Node(nodes - 1)
+                }
+                spec::Default::Optional | spec::Default::Setting(_, None) => Value::Null,
+            };
+            (p.name.to_string(), v)
+        })
+        .collect()
 }
 
 /// Plan-time services for sources (file digests are memoised by the cache).
@@ -161,6 +202,12 @@ pub trait Stage: Send + Sync {
     /// Columns of this kind's table (`<kind>.parquet`); empty: no table.
     fn table(&self) -> Vec<Column> {
         vec![]
+    }
+    /// Keys of this kind's rows that are no column of its table: kept in the cache's manifest
+    /// for the program's own reading (e.g. per-repetition lists), left out of `<kind>.parquet`.
+    /// Any other key that is no column is an error when the table is written.
+    fn internal_row_keys(&self) -> &'static [&'static str] {
+        &[]
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput>;
     /// What a user needs to know beside a failure of `run` (e.g. how much GPU memory was free

@@ -88,9 +88,17 @@ impl Table {
     }
 
     /// Appends a row; cells are looked up by column name, absent or JSON null → null. A cell of
-    /// the wrong type is an error naming the column (a stage bug, never silently a null).
+    /// the wrong type, or a key that is no column (a misspelt or undeclared one, which would
+    /// otherwise leave its column all null), is an error naming it: a stage bug, never silently
+    /// a null.
     pub fn push(&mut self, row: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
         use serde_json::Value as J;
+        if let Some(k) = row
+            .keys()
+            .find(|k| !self.fields.iter().any(|f| f.name() == k.as_str()))
+        {
+            anyhow::bail!("`{k}` is not a column of this table (declare it, or fix its spelling)");
+        }
         // Check every cell first: a rejected row must not leave the columns uneven.
         for (field, b) in self.fields.iter().zip(&self.builders) {
             let cell = row.get(field.name()).unwrap_or(&J::Null);
@@ -336,13 +344,15 @@ pub fn write_run_tables(
         let Some(o) = o else { continue };
         runs.push(&outcome_row(p, stages, i, o))?;
         let node = &p.nodes[i];
-        let columns = stages.of(node).table();
+        let stage = stages.of(node);
+        let columns = stage.table();
         if let (Some(m), false) = (&o.manifest, columns.is_empty()) {
             let entry = per_kind
                 .entry(node.kind())
                 .or_insert_with(|| (columns, vec![]));
             for r in &m.rows {
                 let mut row = r.clone();
+                row.retain(|k, _| !stage.internal_row_keys().contains(&k.as_str()));
                 row.insert("stage_id".into(), serde_json::json!(node.id));
                 row.insert("cache_key".into(), serde_json::json!(m.key));
                 row.insert("status".into(), serde_json::json!(o.status.as_str()));
@@ -397,6 +407,9 @@ mod tests {
         t.push(&row(serde_json::json!({"a": null, "x": 2})))
             .unwrap();
         assert!(t.push(&row(serde_json::json!({"n": "nope"}))).is_err());
+        // A misspelt key is refused, not written as an all-null column `n` beside it.
+        let e = t.push(&row(serde_json::json!({"nn": 1}))).unwrap_err();
+        assert!(e.to_string().contains("`nn` is not a column"), "{e}");
         let path = dir.path().join("t.parquet");
         let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
         write_parquet(&path, &t.finish().unwrap(), &meta).unwrap();

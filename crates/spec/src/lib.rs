@@ -244,6 +244,18 @@ impl Value {
 
     /// Canonical JSON used in cache keys; `node` maps a node reference to what stands for it
     /// (the output digest of that node).
+    /// The value as plain JSON for typed parameters: quantities as numbers in their canonical
+    /// unit, node references as their index, the rest as [`Value::to_json`] writes them.
+    pub fn to_plain_json(&self) -> serde_json::Value {
+        match self {
+            Value::Quantity { value, .. } => json!(value),
+            Value::List(xs) => {
+                serde_json::Value::Array(xs.iter().map(Value::to_plain_json).collect())
+            }
+            other => other.to_json(&|n| json!(n)),
+        }
+    }
+
     pub fn to_json(&self, node: &dyn Fn(NodeIdx) -> serde_json::Value) -> serde_json::Value {
         match self {
             Value::Str(s) | Value::Symbol(s) => json!(s),

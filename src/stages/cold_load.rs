@@ -1,0 +1,288 @@
+//! `cold_load`: the file evicted from the page cache, then load + one forward pass inside the
+//! window; RSS growth and peak; on a GPU each load in a fresh child process (`load_probe.rs`).
+
+use super::{ColType, Column, Role, Stage, StageCtx, StageOutput};
+use anyhow::Result;
+use meter::{memory, pagecache};
+use serde_json::json;
+use spec::{Output, ParamSpec, Ty, Value};
+use std::path::Path;
+
+use super::col as c;
+use super::measuring::{base_row, summarise, summary_energy_labels};
+
+pub struct ColdLoad;
+impl Stage for ColdLoad {
+    engine::stage_meta!(
+        "cold_load",
+        5,
+        Role::Stage,
+        Output::Record,
+        "time and energy from nothing in memory to the first token"
+    );
+    fn params(&self) -> Vec<ParamSpec> {
+        let p = vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "model to load"),
+            ParamSpec::default("repeats", Ty::int(1, 1000), Value::Int(3), "repetitions"),
+            ParamSpec::default(
+                "cache_state",
+                Ty::Enum(&["cold", "warm"]),
+                Value::Symbol("cold".into()),
+                "cold: the model file is evicted from the page cache before each load",
+            ),
+            ParamSpec::default(
+                "isolation",
+                Ty::Enum(&["auto", "process", "none"]),
+                Value::Symbol("auto".into()),
+                "process: each load in a fresh child process (a device allocator keeps what an \
+                 earlier load freed, so only a fresh process measures a GPU model's memory); \
+                 none: in this process; auto: process on a GPU, none on the CPU",
+            ),
+        ];
+        super::metered_on_a_device(p)
+    }
+    super::holds_the_machine!();
+    fn table(&self) -> Vec<Column> {
+        let mut cols = vec![
+            c("row", ColType::Str, "repeat | summary"),
+            c("repeat", ColType::Int, "repetition (null in the summary)"),
+            c("cache_state", ColType::Str, "cold | warm (as requested)"),
+            c(
+                "page_cache_before",
+                ColType::Float,
+                "fraction of the file in the page cache when the load started (cold: after eviction)",
+            ),
+            c(
+                "eviction_note",
+                ColType::Str,
+                "set when eviction did not empty the page cache, with the reason",
+            ),
+            c(
+                "seconds",
+                ColType::Float,
+                "load + first forward pass (s); summary: median",
+            ),
+            c("seconds_cv", ColType::Float, "coefficient of variation"),
+            c("file_bytes", ColType::Int, "size of the model file (B)"),
+            c(
+                "weight_bytes",
+                ColType::Int,
+                "bytes the loaded weights occupy as held in memory (B)",
+            ),
+            c(
+                "resident_bytes",
+                ColType::Int,
+                "measured: process RSS after the load minus before (B)",
+            ),
+            c(
+                "peak_bytes",
+                ColType::Int,
+                "measured: peak RSS during the load minus RSS before (B)",
+            ),
+            c(
+                "gpu_resident_bytes",
+                ColType::Int,
+                "measured on a GPU: device memory in use after the load minus before (NVML, B). \
+                 With isolation = process the load is a fresh process's first (its CUDA context \
+                 opened before); in this process, candle's allocator reuses freed memory, so \
+                 loads after the first show little growth and the summary is the largest",
+            ),
+            c(
+                "isolation",
+                ColType::Str,
+                "process (each load in a fresh child process) | none (in this process)",
+            ),
+            c("synthetic", ColType::Bool, "random weights"),
+        ];
+        cols.extend(super::energy_columns());
+        cols.extend(super::gpu_columns());
+        cols.push(c("energy_j_cv", ColType::Float, "coefficient of variation"));
+        cols.push(c(
+            "energy_net_j_cv",
+            ColType::Float,
+            "coefficient of variation",
+        ));
+        cols
+    }
+    fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+        super::explain_model_failure(e, ctx)
+    }
+
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        let path = super::model_gguf(ctx, "model")?;
+        let cold = ctx.param("cache_state").as_str() == Some("cold");
+        let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
+        let mut meter = super::open_meter(ctx, meter::Scope::Process);
+        let file_bytes = std::fs::metadata(&path)?.len();
+        ctx.progress.set_length(repeats as u64);
+        let isolated = match ctx.param("isolation").as_str() {
+            Some("process") => true,
+            Some("none") => false,
+            _ => ctx.device != spec::Device::Cpu,
+        };
+        // Isolated loads open the device in their child; this process needs it only otherwise.
+        let dev = match isolated {
+            true => None,
+            false => Some(runtime::candle_device(ctx.device)?),
+        };
+        let mut rows = vec![];
+        for r in 0..repeats {
+            ctx.check_cancelled()?;
+            let (fraction, note) = prepare_page_cache(&path, cold);
+            let (load, mut energy) = if isolated {
+                let mut probe = super::load_probe::Probe::spawn(&path, ctx.device)?;
+                let (loaded, energy) = meter.window(|| probe.load())?;
+                (Load::child(&probe.ready, &loaded), energy)
+            } else {
+                memory::release_free_memory();
+                let rss0 = memory::rss_bytes()?;
+                let peak_reset = memory::reset_peak();
+                let dev = dev.as_ref().expect("opened for in-process loads");
+                let (model, energy) = meter.window(|| {
+                    let (model, tok) = runtime::load_model_on(&path, dev)?;
+                    runtime::generate::first_token(&model, tok.as_ref())?;
+                    Ok(model)
+                })?;
+                // Read with the model still held.
+                let load = Load::here(model.weight_bytes, rss0, peak_reset)?;
+                drop(model);
+                (load, energy)
+            };
+            if isolated && meter.source() == Some(meter::Source::Estimated) {
+                energy = meter::WindowEnergy {
+                    device: energy.device,
+                    ..meter::WindowEnergy::unmeasured(
+                        energy.seconds,
+                        "the estimate counts this process's CPU time, but the load ran in a \
+                         child process (isolation = process): use isolation = none on the CPU",
+                    )
+                };
+            }
+            let mut row = base_row("repeat", Some(r), &meter);
+            row.insert(
+                "cache_state".into(),
+                json!(if cold { "cold" } else { "warm" }),
+            );
+            row.insert("page_cache_before".into(), json!(fraction));
+            row.insert("eviction_note".into(), json!(note));
+            row.insert("seconds".into(), json!(energy.seconds));
+            row.insert("file_bytes".into(), json!(file_bytes));
+            row.insert("weight_bytes".into(), json!(load.weight_bytes));
+            row.insert("resident_bytes".into(), json!(load.resident_bytes));
+            row.insert("peak_bytes".into(), json!(load.peak_bytes));
+            row.insert(
+                "isolation".into(),
+                json!(if isolated { "process" } else { "none" }),
+            );
+            row.insert("synthetic".into(), json!(super::is_synthetic(ctx, "model")));
+            energy.columns(&mut row);
+            let gpu = |k: &str| energy.device.get(k).and_then(|v| v.as_u64());
+            row.insert(
+                "gpu_resident_bytes".into(),
+                json!(
+                    gpu("gpu_memory_used_bytes")
+                        .zip(gpu("gpu_memory_used_before_bytes"))
+                        .map(|(a, b)| a as i64 - b as i64)
+                ),
+            );
+            rows.push(row);
+            ctx.progress.set_position(r as u64 + 1);
+        }
+        let mut summary = base_row("summary", None, &meter);
+        for k in [
+            "cache_state",
+            "file_bytes",
+            "weight_bytes",
+            "isolation",
+            "synthetic",
+        ] {
+            summary.insert(k.into(), rows[0][k].clone());
+        }
+        for k in [
+            "seconds",
+            "energy_j",
+            "energy_net_j",
+            "idle_power_w",
+            "resident_bytes",
+            "peak_bytes",
+            "page_cache_before",
+            "energy_sampled_j",
+            "peak_power_w",
+        ] {
+            summarise(
+                &rows,
+                k,
+                ["seconds", "energy_j", "energy_net_j"].contains(&k),
+                &mut summary,
+            );
+        }
+        // candle's CUDA allocator keeps freed device memory for reuse, so only the first load of
+        // the stage grows the device's used memory: the summary takes the largest growth.
+        let gpu: Vec<i64> = rows
+            .iter()
+            .filter_map(|r| r.get("gpu_resident_bytes").and_then(|v| v.as_i64()))
+            .collect();
+        summary.insert("gpu_resident_bytes".into(), json!(gpu.iter().max()));
+        summary_energy_labels(&rows, &mut summary);
+        rows.push(summary);
+        Ok(StageOutput {
+            files: vec![],
+            record: json!({ "measured": "cold_load" }),
+            rows,
+        })
+    }
+}
+
+/// Host memory of one load: the weights as held, RSS growth and peak over the RSS before.
+struct Load {
+    weight_bytes: u64,
+    /// Signed: a process that shrank during the load is a measurement too, not a 0.
+    resident_bytes: i64,
+    /// None where the peak mark could not be reset (it would be the process's lifetime peak).
+    peak_bytes: Option<u64>,
+}
+
+impl Load {
+    /// A load in this process: `rss0` before it, the peak mark reset then (or not).
+    fn here(weight_bytes: u64, rss0: u64, peak_reset: bool) -> Result<Load> {
+        let rss1 = memory::rss_bytes()?;
+        let peak = memory::peak_rss_bytes()?;
+        Ok(Load {
+            weight_bytes,
+            resident_bytes: rss1 as i64 - rss0 as i64,
+            peak_bytes: peak_reset.then(|| peak.saturating_sub(rss0)),
+        })
+    }
+
+    /// A load in a child process, from what it reported before and after.
+    fn child(ready: &super::load_probe::Ready, l: &super::load_probe::Loaded) -> Load {
+        Load {
+            weight_bytes: l.weight_bytes,
+            resident_bytes: l.rss_bytes as i64 - ready.rss_bytes as i64,
+            peak_bytes: l.peak_rss_bytes.map(|p| p.saturating_sub(ready.rss_bytes)),
+        }
+    }
+}
+
+/// Evicts (cold) or warms (warm) the file's pages; returns the resident fraction and a note when
+/// the requested state could not be reached.
+fn prepare_page_cache(path: &Path, cold: bool) -> (Option<f64>, Option<String>) {
+    if cold {
+        if let Err(e) = pagecache::evict(path) {
+            return (None, Some(format!("eviction impossible: {e:#}")));
+        }
+    } else if let Err(e) = std::fs::read(path) {
+        return (None, Some(format!("cannot pre-read the file: {e}")));
+    }
+    match pagecache::resident_fraction(path) {
+        Ok(f) if cold && f > 0.01 => (
+            Some(f),
+            Some(format!(
+                "{:.0} % of the file stayed in the page cache after eviction (filesystem keeps it)",
+                f * 100.0
+            )),
+        ),
+        Ok(f) => (Some(f), None),
+        Err(e) => (None, Some(format!("page cache state unknown: {e:#}"))),
+    }
+}

@@ -1,0 +1,575 @@
+//! `measure`: load and warm-up outside the windows, then one window per batch size ×
+//! repetition that serves at least `requests` and lasts at least `min_window`; latency
+//! percentiles, energy per request and per token.
+
+use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use anyhow::{Result, bail};
+use meter::{WindowEnergy, memory};
+use metrics::stats;
+use runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
+use serde_json::json;
+use spec::{Dim, Output, ParamSpec, Ty, Value};
+
+use super::col as c;
+use super::measuring::{base_row, summarise, summary_energy_labels};
+
+pub struct Measure;
+impl Stage for Measure {
+    engine::stage_meta!(
+        "measure",
+        6,
+        Role::Stage,
+        Output::Record,
+        "throughput, latency, energy and memory of serving a task"
+    );
+    fn params(&self) -> Vec<ParamSpec> {
+        let p = vec![
+            ParamSpec::required("model", Ty::Ref(Output::Model), "model to measure"),
+            ParamSpec::required(
+                "task",
+                Ty::Ref(Output::Task),
+                "task whose prompts are served",
+            ),
+            ParamSpec::default(
+                "batch",
+                Ty::OneOrList(Box::new(Ty::int(1, 4096))),
+                Value::List(vec![Value::Int(1)]),
+                "batch sizes (concurrent requests per forward pass), swept",
+            ),
+            ParamSpec::default(
+                "repeats",
+                Ty::int(1, 1000),
+                Value::Int(5),
+                "repetitions per batch size",
+            ),
+            ParamSpec::default(
+                "requests",
+                Ty::int(1, 1_000_000),
+                Value::Int(8),
+                "requests per repetition at least (the task's prompts in order, cycled)",
+            ),
+            ParamSpec::default(
+                "min_window",
+                Ty::Quantity(Dim::Time),
+                Value::Quantity {
+                    value: 2.0,
+                    dim: Dim::Time,
+                },
+                "windows last about this long at least: more requests than `requests` (whole \
+                 batches, prompts still cycled) when the warm-up's timing says they are needed, \
+                 the same number in every repetition of a batch size; energy meters step (NVML \
+                 every 100 ms), so short windows are coarse; 0 s serves exactly `requests`",
+            ),
+            ParamSpec::default(
+                "warmup",
+                Ty::int(0, 1_000_000),
+                Value::Int(2),
+                "warm-up before each batch size's windows, outside them: at least this many \
+                 requests (whole batches), then batches until two in a row agree on tokens/s \
+                 within 5 % (at most 10 batches); 0: none, and windows serve exactly `requests` \
+                 (nothing timed to size them by `min_window`)",
+            ),
+            ParamSpec::optional(
+                "max_tokens",
+                Ty::int(1, 65536),
+                "generation budget (default: the task's)",
+            ),
+            ParamSpec::default(
+                "fixed_length",
+                Ty::Bool,
+                Value::Bool(false),
+                "generate exactly max_tokens per request, ignoring end tokens (equal work)",
+            ),
+        ];
+        super::metered_on_a_device(p)
+    }
+    super::holds_the_machine!();
+    fn internal_row_keys(&self) -> &'static [&'static str] {
+        // Per-repetition energies per request: the join's intervals on IPW (`report/join.rs`).
+        &["energy_per_request_j_reps"]
+    }
+    fn table(&self) -> Vec<Column> {
+        let mut cols = vec![
+            c("row", ColType::Str, "repeat | summary (per batch size)"),
+            c("repeat", ColType::Int, "repetition (null in summaries)"),
+            c("batch", ColType::Int, "requests per forward pass"),
+            c(
+                "requests",
+                ColType::Int,
+                "requests served in the window (at least `requests`; more to fill `min_window`)",
+            ),
+            c(
+                "warmup_requests",
+                ColType::Int,
+                "requests served at this batch size before its windows",
+            ),
+            c(
+                "warmup_stable",
+                ColType::Bool,
+                "the warm-up ended with two batches agreeing on tokens/s within 5 % (false: \
+                 it stopped at its limit of 10 batches, or `warmup = 0`)",
+            ),
+            c("fixed_length", ColType::Bool, "end tokens ignored"),
+            c(
+                "prompts",
+                ColType::Str,
+                "what was sent: the task's prompts, or random ids for a model without tokenizer",
+            ),
+            c("max_tokens", ColType::Int, "generation budget per request"),
+            c("prompt_tokens", ColType::Int, "prompt tokens in the window"),
+            c(
+                "output_tokens",
+                ColType::Int,
+                "generated tokens (the model's own tokenizer)",
+            ),
+            c("seconds", ColType::Float, "window length (s)"),
+            c(
+                "tokens_per_s",
+                ColType::Float,
+                "generated tokens / window seconds; summary: median",
+            ),
+            c(
+                "tokens_per_s_cv",
+                ColType::Float,
+                "coefficient of variation over repetitions",
+            ),
+            c(
+                "prompt_tokens_per_s",
+                ColType::Float,
+                "prompt tokens / time to the first token of each batch",
+            ),
+            c(
+                "ttft_ms_mean",
+                ColType::Float,
+                "time to first token, mean (ms)",
+            ),
+            c(
+                "ttft_ms_p50",
+                ColType::Float,
+                "time to first token, p50 (ms)",
+            ),
+            c(
+                "ttft_ms_p90",
+                ColType::Float,
+                "time to first token, p90 (ms)",
+            ),
+            c(
+                "ttft_ms_p99",
+                ColType::Float,
+                "time to first token, p99 (ms)",
+            ),
+            c(
+                "itl_ms_mean",
+                ColType::Float,
+                "inter-token latency, mean (ms)",
+            ),
+            c(
+                "itl_ms_p50",
+                ColType::Float,
+                "inter-token latency, p50 (ms)",
+            ),
+            c(
+                "itl_ms_p90",
+                ColType::Float,
+                "inter-token latency, p90 (ms)",
+            ),
+            c(
+                "itl_ms_p99",
+                ColType::Float,
+                "inter-token latency, p99 (ms)",
+            ),
+            c(
+                "energy_per_request_j",
+                ColType::Float,
+                "gross energy / requests (J)",
+            ),
+            c(
+                "energy_per_request_j_cv",
+                ColType::Float,
+                "coefficient of variation over repetitions",
+            ),
+            c(
+                "energy_per_request_net_j",
+                ColType::Float,
+                "net energy / requests (J)",
+            ),
+            c(
+                "energy_per_token_j",
+                ColType::Float,
+                "gross energy / generated tokens (J)",
+            ),
+            c(
+                "avg_power_w",
+                ColType::Float,
+                "gross energy / window seconds (W)",
+            ),
+            c(
+                "peak_rss_bytes",
+                ColType::Int,
+                "peak process RSS in the window (B)",
+            ),
+            c("synthetic", ColType::Bool, "random weights"),
+            c(
+                "forward_pass",
+                ColType::Str,
+                "which forward pass served the requests (CPU kernels; on a GPU, how decode \
+                 steps ran: op by op, fixed buffers, CUDA graphs)",
+            ),
+        ];
+        cols.extend(super::energy_columns());
+        cols.extend(super::gpu_columns());
+        cols
+    }
+    fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
+        super::explain_model_failure(e, ctx)
+    }
+
+    fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
+        let dev = runtime::candle_device(ctx.device)?;
+        let path = super::model_gguf(ctx, "model")?;
+        let task = super::task_info(ctx, "task")?;
+        let samples = crate::tasks::load(&task.eval, &task.kind)?;
+        let mut batches = vec![];
+        if let Value::List(xs) = ctx.param("batch") {
+            batches.extend(
+                xs.iter()
+                    .filter_map(Value::as_i64)
+                    .map(|b| b.max(1) as usize),
+            );
+        }
+        if batches.is_empty() {
+            batches.push(1);
+        }
+        let repeats = ctx.param("repeats").as_i64().unwrap_or(5).max(1) as usize;
+        let requests = ctx.param("requests").as_i64().unwrap_or(8).max(1) as usize;
+        let warmup = ctx.param("warmup").as_i64().unwrap_or(2).max(0) as usize;
+        let fixed = ctx.param("fixed_length").as_bool().unwrap_or(false);
+        let max_tokens = ctx
+            .param("max_tokens")
+            .as_i64()
+            .map_or(task.max_tokens, |m| m as usize);
+        let synthetic = super::is_synthetic(ctx, "model");
+
+        // Loading and warm-up happen before any window opens.
+        let (model, tok) = runtime::load_model_on(&path, &dev)?;
+        let mut prompts = vec![];
+        let mut ids_of = super::SyntheticIds::new(model.cfg.vocab);
+        for s in &samples {
+            let ids = match &tok {
+                Some(tok) => tok.encode(&tok.chat_prompt(&s.messages)?)?,
+                // No tokenizer (synthetic weights): random ids of the prompt's size, so the work
+                // per request is of the task's size.
+                None => ids_of.take(s.messages.iter().map(|m| m.content.len()).sum()),
+            };
+            if ids.len() + max_tokens > model.cfg.context {
+                bail!(
+                    "sample `{}` needs {} prompt + {max_tokens} generated tokens, more than the \
+                     model's context of {}; lower max_tokens or shorten the record",
+                    s.id,
+                    ids.len(),
+                    model.cfg.context
+                );
+            }
+            prompts.push(ids);
+        }
+        let opts = GenOptions {
+            max_tokens,
+            ignore_eos: fixed,
+            ..Default::default()
+        };
+        let min_window = ctx.param("min_window").as_f64().unwrap_or(0.0).max(0.0);
+        // Serves `n` requests from prompt `start` on (cycled), `batch` at a time: the generations
+        // and each batch's prefill time (its earliest first token).
+        let serve = |start: usize, n: usize, batch: usize| -> Result<(Vec<Generation>, Vec<f64>)> {
+            let mut out = vec![];
+            let mut prefills = vec![];
+            let ids: Vec<Vec<u32>> = (start..start + n)
+                .map(|i| prompts[i % prompts.len()].clone())
+                .collect();
+            for chunk in ids.chunks(batch) {
+                ctx.check_cancelled()?;
+                let gens = match &tok {
+                    Some(tok) => generate_batch(&model, tok, chunk, &opts)?,
+                    None => generate_batch_ids(&model, chunk, &opts)?,
+                };
+                if let Some(t) = gens.iter().filter_map(|g| g.time_to_first_token()).min() {
+                    prefills.push(t.as_secs_f64());
+                }
+                out.extend(gens);
+            }
+            Ok((out, prefills))
+        };
+        let mut meter = super::open_meter(ctx, meter::Scope::Process);
+        ctx.progress.set_length((batches.len() * repeats) as u64);
+        let mut rows = vec![];
+        let mut done = 0;
+        for &batch in &batches {
+            ctx.progress.message(&format!("batch {batch}, warming up"));
+            let warm = warm_up(batch, warmup, |n| {
+                let t = std::time::Instant::now();
+                let (gens, _) = serve(0, n, batch)?;
+                let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+                Ok((tokens, t.elapsed().as_secs_f64()))
+            })?;
+            // Every repetition of this batch size serves the same requests (equal work); enough of
+            // them for the window to last about `min_window`, as timed in the warm-up.
+            let n = window_requests(requests, batch, min_window, warm.batch_seconds);
+            let mut reps = vec![];
+            for r in 0..repeats {
+                ctx.progress
+                    .message(&format!("batch {batch}, repetition {}", r + 1));
+                memory::reset_peak();
+                let ((gens, prefills), energy) = meter.window(|| serve(warmup, n, batch))?;
+                let mut row = base_row("repeat", Some(r), &meter);
+                row.insert("batch".into(), json!(batch));
+                row.insert("warmup_requests".into(), json!(warm.requests));
+                row.insert("warmup_stable".into(), json!(warm.stable));
+                row.insert(
+                    "peak_rss_bytes".into(),
+                    json!(memory::peak_rss_bytes().ok()),
+                );
+                request_stats(&gens, &prefills, &energy, &mut row);
+                row.insert("fixed_length".into(), json!(fixed));
+                row.insert(
+                    "prompts".into(),
+                    json!(if tok.is_some() {
+                        "task prompts, chat template"
+                    } else {
+                        "random ids of the prompts' length ≈ characters / 4 (no tokenizer)"
+                    }),
+                );
+                row.insert("max_tokens".into(), json!(max_tokens));
+                row.insert("synthetic".into(), json!(synthetic));
+                row.insert("forward_pass".into(), json!(model.forward_pass()));
+                energy.columns(&mut row);
+                reps.push(row);
+                done += 1;
+                ctx.progress.set_position(done);
+            }
+            let mut summary = base_row("summary", None, &meter);
+            for k in [
+                "batch",
+                "requests",
+                "warmup_requests",
+                "warmup_stable",
+                "fixed_length",
+                "max_tokens",
+                "synthetic",
+                "prompts",
+                "forward_pass",
+            ] {
+                summary.insert(k.into(), reps[0][k].clone());
+            }
+            for k in [
+                "seconds",
+                "tokens_per_s",
+                "prompt_tokens_per_s",
+                "output_tokens",
+                "prompt_tokens",
+                "ttft_ms_mean",
+                "ttft_ms_p50",
+                "ttft_ms_p90",
+                "ttft_ms_p99",
+                "itl_ms_mean",
+                "itl_ms_p50",
+                "itl_ms_p90",
+                "itl_ms_p99",
+                "energy_j",
+                "energy_net_j",
+                "idle_power_w",
+                "energy_per_request_j",
+                "energy_per_request_net_j",
+                "energy_per_token_j",
+                "avg_power_w",
+                "peak_rss_bytes",
+                "energy_sampled_j",
+                "peak_power_w",
+                "gpu_memory_used_bytes",
+                "gpu_other_processes",
+            ] {
+                summarise(
+                    &reps,
+                    k,
+                    ["tokens_per_s", "energy_per_request_j"].contains(&k),
+                    &mut summary,
+                );
+            }
+            summary_energy_labels(&reps, &mut summary);
+            // Per-repetition energies per request, for intervals downstream (IPW).
+            summary.insert(
+                "energy_per_request_j_reps".into(),
+                json!(
+                    reps.iter()
+                        .map(|r| r["energy_per_request_j"].clone())
+                        .collect::<Vec<_>>()
+                ),
+            );
+            rows.extend(reps);
+            rows.push(summary);
+        }
+        Ok(StageOutput {
+            files: vec![],
+            record: json!({ "measured": "measure" }),
+            rows,
+        })
+    }
+}
+
+/// The warm-up before a batch size's windows.
+#[derive(Debug, PartialEq)]
+struct WarmUp {
+    requests: usize,
+    /// Two consecutive batches agreed on tokens/s within [`STABLE`].
+    stable: bool,
+    /// Seconds of the last batch served (None: none was).
+    batch_seconds: Option<f64>,
+}
+
+/// Relative difference of tokens/s between two warm-up batches taken as stable.
+const STABLE: f64 = 0.05;
+const MAX_WARMUP_BATCHES: usize = 10;
+
+/// Serves whole batches (`serve(batch)` → generated tokens, seconds) until at least `warmup`
+/// requests are done and two batches in a row agree on tokens/s within [`STABLE`], or
+/// [`MAX_WARMUP_BATCHES`] were served. `warmup = 0` serves nothing.
+fn warm_up(
+    batch: usize,
+    warmup: usize,
+    mut serve: impl FnMut(usize) -> Result<(usize, f64)>,
+) -> Result<WarmUp> {
+    let mut w = WarmUp {
+        requests: 0,
+        stable: false,
+        batch_seconds: None,
+    };
+    if warmup == 0 {
+        return Ok(w);
+    }
+    let mut last_rate: Option<f64> = None;
+    for _ in 0..MAX_WARMUP_BATCHES {
+        let (tokens, seconds) = serve(batch)?;
+        w.requests += batch;
+        w.batch_seconds = Some(seconds);
+        let rate = tokens as f64 / seconds.max(1e-9);
+        let agrees = last_rate.is_some_and(|l| (rate / l - 1.0).abs() <= STABLE);
+        if agrees && w.requests >= warmup {
+            w.stable = true;
+            break;
+        }
+        last_rate = Some(rate);
+    }
+    Ok(w)
+}
+
+/// Requests per window: `requests`, or more — whole batches — so that at the warm-up's
+/// `batch_seconds` per batch the window lasts `min_window` (with a 10 % margin).
+fn window_requests(
+    requests: usize,
+    batch: usize,
+    min_window: f64,
+    batch_seconds: Option<f64>,
+) -> usize {
+    match batch_seconds.filter(|&s| s > 0.0 && min_window > 0.0) {
+        Some(s) => requests.max((min_window * 1.1 / s).ceil() as usize * batch),
+        None => requests,
+    }
+}
+
+/// Latency, throughput and energy-per-unit cells of one repetition.
+fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, row: &mut Row) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let ttft: Vec<f64> = gens
+        .iter()
+        .filter_map(|g| g.time_to_first_token().map(ms))
+        .collect();
+    let itl: Vec<f64> = gens
+        .iter()
+        .flat_map(|g| g.token_times.windows(2).map(|w| ms(w[1] - w[0])))
+        .collect();
+    let output: usize = gens.iter().map(|g| g.tokens.len()).sum();
+    let prompt: usize = gens.iter().map(|g| g.prompt_tokens).sum();
+    let prefill: f64 = prefills.iter().sum();
+    let n = gens.len();
+    row.insert("requests".into(), json!(n));
+    row.insert("prompt_tokens".into(), json!(prompt));
+    row.insert("output_tokens".into(), json!(output));
+    row.insert("seconds".into(), json!(energy.seconds));
+    row.insert("tokens_per_s".into(), json!(output as f64 / energy.seconds));
+    row.insert(
+        "prompt_tokens_per_s".into(),
+        json!((prefill > 0.0).then(|| prompt as f64 / prefill)),
+    );
+    for (name, xs) in [("ttft", &ttft), ("itl", &itl)] {
+        row.insert(format!("{name}_ms_mean"), json!(stats::mean(xs)));
+        for p in [50, 90, 99] {
+            row.insert(
+                format!("{name}_ms_p{p}"),
+                json!(stats::percentile(xs, p as f64)),
+            );
+        }
+    }
+    let per = |e: Option<f64>, d: usize| e.filter(|_| d > 0).map(|e| e / d as f64);
+    row.insert("energy_per_request_j".into(), json!(per(energy.gross_j, n)));
+    row.insert(
+        "energy_per_request_net_j".into(),
+        json!(per(energy.net_j, n)),
+    );
+    row.insert(
+        "energy_per_token_j".into(),
+        json!(per(energy.gross_j, output)),
+    );
+    row.insert(
+        "avg_power_w".into(),
+        json!(energy.gross_j.map(|e| e / energy.seconds)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scripted server: the i-th batch takes `secs[i]` seconds (cycled) for 64 tokens per
+    /// request.
+    fn server(secs: &[f64]) -> impl FnMut(usize) -> Result<(usize, f64)> + '_ {
+        let mut i = 0;
+        move |batch| {
+            i += 1;
+            Ok((64 * batch, secs[(i - 1) % secs.len()]))
+        }
+    }
+
+    #[test]
+    fn warm_up_runs_until_two_batches_agree() {
+        // 1.0 s, 0.6 s (40 % faster), 0.5 s (20 %), 0.49 s (2 %): stable at the fourth batch.
+        let w = warm_up(8, 2, server(&[1.0, 0.6, 0.5, 0.49, 0.49])).unwrap();
+        assert_eq!(
+            w,
+            WarmUp {
+                requests: 32,
+                stable: true,
+                batch_seconds: Some(0.49)
+            }
+        );
+        // At least `warmup` requests even when the first two batches already agree.
+        let w = warm_up(1, 5, server(&[0.5])).unwrap();
+        assert_eq!((w.requests, w.stable), (5, true));
+        // Never stable: stops at its limit and says so.
+        let w = warm_up(1, 1, server(&[1.0, 2.0])).unwrap();
+        assert_eq!((w.requests, w.stable), (MAX_WARMUP_BATCHES, false));
+        // `warmup = 0`: nothing served, nothing timed.
+        let w = warm_up(4, 0, |_| -> Result<(usize, f64)> { panic!("served") }).unwrap();
+        assert_eq!(w.batch_seconds, None);
+    }
+
+    #[test]
+    fn windows_are_sized_in_whole_batches_to_last_min_window() {
+        // 0.3 s per batch of 8: 2 s × 1.1 / 0.3 = 7.3 → 8 batches, 64 requests.
+        assert_eq!(window_requests(16, 8, 2.0, Some(0.3)), 64);
+        // Already long enough: `requests` as asked.
+        assert_eq!(window_requests(16, 8, 2.0, Some(1.0)), 24);
+        assert_eq!(window_requests(40, 8, 2.0, Some(1.0)), 40);
+        // No window minimum, or nothing timed: exactly `requests`.
+        assert_eq!(window_requests(16, 8, 0.0, Some(0.3)), 16);
+        assert_eq!(window_requests(16, 8, 2.0, None), 16);
+    }
+}
