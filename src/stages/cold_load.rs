@@ -11,6 +11,14 @@ use std::path::Path;
 use super::col as c;
 use super::measuring::{base_row, summarise, summary_energy_labels};
 
+/// `cold_load`'s parameters as `run` reads them (defaults: [`ColdLoad::params`]).
+#[derive(Debug, serde::Deserialize)]
+struct Params {
+    repeats: usize,
+    cache_state: String,
+    isolation: String,
+}
+
 pub struct ColdLoad;
 impl Stage for ColdLoad {
     engine::stage_meta!(
@@ -110,14 +118,15 @@ impl Stage for ColdLoad {
 
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         let path = super::model_gguf(ctx, "model")?;
-        let cold = ctx.param("cache_state").as_str() == Some("cold");
-        let repeats = ctx.param("repeats").as_i64().unwrap_or(3).max(1) as usize;
+        let p: Params = ctx.typed()?;
+        let cold = p.cache_state == "cold";
+        let repeats = p.repeats;
         let mut meter = super::open_meter(ctx, meter::Scope::Process);
         let file_bytes = std::fs::metadata(&path)?.len();
         ctx.progress.set_length(repeats as u64);
-        let isolated = match ctx.param("isolation").as_str() {
-            Some("process") => true,
-            Some("none") => false,
+        let isolated = match p.isolation.as_str() {
+            "process" => true,
+            "none" => false,
             _ => ctx.device != spec::Device::Cpu,
         };
         // Isolated loads open the device in their child; this process needs it only otherwise.
@@ -284,5 +293,20 @@ fn prepare_page_cache(path: &Path, cold: bool) -> (Option<f64>, Option<String>) 
         ),
         Ok(f) => (Some(f), None),
         Err(e) => (None, Some(format!("page cache state unknown: {e:#}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_parameters_fit_the_declared_ones_and_their_defaults() {
+        let params = engine::stage::default_params(&ColdLoad.params());
+        let p: Params = engine::stage::typed_params(&params).unwrap();
+        assert_eq!(
+            (p.repeats, p.cache_state.as_str(), p.isolation.as_str()),
+            (3, "cold", "auto")
+        );
     }
 }

@@ -22,6 +22,16 @@ use spec::{Output, ParamSpec, Ty, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
+/// `evaluate`'s parameters as `run` reads them (defaults: [`Evaluate::params`]); `reference`
+/// and `judge` are node indices when given.
+#[derive(Debug, serde::Deserialize)]
+struct Params {
+    samples: Option<usize>,
+    reference: Option<usize>,
+    judge: Option<usize>,
+    batch: usize,
+}
+
 pub struct Evaluate;
 
 const RESUME_FILE: &str = "samples.jsonl";
@@ -148,8 +158,9 @@ impl Stage for Evaluate {
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
         let judged = task.scorer == "judge";
-        let judge = match (judged, ctx.param("judge")) {
-            (true, Value::Node(_)) => Some(super::model_gguf(ctx, "judge")?),
+        let p: Params = ctx.typed()?;
+        let judge = match (judged, p.judge) {
+            (true, Some(_)) => Some(super::model_gguf(ctx, "judge")?),
             (true, _) => bail!(
                 "the task is scored by `judge`: give the judge model, e.g. \
                  `evaluate(MODEL, TASK, judge = JUDGE_MODEL)`"
@@ -160,13 +171,13 @@ impl Stage for Evaluate {
             bail!("scorer `{}` is not available in this build", task.scorer);
         }
         let mut samples = crate::tasks::load(&task.eval, &task.kind)?;
-        if let Some(n) = ctx.param("samples").as_i64() {
-            samples.truncate(n as usize);
+        if let Some(n) = p.samples {
+            samples.truncate(n);
         }
-        let batch = ctx.param("batch").as_i64().unwrap_or(4).max(1) as usize;
-        let reference = match ctx.param("reference") {
-            Value::Node(_) => Some(super::model_gguf(ctx, "reference")?),
-            _ => None,
+        let batch = p.batch;
+        let reference = match p.reference {
+            Some(_) => Some(super::model_gguf(ctx, "reference")?),
+            None => None,
         };
 
         // Samples finished by an earlier, interrupted attempt.
@@ -411,4 +422,23 @@ fn summary_row(scorer: &str, rows: &[Row]) -> Row {
         ),
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_parameters_fit_the_declared_ones_and_their_defaults() {
+        let mut params = engine::stage::default_params(&Evaluate.params());
+        let p: Params = engine::stage::typed_params(&params).unwrap();
+        assert_eq!(
+            (p.samples, p.reference, p.judge, p.batch),
+            (None, None, None, 4)
+        );
+        params.insert("reference".into(), Value::Node(3));
+        params.insert("samples".into(), Value::Int(20));
+        let p: Params = engine::stage::typed_params(&params).unwrap();
+        assert_eq!((p.samples, p.reference), (Some(20), Some(3)));
+    }
 }

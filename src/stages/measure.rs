@@ -13,6 +13,19 @@ use spec::{Dim, Output, ParamSpec, Ty, Value};
 use super::col as c;
 use super::measuring::{base_row, summarise, summary_energy_labels};
 
+/// `measure`'s parameters as `run` reads them (defaults: [`Measure::params`]).
+#[derive(Debug, serde::Deserialize)]
+struct Params {
+    batch: Vec<usize>,
+    repeats: usize,
+    requests: usize,
+    /// Seconds.
+    min_window: f64,
+    warmup: usize,
+    max_tokens: Option<usize>,
+    fixed_length: bool,
+}
+
 pub struct Measure;
 impl Stage for Measure {
     engine::stage_meta!(
@@ -229,25 +242,13 @@ impl Stage for Measure {
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
         let samples = crate::tasks::load(&task.eval, &task.kind)?;
-        let mut batches = vec![];
-        if let Value::List(xs) = ctx.param("batch") {
-            batches.extend(
-                xs.iter()
-                    .filter_map(Value::as_i64)
-                    .map(|b| b.max(1) as usize),
-            );
-        }
+        let p: Params = ctx.typed()?;
+        let mut batches = p.batch.clone();
         if batches.is_empty() {
             batches.push(1);
         }
-        let repeats = ctx.param("repeats").as_i64().unwrap_or(5).max(1) as usize;
-        let requests = ctx.param("requests").as_i64().unwrap_or(8).max(1) as usize;
-        let warmup = ctx.param("warmup").as_i64().unwrap_or(2).max(0) as usize;
-        let fixed = ctx.param("fixed_length").as_bool().unwrap_or(false);
-        let max_tokens = ctx
-            .param("max_tokens")
-            .as_i64()
-            .map_or(task.max_tokens, |m| m as usize);
+        let (repeats, requests, warmup, fixed) = (p.repeats, p.requests, p.warmup, p.fixed_length);
+        let max_tokens = p.max_tokens.unwrap_or(task.max_tokens);
         let synthetic = super::is_synthetic(ctx, "model");
 
         // Loading and warm-up happen before any window opens.
@@ -277,7 +278,7 @@ impl Stage for Measure {
             ignore_eos: fixed,
             ..Default::default()
         };
-        let min_window = ctx.param("min_window").as_f64().unwrap_or(0.0).max(0.0);
+        let min_window = p.min_window;
         // Serves `n` requests from prompt `start` on (cycled), `batch` at a time: the generations
         // and each batch's prefill time (its earliest first token).
         let serve = |start: usize, n: usize, batch: usize| -> Result<(Vec<Generation>, Vec<f64>)> {
@@ -527,6 +528,20 @@ fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, r
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_parameters_fit_the_declared_ones_and_their_defaults() {
+        let params = engine::stage::default_params(&Measure.params());
+        let p: Params = engine::stage::typed_params(&params).unwrap();
+        assert_eq!(
+            (p.batch.as_slice(), p.repeats, p.requests, p.warmup),
+            (&[1][..], 5, 8, 2)
+        );
+        assert_eq!(
+            (p.min_window, p.max_tokens, p.fixed_length),
+            (2.0, None, false)
+        );
+    }
 
     /// A scripted server: the i-th batch takes `secs[i]` seconds (cycled) for 64 tokens per
     /// request.

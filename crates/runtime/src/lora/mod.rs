@@ -1,6 +1,6 @@
 //! LoRA / QLoRA training over a GGUF llama/qwen2 model, with a forward pass written only with
 //! differentiable candle operations (candle's fused rms_norm, softmax, rope and QMatMul record no
-//! gradient). It matches the inference forward of [`super::llama`] (tested).
+//! gradient). It matches the inference forward of [`crate::llama`] (tested).
 //!
 //! - LoRA: frozen base matrices dequantized to f32; `y = x Wᵀ + (α/r) · B A dropout(x)`.
 //! - QLoRA: frozen base matrices kept 4-bit (the GGUF's own quantized type when it is one, else
@@ -19,6 +19,14 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape
 use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
+
+mod frozen;
+mod ops;
+mod train;
+
+use frozen::*;
+use ops::*;
+pub use train::{StepLog, TrainOptions, train};
 
 /// The projections adapters can target, with their GGUF and PEFT names.
 pub const TARGETS: &[(&str, &str, &str)] = &[
@@ -46,100 +54,6 @@ pub struct LoraConfig {
 impl LoraConfig {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64
-    }
-}
-
-/// A frozen base matrix.
-#[derive(Clone)]
-enum Base {
-    /// `Wᵀ` `[in, out]`, f32.
-    Dense(Arc<Tensor>),
-    /// `W` `[out, in]` in a GGUF quantized type.
-    Quant(Arc<QTensor>),
-}
-
-/// `x · Wᵀ` for a frozen `W`, as a custom op so that autograd computes the gradient of `x` only
-/// (`grad · W`): candle's own matmul backward would also compute — and keep until the step ends —
-/// a full-size gradient for every frozen matrix. For a quantized `W` the forward is candle's
-/// quantized matmul and the backward dequantizes `W` on the fly (QLoRA), so it stays 4-bit.
-struct Frozen(Base);
-
-impl CustomOp1 for Frozen {
-    fn name(&self) -> &'static str {
-        "frozen-linear"
-    }
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = super::cpu::contiguous_f32(storage, layout, self.name())?;
-        let x = Tensor::from_slice(data, layout.shape(), &Device::Cpu)?;
-        let y = self.0.apply(&x)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
-    }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        use candle_core::cuda::CudaStorageSlice;
-        use candle_core::op::BackpropOp;
-        use candle_core::{Storage, bail};
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("frozen-linear takes a contiguous input");
-        };
-        // `try_clone` copies the whole buffer: wrap it as a 1-d tensor, then take the layout's
-        // window of it.
-        let all = storage.try_clone(layout)?;
-        let n = match &all.slice {
-            CudaStorageSlice::F32(s) => s.len(),
-            _ => bail!("frozen-linear takes f32 input"),
-        };
-        let x = Tensor::from_storage(Storage::Cuda(all), n, BackpropOp::none(), false)
-            .narrow(0, start, end - start)?
-            .reshape(layout.shape())?;
-        let y = self.0.apply(&x)?.contiguous()?;
-        let shape = y.shape().clone();
-        let (st, l) = y.storage_and_layout();
-        match &*st {
-            Storage::Cuda(c) if l.start_offset() == 0 => Ok((c.try_clone(l)?, shape)),
-            _ => bail!("frozen-linear: unexpected output storage"),
-        }
-    }
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let g = match &self.0 {
-            Base::Dense(wt) => grad.broadcast_matmul(&wt.t()?)?,
-            Base::Quant(q) => grad.broadcast_matmul(&q.dequantize(grad.device())?)?,
-        };
-        Ok(Some(g))
-    }
-}
-
-impl Base {
-    /// `x · Wᵀ` without autograd (the op's forward).
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Base::Dense(wt) => x.broadcast_matmul(wt),
-            Base::Quant(q) => QMatMul::QTensor(q.clone()).forward(x),
-        }
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.contiguous()?.apply_op1(Frozen(self.clone()))?)
-    }
-    fn bytes(&self) -> u64 {
-        match self {
-            Base::Dense(t) => (t.elem_count() * 4) as u64,
-            Base::Quant(q) => q.storage_size_in_bytes() as u64,
-        }
     }
 }
 
@@ -183,20 +97,6 @@ pub struct Trainable {
     path: std::path::PathBuf,
 }
 
-/// A quantized matrix moved to `device` (its blocks copied as they are).
-fn on_device(q: QTensor, device: &Device) -> Result<QTensor> {
-    if device.is_cpu() {
-        return Ok(q);
-    }
-    let dims = q.shape().dims().to_vec();
-    Ok(candle_core::quantized::ggml_file::qtensor_from_ggml(
-        q.dtype(),
-        &q.data()?,
-        dims,
-        device,
-    )?)
-}
-
 /// Uniform in ±`bound`, deterministic from `seed` and `name`.
 fn uniform(seed: u64, name: &str, n: usize, bound: f32) -> Vec<f32> {
     let mut s = blake3::hash(format!("{seed}:{name}").as_bytes()).as_bytes()[..8]
@@ -222,45 +122,6 @@ fn splitmix(x: u64) -> u64 {
 pub struct Example {
     pub ids: Vec<u32>,
     pub answer_from: usize,
-}
-
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
-}
-
-/// Softmax over the last dimension from differentiable operations (max detached).
-fn softmax(x: &Tensor) -> Result<Tensor> {
-    let e = x
-        .broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?
-        .exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-fn log_softmax(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(shifted.broadcast_sub(&lse)?)
-}
-
-/// RoPE on `[heads, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]`: interleaved pairs (llama,
-/// whose q/k rows are permuted at conversion) or halves (qwen2).
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    let (h, t, d) = x.dims3()?;
-    if interleaved {
-        let x = x.reshape((h, t, d / 2, 2))?;
-        let x0 = x.narrow(3, 0, 1)?.squeeze(3)?;
-        let x1 = x.narrow(3, 1, 1)?.squeeze(3)?;
-        let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
-        let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-        Ok(Tensor::stack(&[a, b], 3)?.reshape((h, t, d))?)
-    } else {
-        let x0 = x.narrow(2, 0, d / 2)?;
-        let x1 = x.narrow(2, d / 2, d / 2)?;
-        let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
-        let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-        Ok(Tensor::cat(&[a, b], 2)?)
-    }
 }
 
 impl Trainable {
@@ -692,108 +553,6 @@ impl Trainable {
             "init_lora_weights": true,
         })
     }
-}
-
-/// Optimizer settings of a training run.
-#[derive(Debug, Clone)]
-pub struct TrainOptions {
-    pub lr: f64,
-    pub steps: usize,
-    /// Sequences per micro-batch (processed one after another; their gradients are summed).
-    pub batch: usize,
-    pub grad_accum: usize,
-}
-
-/// One optimizer step.
-#[derive(Debug, Clone)]
-pub struct StepLog {
-    pub step: usize,
-    pub loss: f64,
-    pub seconds: f64,
-    /// Tokens forwarded in the step (prompt and answer).
-    pub tokens: usize,
-}
-
-/// AdamW (β 0.9 / 0.999, no weight decay, as PEFT's defaults under the HF Trainer) over the
-/// adapters: each step averages the loss of `batch × grad_accum` examples, taken in order and
-/// cycled. `on_step` sees every step (progress, cancellation); a NaN or infinite loss stops the
-/// run with an error.
-pub fn train(
-    m: &Trainable,
-    examples: &[Example],
-    o: &TrainOptions,
-    on_step: &mut dyn FnMut(&StepLog) -> Result<()>,
-) -> Result<Vec<StepLog>> {
-    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
-    if examples.is_empty() {
-        bail!("no training examples");
-    }
-    let vars = m.vars();
-    if vars.is_empty() {
-        bail!("no adapter targets: nothing to train");
-    }
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: o.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
-    let per_step = o.batch.max(1) * o.grad_accum.max(1);
-    let mut logs = vec![];
-    let mut next = 0usize;
-    for step in 0..o.steps {
-        let t0 = std::time::Instant::now();
-        let mut total: Option<candle_core::backprop::GradStore> = None;
-        let (mut loss_sum, mut tokens) = (0.0, 0usize);
-        for _ in 0..per_step {
-            let ex = &examples[next % examples.len()];
-            next += 1;
-            let loss = (m.loss(ex, true)? / per_step as f64)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                bail!(
-                    "the loss became {value} at step {} (learning rate {} too high?): nothing is kept",
-                    step + 1,
-                    o.lr
-                );
-            }
-            loss_sum += value;
-            tokens += ex.ids.len();
-            let grads = loss.backward()?;
-            match &mut total {
-                None => total = Some(grads),
-                Some(acc) => {
-                    for v in &vars {
-                        if let Some(g) = grads.get(v.as_tensor()) {
-                            let sum = match acc.get(v.as_tensor()) {
-                                Some(prev) => (prev + g)?,
-                                None => g.clone(),
-                            };
-                            acc.insert(v.as_tensor(), sum);
-                        }
-                    }
-                }
-            }
-        }
-        if let Some(g) = &total {
-            opt.step(g)?;
-        }
-        let log = StepLog {
-            step: step + 1,
-            loss: loss_sum,
-            seconds: t0.elapsed().as_secs_f64(),
-            tokens,
-        };
-        on_step(&log)?;
-        logs.push(log);
-    }
-    Ok(logs)
-}
-
-fn is_4bit(t: GgmlDType) -> bool {
-    matches!(type_name(t), "q4_0" | "q4_1" | "q4_k")
 }
 
 #[cfg(test)]
