@@ -7,11 +7,12 @@
 //! the tables are written exactly as they are locally. Ctrl-C cancels the submitted jobs.
 
 use super::job::{Input, JobFiles, JobResult, JobSpec, job_name};
-use super::{Need, Outcome, RunOptions, RunReport, Status, skip_downstream};
+use super::walk::Walk;
+use super::{Need, Outcome, RunOptions, RunReport, Status};
 use crate::cache::{Cache, Lookup, write_atomic_via};
 use crate::plan::{Planner, State};
 use crate::stage::Registry;
-use crate::ui::{StageBar, Ui};
+use crate::ui::StageBar;
 use anyhow::{Context, Result};
 use lang::Pipeline;
 use meter::hw::Hardware;
@@ -95,22 +96,7 @@ pub async fn run(
     let mut planner = Planner::new(pipeline, stages, cache, hardware);
     planner.measured_elsewhere = true;
     let nodes = &pipeline.nodes;
-    let n = nodes.len();
-    let mut dependents: Vec<Vec<NodeIdx>> = vec![vec![]; n];
-    for (i, node) in nodes.iter().enumerate() {
-        for d in &node.deps {
-            dependents[*d].push(i);
-        }
-    }
-    let ui = Ui::new(n as u64, opts.quiet);
-    let mut states = vec![
-        State::Blocked {
-            reason: "not reached".into()
-        };
-        n
-    ];
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let mut stop: Option<String> = None;
+    let mut w = Walk::new(pipeline, opts);
     let run_id = format!(
         "{}-{}",
         crate::cache::now_us() / 1_000_000,
@@ -125,8 +111,8 @@ pub async fn run(
     //    inputs' jobs, `<run>/<node>`, not their scheduler ids).
     let mut to_submit: Vec<NodeIdx> = vec![];
     let mut pending_of: BTreeMap<NodeIdx, Vec<NodeIdx>> = BTreeMap::new();
-    for i in declaration_order(pipeline, &dependents) {
-        if outcomes[i].is_some() {
+    for i in w.order() {
+        if w.outcomes[i].is_some() {
             continue; // skipped: something upstream failed
         }
         let node = &nodes[i];
@@ -137,33 +123,8 @@ pub async fn run(
             .filter(|d| pending_of.contains_key(d))
             .collect();
         if pending.is_empty() {
-            let state = planner.evaluate(i, &states);
-            match &state {
-                State::Done {
-                    manifest: Some(m), ..
-                } => {
-                    outcomes[i] = Some(Outcome {
-                        key: Some(m.key.clone()),
-                        manifest: Some(m.clone()),
-                        ..Outcome::simple(Status::Cached, None)
-                    });
-                    ui.stage_done(None);
-                }
-                State::Done { manifest: None, .. } => ui.stage_done(None),
-                State::Failed { error } => {
-                    ui.error(&format!("✗ {}: {error}", node.id));
-                    outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
-                    ui.stage_done(None);
-                    skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
-                    if !opts.keep_going && stop.is_none() {
-                        stop = Some(format!("run stopped after `{}` failed", node.id));
-                    }
-                }
-                State::Stale { .. } | State::Blocked { .. } => {}
-            }
-            let stale = matches!(state, State::Stale { .. });
-            states[i] = state;
-            if !stale {
+            let state = planner.evaluate(i, &w.states);
+            if !w.settle(i, state) {
                 continue;
             }
         }
@@ -181,7 +142,7 @@ pub async fn run(
                 .deps
                 .iter()
                 .map(|d| {
-                    let input = match (pending_of.contains_key(d), states[*d].artifact()) {
+                    let input = match (pending_of.contains_key(d), w.states[*d].artifact()) {
                         (true, _) => Input::Job(job_name(&run_id, *d)),
                         (false, Some(a)) => Input::Known(a.clone()),
                         (false, None) => unreachable!("inputs are settled or submitted"),
@@ -196,14 +157,14 @@ pub async fn run(
         to_submit.push(i);
     }
 
-    if stop.is_some() {
+    if w.stop.is_some() {
         // Nothing is submitted after a failure found while settling: the specs go too.
         let _ = std::fs::remove_dir_all(root.join("jobs").join(&run_id));
     }
 
     // 2. Submit: stages alike (same resources, same jobs to wait for) as one job array.
     let mut submitted: BTreeMap<NodeIdx, Submitted> = BTreeMap::new();
-    if stop.is_none() {
+    if w.stop.is_none() {
         let need_of = |i: NodeIdx| super::need(stages.of(&nodes[i]), &nodes[i]);
         for group in arrays(&to_submit, &pending_of, need_of) {
             let need = need_of(group[0]);
@@ -247,12 +208,12 @@ pub async fn run(
             match scheduler.submit(&submission) {
                 Ok(tasks) => {
                     for (&i, (id, log)) in group.iter().zip(tasks) {
-                        ui.line(&format!(
+                        w.ui.line(&format!(
                             "→ {} submitted as {} job {id}",
                             nodes[i].id,
                             scheduler.name()
                         ));
-                        states[i] = State::Blocked {
+                        w.states[i] = State::Blocked {
                             reason: format!("{} job {id}", scheduler.name()),
                         };
                         let mut files = JobFiles::new(&root, &job_name(&run_id, i))?;
@@ -274,15 +235,15 @@ pub async fn run(
                     // Nothing below it can be submitted; what is already queued goes on.
                     let error = format!("cannot submit to {}: {e:#}", scheduler.name());
                     for &i in &group {
-                        ui.error(&format!("✗ {}: {error}", nodes[i].id));
-                        outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
-                        states[i] = State::Failed {
+                        w.ui.error(&format!("✗ {}: {error}", nodes[i].id));
+                        w.outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
+                        w.states[i] = State::Failed {
                             error: "not submitted".into(),
                         };
-                        ui.stage_done(None);
-                        skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                        w.ui.stage_done(None);
+                        w.skip_downstream(i);
                     }
-                    stop.get_or_insert_with(|| {
+                    w.stop.get_or_insert_with(|| {
                         format!("submitting `{}` failed", nodes[group[0]].id)
                     });
                     break;
@@ -301,14 +262,14 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => {
                 interrupted = true;
                 let ids: Vec<String> = submitted.values().filter(|s| !s.done).map(|s| s.id.clone()).collect();
-                ui.error(&format!("interrupt: cancelling {} {} job(s); finished results are kept", ids.len(), scheduler.name()));
+                w.ui.error(&format!("interrupt: cancelling {} {} job(s); finished results are kept", ids.len(), scheduler.name()));
                 if let Err(e) = scheduler.cancel(&ids) {
-                    ui.error(&format!("cannot cancel the jobs: {e:#}"));
+                    w.ui.error(&format!("cannot cancel the jobs: {e:#}"));
                 }
                 for (i, s) in submitted.iter_mut().filter(|(_, s)| !s.done) {
                     s.done = true;
-                    ui.stage_done(s.bar.take());
-                    outcomes[*i].get_or_insert_with(|| Outcome::simple(Status::Skipped, Some(format!("interrupted (Ctrl-C): {} job {} cancelled", scheduler.name(), s.id))));
+                    w.ui.stage_done(s.bar.take());
+                    w.outcomes[*i].get_or_insert_with(|| Outcome::simple(Status::Skipped, Some(format!("interrupted (Ctrl-C): {} job {} cancelled", scheduler.name(), s.id))));
                 }
                 break;
             }
@@ -326,7 +287,7 @@ pub async fn run(
             Err(e) => {
                 // Once per outage, not every poll; result files are still read meanwhile.
                 if !queue_failing {
-                    ui.error(&format!(
+                    w.ui.error(&format!(
                         "cannot read the {} queue (retrying): {e:#}",
                         scheduler.name()
                     ));
@@ -339,44 +300,44 @@ pub async fn run(
         for (&i, s) in submitted.iter_mut().filter(|(_, s)| !s.done) {
             let listed = queue.as_ref().and_then(|q| q.get(&s.id));
             if let Some(r) = s.files.read_result() {
-                finish(i, s, r, cache, &planner, &mut states, &mut outcomes, &ui);
-                if outcomes[i]
+                finish(&mut w, i, s, r, cache, &planner);
+                if w.outcomes[i]
                     .as_ref()
                     .is_some_and(|o| o.status == Status::Failed)
                 {
-                    skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                    w.skip_downstream(i);
                     failed_now.push(i);
                 }
                 continue;
             }
-            if outcomes[i].is_some() {
+            if w.outcomes[i].is_some() {
                 // Skipped (an upstream job failed); the scheduler drops it by itself.
                 s.done = true;
                 continue;
             }
             match listed {
                 Some(JobState::Running) if s.bar.is_none() => {
-                    s.bar = Some(ui.stage_started(&nodes[i].id));
+                    s.bar = Some(w.ui.stage_started(&nodes[i].id));
                 }
                 Some(JobState::Queued(_) | JobState::Running) => s.unlisted = 0,
                 Some(JobState::Ended { state, reason }) => {
                     let (state, reason) = (state.clone(), reason.clone());
                     // The result file may have landed between the two reads.
                     if let Some(r) = s.files.read_result() {
-                        finish(i, s, r, cache, &planner, &mut states, &mut outcomes, &ui);
+                        finish(&mut w, i, s, r, cache, &planner);
                     } else {
                         let why = format!(
                             "{} job {} ended {state} ({reason}) without a result",
                             scheduler.name(),
                             s.id
                         );
-                        fail(i, s, why, &mut states, &mut outcomes, &ui);
+                        fail(&mut w, i, s, why);
                     }
-                    if outcomes[i]
+                    if w.outcomes[i]
                         .as_ref()
                         .is_some_and(|o| o.status == Status::Failed)
                     {
-                        skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                        w.skip_downstream(i);
                         failed_now.push(i);
                     }
                 }
@@ -388,8 +349,8 @@ pub async fn run(
                             scheduler.name(),
                             s.id
                         );
-                        fail(i, s, why, &mut states, &mut outcomes, &ui);
-                        skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
+                        fail(&mut w, i, s, why);
+                        w.skip_downstream(i);
                         failed_now.push(i);
                     }
                 }
@@ -397,11 +358,9 @@ pub async fn run(
             }
         }
         for i in failed_now {
-            if !opts.keep_going && stop.is_none() {
-                stop = Some(format!(
-                    "run stopped after `{}` failed (use --keep-going to continue independent stages)",
-                    nodes[i].id
-                ));
+            let stopped_before = w.stop.is_some();
+            w.failed(i, true);
+            if w.stop.is_some() && !stopped_before {
                 // Like a local run: what runs finishes, nothing new starts.
                 let queued: Vec<(NodeIdx, String)> = submitted
                     .iter()
@@ -417,39 +376,20 @@ pub async fn run(
                 if !queued.is_empty() {
                     let ids: Vec<String> = queued.iter().map(|(_, id)| id.clone()).collect();
                     if let Err(e) = scheduler.cancel(&ids) {
-                        ui.error(&format!("cannot cancel queued jobs: {e:#}"));
+                        w.ui.error(&format!("cannot cancel queued jobs: {e:#}"));
                     }
                     for (q, _) in queued {
                         let s = submitted.get_mut(&q).expect("listed");
                         s.done = true;
-                        outcomes[q]
-                            .get_or_insert_with(|| Outcome::simple(Status::Skipped, stop.clone()));
-                        ui.stage_done(None);
+                        let stop = w.stop.clone();
+                        w.outcomes[q].get_or_insert_with(|| Outcome::simple(Status::Skipped, stop));
+                        w.ui.stage_done(None);
                     }
                 }
             }
         }
     }
-    ui.finish();
-    super::conclude(&mut planner, outcomes, states, stop, interrupted)
-}
-
-/// Node indices, every node after its inputs, lowest index first among the ready ones.
-fn declaration_order(pipeline: &Pipeline, dependents: &[Vec<NodeIdx>]) -> Vec<NodeIdx> {
-    let mut waiting: Vec<usize> = pipeline.nodes.iter().map(|n| n.deps.len()).collect();
-    let mut ready: std::collections::BTreeSet<NodeIdx> =
-        (0..waiting.len()).filter(|i| waiting[*i] == 0).collect();
-    let mut order = vec![];
-    while let Some(i) = ready.pop_first() {
-        order.push(i);
-        for &d in &dependents[i] {
-            waiting[d] -= 1;
-            if waiting[d] == 0 {
-                ready.insert(d);
-            }
-        }
-    }
-    order
+    w.conclude(&mut planner, interrupted)
 }
 
 /// Groups of alike stages, in an order in which every group comes after the groups of the
@@ -506,51 +446,42 @@ fn arrays(
 /// A job's result file is in: its manifest becomes the node's state.
 #[allow(clippy::too_many_arguments)]
 fn finish(
+    w: &mut Walk,
     i: NodeIdx,
     s: &mut Submitted,
     r: JobResult,
     cache: &Cache,
     planner: &Planner,
-    states: &mut [State],
-    outcomes: &mut [Option<Outcome>],
-    ui: &Ui,
 ) {
     let where_ = format!("job {} on {}", s.id, r.host);
     if let Some(e) = r.error {
-        return fail(i, s, format!("{e} ({where_})"), states, outcomes, ui);
+        return fail(w, i, s, format!("{e} ({where_})"));
     }
     let manifest = match r.key.as_deref().map(|k| cache.lookup(k)) {
         Some(Lookup::Hit(m)) => m,
         _ => {
             let why = format!("{where_} reported success, but its result is not in the cache");
-            return fail(i, s, why, states, outcomes, ui);
+            return fail(w, i, s, why);
         }
     };
     let status = if r.ran { Status::Ran } else { Status::Cached };
     s.done = true;
-    ui.stage_done(s.bar.take());
-    ui.line(&format!(
+    w.ui.stage_done(s.bar.take());
+    w.ui.line(&format!(
         "✓ {} ({:.1} s, {where_}{})",
         planner.pipeline.nodes[i].id,
         manifest.seconds,
         if r.ran { "" } else { ", found cached" }
     ));
-    outcomes[i] = Some(Outcome::finished(status, &manifest));
-    states[i] = State::Done {
+    w.outcomes[i] = Some(Outcome::finished(status, &manifest));
+    w.states[i] = State::Done {
         artifact: planner.artifact_of(&manifest),
         manifest: Some(manifest),
     };
 }
 
 /// A job failed: its error, with the job id and the tail of its log.
-fn fail(
-    i: NodeIdx,
-    s: &mut Submitted,
-    why: String,
-    states: &mut [State],
-    outcomes: &mut [Option<Outcome>],
-    ui: &Ui,
-) {
+fn fail(w: &mut Walk, i: NodeIdx, s: &mut Submitted, why: String) {
     let tail = log_tail(&s.files.log, 12);
     let error = if tail.is_empty() {
         format!("{why}; log {} is empty", s.files.log.display())
@@ -564,11 +495,11 @@ fn fail(
                 .join("\n")
         )
     };
-    ui.error(&format!("✗ {}: {error}", s.stage_id));
-    outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
-    states[i] = State::Failed { error };
+    w.ui.error(&format!("✗ {}: {error}", s.stage_id));
+    w.outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
+    w.states[i] = State::Failed { error };
     s.done = true;
-    ui.stage_done(s.bar.take());
+    w.ui.stage_done(s.bar.take());
 }
 
 /// The last `n` lines of a file (empty when it cannot be read).

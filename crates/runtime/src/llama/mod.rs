@@ -214,9 +214,8 @@ impl Llama {
         }
         let norm = dense(g, "output_norm.weight")?;
         // Tied embeddings: no `output.weight`, the embedding matrix is the head. The head gets
-        // its own copy: sharing the embedding's QTensor made decoding ~25 % slower (measured on
-        // SmolLM2 Q4_0: 93 vs 120 tok/s), presumably candle's repacked-weight cache; both copies
-        // are counted in `weight_bytes`.
+        // its own copy (sharing the embedding's QTensor slows candle's decoding: docs/cpu.md,
+        // "Design notes"); both copies are counted in `weight_bytes`.
         let head = qmat(g, head_name)?;
         weight_bytes += embed_q.storage_size_in_bytes() as u64;
         weight_bytes += ((2 * n_layer + 1) * hidden * 4) as u64; // norms
