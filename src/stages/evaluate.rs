@@ -16,7 +16,7 @@ use metrics::fidelity::Fidelity;
 use metrics::{score, stats};
 use runtime::generate::{GenOptions, StopReason, generate_batch};
 use runtime::llama::{KvCache, Llama};
-use runtime::tokenizer::Tok;
+use runtime::tokenizer::Tokenizer;
 use serde_json::json;
 use spec::{Output, ParamSpec, Ty, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -307,7 +307,7 @@ impl Stage for Evaluate {
 /// The judge model's replies (greedy, a few tokens) to the fixed rubric for each sample.
 fn judge_batch(
     judge: &Llama,
-    tok: &Tok,
+    tok: &Tokenizer,
     samples: &[&Sample],
     gens: &[runtime::generate::Generation],
 ) -> Result<Vec<String>> {
@@ -335,7 +335,7 @@ fn judge_batch(
 }
 
 /// The chat-templated prompt of a sample, checked against the context.
-fn prompt_ids(tok: &Tok, model: &Llama, s: &Sample, max_tokens: usize) -> Result<Vec<u32>> {
+fn prompt_ids(tok: &Tokenizer, model: &Llama, s: &Sample, max_tokens: usize) -> Result<Vec<u32>> {
     let ids = tok.encode(&tok.chat_prompt(&s.messages)?)?;
     if ids.len() + max_tokens > model.cfg.context {
         bail!(
@@ -359,9 +359,9 @@ fn all_logits(model: &Llama, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
 /// Teacher-forced fidelity on prompt + gold answer: the positions that predict answer tokens.
 fn fidelity(
     model: &Llama,
-    tok: &Tok,
+    tok: &Tokenizer,
     reference: &Llama,
-    ref_tok: &Tok,
+    ref_tok: &Tokenizer,
     prompt: &[u32],
     answer: &str,
 ) -> Result<Fidelity> {

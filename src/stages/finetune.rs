@@ -235,7 +235,7 @@ impl Stage for Finetune {
         let tok = if synthetic {
             None
         } else {
-            Some(runtime::tokenizer::Tok::from_gguf(
+            Some(runtime::tokenizer::Tokenizer::from_gguf(
                 &runtime::gguf::Gguf::open(&path)?,
             )?)
         };

@@ -3,7 +3,7 @@
 //! inter-token latency.
 
 use super::llama::{KvCache, Llama, argmax};
-use super::tokenizer::Tok;
+use super::tokenizer::Tokenizer;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ fn sample(logits: &Tensor, opts: &GenOptions, rng: &mut Rng) -> Result<u32> {
 /// until every row has stopped. Token times are per row, from the common start.
 pub fn generate_batch(
     model: &Llama,
-    tok: &Tok,
+    tok: &Tokenizer,
     prompts: &[Vec<u32>],
     opts: &GenOptions,
 ) -> Result<Vec<Generation>> {
@@ -128,7 +128,7 @@ pub fn generate_batch_ids(
 
 fn generate_inner(
     model: &Llama,
-    tok: Option<&Tok>,
+    tok: Option<&Tokenizer>,
     prompts: &[Vec<u32>],
     opts: &GenOptions,
 ) -> Result<Vec<Generation>> {
@@ -215,14 +215,19 @@ fn generate_inner(
 }
 
 /// Generates a continuation of `prompt` (token ids).
-pub fn generate(model: &Llama, tok: &Tok, prompt: &[u32], opts: &GenOptions) -> Result<Generation> {
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    opts: &GenOptions,
+) -> Result<Generation> {
     let mut out = generate_batch(model, tok, &[prompt.to_vec()], opts)?;
     Ok(out.remove(0))
 }
 
 /// One forward pass on a single token (the tokenizer's BOS, or the first token of "Hello"):
 /// what a cold load must include before the model can produce its first token.
-pub fn first_token(model: &Llama, tok: Option<&Tok>) -> Result<u32> {
+pub fn first_token(model: &Llama, tok: Option<&Tokenizer>) -> Result<u32> {
     let id = match tok {
         Some(t) => match t.bos {
             Some(b) => b,

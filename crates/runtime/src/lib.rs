@@ -41,7 +41,7 @@ pub fn mark_out_of_memory(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// Opens a GGUF model file: the forward pass (on the CPU) and its tokenizer.
-pub fn load_gguf(path: &std::path::Path) -> anyhow::Result<(llama::Llama, tokenizer::Tok)> {
+pub fn load_gguf(path: &std::path::Path) -> anyhow::Result<(llama::Llama, tokenizer::Tokenizer)> {
     load_gguf_on(path, &candle_core::Device::Cpu)
 }
 
@@ -49,9 +49,9 @@ pub fn load_gguf(path: &std::path::Path) -> anyhow::Result<(llama::Llama, tokeni
 pub fn load_gguf_on(
     path: &std::path::Path,
     device: &candle_core::Device,
-) -> anyhow::Result<(llama::Llama, tokenizer::Tok)> {
+) -> anyhow::Result<(llama::Llama, tokenizer::Tokenizer)> {
     let mut g = gguf::Gguf::open(path)?;
-    let tok = tokenizer::Tok::from_gguf(&g)?;
+    let tok = tokenizer::Tokenizer::from_gguf(&g)?;
     let model = llama::Llama::load_on(&mut g, device)?;
     Ok((model, tok))
 }
@@ -61,10 +61,10 @@ pub fn load_gguf_on(
 pub fn load_model_on(
     path: &std::path::Path,
     device: &candle_core::Device,
-) -> anyhow::Result<(llama::Llama, Option<tokenizer::Tok>)> {
+) -> anyhow::Result<(llama::Llama, Option<tokenizer::Tokenizer>)> {
     let mut g = gguf::Gguf::open(path)?;
     let tok = match g.metadata_str("tokenizer.ggml.model") {
-        Some(_) => Some(tokenizer::Tok::from_gguf(&g)?),
+        Some(_) => Some(tokenizer::Tokenizer::from_gguf(&g)?),
         None => None,
     };
     let model = llama::Llama::load_on(&mut g, device)?;

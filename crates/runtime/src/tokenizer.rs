@@ -14,7 +14,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{AddedToken, Tokenizer as HfTokenizer};
 
 /// Llama 3's splitting expression (numbers in groups of up to three digits).
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -119,14 +119,14 @@ impl ChatFormat {
 enum Backend {
     Bpe {
         /// Recognises special tokens written in the text (for chat prompts).
-        inner: Box<Tokenizer>,
+        inner: Box<HfTokenizer>,
         /// The same without special-token matching.
-        plain: Box<Tokenizer>,
+        plain: Box<HfTokenizer>,
     },
     Spm(Box<super::spm::Spm>),
 }
 
-pub struct Tok {
+pub struct Tokenizer {
     backend: Backend,
     pub bos: Option<u32>,
     /// Tokens that end generation (eos, and end-of-turn tokens of the chat format).
@@ -136,14 +136,14 @@ pub struct Tok {
     pub add_bos: bool,
 }
 
-impl Tok {
-    pub fn from_gguf(g: &Gguf) -> Result<Tok> {
+impl Tokenizer {
+    pub fn from_gguf(g: &Gguf) -> Result<Tokenizer> {
         let meta = &g.content.metadata;
         let model = g
             .metadata_str("tokenizer.ggml.model")
             .context("the GGUF has no tokenizer (tokenizer.ggml.model)")?;
         if model == "llama" {
-            return Tok::spm_from_gguf(g);
+            return Tokenizer::spm_from_gguf(g);
         }
         if model != "gpt2" {
             bail!(
@@ -193,7 +193,7 @@ impl Tok {
             .ignore_merges(ignore_merges)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the BPE tokenizer: {e}"))?;
-        let mut inner = Tokenizer::new(bpe);
+        let mut inner = HfTokenizer::new(bpe);
         let byte_level = ByteLevel::new(false, true, true);
         // The splitting expressions of llama.cpp's `tokenizer.ggml.pre` types.
         let split = |re: &str| -> Result<Sequence> {
@@ -241,7 +241,7 @@ impl Tok {
         inner
             .add_special_tokens(special)
             .map_err(|e| anyhow::anyhow!("cannot register special tokens: {e}"))?;
-        Ok(Tok::finish(
+        Ok(Tokenizer::finish(
             g,
             &tokens,
             Backend::Bpe {
@@ -253,7 +253,7 @@ impl Tok {
     }
 
     /// A SentencePiece vocabulary (scores instead of merges; BOS added by default).
-    fn spm_from_gguf(g: &Gguf) -> Result<Tok> {
+    fn spm_from_gguf(g: &Gguf) -> Result<Tokenizer> {
         let meta = &g.content.metadata;
         let list = |k: &str| {
             meta.get(k)
@@ -280,11 +280,16 @@ impl Tok {
             .unwrap_or(true);
         let spm = super::spm::Spm::new(tokens.clone(), scores, types, unk, add_space_prefix)
             .with_context(|| format!("{}: tokenizer", g.path.display()))?;
-        Ok(Tok::finish(g, &tokens, Backend::Spm(Box::new(spm)), true))
+        Ok(Tokenizer::finish(
+            g,
+            &tokens,
+            Backend::Spm(Box::new(spm)),
+            true,
+        ))
     }
 
     /// End tokens, BOS, chat format: the same for every vocabulary type.
-    fn finish(g: &Gguf, tokens: &[String], backend: Backend, add_bos_default: bool) -> Tok {
+    fn finish(g: &Gguf, tokens: &[String], backend: Backend, add_bos_default: bool) -> Tokenizer {
         let meta = &g.content.metadata;
         let id = |k: &str| meta.get(k).and_then(|v| v.to_u32().ok());
         let mut stop_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
@@ -302,7 +307,7 @@ impl Tok {
             None if arch.starts_with("gemma") => Ok(ChatFormat::Gemma),
             None => Err("the model has no chat template".to_string()),
         };
-        Tok {
+        Tokenizer {
             backend,
             bos: id("tokenizer.ggml.bos_token_id"),
             stop_ids,

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use runtime::generate::{GenOptions, generate};
 use runtime::gguf::Gguf;
 use runtime::llama::{Decode, KvCache, Llama, argmax};
-use runtime::tokenizer::{Message, Tok};
+use runtime::tokenizer::{Message, Tokenizer};
 use std::path::PathBuf;
 
 #[path = "../../../tests/common/mod.rs"]
@@ -20,19 +20,19 @@ fn smollm2() -> Option<PathBuf> {
     )
 }
 
-fn load() -> Option<(Llama, Tok)> {
+fn load() -> Option<(Llama, Tokenizer)> {
     load_from(&smollm2()?)
 }
 
-fn load_from(path: &std::path::Path) -> Option<(Llama, Tok)> {
+fn load_from(path: &std::path::Path) -> Option<(Llama, Tokenizer)> {
     let mut g = Gguf::open(path).unwrap();
-    let tok = Tok::from_gguf(&g).unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
     let model = Llama::load(&mut g).unwrap();
     Some((model, tok))
 }
 
 /// Token ids of a one-question chat prompt.
-fn chat_ids(tok: &Tok, question: &str) -> Vec<u32> {
+fn chat_ids(tok: &Tokenizer, question: &str) -> Vec<u32> {
     let messages = [Message {
         role: "user".into(),
         content: question.into(),
@@ -40,7 +40,7 @@ fn chat_ids(tok: &Tok, question: &str) -> Vec<u32> {
     tok.encode(&tok.chat_prompt(&messages).unwrap()).unwrap()
 }
 
-fn ask(model: &Llama, tok: &Tok, question: &str) -> String {
+fn ask(model: &Llama, tok: &Tokenizer, question: &str) -> String {
     let options = GenOptions {
         max_tokens: 24,
         ..Default::default()
@@ -195,7 +195,7 @@ fn hugging_face_folder_round_trip() {
     let folder = dir.path().join("smollm2-hf");
     std::fs::create_dir_all(&folder).unwrap();
     let mut g = Gguf::open(&src).unwrap();
-    let tok = Tok::from_gguf(&g).unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
     let (heads, kv_heads) = (9, 3);
     let mut tensors = std::collections::HashMap::new();
     let mut originals = vec![];
@@ -274,7 +274,7 @@ fn hugging_face_folder_round_trip() {
         let diff = common::max_abs_diff(&got, want);
         assert_eq!(diff, 0.0, "{name} changed in the round trip");
     }
-    let tok2 = Tok::from_gguf(&back).unwrap();
+    let tok2 = Tokenizer::from_gguf(&back).unwrap();
     let text = "Hello, world! 12345 naïve café <|im_start|>user";
     assert_eq!(tok2.encode(text).unwrap(), tok.encode(text).unwrap());
     let (model, tok2) = load_from(&out).unwrap();
@@ -287,12 +287,12 @@ fn gemma3_path() -> Option<PathBuf> {
     common::fetched("EDGE_EVAL_GEMMA3", "models/gemma-3-270m-q4_k_m.gguf", "")
 }
 
-fn gemma3() -> Option<(Llama, Tok)> {
+fn gemma3() -> Option<(Llama, Tokenizer)> {
     load_from(&gemma3_path()?)
 }
 
 /// Greedy continuation of plain text (no chat template).
-fn complete(model: &Llama, tok: &Tok, text: &str, max_tokens: usize) -> String {
+fn complete(model: &Llama, tok: &Tokenizer, text: &str, max_tokens: usize) -> String {
     let options = GenOptions {
         max_tokens,
         ..Default::default()
@@ -432,7 +432,7 @@ fn own_cpu_forward_matches_candles() {
         Llama::load_with(&mut g, &Device::Cpu, k).unwrap()
     };
     let (ours, theirs) = (load(Kernels::Own), load(Kernels::Candle));
-    let tok = Tok::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
     // The reference: the same weights dequantized to f32, through candle in f32 arithmetic
     // (no 8-bit activations).
     let dir = tempfile::tempdir().unwrap();

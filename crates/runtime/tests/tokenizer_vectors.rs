@@ -5,7 +5,7 @@
 //! (gpt-2, starcoder, refact, llama-bpe, qwen2) and SentencePiece (llama-spm).
 
 use runtime::gguf::Gguf;
-use runtime::tokenizer::Tok;
+use runtime::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 #[path = "../../../tests/common/mod.rs"]
@@ -42,7 +42,7 @@ fn cases(dir: &std::path::Path, family: &str) -> Vec<(String, Vec<u32>)> {
 fn check(family: &str) {
     let Some(dir) = vocab_dir() else { return };
     let g = Gguf::open(&dir.join(format!("ggml-vocab-{family}.gguf"))).unwrap();
-    let tok = Tok::from_gguf(&g).unwrap_or_else(|e| panic!("{family}: {e:#}"));
+    let tok = Tokenizer::from_gguf(&g).unwrap_or_else(|e| panic!("{family}: {e:#}"));
     let cases = cases(&dir, family);
     assert!(cases.len() > 20, "{family}: only {} cases", cases.len());
     let mut failures = vec![];

@@ -8,7 +8,7 @@
 
 use super::job::{Input, JobFiles, JobResult, JobSpec, job_name};
 use super::walk::Walk;
-use super::{Need, Outcome, RunOptions, RunReport, Status};
+use super::{Outcome, Resources, RunOptions, RunReport, Status};
 use crate::cache::{Cache, Lookup, write_atomic_via};
 use crate::plan::{Planner, State};
 use crate::stage::Registry;
@@ -27,7 +27,7 @@ pub trait Scheduler {
     /// For messages: "Slurm".
     fn name(&self) -> &'static str;
     /// Where a stage with this need runs, in words (for `plan`).
-    fn placement(&self, need: &Need) -> String;
+    fn placement(&self, need: &Resources) -> String;
     /// Submits one job (an array when it has several stages); returns each task's id (the one
     /// `after`, `states` and `cancel` take) and the file its output goes to.
     fn submit(&mut self, job: &Submission) -> Result<Vec<(String, PathBuf)>>;
@@ -46,7 +46,7 @@ pub struct Submission<'a> {
     pub command: Vec<String>,
     /// Scheduler ids of the jobs (or array tasks) that must succeed first.
     pub after: Vec<String>,
-    pub need: Need,
+    pub need: Resources,
     /// Measuring stage: it gets its device (on `cpu`: the node) to itself.
     pub measuring: bool,
     /// Where each task's stdout and stderr should go (a scheduler may choose otherwise and
@@ -398,7 +398,7 @@ pub async fn run(
 fn arrays(
     order: &[NodeIdx],
     pending_of: &BTreeMap<NodeIdx, Vec<NodeIdx>>,
-    need_of: impl Fn(NodeIdx) -> Need,
+    need_of: impl Fn(NodeIdx) -> Resources,
 ) -> Vec<Vec<NodeIdx>> {
     let mut groups: Vec<Vec<NodeIdx>> = vec![];
     let mut index: BTreeMap<(String, Vec<NodeIdx>), usize> = BTreeMap::new();
@@ -541,7 +541,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let need = |i: NodeIdx| Need {
+        let need = |i: NodeIdx| Resources {
             threads: 1,
             device: if i == 6 { Device::Cpu } else { Device::Cuda(0) },
             exclusive: i == 5,

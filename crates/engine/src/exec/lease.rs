@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 /// What one stage needs to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Need {
+pub struct Resources {
     pub threads: usize,
     pub device: Device,
     pub exclusive: bool,
@@ -37,7 +37,7 @@ impl Leases {
     }
 
     /// Threads actually taken for a need (a stage asking for more than the budget gets it all).
-    fn threads(&self, need: &Need) -> usize {
+    fn threads(&self, need: &Resources) -> usize {
         if need.exclusive && need.device == Device::Cpu {
             self.total
         } else {
@@ -45,7 +45,7 @@ impl Leases {
         }
     }
 
-    pub fn try_acquire(&mut self, need: &Need) -> bool {
+    pub fn try_acquire(&mut self, need: &Resources) -> bool {
         let threads = self.threads(need);
         let hold = self.devices.get(&need.device).copied().unwrap_or_default();
         // A GPU runs one stage at a time: candle's quantized products keep one scratch buffer
@@ -71,7 +71,7 @@ impl Leases {
         true
     }
 
-    pub fn release(&mut self, need: &Need) {
+    pub fn release(&mut self, need: &Resources) {
         self.free = (self.free + self.threads(need)).min(self.total);
         if let Some(h) = self.devices.get_mut(&need.device) {
             if need.exclusive {
@@ -87,8 +87,8 @@ impl Leases {
 mod tests {
     use super::*;
 
-    fn need(threads: usize, device: Device, exclusive: bool) -> Need {
-        Need {
+    fn need(threads: usize, device: Device, exclusive: bool) -> Resources {
+        Resources {
             threads,
             device,
             exclusive,

@@ -9,7 +9,7 @@ mod lease;
 pub mod slurm;
 mod walk;
 
-pub use lease::{Leases, Need};
+pub use lease::{Leases, Resources};
 
 use crate::cache::{Cache, Manifest, Provenance, now_us};
 use crate::plan::{KeyComponents, Planner, State};
@@ -99,7 +99,7 @@ pub struct RunReport {
 
 struct Finished {
     node: NodeIdx,
-    need: Need,
+    need: Resources,
     started_us: i64,
     result: Result<Computed>,
 }
@@ -149,7 +149,7 @@ pub async fn run(
         //    `cpu`: once nothing else runs), so it never shares the machine, and the shared work
         //    is not held up behind it.
         if w.stop.is_none() {
-            let needs: Vec<(NodeIdx, Need)> = runnable
+            let needs: Vec<(NodeIdx, Resources)> = runnable
                 .iter()
                 .map(|&i| (i, need(stages.of(&nodes[i]), &nodes[i])))
                 .collect();
@@ -286,8 +286,8 @@ pub fn placement(executor: &spec::Executor, stage: &dyn Stage, node: &lang::Node
 }
 
 /// What a node holds while it runs: CPU threads, its device, and whether alone.
-pub(crate) fn need(stage: &dyn Stage, node: &lang::Node) -> Need {
-    Need {
+pub(crate) fn need(stage: &dyn Stage, node: &lang::Node) -> Resources {
+    Resources {
         threads: stage.threads(&node.params),
         device: node.device(),
         exclusive: stage.measuring(&node.params),

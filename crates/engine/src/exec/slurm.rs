@@ -4,7 +4,7 @@
 //! itself, and the job finds them through `CUDA_VISIBLE_DEVICES`. A measuring stage on `cpu`
 //! asks for the whole node (`--exclusive`), as a local run gives it the whole machine.
 
-use super::Need;
+use super::Resources;
 use super::batch::{JobState, Scheduler, Submission};
 use anyhow::{Context, Result, bail};
 use spec::{Device, SlurmOptions};
@@ -36,7 +36,7 @@ impl Slurm {
     }
 
     /// CPUs a stage asks for: its own thread count, or `cpus_per_stage` for one that uses all.
-    fn cpus(&self, need: &Need) -> usize {
+    fn cpus(&self, need: &Resources) -> usize {
         if need.threads == usize::MAX {
             self.options.cpus_per_stage as usize
         } else {
@@ -116,7 +116,7 @@ impl Scheduler for Slurm {
         "Slurm"
     }
 
-    fn placement(&self, need: &Need) -> String {
+    fn placement(&self, need: &Resources) -> String {
         let mut parts = vec![];
         if need.exclusive && need.device == Device::Cpu {
             parts.push("whole node".to_string());
@@ -265,7 +265,7 @@ mod tests {
             stage_ids: vec!["m[q4_0]"],
             command: vec![],
             after,
-            need: Need {
+            need: Resources {
                 threads: 2,
                 device,
                 exclusive: measuring,
@@ -312,7 +312,7 @@ mod tests {
             stage_ids: vec!["q[a]", "q[b]", "q[c]"],
             command: vec![],
             after: vec![],
-            need: Need {
+            need: Resources {
                 threads: usize::MAX, // "all it is given": cpus_per_stage
                 device: Device::Cpu,
                 exclusive: false,

@@ -12,7 +12,7 @@ impl Resolver {
         }
     }
 
-    pub(super) fn bind(&mut self, idx: NodeIdx, call: &Call, env: &[(String, Raw, Span)]) {
+    pub(super) fn bind(&mut self, idx: NodeIdx, call: &Call, env: &[(String, Untyped, Span)]) {
         let stage = self.nodes[idx].sig;
         let kind = stage.kind;
         let specs = &stage.params;

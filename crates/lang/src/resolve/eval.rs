@@ -6,38 +6,38 @@ impl Resolver {
     pub(super) fn eval(
         &mut self,
         e: &Expr,
-        env: &[(String, Raw, Span)],
-    ) -> Result<Raw, Diagnostic> {
+        env: &[(String, Untyped, Span)],
+    ) -> Result<Untyped, Diagnostic> {
         Ok(match &e.kind {
-            ExprKind::Str(s) => Raw::Str(s.clone()),
-            ExprKind::Int(i) => Raw::Int(*i),
-            ExprKind::Float(f) => Raw::Float(*f),
-            ExprKind::Bool(b) => Raw::Bool(*b),
-            ExprKind::Quantity { value, unit } => Raw::Quantity(*value, unit.clone()),
+            ExprKind::Str(s) => Untyped::Str(s.clone()),
+            ExprKind::Int(i) => Untyped::Int(*i),
+            ExprKind::Float(f) => Untyped::Float(*f),
+            ExprKind::Bool(b) => Untyped::Bool(*b),
+            ExprKind::Quantity { value, unit } => Untyped::Quantity(*value, unit.clone()),
             ExprKind::List(xs) => {
                 let mut out = vec![];
                 for x in xs {
                     out.push((self.eval(x, env)?, x.span));
                 }
-                Raw::List(out)
+                Untyped::List(out)
             }
             ExprKind::Call(c) => {
                 let mut out = vec![];
                 for a in &c.args {
                     out.push((a.name.clone(), self.eval(&a.value, env)?, a.value.span));
                 }
-                Raw::Call(c.func.name.clone(), out)
+                Untyped::Call(c.func.name.clone(), out)
             }
             ExprKind::Name(name) => {
                 if let Some((_, v, _)) = env.iter().rev().find(|(n, _, _)| n == name) {
                     return Ok(v.clone());
                 }
                 match self.globals.get(name).map(|(g, _)| *g) {
-                    Some(Global::Node(i)) => Raw::Node(i),
+                    Some(Global::Node(i)) => Untyped::Node(i),
                     Some(Global::Let(i)) => self.eval_let(i, e.span)?,
                     None => match self.targets.get(name) {
                         Some(t) if t.arity == 0 => {
-                            Raw::Node(*t.entries.values().next().expect("registered"))
+                            Untyped::Node(*t.entries.values().next().expect("registered"))
                         }
                         Some(t) => {
                             return Err(Diagnostic::at(
@@ -50,7 +50,7 @@ impl Resolver {
                             )
                             .with_secondary(t.first, "assigned here"));
                         }
-                        None => Raw::Word(name.clone()),
+                        None => Untyped::Word(name.clone()),
                     },
                 }
             }
@@ -84,7 +84,7 @@ impl Resolver {
                     .with_secondary(t.first, "assigned here"));
                 }
                 match t.entries.get(&key) {
-                    Some(i) => Raw::Node(*i),
+                    Some(i) => Untyped::Node(*i),
                     None => {
                         let known: Vec<String> = t
                             .entries
@@ -114,7 +114,7 @@ impl Resolver {
         })
     }
 
-    pub(super) fn eval_let(&mut self, i: usize, use_span: Span) -> Result<Raw, Diagnostic> {
+    pub(super) fn eval_let(&mut self, i: usize, use_span: Span) -> Result<Untyped, Diagnostic> {
         if let Some(v) = self.let_cache.get(&i) {
             return Ok(v.clone());
         }
@@ -146,7 +146,7 @@ impl Resolver {
     pub(super) fn typed(
         &mut self,
         e: &Expr,
-        env: &[(String, Raw, Span)],
+        env: &[(String, Untyped, Span)],
         spec: &ParamSpec,
         owner: &str,
     ) -> Option<Value> {
@@ -171,7 +171,7 @@ impl Resolver {
     #[inline(never)]
     pub(super) fn slurm_options(
         &self,
-        named: &[(Option<Ident>, Raw, Span)],
+        named: &[(Option<Ident>, Untyped, Span)],
     ) -> Result<SlurmOptions, Diagnostic> {
         let schema = [
             ParamSpec::optional("partition", Ty::Str, "Slurm partition"),
@@ -245,13 +245,13 @@ impl Resolver {
 
     pub(super) fn coerce(
         &self,
-        raw: &Raw,
+        raw: &Untyped,
         span: Span,
         ty: &Ty,
         param: &str,
         owner: &str,
     ) -> Result<Value, Diagnostic> {
-        let mismatch = |found: &Raw| {
+        let mismatch = |found: &Untyped| {
             Diagnostic::at(
                 span,
                 format!(
@@ -263,8 +263,8 @@ impl Resolver {
             )
         };
         Ok(match (ty, raw) {
-            (Ty::Str, Raw::Str(s)) => Value::Str(s.clone()),
-            (Ty::Int { min, max }, Raw::Int(i)) => {
+            (Ty::Str, Untyped::Str(s)) => Value::Str(s.clone()),
+            (Ty::Int { min, max }, Untyped::Int(i)) => {
                 if i < min || i > max {
                     return Err(range_error(
                         span,
@@ -277,10 +277,10 @@ impl Resolver {
                 }
                 Value::Int(*i)
             }
-            (Ty::Float { min, max }, Raw::Int(_) | Raw::Float(_)) => {
+            (Ty::Float { min, max }, Untyped::Int(_) | Untyped::Float(_)) => {
                 let f = match raw {
-                    Raw::Int(i) => *i as f64,
-                    Raw::Float(f) => *f,
+                    Untyped::Int(i) => *i as f64,
+                    Untyped::Float(f) => *f,
                     _ => unreachable!(),
                 };
                 if f < *min || f > *max {
@@ -288,8 +288,8 @@ impl Resolver {
                 }
                 Value::Float(f)
             }
-            (Ty::Bool, Raw::Bool(b)) => Value::Bool(*b),
-            (Ty::Quantity(dim), Raw::Quantity(v, unit)) => match lookup_unit(&unit.name) {
+            (Ty::Bool, Untyped::Bool(b)) => Value::Bool(*b),
+            (Ty::Quantity(dim), Untyped::Quantity(v, unit)) => match lookup_unit(&unit.name) {
                 Some((d, factor)) if d == *dim => Value::Quantity {
                     value: v * factor,
                     dim: *dim,
@@ -324,7 +324,7 @@ impl Resolver {
                     )));
                 }
             },
-            (Ty::Quantity(dim), Raw::Int(_) | Raw::Float(_)) => {
+            (Ty::Quantity(dim), Untyped::Int(_) | Untyped::Float(_)) => {
                 return Err(Diagnostic::at(
                     span,
                     format!("`{param}` of `{owner}` needs a unit"),
@@ -338,13 +338,13 @@ impl Resolver {
             }
             // A model, task or stage named like one of the options (`task chat = …` and
             // `kind = chat`): a node is never a valid value here, so the option is meant.
-            (Ty::Enum(options), Raw::Node(n))
+            (Ty::Enum(options), Untyped::Node(n))
                 if options.contains(&self.nodes[*n].id.rsplit(':').next().unwrap_or_default()) =>
             {
                 let id = &self.nodes[*n].id;
                 Value::Symbol(id.rsplit(':').next().unwrap_or(id).to_string())
             }
-            (Ty::Enum(options), Raw::Word(w) | Raw::Str(w)) => {
+            (Ty::Enum(options), Untyped::Word(w) | Untyped::Str(w)) => {
                 if !options.contains(&w.as_str()) {
                     return Err(Diagnostic::at(
                         span,
@@ -356,11 +356,11 @@ impl Resolver {
                 }
                 Value::Symbol(w.clone())
             }
-            (Ty::Executor, Raw::Word(w)) if w == "local" => Value::Executor(Executor::Local),
-            (Ty::Executor, Raw::Word(w)) if w == "slurm" => {
+            (Ty::Executor, Untyped::Word(w)) if w == "local" => Value::Executor(Executor::Local),
+            (Ty::Executor, Untyped::Word(w)) if w == "slurm" => {
                 Value::Executor(Executor::Slurm(SlurmOptions::default()))
             }
-            (Ty::Executor, Raw::Call(f, args)) if f == "slurm" => {
+            (Ty::Executor, Untyped::Call(f, args)) if f == "slurm" => {
                 if let Some((_, _, s)) = args.iter().find(|(n, _, _)| n.is_none()) {
                     return Err(Diagnostic::at(
                         *s,
@@ -373,7 +373,7 @@ impl Resolver {
                 }
                 Value::Executor(Executor::Slurm(self.slurm_options(args)?))
             }
-            (Ty::Executor, Raw::Word(w) | Raw::Call(w, ..)) => {
+            (Ty::Executor, Untyped::Word(w) | Untyped::Call(w, ..)) => {
                 return Err(Diagnostic::at(
                     span,
                     format!("unknown executor `{w}`"),
@@ -382,10 +382,10 @@ impl Resolver {
                 .suggest(w, ["local", "slurm"])
                 .with_hint("executors are `local` (this process) and `slurm(...)`"));
             }
-            (Ty::Device, Raw::Word(w)) if w == "cpu" => Value::Device(Device::Cpu),
-            (Ty::Device, Raw::Word(w)) if w == "cuda" => Value::Device(Device::Cuda(0)),
-            (Ty::Device, Raw::Call(f, args)) if f == "cuda" => match args.as_slice() {
-                [(None, Raw::Int(i), _)] if (0..=i64::from(u16::MAX)).contains(i) => {
+            (Ty::Device, Untyped::Word(w)) if w == "cpu" => Value::Device(Device::Cpu),
+            (Ty::Device, Untyped::Word(w)) if w == "cuda" => Value::Device(Device::Cuda(0)),
+            (Ty::Device, Untyped::Call(f, args)) if f == "cuda" => match args.as_slice() {
+                [(None, Untyped::Int(i), _)] if (0..=i64::from(u16::MAX)).contains(i) => {
                     Value::Device(Device::Cuda(*i as u32))
                 }
                 _ => {
@@ -397,14 +397,14 @@ impl Resolver {
                     .with_hint("e.g. device = cuda(0)"));
                 }
             },
-            (Ty::Device, Raw::Word(w)) => {
+            (Ty::Device, Untyped::Word(w)) => {
                 return Err(
                     Diagnostic::at(span, format!("unknown device `{w}`"), "not a device")
                         .suggest(w, ["cpu", "cuda"])
                         .with_hint("devices are `cpu` and `cuda(N)`"),
                 );
             }
-            (Ty::Ref(want), Raw::Node(n)) => {
+            (Ty::Ref(want), Untyped::Node(n)) => {
                 let got = self.nodes[*n].output();
                 if got != *want {
                     return Err(Diagnostic::at(
@@ -420,8 +420,8 @@ impl Resolver {
                 }
                 Value::Node(*n)
             }
-            (Ty::AnyRef, Raw::Node(n)) => Value::Node(*n),
-            (Ty::Ref(want), Raw::Word(w)) => {
+            (Ty::AnyRef, Untyped::Node(n)) => Value::Node(*n),
+            (Ty::Ref(want), Untyped::Word(w)) => {
                 let candidates: Vec<&str> = self
                     .globals
                     .iter()
@@ -438,7 +438,7 @@ impl Resolver {
                 .suggest(w, candidates.iter().copied())
                 .with_hint(format!("declare it first: `{noun} {w} = ...`")));
             }
-            (Ty::AnyRef, Raw::Word(w)) => {
+            (Ty::AnyRef, Untyped::Word(w)) => {
                 let candidates: Vec<&str> = self
                     .globals
                     .keys()
@@ -450,7 +450,7 @@ impl Resolver {
                         .suggest(w, candidates.iter().copied()),
                 );
             }
-            (Ty::List(t), Raw::List(xs)) | (Ty::OneOrList(t), Raw::List(xs)) => {
+            (Ty::List(t), Untyped::List(xs)) | (Ty::OneOrList(t), Untyped::List(xs)) => {
                 let mut out = vec![];
                 for (x, s) in xs {
                     out.push(self.coerce(x, *s, t, param, owner)?);
@@ -462,9 +462,9 @@ impl Resolver {
         })
     }
 
-    pub(super) fn noun(&self, raw: &Raw) -> String {
+    pub(super) fn noun(&self, raw: &Untyped) -> String {
         match raw {
-            Raw::Node(n) => format!(
+            Untyped::Node(n) => format!(
                 "the {} `{}`",
                 self.nodes[*n].output().noun(),
                 self.nodes[*n].id

@@ -10,7 +10,7 @@ impl Resolver {
         self.items = items;
     }
 
-    pub(super) fn expand(&mut self, items: &[Item], env: &mut Vec<(String, Raw, Span)>) {
+    pub(super) fn expand(&mut self, items: &[Item], env: &mut Vec<(String, Untyped, Span)>) {
         for item in items {
             if self.nodes.len() > MAX_STAGES {
                 return;
@@ -27,7 +27,7 @@ impl Resolver {
         &mut self,
         f: &ForLoop,
         binding: usize,
-        env: &mut Vec<(String, Raw, Span)>,
+        env: &mut Vec<(String, Untyped, Span)>,
     ) {
         let Some((var, list)) = f.bindings.get(binding) else {
             self.expand(&f.body, env);
@@ -63,7 +63,7 @@ impl Resolver {
             return;
         }
         let values = match self.eval(list, env) {
-            Ok(Raw::List(xs)) => xs,
+            Ok(Untyped::List(xs)) => xs,
             Ok(other) => {
                 self.diags.push(
                     Diagnostic::at(
@@ -95,27 +95,27 @@ impl Resolver {
         }
     }
 
-    pub(super) fn label(&self, raw: &Raw) -> String {
+    pub(super) fn label(&self, raw: &Untyped) -> String {
         match raw {
-            Raw::Str(s) | Raw::Word(s) => s.clone(),
-            Raw::Int(i) => i.to_string(),
-            Raw::Float(f) => f.to_string(),
-            Raw::Bool(b) => b.to_string(),
-            Raw::Quantity(v, u) => format!("{v}{}", u.name),
-            Raw::Node(n) => {
+            Untyped::Str(s) | Untyped::Word(s) => s.clone(),
+            Untyped::Int(i) => i.to_string(),
+            Untyped::Float(f) => f.to_string(),
+            Untyped::Bool(b) => b.to_string(),
+            Untyped::Quantity(v, u) => format!("{v}{}", u.name),
+            Untyped::Node(n) => {
                 let id = &self.nodes[*n].id;
                 id.split_once(':')
                     .map(|(_, n)| n.to_string())
                     .unwrap_or_else(|| id.clone())
             }
-            Raw::List(xs) => format!(
+            Untyped::List(xs) => format!(
                 "[{}]",
                 xs.iter()
                     .map(|(x, _)| self.label(x))
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            Raw::Call(f, xs) => format!(
+            Untyped::Call(f, xs) => format!(
                 "{f}({})",
                 xs.iter()
                     .map(|(n, x, _)| match n {
@@ -132,7 +132,7 @@ impl Resolver {
         &mut self,
         target: Option<&Target>,
         call: &Call,
-        env: &[(String, Raw, Span)],
+        env: &[(String, Untyped, Span)],
     ) {
         let signatures = self.signatures;
         let stage = match signatures.get(&call.func.name) {
@@ -244,7 +244,7 @@ impl Resolver {
     pub(super) fn index_labels(
         &mut self,
         index: &[Expr],
-        env: &[(String, Raw, Span)],
+        env: &[(String, Untyped, Span)],
     ) -> Option<Vec<String>> {
         let mut labels = vec![];
         for e in index {

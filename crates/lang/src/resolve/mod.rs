@@ -165,7 +165,7 @@ pub fn load(
 
 /// An evaluated but not yet typed expression.
 #[derive(Debug, Clone)]
-enum Raw {
+enum Untyped {
     Str(String),
     Int(i64),
     Float(f64),
@@ -174,10 +174,10 @@ enum Raw {
     /// A bare word bound to nothing: a symbol such as `q4_0` (or a typo).
     Word(String),
     Node(NodeIdx),
-    List(Vec<(Raw, Span)>),
+    List(Vec<(Untyped, Span)>),
     /// `f(positional…, name = value…)`: each argument with its name, if it has one. (One list,
-    /// so that `Raw` stays small: the resolver recurses through it.)
-    Call(String, Vec<(Option<Ident>, Raw, Span)>),
+    /// so that `Untyped` stays small: the resolver recurses through it.)
+    Call(String, Vec<(Option<Ident>, Untyped, Span)>),
 }
 
 /// What a global name stands for.
@@ -203,7 +203,7 @@ struct TargetTable {
 struct Pending {
     node: NodeIdx,
     call: Call,
-    env: Vec<(String, Raw, Span)>,
+    env: Vec<(String, Untyped, Span)>,
 }
 
 struct Resolver {
@@ -220,7 +220,7 @@ struct Resolver {
     setting_values: BTreeMap<String, Value>,
     globals: HashMap<String, (Global, Span)>,
     lets: Vec<LetDecl>,
-    let_cache: HashMap<usize, Raw>,
+    let_cache: HashMap<usize, Untyped>,
     let_active: HashSet<usize>,
     targets: HashMap<String, TargetTable>,
     nodes: Vec<Node>,
@@ -260,17 +260,17 @@ fn base_dir_of(map: &SourceMap, file: FileId) -> PathBuf {
     map.get(file).base_dir()
 }
 
-fn raw_noun(raw: &Raw) -> String {
+fn raw_noun(raw: &Untyped) -> String {
     match raw {
-        Raw::Str(s) => format!("the string \"{s}\""),
-        Raw::Int(i) => format!("the integer {i}"),
-        Raw::Float(f) => format!("the number {f}"),
-        Raw::Bool(b) => format!("`{b}`"),
-        Raw::Quantity(v, u) => format!("the quantity {v} {}", u.name),
-        Raw::Word(w) => format!("the name `{w}`"),
-        Raw::Node(_) => "a stage result".into(),
-        Raw::List(_) => "a list".into(),
-        Raw::Call(f, ..) => format!("a call to `{f}`"),
+        Untyped::Str(s) => format!("the string \"{s}\""),
+        Untyped::Int(i) => format!("the integer {i}"),
+        Untyped::Float(f) => format!("the number {f}"),
+        Untyped::Bool(b) => format!("`{b}`"),
+        Untyped::Quantity(v, u) => format!("the quantity {v} {}", u.name),
+        Untyped::Word(w) => format!("the name `{w}`"),
+        Untyped::Node(_) => "a stage result".into(),
+        Untyped::List(_) => "a list".into(),
+        Untyped::Call(f, ..) => format!("a call to `{f}`"),
     }
 }
 

@@ -20,7 +20,7 @@
 //! fixed-size steps are only used when asked for ([`KvCache::with_decode`]): tests compare them
 //! with the per-op pass there.
 
-use super::{CandleBody, Config, KvCache, Llama, block, mask_values};
+use super::{CandlePass, Config, KvCache, Llama, block, mask_values};
 use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,7 +136,7 @@ impl Fixed {
     /// pass's cache `layers`.
     fn new(
         c: &Config,
-        body: &CandleBody,
+        body: &CandlePass,
         dev: &Device,
         b: usize,
         len: usize,
@@ -214,7 +214,7 @@ impl Fixed {
     fn set_inputs(
         &self,
         c: &Config,
-        body: &CandleBody,
+        body: &CandlePass,
         x: &Tensor,
         pos: usize,
         pads: &[usize],
@@ -245,7 +245,7 @@ impl Fixed {
     }
 
     /// One decode step on the fixed buffers: the same ops, on the same buffers, every time.
-    fn run(&self, c: &Config, body: &CandleBody) -> Result<()> {
+    fn run(&self, c: &Config, body: &CandlePass) -> Result<()> {
         let (b, kv, d) = (self.b, c.n_kv_head, c.head_dim);
         let rep = c.n_head / kv;
         let scale = 1.0 / (d as f64).sqrt();
@@ -283,7 +283,7 @@ impl Fixed {
     fn execute(
         &mut self,
         c: &Config,
-        body: &CandleBody,
+        body: &CandlePass,
         mode: Decode,
         capture_failed: &AtomicBool,
     ) -> Result<()> {
@@ -302,7 +302,7 @@ impl Fixed {
     fn execute_graph(
         &mut self,
         c: &Config,
-        body: &CandleBody,
+        body: &CandlePass,
         dev: &candle_core::CudaDevice,
         capture_failed: &AtomicBool,
     ) -> Result<()> {
@@ -344,7 +344,7 @@ impl Fixed {
     }
 
     /// Doubles the positions held (at least to `need`, at most `context`).
-    fn grow(&mut self, c: &Config, body: &CandleBody, need: usize) -> Result<()> {
+    fn grow(&mut self, c: &Config, body: &CandlePass, need: usize) -> Result<()> {
         let cap = (2 * self.cap)
             .max(need.next_multiple_of(CHUNK))
             .min(c.context);
@@ -370,7 +370,7 @@ const GRAPH_ROWS: usize = 8;
 /// this model can ask of it: 8 rows of its widest quantized matrix input. Later products of this
 /// model then never move it from under a captured graph.
 #[cfg(feature = "cuda")]
-fn reserve_scratch(body: &CandleBody, dev: &Device) -> Result<()> {
+fn reserve_scratch(body: &CandlePass, dev: &Device) -> Result<()> {
     use candle_core::Module;
     use candle_core::quantized::QMatMul;
     let widest = body
@@ -379,7 +379,7 @@ fn reserve_scratch(body: &CandleBody, dev: &Device) -> Result<()> {
         .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
         .chain([&body.head])
         .filter_map(|m| match m {
-            super::Mat::Q(QMatMul::QTensor(q)) => Some((q.shape().dims2().ok()?.1, m)),
+            super::Matrix::Q(QMatMul::QTensor(q)) => Some((q.shape().dims2().ok()?.1, m)),
             _ => None,
         })
         .max_by_key(|(width, _)| *width);
@@ -409,7 +409,7 @@ fn capture(
 /// the per-op pass's cache moves into them. Returns the logits `[b, 1, vocab]`.
 pub(super) fn step(
     model: &Llama,
-    body: &CandleBody,
+    body: &CandlePass,
     ids: &Tensor,
     cache: &mut KvCache,
     mode: Decode,

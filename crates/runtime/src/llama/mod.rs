@@ -4,7 +4,7 @@
 //! matrices (head included) are all Q4_0 / Q4_1 / Q8_0 / Q6_K / F16 run entirely on our code
 //! ([`super::cpu::forward`]: kernels, attention, norms); others are written with candle's ops and
 //! quantized kernels (`QMatMul`) here. On a GPU, always candle's ops; f16 / bf16 matrices are
-//! held in their own type and multiplied densely ([`Mat`]).
+//! held in their own type and multiplied densely ([`Matrix`]).
 
 use super::cpu::{self, CpuMat};
 use super::gguf::Gguf;
@@ -24,7 +24,7 @@ pub(crate) use config::{local_rope_tables, read_config, rope_tables};
 pub use kv::KvCache;
 use kv::cache_append;
 use weights::CandleLayer;
-pub(crate) use weights::{Embedding, Mat};
+pub(crate) use weights::{Embedding, Matrix};
 
 mod decode;
 pub use decode::Decode;
@@ -32,7 +32,7 @@ pub use decode::Decode;
 pub struct Llama {
     pub cfg: Config,
     embed: Embedding,
-    body: Body,
+    body: Pass,
     /// Bytes the weights occupy as loaded: matrices as held (our CPU kernels keep the file's
     /// bytes; candle may widen, e.g. f32), the embedding in its GGUF type (plus the head's own
     /// copy when tied), norms in f32.
@@ -45,17 +45,17 @@ pub struct Llama {
 }
 
 /// The layers, final norm and head, with the forward pass that runs them.
-enum Body {
+enum Pass {
     /// Through candle's ops (GPUs; CPU models with matrix types we have no kernels for).
-    Candle(CandleBody),
+    Candle(CandlePass),
     /// Our own CPU forward pass ([`cpu::forward`]).
     Cpu(cpu::forward::Model),
 }
 
-struct CandleBody {
+struct CandlePass {
     layers: Vec<CandleLayer>,
     norm: Tensor,
-    head: Mat,
+    head: Matrix,
     cos: Tensor,
     sin: Tensor,
     /// RoPE tables of the local layers (Gemma 3).
@@ -128,7 +128,7 @@ impl Llama {
                         )
                     )
                 });
-        let mut qmat = |g: &mut Gguf, name: &str| -> Result<Mat> {
+        let mut qmat = |g: &mut Gguf, name: &str| -> Result<Matrix> {
             let half = matches!(g.tensor_type(name), Some(GgmlDType::F16 | GgmlDType::BF16));
             let m = if half && !device.is_cpu() {
                 // Dequantized on the host (candle's CUDA dequantize has no bf16 kernel), moved
@@ -139,7 +139,7 @@ impl Llama {
                 } else {
                     DType::F16
                 };
-                Mat::Half(
+                Matrix::Half(
                     q.dequantize(&Device::Cpu)?
                         .to_dtype(dt)?
                         .to_device(device)?,
@@ -153,9 +153,9 @@ impl Llama {
                 // f16 matrices stay f16 and go through the quantized kernels (f16 dot products)
                 // on the CPU; candle's default would hold them as f32, doubling the bytes read.
                 match ours {
-                    Some(m) => Mat::Cpu(m),
-                    None if q.dtype() == GgmlDType::F16 => Mat::Q(QMatMul::QTensor(Arc::new(q))),
-                    None => Mat::Q(
+                    Some(m) => Matrix::Cpu(m),
+                    None if q.dtype() == GgmlDType::F16 => Matrix::Q(QMatMul::QTensor(Arc::new(q))),
+                    None => Matrix::Q(
                         QMatMul::from_qtensor(q)
                             .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?,
                     ),
@@ -230,14 +230,14 @@ impl Llama {
                     sin: sin.flatten_all()?.to_vec1()?,
                 })
             };
-            Body::Cpu(cpu::forward::Model {
+            Pass::Cpu(cpu::forward::Model {
                 layers: layers
                     .into_iter()
                     .map(Layer::into_cpu)
                     .collect::<Result<_>>()?,
                 norm: norm.to_vec1()?,
                 head: match head {
-                    Mat::Cpu(h) => h,
+                    Matrix::Cpu(h) => h,
                     _ => bail!("the output head has no CPU kernel"),
                 },
                 rope: rope(rope_tables(&cfg)?)?,
@@ -249,7 +249,7 @@ impl Llama {
                 Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
                 None => None,
             };
-            Body::Candle(CandleBody {
+            Pass::Candle(CandlePass {
                 layers,
                 norm,
                 head,
@@ -272,11 +272,11 @@ impl Llama {
     /// Returns `[batch, tokens, vocab]` f32.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         match &self.body {
-            Body::Candle(body) => match self.fixed_step(body, ids, cache)? {
+            Pass::Candle(body) => match self.fixed_step(body, ids, cache)? {
                 Some(logits) => Ok(logits),
                 None => Ok(body.head.forward(&self.hidden(body, ids, cache)?)?),
             },
-            Body::Cpu(m) => {
+            Pass::Cpu(m) => {
                 let (h, b, t) = self.cpu_hidden(m, ids, cache)?;
                 let logits = m.logits(&h, b * t);
                 let vocab = logits.len() / (b * t).max(1);
@@ -288,7 +288,7 @@ impl Llama {
     /// Logits of the last position only: `[batch, vocab]` (the head runs on that position only).
     pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         match &self.body {
-            Body::Candle(body) => {
+            Pass::Candle(body) => {
                 if let Some(logits) = self.fixed_step(body, ids, cache)? {
                     return Ok(logits.squeeze(1)?);
                 }
@@ -299,7 +299,7 @@ impl Llama {
                     .forward(&x.narrow(1, t - 1, 1)?.contiguous()?)?
                     .squeeze(1)?)
             }
-            Body::Cpu(m) => {
+            Pass::Cpu(m) => {
                 let (h, b, t) = self.cpu_hidden(m, ids, cache)?;
                 let n = self.cfg.hidden;
                 let last: Vec<f32> = (0..b)
@@ -317,13 +317,13 @@ impl Llama {
     /// op, over fixed buffers, or replayed as CUDA graphs (saying so if capturing failed).
     pub fn forward_pass(&self) -> &'static str {
         match (&self.body, Decode::default_for(&self.device)) {
-            (Body::Cpu(_), _) => "edge-eval CPU kernels",
-            (Body::Candle(_), Decode::PerOp) => "candle, decode op by op",
-            (Body::Candle(_), Decode::Fixed) => "candle, decode on fixed buffers",
-            (Body::Candle(_), Decode::Graph) if self.decode_pool.capture_failed() => {
+            (Pass::Cpu(_), _) => "edge-eval CPU kernels",
+            (Pass::Candle(_), Decode::PerOp) => "candle, decode op by op",
+            (Pass::Candle(_), Decode::Fixed) => "candle, decode on fixed buffers",
+            (Pass::Candle(_), Decode::Graph) if self.decode_pool.capture_failed() => {
                 "candle, decode on fixed buffers (CUDA graph capture failed)"
             }
-            (Body::Candle(_), Decode::Graph) => {
+            (Pass::Candle(_), Decode::Graph) => {
                 "candle, decode as CUDA graphs (batches over 8 rows on fixed buffers)"
             }
         }
@@ -332,8 +332,8 @@ impl Llama {
     /// Which forward pass runs the model: ours ([`cpu::forward`]) or candle's.
     pub fn kernels(&self) -> Kernels {
         match self.body {
-            Body::Cpu(_) => Kernels::Own,
-            Body::Candle(_) => Kernels::Candle,
+            Pass::Cpu(_) => Kernels::Own,
+            Pass::Candle(_) => Kernels::Candle,
         }
     }
 
@@ -398,7 +398,7 @@ impl Llama {
     /// cache's mode asks for it: the logits `[batch, 1, vocab]`.
     fn fixed_step(
         &self,
-        body: &CandleBody,
+        body: &CandlePass,
         ids: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Option<Tensor>> {
@@ -414,7 +414,7 @@ impl Llama {
     }
 
     /// The final normalised hidden states `[batch, tokens, hidden]`.
-    fn hidden(&self, body: &CandleBody, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    fn hidden(&self, body: &CandlePass, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         self.check_input(b, t, cache)?;
         if let Some(fixed) = &cache.fixed {

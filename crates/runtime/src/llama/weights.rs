@@ -1,17 +1,17 @@
-//! Weights as candle's pass holds them: [`Mat`] (a quantized matrix, a half-precision one on a
+//! Weights as candle's pass holds them: [`Matrix`] (a quantized matrix, a half-precision one on a
 //! GPU, or one of ours on the CPU), the embedding table (rows dequantized on lookup) and one
 //! block's layer.
 
 use super::*;
 
 /// One transformer block of candle's pass: candle's matrices and tensors.
-pub(super) type CandleLayer = Layer<Mat, Tensor>;
+pub(super) type CandleLayer = Layer<Matrix, Tensor>;
 
 impl CandleLayer {
     /// The layer for the CPU forward pass: every matrix must be one of ours.
     pub(super) fn into_cpu(self) -> Result<Layer<CpuMat, Vec<f32>>> {
-        let m = |m: Mat| match m {
-            Mat::Cpu(m) => Ok(m),
+        let m = |m: Matrix| match m {
+            Matrix::Cpu(m) => Ok(m),
             _ => bail!("a matrix without CPU kernels reached the CPU forward pass"),
         };
         let v = |t: Tensor| -> Result<Vec<f32>> { Ok(t.to_vec1()?) };
@@ -76,7 +76,7 @@ impl Embedding {
 }
 
 /// A weight matrix as held for inference.
-pub(crate) enum Mat {
+pub(crate) enum Matrix {
     /// Q4_0 / Q4_1 / Q8_0 / Q6_K / F16 on the CPU, when every matrix of the model is one of
     /// these: our own kernels; the layers are then moved into [`cpu::forward::Model`].
     Cpu(CpuMat),
@@ -88,25 +88,25 @@ pub(crate) enum Mat {
     Half(Tensor),
 }
 
-impl Mat {
+impl Matrix {
     /// Bytes the matrix occupies once loaded.
     pub(super) fn resident_bytes(&self) -> u64 {
         match self {
-            Mat::Cpu(m) => m.resident_bytes(),
-            Mat::Q(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
-            Mat::Q(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) | Mat::Half(t) => {
+            Matrix::Cpu(m) => m.resident_bytes(),
+            Matrix::Q(QMatMul::QTensor(q)) => q.storage_size_in_bytes() as u64,
+            Matrix::Q(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) | Matrix::Half(t) => {
                 (t.elem_count() * t.dtype().size_in_bytes()) as u64
             }
         }
     }
 }
 
-impl Module for Mat {
+impl Module for Matrix {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Mat::Cpu(m) => m.forward(x),
-            Mat::Q(m) => m.forward(x),
-            Mat::Half(w) => {
+            Matrix::Cpu(m) => m.forward(x),
+            Matrix::Q(m) => m.forward(x),
+            Matrix::Half(w) => {
                 let wt = match *x.dims() {
                     [b1, b2, _, _] => w.broadcast_left((b1, b2))?.t()?,
                     [b, _, _] => w.broadcast_left(b)?.t()?,
