@@ -579,3 +579,111 @@ fn read_table(path: &Path) -> Vec<BTreeMap<String, Value>> {
     }
     rows
 }
+
+/// The object files the cached result of stage `id` names (from its manifest).
+fn objects_of(env: &Env, id: &str) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for m in files_under(&env.path("cache/actions")) {
+        let m: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+        if m["stage_id"] == id {
+            for o in m["files"].as_object().unwrap().values() {
+                let d = o["digest"].as_str().unwrap();
+                out.push(env.path("cache/objects").join(&d[..2]).join(d));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no objects for {id}");
+    out
+}
+
+/// Rewrites an object in place (objects are read-only), keeping or changing its size.
+fn damage(object: &Path, truncate: bool) {
+    let mut perms = std::fs::metadata(object).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(object, perms).unwrap();
+    let mut bytes = std::fs::read(object).unwrap();
+    if truncate {
+        bytes.truncate(bytes.len() / 2);
+    } else {
+        bytes[0] ^= 0x01;
+    }
+    std::fs::write(object, bytes).unwrap();
+}
+
+fn intact(object: &Path) -> bool {
+    let name = object.file_name().unwrap().to_string_lossy().to_string();
+    blake3::hash(&std::fs::read(object).unwrap())
+        .to_hex()
+        .as_str()
+        == name
+}
+
+#[test]
+fn a_truncated_object_is_replaced_by_the_recomputation() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let object = objects_of(&env, "base[x]").remove(0);
+    damage(&object, true);
+    let (code, st, _) = env.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with(&st, "ran"), vec!["base[x]"], "{st:?}");
+    assert!(
+        intact(&object),
+        "the recomputation replaced the damaged object"
+    );
+    let (_, st, _) = env.run(&[]);
+    assert!(
+        with(&st, "ran").is_empty(),
+        "repaired once, cached after: {st:?}"
+    );
+}
+
+#[test]
+fn a_same_size_corruption_is_a_miss_not_a_hit() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let object = objects_of(&env, "base[x]").remove(0);
+    damage(&object, false);
+    let (code, st, _) = env.run(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(with(&st, "ran"), vec!["base[x]"], "{st:?}");
+    assert!(intact(&object));
+    // Its output is the same bytes again, so what consumed it stays cached (early cutoff).
+    assert_eq!(st["derived[x]"], "cached");
+}
+
+#[test]
+fn verify_removes_the_results_computed_from_a_damaged_object() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    damage(&objects_of(&env, "base[x]")[0], false);
+    let out = env.exec(&["cache", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("base[x]"), "{text}");
+    assert!(
+        text.contains("derived[x]") && text.contains("computed from"),
+        "what consumed the damaged output goes too, and says why: {text}"
+    );
+    assert!(
+        !text.contains("base[y]") && !text.contains(" other ("),
+        "{text}"
+    );
+    let (_, st, _) = env.run(&[]);
+    let mut ran = with(&st, "ran");
+    ran.sort();
+    assert_eq!(ran, vec!["base[x]", "derived[x]"], "{st:?}");
+    assert_eq!(env.exec(&["cache", "verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_crashed_runs_work_folders_are_reclaimed_by_the_next_run() {
+    let env = Env::new(CHAIN);
+    env.run(&[]);
+    let stale = env.path("cache/tmp/work-crashed");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("half.bin"), b"half").unwrap();
+    env.run(&[]);
+    assert!(!stale.exists(), "the next run holding the lock removed it");
+}

@@ -14,8 +14,18 @@
 //! ```
 //!
 //! Every write is temp file → fsync → rename → fsync(dir), so a crash at any point leaves either
-//! the old state or the new one; a manifest is written only after all its objects are in place,
-//! and a manifest whose objects are missing or of the wrong size is a miss, not a hit.
+//! the old state or the new one; a manifest is written only after all its objects are in place.
+//!
+//! Integrity: a hit is proven, not assumed.
+//! - An object is hashed when it is committed (its name is that digest), and checked against its
+//!   digest when a lookup first reads it: through the digest memo, so an object whose size,
+//!   mtime, ctime or inode changed since it was last hashed is hashed again. A manifest with a
+//!   missing or damaged object is a miss, and the recomputation replaces the object (a commit
+//!   never keeps a damaged copy because one exists).
+//! - Damage that leaves the file's metadata alone (bit rot on the disk) is what `verify` finds:
+//!   it rehashes every object, removes damaged objects, the results naming them, and every result
+//!   computed from those (transitively, through the input digests in their keys).
+//! - The next local run (it holds the lock exclusively) removes what crashed runs left in `tmp/`.
 
 mod digest;
 pub mod lock;
@@ -138,6 +148,27 @@ impl Cache {
     /// exclusive: a local run, `verify`, `gc`), waiting with a message while it is taken.
     pub fn lock(&self, exclusive: bool) -> Result<CacheLock> {
         lock::lock_cache(&self.root, exclusive)
+    }
+
+    /// Removes every entry of `tmp/`: what crashed runs left there. Call only while holding the
+    /// lock exclusively (nothing else is using `tmp/` then). Returns how many entries went.
+    pub fn reclaim_tmp(&self) -> usize {
+        let mut n = 0;
+        for e in fs::read_dir(self.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            n += 1;
+            let p = e.path();
+            make_writable_tree(&p);
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+        n
     }
 
     /// Held while the stage with this key is computed, so that two runs sharing the cache (on
@@ -267,23 +298,45 @@ impl Cache {
             return Lookup::Broken(format!("manifest {} holds another key", path.display()));
         }
         for (name, obj) in &m.files {
-            match fs::metadata(self.object_path(&obj.digest)) {
-                Ok(meta) if meta.len() == obj.size => {}
-                Ok(_) => return Lookup::Broken(format!("object for `{name}` has the wrong size")),
-                Err(_) => return Lookup::Broken(format!("object for `{name}` is missing")),
+            if let Err(why) = self.check_object(obj) {
+                return Lookup::Broken(format!("object for `{name}` {why}"));
             }
         }
         Lookup::Hit(Box::new(m))
     }
 
-    /// Moves a finished file into the object store; returns its reference.
+    /// Whether the object is there with its size and content (its digest, through the memo:
+    /// rehashed when the file's metadata changed since it was last hashed).
+    fn check_object(&self, obj: &ObjectRef) -> std::result::Result<(), String> {
+        let path = self.object_path(&obj.digest);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.len() != obj.size => return Err("has the wrong size".into()),
+            Ok(_) => {}
+            Err(_) => return Err("is missing".into()),
+        }
+        match self.digest_file(&path) {
+            Ok(d) if d == obj.digest => Ok(()),
+            Ok(_) => Err("is damaged (its content no longer matches its digest)".into()),
+            Err(e) => Err(format!("cannot be read: {e:#}")),
+        }
+    }
+
+    /// Moves a finished file into the object store; returns its reference. An object already
+    /// stored under the digest is kept only when it is intact; a damaged one is replaced.
     pub fn put_file(&self, path: &Path) -> Result<ObjectRef> {
         let digest = hash_file(path)?;
         let size = fs::metadata(path)?.len();
         let dest = self.object_path(&digest);
-        if dest.exists() {
+        let object = ObjectRef {
+            digest: digest.clone(),
+            size,
+        };
+        if dest.exists() && self.check_object(&object).is_ok() {
             let _ = fs::remove_file(path);
         } else {
+            if dest.exists() {
+                remove_readonly(&dest);
+            }
             fs::create_dir_all(dest.parent().expect("sharded"))?;
             File::open(path)?.sync_all()?;
             let mut perms = fs::metadata(path)?.permissions();
@@ -298,7 +351,7 @@ impl Cache {
             }
             sync_dir(dest.parent().expect("sharded"));
         }
-        Ok(ObjectRef { digest, size })
+        Ok(object)
     }
 
     /// Records a finished stage (and pushes it to the remote tier, if any). Call only after
@@ -414,6 +467,9 @@ impl Cache {
                     .push(format!("object {name} cannot be read: {e}")),
             }
         }
+        // Output digests of removed results, and the results kept so far.
+        let mut tainted: HashSet<String> = HashSet::new();
+        let mut intact: Vec<(PathBuf, Manifest)> = vec![];
         for path in self.manifest_paths() {
             report.manifests += 1;
             let stem = path
@@ -434,12 +490,38 @@ impl Cache {
             };
             if let Some(p) = problem {
                 let what = m
+                    .as_ref()
                     .map(|m| format!("{} ({})", m.stage_id, m.kind))
                     .unwrap_or_default();
                 report.problems.push(format!(
                     "entry {stem} {what}: {p}; removed, it will be recomputed"
                 ));
                 let _ = fs::remove_file(&path);
+                if let Some(m) = m {
+                    tainted.insert(m.output_digest);
+                }
+            } else if let Some(m) = m {
+                intact.push((path, m));
+            }
+        }
+        // What was computed from a removed result's output may have read the damaged bytes:
+        // it goes too, and so does what was computed from it.
+        loop {
+            let (poisoned, kept): (Vec<_>, Vec<_>) = intact
+                .into_iter()
+                .partition(|(_, m)| consumes_any(&m.components, &tainted));
+            intact = kept;
+            if poisoned.is_empty() {
+                break;
+            }
+            for (path, m) in poisoned {
+                report.problems.push(format!(
+                    "entry {} {} ({}): computed from a removed result's output; removed, it \
+                     will be recomputed",
+                    m.key, m.stage_id, m.kind
+                ));
+                let _ = fs::remove_file(&path);
+                tainted.insert(m.output_digest);
             }
         }
         Ok(report)
@@ -465,18 +547,7 @@ impl Cache {
                 remove_readonly(&path);
             }
         }
-        if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
-            for e in entries.flatten() {
-                report.temp += 1;
-                let p = e.path();
-                make_writable_tree(&p);
-                let _ = if p.is_dir() {
-                    fs::remove_dir_all(&p)
-                } else {
-                    fs::remove_file(&p)
-                };
-            }
-        }
+        report.temp = self.reclaim_tmp();
         report.memo = digest::prune(self);
         report.job_runs = self.prune_finished_jobs();
         Ok(report)
@@ -544,6 +615,21 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// Whether key components name any of `digests` as an input (`{"digest": …}` in their
+/// parameters, as `plan::key_components` writes node references).
+fn consumes_any(components: &serde_json::Value, digests: &HashSet<String>) -> bool {
+    match components {
+        serde_json::Value::Object(o) => {
+            o.get("digest")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| digests.contains(d))
+                || o.values().any(|v| consumes_any(v, digests))
+        }
+        serde_json::Value::Array(a) => a.iter().any(|v| consumes_any(v, digests)),
+        _ => false,
+    }
 }
 
 /// Writes `bytes` to `tmp`, fsyncs, renames onto `path` and fsyncs the folder.

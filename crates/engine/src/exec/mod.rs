@@ -446,6 +446,9 @@ pub fn execute(
     // A local run has the cache to itself; a batch run shares it with its own jobs (which take
     // it shared on their nodes) and with other hosts' runs.
     let _lock = cache.lock(s.executor == Executor::Local)?;
+    if s.executor == Executor::Local {
+        cache.reclaim_tmp();
+    }
     let hw = Hardware::detect(s.threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
