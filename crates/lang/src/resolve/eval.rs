@@ -264,6 +264,17 @@ impl Resolver {
         };
         Ok(match (ty, raw) {
             (Ty::Str, Untyped::Str(s)) => Value::Str(s.clone()),
+            (Ty::Text(format), Untyped::Str(s)) => {
+                if let Err((what, fix)) = format.check(s) {
+                    return Err(Diagnostic::at(
+                        span,
+                        format!("`{param}` of `{owner}`: {what}"),
+                        format!("expected {}", format.describe()),
+                    )
+                    .with_hint(fix));
+                }
+                Value::Str(s.clone())
+            }
             (Ty::Int { min, max }, Untyped::Int(i)) => {
                 if i < min || i > max {
                     return Err(range_error(
@@ -289,6 +300,17 @@ impl Resolver {
                 Value::Float(f)
             }
             (Ty::Bool, Untyped::Bool(b)) => Value::Bool(*b),
+            (Ty::Quantity(_), Untyped::Quantity(v, unit)) if *v < 0.0 => {
+                return Err(Diagnostic::at(
+                    span,
+                    format!(
+                        "`{param}` of `{owner}` cannot be negative: {v} {}",
+                        unit.name
+                    ),
+                    "a negative quantity",
+                )
+                .with_hint("durations, powers, energies, sizes and prices are zero or more"));
+            }
             (Ty::Quantity(dim), Untyped::Quantity(v, unit)) => match lookup_unit(&unit.name) {
                 Some((d, factor)) if d == *dim => Value::Quantity {
                     value: v * factor,

@@ -63,8 +63,13 @@ impl Resolver {
                 });
                 return;
             }
-            if m.is_dir() {
-                let msg = format!("{display} is a folder, not a pipeline file");
+            if !m.is_file() {
+                // Never opened: a FIFO would block, a device (`/dev/zero`) never end.
+                let msg = if m.is_dir() {
+                    format!("{display} is a folder, not a pipeline file")
+                } else {
+                    format!("{display} is not a regular file (a device, FIFO or socket)")
+                };
                 self.diags.push(match from {
                     Some(span) => Diagnostic::at(span, msg, "imported here"),
                     None => Diagnostic::error(msg),
@@ -72,7 +77,13 @@ impl Resolver {
                 return;
             }
         }
-        let bytes = match std::fs::read(&canonical) {
+        // Bounded even if the file grows after the size check.
+        let read = std::fs::File::open(&canonical).and_then(|f| {
+            let mut bytes = vec![];
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES), &mut bytes)
+                .map(|_| bytes)
+        });
+        let bytes = match read {
             Ok(b) => b,
             Err(e) => {
                 self.diags
