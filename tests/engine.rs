@@ -241,6 +241,15 @@ after = test_stage(slow, emit = "after")
 
 #[test]
 fn ctrl_c_stops_cleanly_and_keeps_finished_results() {
+    interrupt_stops_cleanly_and_keeps_finished_results("-INT");
+}
+
+#[test]
+fn sigterm_stops_like_ctrl_c_and_writes_the_tables() {
+    interrupt_stops_cleanly_and_keeps_finished_results("-TERM");
+}
+
+fn interrupt_stops_cleanly_and_keeps_finished_results(signal: &str) {
     let env = Env::new(
         r#"
 pipeline interrupted { results = "out" }
@@ -260,7 +269,7 @@ after = test_stage(slow, emit = "after")
     }
     std::thread::sleep(Duration::from_millis(300));
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());

@@ -182,9 +182,39 @@ fn importing_a_device_or_a_fifo_is_an_error_not_a_hang() {
         .status()
         .unwrap();
     assert!(made.success());
-    for (target, why) in [("/dev/zero", "not a regular file"), ("pipe.eep", "not a regular file")] {
+    for (target, why) in [
+        ("/dev/zero", "not a regular file"),
+        ("pipe.eep", "not a regular file"),
+    ] {
         let text = format!("pipeline p {{ seed = 1 }}\nimport \"{target}\"\n");
         let err = load_text(dir.path(), "main.eep", text.as_bytes()).unwrap_err();
         assert!(err.contains(why), "{target}: {err}");
     }
+}
+
+#[test]
+fn a_closed_stdout_or_a_non_utf8_argument_is_no_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_edge-eval");
+    // The reader goes away before the listing is written.
+    let mut child = Command::new(bin)
+        .arg("stages")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    let out = Command::new(bin)
+        .arg("check")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff.eep"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not valid UTF-8"), "{stderr}");
 }

@@ -1,6 +1,6 @@
 //! Command line: `run` (also `edge-eval FILE`), `check`, `plan`, `explain`, `cache ls|verify|gc`
-//! and `bench`. Exit codes: 0 success, 1 a stage failed, 2 the pipeline or the command line is
-//! invalid, 130 interrupted.
+//! and `bench`. Exit codes: 0 success, 1 a stage failed or the command could not finish, 2 the
+//! pipeline or the command line is invalid, 130 interrupted (Ctrl-C or SIGTERM).
 
 use crate::stages::{REGISTRY, Role};
 use anyhow::Result;
@@ -197,12 +197,27 @@ pub fn normalize_args(mut args: Vec<String>) -> Vec<String> {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse_from(normalize_args(std::env::args().collect()));
+    let mut args = vec![];
+    for a in std::env::args_os() {
+        match a.into_string() {
+            Ok(a) => args.push(a),
+            Err(bad) => {
+                eprintln!(
+                    "error: the argument {:?} is not valid UTF-8: file names and values must be",
+                    bad.to_string_lossy()
+                );
+                return 2;
+            }
+        }
+    }
+    let cli = Cli::parse_from(normalize_args(args));
     match dispatch(cli) {
         Ok(code) => code,
+        // An invalid pipeline or command line returns 2 on its own; anything else that stops a
+        // command (a cache or a table that cannot be written) is 1.
         Err(e) => {
             eprintln!("error: {e:#}");
-            2
+            1
         }
     }
 }

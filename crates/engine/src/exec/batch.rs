@@ -259,7 +259,7 @@ pub async fn run(
     while submitted.values().any(|s| !s.done) {
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = super::interrupt() => {
                 interrupted = true;
                 let ids: Vec<String> = submitted.values().filter(|s| !s.done).map(|s| s.id.clone()).collect();
                 w.ui.error(&format!("interrupt: cancelling {} {} job(s); finished results are kept", ids.len(), scheduler.name()));

@@ -207,7 +207,7 @@ pub async fn run(
         // 3. Wait for a stage to finish, or for Ctrl-C.
         let finished = tokio::select! {
             f = rx.recv() => f,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt() => {
                 if interrupted {
                     w.ui.error("second interrupt: exiting now (finished results are already in the cache)");
                     std::process::exit(130);
@@ -281,6 +281,23 @@ pub fn placement(executor: &spec::Executor, stage: &dyn Stage, node: &lang::Node
         spec::Executor::Slurm(o) => {
             use batch::Scheduler;
             slurm::Slurm { options: o.clone() }.placement(&need)
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM (a service manager, `kill`, a scheduler's cancel): both stop a run
+/// the same way — running stages are cancelled, finished results and the tables are kept.
+pub(crate) async fn interrupt() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
