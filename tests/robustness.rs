@@ -218,3 +218,49 @@ fn a_closed_stdout_or_a_non_utf8_argument_is_no_panic() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("not valid UTF-8"), "{stderr}");
 }
+
+#[test]
+fn rust_backtrace_does_not_put_library_backtraces_into_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gguf = b"GGUF\x03\x00\x00\x00".to_vec();
+    gguf.extend([0xAB; 48]); // an absurd tensor count: candle's reader fails
+    std::fs::write(dir.path().join("bad.gguf"), gguf).unwrap();
+    std::fs::write(
+        dir.path().join("p.eep"),
+        "pipeline bt { results = \"out\" }\nmodel m = path(\"bad.gguf\")\nq = quantize(m, f16)\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-eval"))
+        .current_dir(dir.path())
+        .env("EDGE_EVAL_CACHE", dir.path().join("cache"))
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .args(["run", "p.eep", "--quiet"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a readable GGUF file"), "{stderr}");
+    assert!(!stderr.contains("candle_core::error"), "{stderr}");
+}
+
+#[test]
+fn thousands_of_errors_are_shown_fifty_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("pipeline p { seed = 1 }\n");
+    for i in 0..4000 {
+        text.push_str(&format!("x = test_stage(emit = \"{i}\")\n"));
+    }
+    let err = load_text(dir.path(), "dup.eep", text.as_bytes()).unwrap_err();
+    assert_eq!(err.matches("two stages get the id `x`").count(), 50, "capped");
+    assert!(
+        err.contains("… and 3949 more errors"),
+        "{}",
+        &err[err.len() - 200..]
+    );
+    assert!(
+        err.ends_with("3999 errors found; nothing was run\n"),
+        "{}",
+        &err[err.len() - 200..]
+    );
+}

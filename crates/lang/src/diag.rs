@@ -172,31 +172,55 @@ fn window(text: &str, start: usize, end: usize) -> (String, usize, usize) {
     (shown.trim_end().to_string(), ustart, ulen)
 }
 
-/// A set of diagnostics from one pass, kept in source order.
+/// A set of diagnostics from one pass, kept in source order; each one once.
 #[derive(Debug, Default)]
-pub struct Diagnostics(pub Vec<Diagnostic>);
+pub struct Diagnostics {
+    list: Vec<Diagnostic>,
+    /// What is in `list`, for deduplication in constant time.
+    seen: std::collections::HashSet<String>,
+}
+
+/// Most diagnostics rendered; the rest are counted ("and N more").
+pub const MAX_SHOWN: usize = 50;
 
 impl Diagnostics {
     /// Adds `d` unless the same diagnostic is already there (a mistake inside a loop body is
     /// reported once, not once per iteration).
     pub fn push(&mut self, d: Diagnostic) {
-        let key = format!("{d:?}");
-        if !self.0.iter().any(|x| format!("{x:?}") == key) {
-            self.0.push(d);
+        if self.seen.insert(format!("{d:?}")) {
+            self.list.push(d);
         }
     }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    pub fn extend(&mut self, other: Diagnostics) {
+        for d in other.list {
+            self.push(d);
+        }
     }
+    pub fn into_vec(self) -> Vec<Diagnostic> {
+        self.list
+    }
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.list.iter()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+    /// The first [`MAX_SHOWN`] diagnostics in source order, then how many more there are.
     pub fn render(&self, map: &SourceMap) -> String {
-        let mut ds: Vec<&Diagnostic> = self.0.iter().collect();
+        let mut ds: Vec<&Diagnostic> = self.list.iter().collect();
         ds.sort_by_key(|d| d.sort_key());
         let mut out = String::new();
-        for d in ds {
+        for d in ds.iter().take(MAX_SHOWN) {
             out.push_str(&d.render(map));
             out.push('\n');
         }
-        let n = self.0.len();
+        let n = self.list.len();
+        if n > MAX_SHOWN {
+            let _ = writeln!(out, "… and {} more errors", n - MAX_SHOWN);
+        }
         let _ = writeln!(
             out,
             "{n} error{} found; nothing was run",

@@ -114,7 +114,7 @@ impl Resolver {
         let items = match parse_file(id, &text) {
             Ok(items) => items,
             Err(ds) => {
-                self.diags.0.extend(ds.0);
+                self.diags.extend(ds);
                 return;
             }
         };

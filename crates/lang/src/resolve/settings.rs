@@ -112,7 +112,7 @@ impl Resolver {
             let mut expr = match parse_expr(file, &text[eq + 1..]) {
                 Ok(e) => e,
                 Err(ds) => {
-                    for mut d in ds.0 {
+                    for mut d in ds.into_vec() {
                         if let Some(p) = &mut d.primary {
                             p.span.start += eq as u32 + 1;
                             p.span.end += eq as u32 + 1;
