@@ -252,7 +252,11 @@ fn thousands_of_errors_are_shown_fifty_at_a_time() {
         text.push_str(&format!("x = test_stage(emit = \"{i}\")\n"));
     }
     let err = load_text(dir.path(), "dup.eep", text.as_bytes()).unwrap_err();
-    assert_eq!(err.matches("two stages get the id `x`").count(), 50, "capped");
+    assert_eq!(
+        err.matches("two stages get the id `x`").count(),
+        50,
+        "capped"
+    );
     assert!(
         err.contains("… and 3949 more errors"),
         "{}",

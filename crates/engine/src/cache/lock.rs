@@ -23,6 +23,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How often a held lock's file is touched.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// The heartbeat's period ([`HEARTBEAT`]; short in unit tests).
+fn heartbeat_period() -> Duration {
+    if cfg!(test) {
+        Duration::from_millis(50)
+    } else {
+        HEARTBEAT
+    }
+}
+
 /// How long a lock file's mtime must stand still before a waiter on another host breaks it.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
@@ -113,18 +122,21 @@ impl LockFile {
     fn held(path: &Path, owner: Owner) -> LockFile {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let heartbeat = {
-            let (path, nonce) = (path.to_path_buf(), owner.nonce.clone());
+            let (path, me) = (path.to_path_buf(), owner.clone());
             std::thread::Builder::new()
                 .name("lock-heartbeat".into())
                 .spawn(move || {
                     // Until the holder drops its end of the channel.
                     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                        stopped.recv_timeout(HEARTBEAT)
+                        stopped.recv_timeout(heartbeat_period())
                     {
-                        // Touch only our own lock: if it was broken (we were presumed dead)
-                        // the file now belongs to someone else.
-                        if read_owner(&path).is_some_and(|o| o.nonce == nonce) {
-                            touch(&path);
+                        match read_owner(&path) {
+                            // Touch only our own lock: if it was broken (we were presumed dead)
+                            // the file now belongs to someone else.
+                            Some(o) if o.nonce == me.nonce => touch(&path),
+                            Some(_) => {}
+                            None if !path.exists() => recreate(&path, &me),
+                            None => {} // being written by a breaker: looked at again next beat
                         }
                     }
                 })
@@ -284,6 +296,32 @@ fn create_exclusive(path: &Path, owner: &Owner) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A held lock's file was removed (someone deleted `locks/`, or the whole folder): put it back,
+/// so that a second run waits again; if another process took it meanwhile, say so loudly — both
+/// now believe they hold it.
+fn recreate(path: &Path, me: &Owner) {
+    if let Some(dir) = path.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    match create_exclusive(path, me) {
+        Ok(()) => eprintln!(
+            "warning: the lock file {} was removed while held; it is back (do not delete \
+             `locks/` while edge-eval runs)",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => eprintln!(
+            "error: the lock file {} was removed while held and is now held by {}: a stage may \
+             be computed twice, or a measurement overlap another",
+            path.display(),
+            read_owner(path).map_or("another process".into(), |o| o.describe())
+        ),
+        Err(e) => eprintln!(
+            "warning: the lock file {} was removed while held and cannot be put back: {e}",
+            path.display()
+        ),
+    }
+}
+
 pub fn read_owner(path: &Path) -> Option<Owner> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
@@ -303,6 +341,28 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_removed_lock_file_is_put_back_by_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks/stages/k");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let held = LockFile::acquire(&path, |_| {}).unwrap();
+        fs::remove_dir_all(dir.path().join("locks")).unwrap();
+        let t0 = Instant::now();
+        while read_owner(&path).as_ref() != Some(held.owner()) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "not re-created");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // So a second taker waits again, and the file goes when the holder lets go.
+        assert!(
+            LockFile::try_acquire(&path, &mut Watch::default())
+                .unwrap()
+                .is_none()
+        );
+        drop(held);
+        assert!(!path.exists());
+    }
 
     #[test]
     fn one_holder_at_a_time_and_released_on_drop() {
