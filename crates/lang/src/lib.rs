@@ -9,5 +9,5 @@ pub mod resolve;
 mod signature;
 pub mod source;
 
-pub use resolve::{Node, Pipeline, load};
+pub use resolve::{Node, Pipeline, load, load_text};
 pub use signature::{Role, Signature, Signatures};

@@ -91,6 +91,11 @@ impl Resolver {
                 return;
             }
         };
+        self.add_file(display, canonical, bytes);
+    }
+
+    /// A file's bytes read: it joins the source map, is parsed, and its imports are loaded.
+    pub(super) fn add_file(&mut self, display: String, canonical: PathBuf, bytes: Vec<u8>) {
         let (text, bad_utf8) = match String::from_utf8(bytes) {
             Ok(t) => (t, None),
             Err(e) => {

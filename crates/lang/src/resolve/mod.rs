@@ -127,40 +127,66 @@ pub fn load(
     let mut r = Resolver::new(signatures);
     let display = path.display().to_string();
     r.load_file(path, display, None);
-    if !r.diags.is_empty() {
-        return Err((r.diags, r.map));
+    r.resolve(path, overrides)
+}
+
+/// [`load`] of a main file given as text (named `name`, as if it were in the current folder;
+/// its imports are read from disk). For editors and fuzzing: no file has to be written.
+pub fn load_text(
+    name: &str,
+    text: &str,
+    overrides: &[String],
+    signatures: &'static Signatures,
+) -> Result<(Pipeline, SourceMap), (Diagnostics, SourceMap)> {
+    let mut r = Resolver::new(signatures);
+    let path = std::env::current_dir().unwrap_or_default().join(name);
+    r.add_file(name.to_string(), path.clone(), text.as_bytes().to_vec());
+    r.resolve(&path, overrides)
+}
+
+impl Resolver {
+    /// Every pass after the files are read; the pipeline, or every diagnostic found.
+    fn resolve(
+        self,
+        path: &Path,
+        overrides: &[String],
+    ) -> Result<(Pipeline, SourceMap), (Diagnostics, SourceMap)> {
+        let mut r = self;
+        if !r.diags.is_empty() {
+            return Err((r.diags, r.map));
+        }
+        r.declare();
+        r.apply_overrides(overrides);
+        r.settings();
+        r.expand_all();
+        r.bind_all();
+        if r.diags.is_empty() {
+            r.check_cycles();
+        }
+        if !r.diags.is_empty() {
+            return Err((r.diags, r.map));
+        }
+        let mut hasher = blake3::Hasher::new();
+        for (_, f) in r.map.files() {
+            hasher.update(f.name.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(f.text.as_bytes());
+            hasher.update(&[0]);
+        }
+        let name = r.pipeline_name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "pipeline".into())
+        });
+        let pipeline = Pipeline {
+            name,
+            source_digest: hasher.finalize().to_hex().to_string(),
+            main_file: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            settings: r.setting_values,
+            nodes: r.nodes,
+        };
+        Ok((pipeline, r.map))
     }
-    r.declare();
-    r.apply_overrides(overrides);
-    r.settings();
-    r.expand_all();
-    r.bind_all();
-    if r.diags.is_empty() {
-        r.check_cycles();
-    }
-    if !r.diags.is_empty() {
-        return Err((r.diags, r.map));
-    }
-    let mut hasher = blake3::Hasher::new();
-    for (_, f) in r.map.files() {
-        hasher.update(f.name.as_bytes());
-        hasher.update(&[0]);
-        hasher.update(f.text.as_bytes());
-        hasher.update(&[0]);
-    }
-    let name = r.pipeline_name.clone().unwrap_or_else(|| {
-        path.file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "pipeline".into())
-    });
-    let pipeline = Pipeline {
-        name,
-        source_digest: hasher.finalize().to_hex().to_string(),
-        main_file: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
-        settings: r.setting_values,
-        nodes: r.nodes,
-    };
-    Ok((pipeline, r.map))
 }
 
 /// An evaluated but not yet typed expression.
