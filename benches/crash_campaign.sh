@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Crash campaign for the cache's integrity model (issue 20): N runs of a model-free pipeline,
-# each SIGKILLed at a random moment; after every kill, sometimes a byte of a random object is
+# Crash campaign for the cache's integrity model (issue 20): N runs of a model-free pipeline
+# (each with new keys, so that its stages run), each SIGKILLed at a random moment; after every kill, sometimes a byte of a random object is
 # flipped or a random object truncated (damage a crash or the disk could leave). Then:
 #   cache verify (exit 0 or 1: problems found and removed), a full run (must succeed),
 #   a second run (must be all cached), and the final outputs must equal a clean run's.
@@ -15,10 +15,11 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 cat > p.eep <<'EEP'
 pipeline crash { results = "out" }
+let round = "0"          # --set round=… : new keys every iteration, the same outputs
 for i in ["1", "2", "3", "4", "5", "6"] {
-  a[i] = test_stage(emit = i, sleep_ms = 40)
-  b[i] = test_stage(a[i], emit = "b", sleep_ms = 60)
-  c[i] = test_stage(b[i], emit = "c", sleep_ms = 30)
+  a[i] = test_stage(emit = i, sleep_ms = 150, note = round)
+  b[i] = test_stage(a[i], emit = "b", sleep_ms = 200, note = round)
+  c[i] = test_stage(b[i], emit = "c", sleep_ms = 100, note = round)
 }
 all = test_stage([c["1"], c["2"], c["3"], c["4"], c["5"], c["6"]], emit = "all")
 EEP
@@ -37,9 +38,10 @@ rm -rf out
 
 failures=0; damaged=0; killed=0
 for i in $(seq 1 "$n"); do
-  EDGE_EVAL_CACHE=cache "$bin" run p.eep --quiet >/dev/null 2>&1 &
+  set_round=(--set "round=\"$i\"")
+  EDGE_EVAL_CACHE=cache "$bin" run p.eep --quiet "${set_round[@]}" >/dev/null 2>&1 &
   pid=$!
-  sleep "$(python3 -c "import random; print(random.uniform(0.02, 1.2))")"
+  sleep "$(python3 -c "import random; print(random.uniform(0.05, 1.6))")"
   if kill -9 "$pid" 2>/dev/null; then killed=$((killed + 1)); fi
   wait "$pid" 2>/dev/null
   objects=$(find cache/objects -type f 2>/dev/null)
@@ -56,11 +58,11 @@ for i in $(seq 1 "$n"); do
   EDGE_EVAL_CACHE=cache "$bin" cache verify >/dev/null 2>&1
   rc=$?
   if [ "$rc" -gt 1 ]; then echo "iteration $i: verify exited $rc"; failures=$((failures + 1)); continue; fi
-  if ! EDGE_EVAL_CACHE=cache "$bin" run p.eep --quiet >/dev/null 2>&1; then
+  if ! EDGE_EVAL_CACHE=cache "$bin" run p.eep --quiet "${set_round[@]}" >/dev/null 2>&1; then
     echo "iteration $i: the run after the kill failed"; failures=$((failures + 1)); continue
   fi
   got=$(outputs out/runs.parquet)
-  EDGE_EVAL_CACHE=cache "$bin" run p.eep --json --quiet 2>/dev/null | tail -n 1 > again.json
+  EDGE_EVAL_CACHE=cache "$bin" run p.eep --json --quiet "${set_round[@]}" 2>/dev/null | tail -n 1 > again.json
   if grep -q '"ran"' again.json; then
     echo "iteration $i: the second run was not all cached"; failures=$((failures + 1)); continue
   fi

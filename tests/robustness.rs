@@ -268,3 +268,14 @@ fn thousands_of_errors_are_shown_fifty_at_a_time() {
         &err[err.len() - 200..]
     );
 }
+
+/// Found by `fuzz/` (target `eep`): a model whose source kind is unknown, used in a loop,
+/// indexed past the nodes (a panic in the resolver).
+#[test]
+fn a_model_with_an_unknown_source_used_in_a_loop_is_a_diagnostic() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "pipeline p { seed = 1 }\nmodel local = inpath(\"x.gguf\")\n\
+                for m in [local] { small[m] = quantize(m, q4_0) }\n";
+    let err = load_text(dir.path(), "p.eep", text.as_bytes()).unwrap_err();
+    assert!(err.contains("unknown model source `inpath`"), "{err}");
+}

@@ -87,18 +87,21 @@ impl Resolver {
                 Item::Model { name, source } | Item::Task { name, source } => {
                     let is_model = matches!(item, Item::Model { .. });
                     let what = if is_model { "model" } else { "task" };
-                    let idx = self.nodes.len();
-                    if !self.declare_global(name, Global::Node(idx), what) {
-                        continue;
-                    }
                     let want = if is_model {
                         Output::Model
                     } else {
                         Output::Task
                     };
+                    // The name stands for the node pushed below, so an unknown source declares
+                    // nothing (found by fuzzing: the name then pointed at the next node, or past
+                    // the last one).
                     let Some(sig) = self.source_kind(source, want) else {
                         continue;
                     };
+                    let idx = self.nodes.len();
+                    if !self.declare_global(name, Global::Node(idx), what) {
+                        continue;
+                    }
                     self.nodes.push(Node {
                         id: format!("{what}:{}", name.name),
                         sig,
