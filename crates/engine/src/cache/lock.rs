@@ -177,14 +177,27 @@ pub struct Watch {
 impl Watch {
     /// Breaks the lock at `path` when its owner is gone; true if it did.
     fn break_if_stale(&mut self, path: &Path) -> Result<bool> {
-        let (Some(owner), Ok(mtime)) = (
-            read_owner(path),
-            fs::metadata(path).and_then(|m| m.modified()),
-        ) else {
-            // Gone meanwhile, or half-written by its creator: look again next time.
+        let mtime = fs::metadata(path).and_then(|m| m.modified());
+        let (Some(owner), Ok(mtime)) = (read_owner(path), &mtime) else {
             self.seen = None;
+            // An unreadable lock file that nobody has touched for STALE_AFTER was left by a
+            // creator killed half-way (before locks were written atomically): nobody holds it.
+            let abandoned = mtime
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_AFTER);
+            if abandoned && read_owner(path).is_none() {
+                let aside = path.with_extension(format!("stale-{}", super::unique_suffix()));
+                if fs::rename(path, &aside).is_ok() {
+                    let _ = fs::remove_file(&aside);
+                    eprintln!("note: removed the abandoned, empty lock {}", path.display());
+                    return Ok(true);
+                }
+            }
+            // Gone meanwhile: look again next time.
             return Ok(false);
         };
+        let mtime = *mtime;
         let still = match &self.seen {
             Some((nonce, t, since)) if *nonce == owner.nonce && *t == mtime => since.elapsed(),
             _ => {
@@ -282,18 +295,32 @@ fn list(dir: &Path) -> Vec<PathBuf> {
     };
     rd.filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| !p.to_string_lossy().contains(".stale-"))
+        .filter(|p| {
+            let p = p.to_string_lossy();
+            !p.contains(".stale-") && !p.contains(".new-")
+        })
         .collect()
 }
 
+/// Creates the lock file holding `owner`, atomically: the owner is written to a private file
+/// first and then hard-linked to `path` (`link` never overwrites, and is atomic on NFS too), so a
+/// lock file never exists without its owner — a process killed between creating and writing it
+/// used to leave an empty lock no one could judge (found by `benches/crash_campaign.sh`).
 fn create_exclusive(path: &Path, owner: &Owner) -> std::io::Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    let text = serde_json::to_string(owner).expect("owner serializes");
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!("{name}.new-{}", super::unique_suffix()));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let text = serde_json::to_string(owner).expect("owner serializes");
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    linked
 }
 
 /// A held lock's file was removed (someone deleted `locks/`, or the whole folder): put it back,
@@ -362,6 +389,23 @@ mod tests {
         );
         drop(held);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn an_abandoned_empty_lock_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let f = fs::File::create(&path).unwrap();
+        f.set_modified(SystemTime::now() - STALE_AFTER - Duration::from_secs(1))
+            .unwrap();
+        let t0 = Instant::now();
+        let held = LockFile::acquire(&path, |_| {}).unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert_eq!(read_owner(&path).as_ref(), Some(held.owner()));
+        // A fresh empty file (its creator may be writing it) is left alone.
+        drop(held);
+        fs::File::create(&path).unwrap();
+        assert!(!Watch::default().break_if_stale(&path).unwrap());
     }
 
     #[test]
