@@ -213,11 +213,15 @@ pub fn main() -> i32 {
     let cli = Cli::parse_from(normalize_args(args));
     match dispatch(cli) {
         Ok(code) => code,
-        // An invalid pipeline or command line returns 2 on its own; anything else that stops a
-        // command (a cache or a table that cannot be written) is 1.
+        // An invalid pipeline or command line is 2; anything else that stops a command (a cache
+        // or a table that cannot be written) is 1.
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            if e.downcast_ref::<engine::InvalidInput>().is_some() {
+                2
+            } else {
+                1
+            }
         }
     }
 }

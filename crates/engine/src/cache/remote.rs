@@ -14,7 +14,7 @@
 //! and credentials from the usual `AWS_*` variables: `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`,
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ALLOW_HTTP=true` for a plain-http endpoint).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -38,7 +38,10 @@ impl Remote {
         let (store, prefix): (Arc<dyn ObjectStore>, StorePath) =
             if let Some(dir) = url.strip_prefix("file://") {
                 if !dir.starts_with('/') {
-                    bail!("remote cache `{url}`: a file URL needs an absolute path (file:///…)");
+                    return Err(crate::InvalidInput(format!(
+                        "remote cache `{url}`: a file URL needs an absolute path (file:///…)"
+                    ))
+                    .into());
                 }
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("cannot create the remote cache folder {dir}"))?;
@@ -48,14 +51,18 @@ impl Remote {
             } else if let Some(rest) = url.strip_prefix("s3://") {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
-                    bail!("remote cache `{url}`: no bucket (s3://BUCKET/PREFIX)");
+                    return Err(crate::InvalidInput(format!(
+                        "remote cache `{url}`: no bucket (s3://BUCKET/PREFIX)"
+                    ))
+                    .into());
                 }
                 (s3(url, bucket)?, StorePath::from(prefix.trim_matches('/')))
             } else {
-                bail!(
+                return Err(crate::InvalidInput(format!(
                     "remote cache `{url}`: unsupported URL (use file:///shared/folder or \
                      s3://bucket/prefix)"
-                );
+                ))
+                .into());
             };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -188,8 +195,9 @@ fn s3(url: &str, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
 
 #[cfg(not(feature = "s3"))]
 fn s3(url: &str, _bucket: &str) -> Result<Arc<dyn ObjectStore>> {
-    bail!(
+    Err(crate::InvalidInput(format!(
         "remote cache `{url}`: this edge-eval was built without S3 support; build it with \
          `cargo build --release --features s3` (or use a shared folder: file:///…)"
-    )
+    ))
+    .into())
 }
