@@ -13,8 +13,5 @@ fn main() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
-    // A closed stdout (`edge-eval stages | head -1`) ends the process quietly, as it does other
-    // command-line tools, instead of a panic in `println!`. The cache is never left half-written.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     std::process::exit(edge_eval::cli::main());
 }

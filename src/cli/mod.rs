@@ -211,6 +211,21 @@ pub fn main() -> i32 {
         }
     }
     let cli = Cli::parse_from(normalize_args(args));
+    // A closed stdout (`edge-eval stages | head -1`) ends a command that only prints quietly, as
+    // it does other command-line tools, instead of a panic in `println!`. Commands that compute
+    // (a run, a job, a load probe, a benchmark) keep handling a broken pipe as an error.
+    if matches!(
+        cli.command,
+        Command::Check { .. }
+            | Command::Plan { .. }
+            | Command::Explain { .. }
+            | Command::Report { .. }
+            | Command::Stages
+            | Command::Cache { .. }
+    ) {
+        // SAFETY: single-threaded here.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match dispatch(cli) {
         Ok(code) => code,
         // An invalid pipeline or command line is 2; anything else that stops a command (a cache

@@ -69,8 +69,10 @@ pub(super) fn memoised(cache: &Cache, path: &Path) -> Result<String> {
     let digest = hash_file(&abs)?;
     let memo = stamp(&abs, &meta, digest.clone());
     let now_ns = super::now_us() as i128 * 1000;
+    // Best effort: a memo that cannot be written (a full disk) costs a rehash next time, it must
+    // not turn the digest itself into an error.
     if now_ns - memo.mtime_ns > 2_000_000_000 {
-        cache.write_atomic(&memo_path, &serde_json::to_vec(&memo)?)?;
+        let _ = cache.write_atomic(&memo_path, &serde_json::to_vec(&memo)?);
     }
     Ok(digest)
 }

@@ -189,9 +189,15 @@ impl Watch {
             if abandoned && read_owner(path).is_none() {
                 let aside = path.with_extension(format!("stale-{}", super::unique_suffix()));
                 if fs::rename(path, &aside).is_ok() {
+                    // Another waiter may have removed the empty file first and a new holder
+                    // created a lock since: what was moved aside must still be the empty one.
+                    if read_owner(&aside).is_none() {
+                        let _ = fs::remove_file(&aside);
+                        eprintln!("note: removed the abandoned, empty lock {}", path.display());
+                        return Ok(true);
+                    }
+                    let _ = fs::hard_link(&aside, path);
                     let _ = fs::remove_file(&aside);
-                    eprintln!("note: removed the abandoned, empty lock {}", path.display());
-                    return Ok(true);
                 }
             }
             // Gone meanwhile: look again next time.
@@ -296,8 +302,8 @@ fn list(dir: &Path) -> Vec<PathBuf> {
     rd.filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| {
-            let p = p.to_string_lossy();
-            !p.contains(".stale-") && !p.contains(".new-")
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            !name.contains(".stale-") && !name.contains(".new-")
         })
         .collect()
 }

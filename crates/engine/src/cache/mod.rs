@@ -241,8 +241,7 @@ impl Cache {
             bail!("the remote manifest of {key} holds another key");
         }
         for (name, obj) in &m.files {
-            let dest = self.object_path(&obj.digest);
-            if fs::metadata(&dest).is_ok_and(|meta| meta.len() == obj.size) {
+            if self.check_object(obj).is_ok() {
                 continue;
             }
             let tmp = self.temp_path();
@@ -497,7 +496,9 @@ impl Cache {
                     "entry {stem} {what}: {p}; removed, it will be recomputed"
                 ));
                 let _ = fs::remove_file(&path);
-                if let Some(m) = m {
+                // Only a result whose own outputs are damaged taints what was computed from it (a
+                // manifest filed under another key says nothing about that key's output).
+                if let Some(m) = m.filter(|m| m.key == stem) {
                     tainted.insert(m.output_digest);
                 }
             } else if let Some(m) = m {

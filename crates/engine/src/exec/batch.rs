@@ -269,7 +269,7 @@ pub async fn run(
                 for (i, s) in submitted.iter_mut().filter(|(_, s)| !s.done) {
                     s.done = true;
                     w.ui.stage_done(s.bar.take());
-                    w.outcomes[*i].get_or_insert_with(|| Outcome::simple(Status::Skipped, Some(format!("interrupted (Ctrl-C): {} job {} cancelled", scheduler.name(), s.id))));
+                    w.outcomes[*i].get_or_insert_with(|| Outcome::simple(Status::Skipped, Some(format!("interrupted (Ctrl-C or SIGTERM): {} job {} cancelled", scheduler.name(), s.id))));
                 }
                 break;
             }

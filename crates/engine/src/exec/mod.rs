@@ -214,7 +214,7 @@ pub async fn run(
                 }
                 interrupted = true;
                 cancel.store(true, Ordering::Relaxed);
-                w.stop.get_or_insert_with(|| "interrupted (Ctrl-C)".into());
+                w.stop.get_or_insert_with(|| "interrupted (Ctrl-C or SIGTERM)".into());
                 w.ui.error("interrupt: stopping running stages; results already finished are kept (Ctrl-C again to exit at once)");
                 None
             }
@@ -242,7 +242,7 @@ pub async fn run(
             }
             Err(e) => {
                 let error = if cancel.load(Ordering::Relaxed) {
-                    "interrupted (Ctrl-C)".to_string()
+                    "interrupted (Ctrl-C or SIGTERM)".to_string()
                 } else {
                     format!("{e:#}")
                 };
