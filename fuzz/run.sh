@@ -15,7 +15,7 @@ for target in eep gguf; do
     echo "fuzz target $target found a crash: see fuzz/artifacts/$target/" >&2
     exit 1
   fi
-  runs=$(grep -oE '#[0-9]+' "$log" | tail -n 1 | tr -d '#')
+  runs=$(grep -oE '#[0-9]+' "$log" | tail -n 1 | tr -d '#' || true)
   echo "fuzz target $target: ${runs:-0} executions in ${secs} s, no crash"
   rm -f "$log"
 done
