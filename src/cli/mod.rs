@@ -253,6 +253,23 @@ fn load(p: &PipelineArgs) -> Result<Pipeline, i32> {
 
 /// `--executor` over the pipeline's `executor` setting; `--executor slurm` keeps the pipeline's
 /// `slurm(...)` arguments when it has them.
+/// What `plan` and `explain` look at: the pipeline, the cache (held shared) and this host's
+/// hardware; `Err(code)` when the pipeline is invalid (its diagnostics are printed).
+fn read_only(
+    cache_dir: &Path,
+    remote: Option<&str>,
+    p: &PipelineArgs,
+) -> Result<Result<(Pipeline, Cache, engine::cache::CacheLock, Hardware), i32>> {
+    let pipeline = match load(p) {
+        Ok(x) => x,
+        Err(code) => return Ok(Err(code)),
+    };
+    let cache = Cache::open_with_remote(cache_dir, remote)?;
+    let lock = cache.lock(false)?;
+    let hw = Hardware::detect(threads_for(&pipeline, p.threads));
+    Ok(Ok((pipeline, cache, lock, hw)))
+}
+
 fn executor_for(p: &Pipeline, flag: Option<&str>) -> Executor {
     let set = match p.setting("pipeline.executor") {
         Some(Value::Executor(e)) => e.clone(),
@@ -296,13 +313,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Plan { p, json } => {
-            let pipeline = match load(&p) {
-                Ok(x) => x,
-                Err(code) => return Ok(code),
-            };
-            let cache = Cache::open_with_remote(&cli.cache, cli.remote_cache.as_deref())?;
-            let _lock = cache.lock(false)?;
-            let hw = Hardware::detect(threads_for(&pipeline, p.threads));
+            let (pipeline, cache, _lock, hw) =
+                match read_only(&cli.cache, cli.remote_cache.as_deref(), &p)? {
+                    Ok(x) => x,
+                    Err(code) => return Ok(code),
+                };
             let executor = executor_for(&pipeline, p.executor.as_deref());
             let mut planner = Planner::new(&pipeline, &REGISTRY, &cache, &hw);
             planner.measured_elsewhere = executor != Executor::Local;
@@ -311,13 +326,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Explain { p, stage } => {
-            let pipeline = match load(&p) {
-                Ok(x) => x,
-                Err(code) => return Ok(code),
-            };
-            let cache = Cache::open_with_remote(&cli.cache, cli.remote_cache.as_deref())?;
-            let _lock = cache.lock(false)?;
-            let hw = Hardware::detect(threads_for(&pipeline, p.threads));
+            let (pipeline, cache, _lock, hw) =
+                match read_only(&cli.cache, cli.remote_cache.as_deref(), &p)? {
+                    Ok(x) => x,
+                    Err(code) => return Ok(code),
+                };
             explain(&pipeline, &cache, &hw, &stage)
         }
         Command::Run {

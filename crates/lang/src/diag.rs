@@ -199,12 +199,6 @@ impl Diagnostics {
     pub fn into_vec(self) -> Vec<Diagnostic> {
         self.list
     }
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-    pub fn iter(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.list.iter()
-    }
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }

@@ -28,6 +28,20 @@ pub(crate) struct Walk<'a> {
     pub ui: Ui,
 }
 
+fn release(
+    dependents: &[Vec<NodeIdx>],
+    waiting: &mut [usize],
+    ready: &mut BTreeSet<NodeIdx>,
+    i: NodeIdx,
+) {
+    for &d in &dependents[i] {
+        waiting[d] -= 1;
+        if waiting[d] == 0 {
+            ready.insert(d);
+        }
+    }
+}
+
 impl<'a> Walk<'a> {
     pub fn new(pipeline: &'a Pipeline, opts: &RunOptions) -> Walk<'a> {
         let nodes = &pipeline.nodes;
@@ -64,29 +78,17 @@ impl<'a> Walk<'a> {
 
     /// Node `i` is settled: its dependents wait for one input less.
     pub fn release(&mut self, i: NodeIdx) {
-        for &d in &self.dependents[i] {
-            self.waiting[d] -= 1;
-            if self.waiting[d] == 0 {
-                self.ready.insert(d);
-            }
-        }
+        release(&self.dependents, &mut self.waiting, &mut self.ready, i);
     }
 
     /// Every node after its inputs, lowest index first among the ready ones (the whole walk at
-    /// once, for an executor that submits everything up front).
+    /// once, for an executor that submits everything up front; the live walk is untouched).
     pub fn order(&self) -> Vec<NodeIdx> {
-        let mut waiting: Vec<usize> = self.pipeline.nodes.iter().map(|n| n.deps.len()).collect();
-        let mut ready: BTreeSet<NodeIdx> =
-            (0..waiting.len()).filter(|i| waiting[*i] == 0).collect();
+        let (mut waiting, mut ready) = (self.waiting.clone(), self.ready.clone());
         let mut order = vec![];
         while let Some(i) = ready.pop_first() {
             order.push(i);
-            for &d in &self.dependents[i] {
-                waiting[d] -= 1;
-                if waiting[d] == 0 {
-                    ready.insert(d);
-                }
-            }
+            release(&self.dependents, &mut waiting, &mut ready, i);
         }
         order
     }
