@@ -36,12 +36,15 @@ struct Params {
     max_seq: usize,
     seed: u64,
     targets: Vec<String>,
+    dtype: String,
+    quant: String,
+    checkpointing: bool,
 }
 
 impl Stage for Finetune {
     engine::stage_meta!(
         "finetune",
-        5,
+        6,
         Role::Stage,
         Output::Model,
         "LoRA / QLoRA fine-tuning on a task's train split"
@@ -108,10 +111,25 @@ impl Stage for Finetune {
             ),
             ParamSpec::default(
                 "dtype",
-                Ty::Enum(&["f32"]),
-                Value::Symbol("f32".into()),
-                "adapter dtype (f32 only in this version: adapters and their optimizer state are \
-                 small, and the frozen base keeps its own type)",
+                Ty::Enum(&["auto", "f32", "bf16"]),
+                Value::Symbol("auto".into()),
+                "dtype of the frozen base and the activations: bf16 (auto on a GPU, as PEFT with \
+                 a bf16 base) or f32 (auto on the CPU, where our f32 kernels are faster); the \
+                 adapters, their gradients and AdamW state are f32 either way",
+            ),
+            ParamSpec::default(
+                "quant",
+                Ty::Enum(&["nf4", "gguf"]),
+                Value::Symbol("nf4".into()),
+                "QLoRA's 4-bit base: nf4 (bitsandbytes' NormalFloat4, blocks of 64, double-quantized \
+                 scales) or gguf (the file's own 4-bit type, q4_0 / q4_1 / q4_k, else q4_0)",
+            ),
+            ParamSpec::default(
+                "checkpointing",
+                Ty::Bool,
+                Value::Bool(false),
+                "gradient checkpointing: keep only each block's input and recompute the block in \
+                 the backward (less memory, about one more forward per step)",
             ),
             ParamSpec::default(
                 "targets",
@@ -152,7 +170,16 @@ impl Stage for Finetune {
                 ColType::Float,
                 "step time; summary: the training loop (s)",
             ),
-            c("tokens", ColType::Int, "tokens forwarded"),
+            c(
+                "tokens",
+                ColType::Int,
+                "tokens forwarded (padding excluded)",
+            ),
+            c(
+                "padded_tokens",
+                ColType::Int,
+                "positions forwarded, padding included (rows × padded length)",
+            ),
             c("tokens_per_s", ColType::Float, "training tokens per second"),
             c("method", ColType::Str, "lora | qlora"),
             c("rank", ColType::Int, "LoRA rank"),
@@ -216,18 +243,25 @@ impl Stage for Finetune {
         if let Some(n) = p.rows {
             samples.truncate(n);
         }
+        let dtype = match (p.dtype.as_str(), dev.is_cpu()) {
+            ("f32", _) | ("auto", true) => candle_core::DType::F32,
+            _ => candle_core::DType::BF16,
+        };
         let cfg = LoraConfig {
             rank: p.rank,
             alpha: p.alpha,
             dropout: p.dropout,
             targets: p.targets.clone(),
             qlora: p.method == "qlora",
+            nf4: p.quant == "nf4",
+            dtype,
             seed: p.seed,
         };
         let (batch, accum, max_seq) = (p.batch, p.grad_accum, p.max_seq);
+        let per_epoch = lora::steps_per_epoch(samples.len(), batch, accum);
         let steps = match p.steps {
             Some(s) => s,
-            None => p.epochs.unwrap_or(1) * samples.len().div_ceil(batch * accum),
+            None => p.epochs.unwrap_or(1) * per_epoch,
         };
 
         ctx.progress.message("loading the base model");
@@ -283,6 +317,7 @@ impl Stage for Finetune {
             steps,
             batch,
             grad_accum: accum,
+            checkpointing: p.checkpointing,
         };
         let mut meter = super::open_meter(ctx, Scope::Process);
         ctx.progress.set_length(steps as u64);
@@ -337,17 +372,17 @@ impl Stage for Finetune {
             r.insert("loss".into(), json!(l.loss));
             r.insert("seconds".into(), json!(l.seconds));
             r.insert("tokens".into(), json!(l.tokens));
+            r.insert("padded_tokens".into(), json!(l.padded));
             r.insert("tokens_per_s".into(), json!(l.tokens as f64 / l.seconds));
             rows.push(r);
         }
         let tokens: usize = logs.iter().map(|l| l.tokens).sum();
+        let padded: usize = logs.iter().map(|l| l.padded).sum();
         let mut s = Row::new();
         s.insert("row".into(), json!("summary"));
         // Step losses are of different rows: compare the mean of the first and the last `k` steps
         // (an epoch, or a quarter of the run when it is shorter than two epochs).
-        let k = (steps / 2)
-            .min(examples.len().div_ceil(batch * accum))
-            .max(1);
+        let k = (steps / 2).min(per_epoch).max(1);
         let mean =
             |ls: &[lora::StepLog]| ls.iter().map(|l| l.loss).sum::<f64>() / ls.len().max(1) as f64;
         s.insert(
@@ -357,6 +392,7 @@ impl Stage for Finetune {
         s.insert("first_loss".into(), json!(mean(&logs[..k.min(logs.len())])));
         s.insert("seconds".into(), json!(train_e.seconds));
         s.insert("tokens".into(), json!(tokens));
+        s.insert("padded_tokens".into(), json!(padded));
         s.insert(
             "tokens_per_s".into(),
             json!(tokens as f64 / train_e.seconds),
@@ -411,6 +447,10 @@ mod tests {
         assert_eq!((p.alpha, p.dropout, p.lr), (16.0, 0.05, 2e-4));
         assert_eq!(p.targets.len(), 7);
         assert_eq!((p.steps, p.epochs, p.rows), (None, None, None));
+        assert_eq!(
+            (p.dtype.as_str(), p.quant.as_str(), p.checkpointing),
+            ("auto", "nf4", false)
+        );
         params.insert("steps".into(), Value::Int(40));
         params.insert("method".into(), Value::Symbol("qlora".into()));
         let p: Params = engine::stage::typed_params(&params).unwrap();

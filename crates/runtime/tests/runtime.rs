@@ -411,12 +411,65 @@ fn gemma3_trainable_forward_matches_inference() {
         dropout: 0.0,
         targets: vec!["q".into(), "v".into()],
         qlora: false,
+        nf4: false,
+        dtype: candle_core::DType::F32,
         seed: 1,
     };
     let trainable = Trainable::load(&f32_path, cfg).unwrap();
     let got = trainable.logits(&ids).unwrap();
     let d = common::max_abs_diff(&got, &want);
     assert!(d < 1e-2, "max |Δ| {d}");
+}
+
+/// On real SmolLM2, a batch of 4 (one padded tensor) and 4 accumulated micro-batches of 1 follow
+/// the same loss curve.
+#[test]
+fn smollm2_batch_of_four_and_accumulated_singles_train_alike() {
+    use runtime::lora::{Example, LoraConfig, TrainOptions, Trainable, train};
+    let Some(path) = smollm2() else { return };
+    let tok = Tokenizer::from_gguf(&Gguf::open(&path).unwrap()).unwrap();
+    let qa = [
+        ("What is the capital of France?", "Paris."),
+        ("Name a primary colour.", "Red, for one."),
+        ("How many legs does a spider have?", "Eight."),
+        ("What do bees make?", "Honey, from nectar they collect."),
+    ];
+    let examples: Vec<Example> = qa
+        .iter()
+        .map(|(q, a)| {
+            let mut ids = chat_ids(&tok, q);
+            let answer_from = ids.len();
+            ids.extend(tok.encode_plain(a).unwrap());
+            Example { ids, answer_from }
+        })
+        .collect();
+    let run = |batch, grad_accum| {
+        let cfg = LoraConfig {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: vec!["q".into(), "v".into(), "down".into()],
+            qlora: false,
+            nf4: false,
+            dtype: candle_core::DType::F32,
+            seed: 3,
+        };
+        let m = Trainable::load(&path, cfg).unwrap();
+        let o = TrainOptions {
+            lr: 1e-3,
+            steps: 3,
+            batch,
+            grad_accum,
+            checkpointing: batch == 1,
+        };
+        let logs = train(&m, &examples, &o, &mut |_| Ok(())).unwrap();
+        logs.iter().map(|l| l.loss).collect::<Vec<f64>>()
+    };
+    let (batched, single) = (run(4, 1), run(1, 4));
+    for (a, b) in batched.iter().zip(&single) {
+        assert!((a - b).abs() < 2e-3 * a.abs(), "{batched:?} vs {single:?}");
+    }
+    assert!(batched[2] < batched[0], "{batched:?}");
 }
 
 /// Our CPU forward pass against f32 arithmetic on the same (dequantized) weights, on SmolLM2: a

@@ -1,90 +1,170 @@
-//! The frozen base: [`Frozen`], a custom op holding a base matrix (f32 for LoRA, 4-bit for
-//! QLoRA) whose forward is a matmul and whose backward gives the gradient of the input only
-//! (`grad · W`, dequantized on the fly for 4-bit).
+//! The frozen base: [`Frozen`], a custom op holding a base matrix (dense in the pass's dtype for
+//! LoRA; 4-bit GGUF blocks or NF4 for QLoRA) whose forward is a matmul and whose backward gives
+//! the gradient of the input only (`grad · W`, dequantized on the fly for 4-bit).
 
+use super::nf4::Nf4;
 use super::*;
+use candle_core::Storage;
+use candle_core::op::BackpropOp;
 
 /// A frozen base matrix.
 #[derive(Clone)]
 pub(super) enum Base {
-    /// `Wᵀ` `[in, out]`, f32.
+    /// `Wᵀ` `[in, out]`, in the pass's dtype.
     Dense(Arc<Tensor>),
     /// `W` `[out, in]` in a GGUF quantized type.
     Quant(Arc<QTensor>),
+    /// `W` `[out, in]` in bitsandbytes' NF4 layout.
+    Nf4(Arc<Nf4>),
 }
 
 /// `x · Wᵀ` for a frozen `W`, as a custom op so that autograd computes the gradient of `x` only
 /// (`grad · W`): candle's own matmul backward would also compute — and keep until the step ends —
-/// a full-size gradient for every frozen matrix. For a quantized `W` the forward is candle's
-/// quantized matmul and the backward dequantizes `W` on the fly (QLoRA), so it stays 4-bit.
+/// a full-size gradient for every frozen matrix. A 4-bit `W` stays 4-bit: the forward is candle's
+/// quantized matmul (f32 on the CPU) or a matmul with `W` dequantized for the call, and the
+/// backward dequantizes it again (QLoRA; bitsandbytes does the same).
 pub(super) struct Frozen(Base);
 
-impl CustomOp1 for Frozen {
+/// The tensor a custom op's input storage holds (a view of a copy of its buffer).
+pub(super) fn wrap(storage: Storage, layout: &Layout) -> candle_core::Result<Tensor> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("a custom op takes a contiguous input");
+    };
+    // The buffer holds at least `end` elements.
+    Tensor::from_storage(storage, end, BackpropOp::none(), false)
+        .narrow(0, start, end - start)?
+        .reshape(layout.shape())
+}
+
+/// The storage a custom op returns for `y`.
+fn unwrap_cpu(y: Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+    let y = fresh(y)?;
+    let shape = y.shape().clone();
+    let (st, _) = y.storage_and_layout();
+    match &*st {
+        Storage::Cpu(c) => Ok((c.clone(), shape.clone())),
+        _ => candle_core::bail!("a custom op's CPU forward produced a tensor off the CPU"),
+    }
+}
+
+/// `y` in storage of its own, contiguous from offset 0.
+fn fresh(y: Tensor) -> candle_core::Result<Tensor> {
+    let y = y.contiguous()?;
+    if y.layout().start_offset() == 0 && y.layout().is_contiguous() {
+        Ok(y)
+    } else {
+        y.affine(1.0, 0.0)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn unwrap_cuda(y: Tensor) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let y = fresh(y)?;
+    let shape = y.shape().clone();
+    let (st, l) = y.storage_and_layout();
+    match &*st {
+        Storage::Cuda(c) => Ok((c.try_clone(l)?, shape.clone())),
+        _ => candle_core::bail!("a custom op's CUDA forward produced a tensor off the GPU"),
+    }
+}
+
+/// What a custom op with a tensor-level forward runs on either device.
+pub(super) trait TensorOp {
+    fn name(&self) -> &'static str;
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+pub(super) fn cpu_fwd<T: TensorOp + ?Sized>(
+    op: &T,
+    storage: &CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let x = wrap(Storage::Cpu(storage.clone()), layout)?;
+    unwrap_cpu(op.forward(&x)?)
+}
+
+#[cfg(feature = "cuda")]
+pub(super) fn cuda_fwd<T: TensorOp + ?Sized>(
+    op: &T,
+    storage: &candle_core::CudaStorage,
+    layout: &Layout,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    // `try_clone` copies the whole buffer; `wrap` takes the layout's window of it.
+    let x = wrap(Storage::Cuda(storage.try_clone(layout)?), layout)?;
+    unwrap_cuda(op.forward(&x)?)
+}
+
+/// Implements `CustomOp1`'s forwards for a [`TensorOp`].
+macro_rules! tensor_op_forwards {
+    () => {
+        fn name(&self) -> &'static str {
+            TensorOp::name(self)
+        }
+        fn cpu_fwd(
+            &self,
+            storage: &CpuStorage,
+            layout: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            cpu_fwd(self, storage, layout)
+        }
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &self,
+            storage: &candle_core::CudaStorage,
+            layout: &Layout,
+        ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+            cuda_fwd(self, storage, layout)
+        }
+    };
+}
+
+impl TensorOp for Frozen {
     fn name(&self) -> &'static str {
         "frozen-linear"
     }
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let data = crate::cpu::contiguous_f32(storage, layout, self.name())?;
-        let x = Tensor::from_slice(data, layout.shape(), &Device::Cpu)?;
-        let y = self.0.apply(&x)?;
-        let shape = y.shape().clone();
-        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1()?), shape))
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.apply(x)
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        use candle_core::cuda::CudaStorageSlice;
-        use candle_core::op::BackpropOp;
-        use candle_core::{Storage, bail};
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("frozen-linear takes a contiguous input");
-        };
-        // `try_clone` copies the whole buffer: wrap it as a 1-d tensor, then take the layout's
-        // window of it.
-        let all = storage.try_clone(layout)?;
-        let n = match &all.slice {
-            CudaStorageSlice::F32(s) => s.len(),
-            _ => bail!("frozen-linear takes f32 input"),
-        };
-        let x = Tensor::from_storage(Storage::Cuda(all), n, BackpropOp::none(), false)
-            .narrow(0, start, end - start)?
-            .reshape(layout.shape())?;
-        let y = self.0.apply(&x)?.contiguous()?;
-        let shape = y.shape().clone();
-        let (st, l) = y.storage_and_layout();
-        match &*st {
-            Storage::Cuda(c) if l.start_offset() == 0 => Ok((c.try_clone(l)?, shape)),
-            _ => bail!("frozen-linear: unexpected output storage"),
-        }
-    }
+}
+
+impl CustomOp1 for Frozen {
+    tensor_op_forwards!();
     fn bwd(
         &self,
         _arg: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let g = match &self.0 {
-            Base::Dense(wt) => grad.broadcast_matmul(&wt.t()?)?,
-            Base::Quant(q) => grad.broadcast_matmul(&q.dequantize(grad.device())?)?,
+        let w = match &self.0 {
+            Base::Dense(wt) => wt.t()?,
+            Base::Quant(q) => q.dequantize(grad.device())?.to_dtype(grad.dtype())?,
+            Base::Nf4(q) => q.dequantize(grad.dtype())?,
         };
-        Ok(Some(g))
+        Ok(Some(rows_matmul(grad, &w)?))
     }
+}
+
+/// `x · m` for `x` `[…, k]` and `m` `[k, n]` as one 2-d matmul over all leading positions.
+pub(super) fn rows_matmul(x: &Tensor, m: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let k = dims[dims.len() - 1];
+    let rows = x.elem_count() / k.max(1);
+    let mut out = dims.to_vec();
+    *out.last_mut().expect("a matrix has dimensions") = m.dim(1)?;
+    x.reshape((rows, k))?.matmul(m)?.reshape(out)
 }
 
 impl Base {
     /// `x · Wᵀ` without autograd (the op's forward).
     fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Base::Dense(wt) => x.broadcast_matmul(wt),
-            Base::Quant(q) => QMatMul::QTensor(q.clone()).forward(x),
+            Base::Dense(wt) => rows_matmul(x, wt),
+            // candle's quantized matmul takes f32 activations.
+            Base::Quant(q) if x.dtype() == DType::F32 => QMatMul::QTensor(q.clone()).forward(x),
+            Base::Quant(q) => rows_matmul(x, &q.dequantize(x.device())?.to_dtype(x.dtype())?.t()?),
+            Base::Nf4(q) => rows_matmul(x, &q.dequantize(x.dtype())?.t()?),
         }
     }
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -92,9 +172,29 @@ impl Base {
     }
     pub(super) fn bytes(&self) -> u64 {
         match self {
-            Base::Dense(t) => (t.elem_count() * 4) as u64,
+            Base::Dense(t) => (t.elem_count() * t.dtype().size_in_bytes()) as u64,
             Base::Quant(q) => q.storage_size_in_bytes() as u64,
+            Base::Nf4(q) => q.bytes(),
         }
+    }
+    /// `(in, out)`.
+    pub(super) fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            Base::Dense(wt) => wt.dims2()?,
+            Base::Quant(q) => {
+                let (o, i) = q.shape().dims2()?;
+                (i, o)
+            }
+            Base::Nf4(q) => (q.cols, q.rows),
+        })
+    }
+    /// `W` `[out, in]` f32 on the CPU, as the pass sees it.
+    pub(super) fn weight(&self) -> Result<Tensor> {
+        Ok(match self {
+            Base::Dense(wt) => wt.t()?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
+            Base::Quant(q) => q.dequantize(&Device::Cpu)?,
+            Base::Nf4(q) => q.dequantize(DType::F32)?.to_device(&Device::Cpu)?,
+        })
     }
 }
 

@@ -16,17 +16,19 @@ use super::llama::{Config, Embedding, local_rope_tables, read_config, rope_table
 use anyhow::{Result, bail};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape, Tensor, Var};
-use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 
+mod forward;
 mod frozen;
+pub mod nf4;
 mod ops;
 mod train;
 
+pub use forward::Batch;
 use frozen::*;
 use ops::*;
-pub use train::{StepLog, TrainOptions, train};
+pub use train::{StepLog, TrainOptions, schedule, steps_per_epoch, train};
 
 /// The projections adapters can target, with their GGUF and PEFT names.
 pub const TARGETS: &[(&str, &str, &str)] = &[
@@ -48,6 +50,12 @@ pub struct LoraConfig {
     pub targets: Vec<String>,
     /// QLoRA: keep the base 4-bit.
     pub qlora: bool,
+    /// QLoRA's 4-bit format: bitsandbytes' NF4 (`true`), or GGUF blocks (the file's own 4-bit
+    /// type, else Q4_0).
+    pub nf4: bool,
+    /// The pass's dtype: f32, or bf16 / f16 (a 16-bit base and activations; adapters, their
+    /// gradients and AdamW state stay f32).
+    pub dtype: DType,
     pub seed: u64,
 }
 
@@ -88,13 +96,23 @@ pub struct Trainable {
     sin: Tensor,
     /// RoPE tables of Gemma 3's local layers.
     local_rope: Option<(Tensor, Tensor)>,
-    /// Dropout stream (splitmix64 state).
-    rng: Cell<u64>,
+    /// The pass's dtype ([`LoraConfig::dtype`]).
+    dtype: DType,
     /// Frozen bytes held (base matrices as held, embedding, norms).
     pub base_bytes: u64,
     pub device: Device,
     /// The GGUF the base came from (the merge reads it again).
     path: std::path::PathBuf,
+}
+
+/// `Wᵀ` of a file's matrix, dense in `dtype` on `device`.
+fn dense_t(q: &QTensor, dtype: DType, device: &Device) -> Result<Base> {
+    let w = q
+        .dequantize(&Device::Cpu)?
+        .t()?
+        .contiguous()?
+        .to_dtype(dtype)?;
+    Ok(Base::Dense(Arc::new(w.to_device(device)?)))
 }
 
 /// Uniform in ±`bound`, deterministic from `seed` and `name`.
@@ -145,7 +163,10 @@ impl Trainable {
         let mut matrix = |g: &mut Gguf, name: &str| -> Result<(Base, bool)> {
             let q = g.tensor(name)?;
             let mut requantized = false;
-            let b = if lora.qlora {
+            let b = if lora.qlora && lora.nf4 {
+                let w = q.dequantize(&Device::Cpu)?;
+                Base::Nf4(Arc::new(nf4::Nf4::quantize(&w)?.to_device(device)?))
+            } else if lora.qlora {
                 let q = if is_4bit(q.dtype()) {
                     q
                 } else if q.shape().dims()[1].is_multiple_of(32) {
@@ -159,9 +180,10 @@ impl Trainable {
                 };
                 Base::Quant(Arc::new(on_device(q, device)?))
             } else {
-                let w = q.dequantize(&Device::Cpu)?.t()?.contiguous()?;
-                Base::Dense(Arc::new(w.to_device(device)?))
+                dense_t(&q, lora.dtype, device)?
             };
+            // The merge must start from the base the adapter learned on.
+            requantized |= lora.qlora && lora.nf4;
             base_bytes += b.bytes();
             Ok((b, requantized))
         };
@@ -177,13 +199,7 @@ impl Trainable {
             for (short, gguf_name, _) in TARGETS {
                 let (base, requantized) = matrix(&mut g, &w(gguf_name))?;
                 let lora_vars = if lora.targets.iter().any(|t| t == short) {
-                    let (in_dim, out_dim) = match &base {
-                        Base::Dense(wt) => wt.dims2()?,
-                        Base::Quant(q) => {
-                            let (o, i) = q.shape().dims2()?;
-                            (i, o)
-                        }
-                    };
+                    let (in_dim, out_dim) = base.dims()?;
                     let a = uniform(
                         lora.seed,
                         &format!("{i}.{short}.A"),
@@ -248,12 +264,7 @@ impl Trainable {
                 Base::Quant(Arc::new(q))
             }
             Some(_) if lora.qlora => {
-                let w = g
-                    .tensor(head_name)?
-                    .dequantize(&Device::Cpu)?
-                    .t()?
-                    .contiguous()?;
-                let b = Base::Dense(Arc::new(w.to_device(device)?));
+                let b = dense_t(&g.tensor(head_name)?, lora.dtype, device)?;
                 base_bytes += b.bytes();
                 b
             }
@@ -272,7 +283,7 @@ impl Trainable {
             path: path.to_path_buf(),
             local_rope,
             device: device.clone(),
-            rng: Cell::new(lora.seed ^ 0xd00d),
+            dtype: lora.dtype,
             cfg,
             lora,
             embed,
@@ -299,175 +310,6 @@ impl Trainable {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
-    fn dropout(&self, x: &Tensor) -> Result<Tensor> {
-        let p = self.lora.dropout;
-        if p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let mut s = self.rng.get();
-        let keep: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                s = splitmix(s);
-                if (s >> 11) as f64 / (1u64 << 53) as f64 >= p {
-                    (1.0 / (1.0 - p)) as f32
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        self.rng.set(s);
-        Ok((x * Tensor::from_vec(keep, x.shape(), &self.device)?)?)
-    }
-
-    fn project(&self, p: &Proj, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = p.base.forward(x)?;
-        match &p.lora {
-            None => Ok(y),
-            Some((a, b)) => {
-                let xd = if train { self.dropout(x)? } else { x.clone() };
-                let delta = xd
-                    .broadcast_matmul(&a.as_tensor().t()?)?
-                    .broadcast_matmul(&b.as_tensor().t()?)?;
-                Ok((y + (delta * self.lora.scale())?)?)
-            }
-        }
-    }
-
-    /// Final normalised hidden states `[t, hidden]` of one sequence (no KV cache).
-    pub fn hidden(&self, ids: &[u32], train: bool) -> Result<Tensor> {
-        let c = &self.cfg;
-        let t = ids.len();
-        if t > c.context {
-            bail!(
-                "sequence of {t} tokens exceeds the model's context of {}",
-                c.context
-            );
-        }
-        let mut x = self.embed.lookup(ids)?.to_device(&self.device)?;
-        if c.gemma.is_some() {
-            x = (x * (c.hidden as f64).sqrt())?;
-        }
-        let narrow = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
-            Ok((cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?))
-        };
-        let global_rope = narrow(&(self.cos.clone(), self.sin.clone()))?;
-        let local_rope = self.local_rope.as_ref().map(narrow).transpose()?;
-        // Causal; a sliding-window layer also hides positions `window` or more behind.
-        let make_mask = |window: Option<usize>| -> Result<Tensor> {
-            let m: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..t).map(move |j| {
-                        if j > i || window.is_some_and(|w| j + w <= i) {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            Ok(Tensor::from_vec(m, (t, t), &self.device)?)
-        };
-        let mask = make_mask(None)?;
-        let local_mask = c
-            .gemma
-            .as_ref()
-            .map(|g| make_mask(Some(g.window)))
-            .transpose()?;
-        let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let rep = c.n_head / c.n_kv_head;
-        let interleaved = !c.neox_rope();
-        for (i, l) in self.layers.iter().enumerate() {
-            let local = c.window(i).is_some();
-            let ((cos, sin), mask) = match (&local_rope, &local_mask, local) {
-                (Some(r), Some(m), true) => (r, m),
-                _ => (&global_rope, &mask),
-            };
-            let h = rms_norm(&x, &l.attn_norm, c.eps)?;
-            let mut q = self.project(&l.proj[0], &h, train)?;
-            let mut k = self.project(&l.proj[1], &h, train)?;
-            let mut v = self.project(&l.proj[2], &h, train)?;
-            if let Some([bq, bk, bv]) = &l.bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
-            }
-            let heads = |x: Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-                let mut x = x.reshape((t, n, c.head_dim))?;
-                if let Some(w) = norm {
-                    x = rms_norm(&x, w, c.eps)?;
-                }
-                Ok(x.transpose(0, 1)?.contiguous()?)
-            };
-            let (qn, kn) = match &l.extra {
-                Some([qn, kn, _, _]) => (Some(qn), Some(kn)),
-                None => (None, None),
-            };
-            let q = rope(&heads(q, c.n_head, qn)?, cos, sin, interleaved)?;
-            let k = rope(&heads(k, c.n_kv_head, kn)?, cos, sin, interleaved)?;
-            let v = heads(v, c.n_kv_head, None)?;
-            let expand = |x: Tensor| -> Result<Tensor> {
-                if rep == 1 {
-                    return Ok(x);
-                }
-                Ok(x.unsqueeze(1)?
-                    .expand((c.n_kv_head, rep, t, c.head_dim))?
-                    .reshape((c.n_head, t, c.head_dim))?)
-            };
-            let (k, v) = (expand(k)?, expand(v)?);
-            let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-            let y = softmax(&att)?
-                .matmul(&v)?
-                .transpose(0, 1)?
-                .reshape((t, c.q_dim()))?;
-            let mut y = self.project(&l.proj[3], &y, train)?;
-            if let Some([_, _, post_attn, _]) = &l.extra {
-                y = rms_norm(&y, post_attn, c.eps)?;
-            }
-            x = (x + y)?;
-            let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
-            let gate = self.project(&l.proj[4], &h, train)?;
-            let gate = if c.gemma.is_some() {
-                gate.gelu()?
-            } else {
-                gate.silu()?
-            };
-            let up = self.project(&l.proj[5], &h, train)?;
-            let mut y = self.project(&l.proj[6], &(gate * up)?, train)?;
-            if let Some([_, _, _, post_ffw]) = &l.extra {
-                y = rms_norm(&y, post_ffw, c.eps)?;
-            }
-            x = (x + y)?;
-        }
-        rms_norm(&x, &self.norm, c.eps)
-    }
-
-    /// Logits `[t, vocab]` (inference mode: no dropout).
-    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
-        self.head.forward(&self.hidden(ids, false)?)
-    }
-
-    /// Mean cross-entropy of the answer tokens (positions `answer_from..`), as a scalar tensor.
-    pub fn loss(&self, ex: &Example, train: bool) -> Result<Tensor> {
-        let n = ex.ids.len().saturating_sub(ex.answer_from);
-        if ex.answer_from == 0 || n == 0 {
-            bail!("a training example needs a prompt and at least one answer token");
-        }
-        let h = self.hidden(&ex.ids, train)?;
-        // Positions answer_from-1 .. len-2 predict the answer tokens.
-        let h = h.narrow(0, ex.answer_from - 1, n)?;
-        let logp = log_softmax(&self.head.forward(&h)?)?;
-        let mut onehot = vec![0f32; n * self.cfg.vocab];
-        for (i, id) in ex.ids[ex.answer_from..].iter().enumerate() {
-            let id = *id as usize;
-            if id >= self.cfg.vocab {
-                bail!("token id {id} is outside the vocabulary");
-            }
-            onehot[i * self.cfg.vocab + id] = 1.0;
-        }
-        let onehot = Tensor::from_vec(onehot, (n, self.cfg.vocab), &self.device)?;
-        Ok(((logp * onehot)?.sum_all()? * (-1.0 / n as f64))?)
-    }
-
     /// What the merge adds to the file's matrices, GGUF name → `[out, in]` (GGUF layout):
     /// `(α/r) · B A` per adapted matrix, plus, where QLoRA trained against a re-quantized
     /// matrix, the difference between that base and the file's, so that the merged model is the
@@ -484,12 +326,12 @@ impl Trainable {
                     }
                     None => None,
                 };
-                if let (true, Base::Quant(q)) = (p.requantized, &p.base) {
+                if p.requantized {
                     let g = match &mut file {
                         Some(g) => g,
                         None => file.insert(Gguf::open(&self.path)?),
                     };
-                    let trained = q.dequantize(&Device::Cpu)?;
+                    let trained = p.base.weight()?;
                     let original = g.tensor(&name)?.dequantize(&Device::Cpu)?;
                     let shift = (trained - original)?.to_device(&self.device)?;
                     d = Some(match d {
@@ -575,6 +417,8 @@ mod tests {
             dropout: 0.0,
             targets: TARGETS.iter().map(|t| t.0.to_string()).collect(),
             qlora,
+            nf4: false,
+            dtype: DType::F32,
             seed: 1,
         }
     }
@@ -678,6 +522,7 @@ mod tests {
             steps: 12,
             batch: 2,
             grad_accum: 1,
+            checkpointing: false,
         };
         train(&m, &examples, &o, &mut |_| Ok(())).unwrap()
     }
@@ -785,6 +630,220 @@ mod tests {
         assert_eq!(c["target_modules"][0], "q_proj");
     }
 
+    fn examples() -> Vec<Example> {
+        vec![
+            Example {
+                ids: vec![1, 2, 3, 4, 10, 11, 12],
+                answer_from: 4,
+            },
+            Example {
+                ids: vec![9, 8, 10, 11],
+                answer_from: 2,
+            },
+            Example {
+                ids: vec![5, 6, 7, 8, 9, 10, 11, 12, 13],
+                answer_from: 7,
+            },
+        ]
+    }
+
+    /// Sets every adapter to small seeded values (B non-zero, so gradients reach A).
+    fn perturb(m: &Trainable, seed: u64) {
+        for v in m.vars() {
+            let vals = uniform(seed, &format!("{:?}", v.id()), v.elem_count(), 0.05);
+            v.set(&Tensor::from_vec(vals, v.shape(), &m.device).unwrap())
+                .unwrap();
+        }
+    }
+
+    fn scalar(t: &Tensor) -> f64 {
+        t.to_scalar::<f32>().unwrap() as f64
+    }
+
+    #[test]
+    fn the_batched_loss_is_the_mean_of_the_sequences_losses() {
+        for arch in ["llama-tiny", "qwen2-tiny"] {
+            let (_d, p) = tiny(arch, GgmlDType::F32);
+            let m = Trainable::load(&p, cfg(false)).unwrap();
+            perturb(&m, 3);
+            let ex = examples();
+            let each: Vec<f64> = ex
+                .iter()
+                .map(|e| scalar(&m.loss(e, false).unwrap()))
+                .collect();
+            let refs: Vec<&Example> = ex.iter().collect();
+            let b = m.batch(&refs, 1.0 / 3.0).unwrap();
+            assert_eq!((b.rows, b.len, b.tokens), (3, 9, 20));
+            let batched = scalar(&m.batch_loss(&b, false, 0).unwrap());
+            let mean = each.iter().sum::<f64>() / 3.0;
+            assert!(
+                (batched - mean).abs() < 1e-4 * mean,
+                "{arch}: {batched} vs {mean}"
+            );
+        }
+    }
+
+    fn grads_of(m: &Trainable, b: &Batch, checkpointing: bool) -> (f64, Vec<Vec<f32>>) {
+        let (loss, g) = m.loss_and_grads(b, 42, checkpointing).unwrap();
+        let gs = m
+            .vars()
+            .iter()
+            .map(|v| {
+                g.get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect();
+        (loss, gs)
+    }
+
+    fn max_gap(a: &[Vec<f32>], b: &[Vec<f32>]) -> (f32, f32) {
+        let gap = a
+            .iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()));
+        let size = a.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        (gap.fold(0f32, f32::max), size)
+    }
+
+    /// Recomputing blocks in the backward (with the same dropout masks) gives the gradients of
+    /// the whole graph.
+    #[test]
+    fn checkpointing_gives_the_same_gradients() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let mut c = cfg(false);
+        c.dropout = 0.1;
+        let m = Trainable::load(&p, c).unwrap();
+        perturb(&m, 4);
+        let ex = examples();
+        let b = m.batch(&ex.iter().collect::<Vec<_>>(), 1.0 / 3.0).unwrap();
+        let (l1, g1) = grads_of(&m, &b, false);
+        let (l2, g2) = grads_of(&m, &b, true);
+        assert!((l1 - l2).abs() < 1e-6, "{l1} vs {l2}");
+        let (gap, size) = max_gap(&g1, &g2);
+        assert!(size > 0.0 && gap < 1e-5 * size.max(1.0), "{gap} of {size}");
+    }
+
+    /// A batch of 3 and 3 micro-batches of 1 accumulated train the same adapters.
+    #[test]
+    fn a_batch_and_accumulated_micro_batches_train_alike() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let run = |batch, grad_accum| {
+            let m = Trainable::load(&p, cfg(false)).unwrap();
+            let o = TrainOptions {
+                lr: 1e-2,
+                steps: 4,
+                batch,
+                grad_accum,
+                checkpointing: false,
+            };
+            let logs = train(&m, &examples(), &o, &mut |_| Ok(())).unwrap();
+            let losses: Vec<f64> = logs.iter().map(|l| l.loss).collect();
+            (losses, logs[0].tokens, m)
+        };
+        let (batched, tokens, m1) = run(3, 1);
+        let (accumulated, tokens_acc, m2) = run(1, 3);
+        assert_eq!((tokens, tokens_acc), (20, 20));
+        for (a, b) in batched.iter().zip(&accumulated) {
+            assert!(
+                (a - b).abs() < 1e-4 * a.abs(),
+                "{batched:?} vs {accumulated:?}"
+            );
+        }
+        assert!(batched[3] < batched[0], "{batched:?}");
+        let w = |m: &Trainable| -> Vec<Vec<f32>> {
+            m.vars()
+                .iter()
+                .map(|v| v.flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        let (gap, size) = max_gap(&w(&m1), &w(&m2));
+        assert!(gap < 1e-4 * size, "{gap} of {size}");
+    }
+
+    #[test]
+    fn an_epoch_sees_every_example_once_in_length_buckets() {
+        let lengths = [5, 9, 3, 7, 7, 2, 8];
+        let s = schedule(&lengths, 3, 1);
+        let mut seen: Vec<usize> = s.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..7).collect::<Vec<_>>());
+        // Sorted by length, cut in threes: {2,3,5} {7,7,8} {9}.
+        let mut sets: Vec<Vec<usize>> = s
+            .iter()
+            .map(|b| {
+                let mut l: Vec<usize> = b.iter().map(|&i| lengths[i]).collect();
+                l.sort();
+                l
+            })
+            .collect();
+        sets.sort();
+        assert_eq!(sets, vec![vec![2, 3, 5], vec![7, 7, 8], vec![9]]);
+        assert_eq!(steps_per_epoch(7, 3, 2), 2);
+        assert_ne!(
+            schedule(&lengths, 1, 1),
+            schedule(&lengths, 1, 2),
+            "seeded order"
+        );
+    }
+
+    /// A 16-bit pass (bf16 base and activations, f32 adapters) stays close to the f32 one.
+    #[test]
+    fn a_bf16_pass_is_close_to_the_f32_pass() {
+        let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let f32m = Trainable::load(&p, cfg(false)).unwrap();
+        let mut c = cfg(false);
+        c.dtype = DType::BF16;
+        let bf = Trainable::load(&p, c).unwrap();
+        assert!(bf.base_bytes < f32m.base_bytes);
+        let (a, b) = (f32m.logits(&ids()).unwrap(), bf.logits(&ids()).unwrap());
+        let scale = max_diff(&a, &a.zeros_like().unwrap());
+        let d = max_diff(&a, &b);
+        assert!(d < 0.05 * scale, "{d} vs logits up to {scale}");
+        let ex = &examples()[0];
+        let (la, lb) = (
+            scalar(&f32m.loss(ex, false).unwrap()),
+            scalar(&bf.loss(ex, false).unwrap()),
+        );
+        assert!((la - lb).abs() < 0.05 * la, "{la} vs {lb}");
+    }
+
+    #[test]
+    fn qlora_on_an_nf4_base_trains_and_merges_to_its_base_plus_adapter() {
+        let (d, p) = tiny("llama-tiny", GgmlDType::F32);
+        let mut c = cfg(true);
+        c.nf4 = true;
+        let m = Trainable::load(&p, c.clone()).unwrap();
+        let dense = Trainable::load(&p, cfg(false)).unwrap();
+        assert!(m.base_bytes * 2 < dense.base_bytes);
+        perturb(&m, 5);
+        let merged = d.path().join("merged.gguf");
+        let deltas = m.deltas().unwrap().into_iter().collect();
+        crate::gguf::requantize_with(&p, &merged, GgmlDType::F32, &deltas, &|_, _| {}, &|| false)
+            .unwrap();
+        let adapted = m.logits(&ids()).unwrap();
+        let diff = max_diff(&adapted, &inference_logits(&merged, &ids()));
+        let scale = max_diff(&adapted, &adapted.zeros_like().unwrap());
+        assert!(
+            diff < 1e-3 * scale.max(1.0),
+            "{diff} vs logits up to {scale}"
+        );
+        let m = Trainable::load(&p, c).unwrap();
+        let o = TrainOptions {
+            lr: 1e-2,
+            steps: 12,
+            batch: 2,
+            grad_accum: 1,
+            checkpointing: true,
+        };
+        let logs = train(&m, &examples()[..2], &o, &mut |_| Ok(())).unwrap();
+        let (first, last) = (logs[0].loss, logs.last().unwrap().loss);
+        assert!(last < first * 0.7, "{first} → {last}");
+    }
+
     #[test]
     fn nan_loss_is_an_error() {
         let (_d, p) = tiny("llama-tiny", GgmlDType::F32);
@@ -798,6 +857,7 @@ mod tests {
             steps: 5,
             batch: 1,
             grad_accum: 1,
+            checkpointing: false,
         };
         let e = train(&m, &ex, &o, &mut |_| Ok(())).unwrap_err().to_string();
         assert!(e.contains("loss became"), "{e}");

@@ -3,9 +3,14 @@
 
 use super::*;
 
+/// RMS norm computed in f32 (as Hugging Face's), returned in `x`'s dtype; `w` is f32.
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)?)
+    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?
+        .broadcast_mul(w)?
+        .to_dtype(dtype)?)
 }
 
 /// Softmax over the last dimension from differentiable operations (max detached).
@@ -22,22 +27,27 @@ pub(super) fn log_softmax(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
-/// RoPE on `[heads, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]`: interleaved pairs (llama,
-/// whose q/k rows are permuted at conversion) or halves (qwen2).
+/// RoPE on `[…, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]` (in `x`'s dtype): interleaved
+/// pairs (llama, whose q/k rows are permuted at conversion) or halves (qwen2).
 pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    let (h, t, d) = x.dims3()?;
+    let dims = x.dims().to_vec();
+    let last = dims.len() - 1;
+    let d = dims[last];
     if interleaved {
-        let x = x.reshape((h, t, d / 2, 2))?;
-        let x0 = x.narrow(3, 0, 1)?.squeeze(3)?;
-        let x1 = x.narrow(3, 1, 1)?.squeeze(3)?;
+        let mut pairs = dims.clone();
+        pairs[last] = d / 2;
+        pairs.push(2);
+        let x = x.reshape(pairs)?;
+        let x0 = x.narrow(last + 1, 0, 1)?.squeeze(last + 1)?;
+        let x1 = x.narrow(last + 1, 1, 1)?.squeeze(last + 1)?;
         let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
         let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-        Ok(Tensor::stack(&[a, b], 3)?.reshape((h, t, d))?)
+        Ok(Tensor::stack(&[a, b], last + 1)?.reshape(dims)?)
     } else {
-        let x0 = x.narrow(2, 0, d / 2)?;
-        let x1 = x.narrow(2, d / 2, d / 2)?;
+        let x0 = x.narrow(last, 0, d / 2)?;
+        let x1 = x.narrow(last, d / 2, d / 2)?;
         let a = (x0.broadcast_mul(cos)? - x1.broadcast_mul(sin)?)?;
         let b = (x0.broadcast_mul(sin)? + x1.broadcast_mul(cos)?)?;
-        Ok(Tensor::cat(&[a, b], 2)?)
+        Ok(Tensor::cat(&[a, b], last)?)
     }
 }

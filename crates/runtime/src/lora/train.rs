@@ -1,4 +1,5 @@
-//! The training loop: AdamW over the adapters, gradient accumulation, a NaN check, per-step logs.
+//! The training loop: length-bucketed micro-batches, gradient accumulation, AdamW over the
+//! adapters, a NaN check, per-step logs.
 
 use super::*;
 
@@ -6,26 +7,55 @@ use super::*;
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub lr: f64,
+    /// Optimizer steps; [`steps_per_epoch`] of them cover every example once.
     pub steps: usize,
-    /// Sequences per micro-batch (processed one after another; their gradients are summed).
+    /// Sequences per micro-batch, forwarded as one tensor.
     pub batch: usize,
+    /// Micro-batches per optimizer step (their gradients are summed).
     pub grad_accum: usize,
+    /// Keep only each block's input through the forward and recompute blocks in the backward.
+    pub checkpointing: bool,
 }
 
 /// One optimizer step.
 #[derive(Debug, Clone)]
 pub struct StepLog {
     pub step: usize,
+    /// Mean of the step's sequences' losses (each the mean over its answer tokens).
     pub loss: f64,
     pub seconds: f64,
-    /// Tokens forwarded in the step (prompt and answer).
+    /// Tokens forwarded in the step (prompt and answer, padding excluded).
     pub tokens: usize,
+    /// Padded positions forwarded (rows × padded length, summed over micro-batches).
+    pub padded: usize,
+}
+
+/// The micro-batches of one epoch, as indices into the examples: examples sorted by length
+/// (ties by index) and cut into batches of `batch`, so that a batch's rows have similar lengths
+/// and little padding; the batches' order is shuffled by `seed` (each epoch its own), so that
+/// training does not run from the shortest to the longest.
+pub fn schedule(lengths: &[usize], batch: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| (lengths[i], i));
+    let mut batches: Vec<Vec<usize>> = order.chunks(batch.max(1)).map(<[_]>::to_vec).collect();
+    let mut s = seed ^ 0x5eed;
+    for i in (1..batches.len()).rev() {
+        s = splitmix(s);
+        batches.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    batches
+}
+
+/// Optimizer steps in one epoch over `n` examples.
+pub fn steps_per_epoch(n: usize, batch: usize, grad_accum: usize) -> usize {
+    n.div_ceil(batch.max(1)).div_ceil(grad_accum.max(1))
 }
 
 /// AdamW (β 0.9 / 0.999, no weight decay, as PEFT's defaults under the HF Trainer) over the
-/// adapters: each step averages the loss of `batch × grad_accum` examples, taken in order and
-/// cycled. `on_step` sees every step (progress, cancellation); a NaN or infinite loss stops the
-/// run with an error.
+/// adapters. Step `s` of an epoch takes micro-batches `s·grad_accum …` of that epoch's
+/// [`schedule`] (the last step of an epoch may take fewer), so [`steps_per_epoch`] steps see
+/// every example exactly once; more steps start further epochs. `on_step` sees every step
+/// (progress, cancellation); a NaN or infinite loss stops the run with an error.
 pub fn train(
     m: &Trainable,
     examples: &[Example],
@@ -48,18 +78,30 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let per_step = o.batch.max(1) * o.grad_accum.max(1);
+    let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    let accum = o.grad_accum.max(1);
+    let per_epoch = steps_per_epoch(examples.len(), o.batch, accum);
+    let mut epoch_batches = (usize::MAX, vec![]);
     let mut logs = vec![];
-    let mut next = 0usize;
     for step in 0..o.steps {
         let t0 = std::time::Instant::now();
+        let epoch = step / per_epoch;
+        if epoch_batches.0 != epoch {
+            epoch_batches = (
+                epoch,
+                schedule(&lengths, o.batch, m.lora.seed + epoch as u64),
+            );
+        }
+        let first = (step % per_epoch) * accum;
+        let micro = &epoch_batches.1[first..(first + accum).min(epoch_batches.1.len())];
+        let sequences: usize = micro.iter().map(Vec::len).sum();
         let mut total: Option<candle_core::backprop::GradStore> = None;
-        let (mut loss_sum, mut tokens) = (0.0, 0usize);
-        for _ in 0..per_step {
-            let ex = &examples[next % examples.len()];
-            next += 1;
-            let loss = (m.loss(ex, true)? / per_step as f64)?;
-            let value = loss.to_scalar::<f32>()? as f64;
+        let (mut loss_sum, mut tokens, mut padded) = (0.0, 0usize, 0usize);
+        for (k, rows) in micro.iter().enumerate() {
+            let chosen: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
+            let batch = m.batch(&chosen, 1.0 / sequences as f64)?;
+            let seed = splitmix(m.lora.seed ^ ((step as u64) << 20) ^ k as u64);
+            let (value, grads) = m.loss_and_grads(&batch, seed, o.checkpointing)?;
             if !value.is_finite() {
                 bail!(
                     "the loss became {value} at step {} (learning rate {} too high?): nothing is kept",
@@ -68,8 +110,8 @@ pub fn train(
                 );
             }
             loss_sum += value;
-            tokens += ex.ids.len();
-            let grads = loss.backward()?;
+            tokens += batch.tokens;
+            padded += batch.rows * batch.len;
             match &mut total {
                 None => total = Some(grads),
                 Some(acc) => {
@@ -93,6 +135,7 @@ pub fn train(
             loss: loss_sum,
             seconds: t0.elapsed().as_secs_f64(),
             tokens,
+            padded,
         };
         on_step(&log)?;
         logs.push(log);

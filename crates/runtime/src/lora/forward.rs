@@ -1,0 +1,370 @@
+//! The batched trainable pass: a right-padded micro-batch as one `[rows, len]` tensor, the
+//! blocks one after another ([`Trainable::layer`]), the loss over the answer tokens only, and the
+//! backward with or without gradient checkpointing.
+//!
+//! Padding, not packing: a row's padding sits after its last token, so the causal mask alone
+//! keeps every real position from seeing it, RoPE positions start at 0 in every row, and pad
+//! positions are simply left out of the loss. Length-bucketed batches ([`super::train`]) keep the
+//! padding small; packing would need a per-sequence block-diagonal mask for the same result.
+
+use super::*;
+use candle_core::backprop::GradStore;
+
+/// A right-padded micro-batch, ready for the pass.
+pub struct Batch {
+    pub rows: usize,
+    /// Padded length.
+    pub len: usize,
+    /// `rows × len` ids, padding with id 0.
+    ids: Vec<u32>,
+    /// Flat positions (`row · len + i`) whose logits predict a loss token, `[n]` u32.
+    positions: Tensor,
+    /// The tokens they predict, `[n, 1]` u32.
+    targets: Tensor,
+    /// Each position's weight in the loss, `[n]` f32.
+    weights: Tensor,
+    /// Tokens forwarded, padding excluded.
+    pub tokens: usize,
+}
+
+/// What every block of one pass shares.
+struct Pass {
+    rows: usize,
+    len: usize,
+    train: bool,
+    /// Dropout stream of the pass; each block derives its own from it, so that a recomputed
+    /// block (checkpointing) draws the same masks.
+    seed: u64,
+    mask: Tensor,
+    local_mask: Option<Tensor>,
+    rope: (Tensor, Tensor),
+    local_rope: Option<(Tensor, Tensor)>,
+}
+
+impl Trainable {
+    /// A micro-batch of `examples`; each row's loss is the mean over its answer tokens, scaled
+    /// by `scale` (1 / the sequences of the optimizer step, so the step's loss is the mean of
+    /// its sequences' losses).
+    pub fn batch(&self, examples: &[&Example], scale: f64) -> Result<Batch> {
+        let len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        if examples.is_empty() || len == 0 {
+            bail!("an empty training batch");
+        }
+        if len > self.cfg.context {
+            bail!(
+                "sequence of {len} tokens exceeds the model's context of {}",
+                self.cfg.context
+            );
+        }
+        let (mut ids, mut positions, mut targets, mut weights) = (vec![], vec![], vec![], vec![]);
+        let mut tokens = 0;
+        for (r, ex) in examples.iter().enumerate() {
+            let n = ex.ids.len().saturating_sub(ex.answer_from);
+            if ex.answer_from == 0 || n == 0 {
+                bail!("a training example needs a prompt and at least one answer token");
+            }
+            if let Some(id) = ex.ids.iter().find(|&&id| id as usize >= self.cfg.vocab) {
+                bail!("token id {id} is outside the vocabulary");
+            }
+            tokens += ex.ids.len();
+            ids.extend(&ex.ids);
+            ids.resize((r + 1) * len, 0);
+            // Position i - 1 predicts token i.
+            for i in ex.answer_from..ex.ids.len() {
+                positions.push((r * len + i - 1) as u32);
+                targets.push(ex.ids[i]);
+                weights.push((scale / n as f64) as f32);
+            }
+        }
+        let n = positions.len();
+        let dev = &self.device;
+        Ok(Batch {
+            rows: examples.len(),
+            len,
+            ids,
+            positions: Tensor::from_vec(positions, n, dev)?,
+            targets: Tensor::from_vec(targets, (n, 1), dev)?,
+            weights: Tensor::from_vec(weights, n, dev)?,
+            tokens,
+        })
+    }
+
+    fn pass(&self, rows: usize, len: usize, train: bool, seed: u64) -> Result<Pass> {
+        let c = &self.cfg;
+        let narrow = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
+            Ok((
+                cos.narrow(0, 0, len)?.to_dtype(self.dtype)?,
+                sin.narrow(0, 0, len)?.to_dtype(self.dtype)?,
+            ))
+        };
+        // Causal; a sliding-window layer also hides positions `window` or more behind. f32: it
+        // is added to the scores, which are softmaxed in f32.
+        let make_mask = |window: Option<usize>| -> Result<Tensor> {
+            let m: Vec<f32> = (0..len)
+                .flat_map(|i| {
+                    (0..len).map(move |j| {
+                        if j > i || window.is_some_and(|w| j + w <= i) {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            Ok(Tensor::from_vec(m, (len, len), &self.device)?)
+        };
+        Ok(Pass {
+            rows,
+            len,
+            train,
+            seed,
+            mask: make_mask(None)?,
+            local_mask: c
+                .gemma
+                .as_ref()
+                .map(|g| make_mask(Some(g.window)))
+                .transpose()?,
+            rope: narrow(&(self.cos.clone(), self.sin.clone()))?,
+            local_rope: self.local_rope.as_ref().map(narrow).transpose()?,
+        })
+    }
+
+    /// `[rows, len, hidden]` in the pass's dtype.
+    fn embed(&self, ids: &[u32], rows: usize, len: usize) -> Result<Tensor> {
+        let mut x = self
+            .embed
+            .lookup(ids)?
+            .reshape((rows, len, self.cfg.hidden))?
+            .to_device(&self.device)?;
+        if self.cfg.gemma.is_some() {
+            x = (x * (self.cfg.hidden as f64).sqrt())?;
+        }
+        Ok(x.to_dtype(self.dtype)?)
+    }
+
+    /// A dropout mask of `shape` (f32, kept entries scaled by 1/(1-p)), drawn from `stream`.
+    fn dropout_mask(&self, shape: &Shape, stream: &mut u64) -> Result<Tensor> {
+        let p = self.lora.dropout;
+        *stream = splitmix(*stream);
+        if self.device.is_cpu() {
+            let mut s = *stream;
+            let keep: Vec<f32> = (0..shape.elem_count())
+                .map(|_| {
+                    s = splitmix(s);
+                    if (s >> 11) as f64 / (1u64 << 53) as f64 >= p {
+                        (1.0 / (1.0 - p)) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            return Ok(Tensor::from_vec(keep, shape, &self.device)?);
+        }
+        // On a GPU the mask is drawn there (a host-drawn mask per projection would cost more
+        // than the projection): the generator is re-seeded from the stream for every mask.
+        self.device.set_seed(*stream)?;
+        let u = Tensor::rand(0f32, 1f32, shape, &self.device)?;
+        Ok((u.ge(p)?.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?)
+    }
+
+    fn project(&self, p: &Proj, x: &Tensor, pass: &Pass, stream: &mut u64) -> Result<Tensor> {
+        let y = p.base.forward(x)?;
+        let Some((a, b)) = &p.lora else {
+            return Ok(y);
+        };
+        // Adapters in f32 (as PEFT keeps them under a 16-bit base).
+        let mut xf = x.to_dtype(DType::F32)?;
+        if pass.train && self.lora.dropout > 0.0 {
+            xf = (xf * self.dropout_mask(x.shape(), stream)?)?;
+        }
+        let delta = frozen::rows_matmul(&xf, &a.as_tensor().t()?)?;
+        let delta = frozen::rows_matmul(&delta, &b.as_tensor().t()?)?;
+        let dtype = y.dtype();
+        Ok((y + (delta * self.lora.scale())?.to_dtype(dtype)?)?)
+    }
+
+    /// Block `i` on `x` `[rows, len, hidden]`.
+    fn layer(&self, i: usize, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let c = &self.cfg;
+        let l = &self.layers[i];
+        let (b, t) = (pass.rows, pass.len);
+        let mut stream = pass.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let local = c.window(i).is_some();
+        let ((cos, sin), mask) = match (&pass.local_rope, &pass.local_mask, local) {
+            (Some(r), Some(m), true) => (r, m),
+            _ => (&pass.rope, &pass.mask),
+        };
+        let h = rms_norm(x, &l.attn_norm, c.eps)?;
+        let mut q = self.project(&l.proj[0], &h, pass, &mut stream)?;
+        let mut k = self.project(&l.proj[1], &h, pass, &mut stream)?;
+        let mut v = self.project(&l.proj[2], &h, pass, &mut stream)?;
+        if let Some([bq, bk, bv]) = &l.bias {
+            q = q.broadcast_add(&bq.to_dtype(self.dtype)?)?;
+            k = k.broadcast_add(&bk.to_dtype(self.dtype)?)?;
+            v = v.broadcast_add(&bv.to_dtype(self.dtype)?)?;
+        }
+        // `[b, t, n·d]` → `[b, n, t, d]`.
+        let heads = |x: Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+            let mut x = x.reshape((b, t, n, c.head_dim))?;
+            if let Some(w) = norm {
+                x = rms_norm(&x, w, c.eps)?;
+            }
+            Ok(x.transpose(1, 2)?.contiguous()?)
+        };
+        let (qn, kn) = match &l.extra {
+            Some([qn, kn, _, _]) => (Some(qn), Some(kn)),
+            None => (None, None),
+        };
+        let interleaved = !c.neox_rope();
+        let q = rope(&heads(q, c.n_head, qn)?, cos, sin, interleaved)?;
+        let k = rope(&heads(k, c.n_kv_head, kn)?, cos, sin, interleaved)?;
+        let v = heads(v, c.n_kv_head, None)?;
+        let rep = c.n_head / c.n_kv_head;
+        let expand = |x: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(x);
+            }
+            Ok(x.unsqueeze(2)?
+                .expand((b, c.n_kv_head, rep, t, c.head_dim))?
+                .reshape((b, c.n_head, t, c.head_dim))?)
+        };
+        let (k, v) = (expand(k)?, expand(v)?);
+        // Scores softmaxed in f32, whatever the pass's dtype.
+        let att = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? / (c.head_dim as f64).sqrt())?
+            .broadcast_add(mask)?;
+        let y = softmax(&att)?
+            .to_dtype(self.dtype)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, c.q_dim()))?;
+        let mut y = self.project(&l.proj[3], &y, pass, &mut stream)?;
+        if let Some([_, _, post_attn, _]) = &l.extra {
+            y = rms_norm(&y, post_attn, c.eps)?;
+        }
+        let x = (x + y)?;
+        let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
+        let gate = self.project(&l.proj[4], &h, pass, &mut stream)?;
+        let gate = if c.gemma.is_some() {
+            gate.gelu()?
+        } else {
+            gate.silu()?
+        };
+        let up = self.project(&l.proj[5], &h, pass, &mut stream)?;
+        let mut y = self.project(&l.proj[6], &(gate * up)?, pass, &mut stream)?;
+        if let Some([_, _, _, post_ffw]) = &l.extra {
+            y = rms_norm(&y, post_ffw, c.eps)?;
+        }
+        Ok((x + y)?)
+    }
+
+    /// The weighted answer-token cross-entropy from the last block's output `x`: only the
+    /// positions in the loss go through the final norm and the output head.
+    fn head_loss(&self, x: &Tensor, b: &Batch) -> Result<Tensor> {
+        let h = x
+            .reshape((b.rows * b.len, self.cfg.hidden))?
+            .index_select(&b.positions, 0)?;
+        let h = rms_norm(&h, &self.norm, self.cfg.eps)?;
+        let logp = log_softmax(&self.head.forward(&h)?.to_dtype(DType::F32)?)?;
+        let picked = logp.gather(&b.targets, 1)?.squeeze(1)?;
+        Ok((picked.mul(&b.weights)?.sum_all()? * -1.0)?)
+    }
+
+    /// The batch's loss with the whole graph kept for backward; `seed` drives dropout.
+    pub fn batch_loss(&self, b: &Batch, train: bool, seed: u64) -> Result<Tensor> {
+        let pass = self.pass(b.rows, b.len, train, seed)?;
+        let mut x = self.embed(&b.ids, b.rows, b.len)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &pass)?;
+        }
+        self.head_loss(&x, b)
+    }
+
+    /// The batch's loss and the gradients of the adapters (training mode). With
+    /// `checkpointing`, only each block's input is kept through the forward; the backward
+    /// recomputes one block at a time (with the same dropout masks) and backpropagates the
+    /// gradient arriving at its output through it — one block's activations at a time instead
+    /// of all of them, for one more forward.
+    pub fn loss_and_grads(
+        &self,
+        b: &Batch,
+        seed: u64,
+        checkpointing: bool,
+    ) -> Result<(f64, GradStore)> {
+        if !checkpointing {
+            let loss = self.batch_loss(b, true, seed)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            return Ok((value, loss.backward()?));
+        }
+        let pass = self.pass(b.rows, b.len, true, seed)?;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut x = self.embed(&b.ids, b.rows, b.len)?;
+        for i in 0..self.layers.len() {
+            let y = self.layer(i, &x, &pass)?.detach();
+            inputs.push(x);
+            x = y;
+        }
+        let top = Var::from_tensor(&x)?;
+        let loss = self.head_loss(top.as_tensor(), b)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        let mut grads = loss.backward()?;
+        let Some(mut g) = grads.remove(top.as_tensor()) else {
+            bail!("checkpointing: no gradient reached the last block");
+        };
+        for i in (0..self.layers.len()).rev() {
+            // The first block's input is the embedding: nothing upstream needs its gradient.
+            let input = if i == 0 {
+                None
+            } else {
+                Some(Var::from_tensor(&inputs[i])?)
+            };
+            let x = input.as_ref().map_or(&inputs[0], |v| v.as_tensor());
+            let y = self.layer(i, x, &pass)?;
+            // d(Σ y ⊙ g)/dy = g: backpropagates g through the recomputed block.
+            let local = (y * &g)?.sum_all()?.backward()?;
+            for (a, b) in self.layers[i].proj.iter().filter_map(|p| p.lora.as_ref()) {
+                for v in [a, b] {
+                    if let Some(gv) = local.get(v.as_tensor()) {
+                        grads.insert(v.as_tensor(), gv.clone());
+                    }
+                }
+            }
+            if let Some(input) = &input {
+                match local.get(input.as_tensor()) {
+                    Some(gi) => g = gi.clone(),
+                    None => bail!("checkpointing: no gradient reached block {i}'s input"),
+                }
+            }
+        }
+        Ok((value, grads))
+    }
+
+    /// Final normalised hidden states `[t, hidden]` of one sequence (no KV cache).
+    pub fn hidden(&self, ids: &[u32], train: bool) -> Result<Tensor> {
+        let t = ids.len();
+        if t > self.cfg.context {
+            bail!(
+                "sequence of {t} tokens exceeds the model's context of {}",
+                self.cfg.context
+            );
+        }
+        let pass = self.pass(1, t, train, self.lora.seed)?;
+        let mut x = self.embed(ids, 1, t)?;
+        for i in 0..self.layers.len() {
+            x = self.layer(i, &x, &pass)?;
+        }
+        rms_norm(&x.squeeze(0)?, &self.norm, self.cfg.eps)
+    }
+
+    /// Logits `[t, vocab]` f32 (inference mode: no dropout).
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        Ok(self
+            .head
+            .forward(&self.hidden(ids, false)?)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// Mean cross-entropy of one example's answer tokens (positions `answer_from..`).
+    pub fn loss(&self, ex: &Example, train: bool) -> Result<Tensor> {
+        self.batch_loss(&self.batch(&[ex], 1.0)?, train, self.lora.seed)
+    }
+}
