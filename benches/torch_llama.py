@@ -23,18 +23,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-SHAPE = dict(  # runtime/synthetic.rs: llama-3.2-1b
-    vocab_size=128256,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    rope_theta=500000.0,
-    tie_word_embeddings=True,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-)
+from shapes import SHAPES
+
+SHAPE = SHAPES["llama-3.2-1b"]
 
 
 def timed(f, repeats):

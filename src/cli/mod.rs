@@ -116,7 +116,7 @@ pub enum Command {
     #[command(hide = true)]
     LoadProbe {
         model: PathBuf,
-        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        #[arg(long, default_value = "cpu")]
         device: spec::Device,
     },
     /// Runtime benchmark of a GGUF model: prompt and generation tokens/s (as llama-bench pp/tg)
@@ -134,7 +134,7 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1")]
         batch: Vec<usize>,
         /// cpu or cuda(N) (the latter needs a build with `--features cuda`)
-        #[arg(long, default_value = "cpu", value_parser = parse_device)]
+        #[arg(long, default_value = "cpu")]
         device: spec::Device,
         /// Then decode N times with the energy meter running and N times without, alternating,
         /// and report the meter's cost in tokens/s (with a 95 % interval)
@@ -144,6 +144,14 @@ pub enum Command {
         /// run (to compare the two)
         #[arg(long)]
         candle: bool,
+    },
+    /// Trainer benchmark: LoRA / QLoRA steps on random sequences of a fixed shape (tokens/s,
+    /// J/token, peak memory), as `benches/peft_train.py` measures PyTorch + PEFT
+    BenchTrain {
+        /// A GGUF file, or a synthetic architecture (`edge-eval stages` lists them)
+        model: String,
+        #[command(flatten)]
+        settings: crate::bench::train::TrainBench,
     },
     /// Engine benchmark: plan and no-op run of a 72-variant × 5-stage pipeline; file hashing speed
     Bench {
@@ -392,6 +400,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 candle,
             },
         ),
+        Command::BenchTrain { model, settings } => crate::bench::train::train(&model, &settings),
         Command::Bench {
             hash_mib,
             repeats,
@@ -401,21 +410,6 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 /// `cpu`, `cuda` or `cuda(N)`.
-fn parse_device(s: &str) -> std::result::Result<spec::Device, String> {
-    let s = s.trim();
-    if s == "cpu" {
-        return Ok(spec::Device::Cpu);
-    }
-    if s == "cuda" {
-        return Ok(spec::Device::Cuda(0));
-    }
-    s.strip_prefix("cuda(")
-        .and_then(|r| r.strip_suffix(')'))
-        .and_then(|n| n.trim().parse().ok())
-        .map(spec::Device::Cuda)
-        .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda(N)"))
-}
-
 mod cache;
 mod kinds;
 mod plan;
@@ -434,15 +428,21 @@ mod tests {
     #[test]
     fn device_arguments() {
         use spec::Device;
-        assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
-        assert_eq!(parse_device("cuda"), Ok(Device::Cuda(0)));
-        assert_eq!(parse_device("cuda(3)"), Ok(Device::Cuda(3)));
-        assert!(
-            parse_device("gpu")
-                .unwrap_err()
-                .contains("cpu, cuda or cuda(N)")
-        );
-        assert!(parse_device("cuda(x)").is_err());
+        let parse = |s: &str| s.parse::<Device>();
+        assert_eq!(parse("cpu"), Ok(Device::Cpu));
+        assert_eq!(parse("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(parse("cuda(3)"), Ok(Device::Cuda(3)));
+        assert!(parse("gpu").unwrap_err().contains("cpu, cuda or cuda(N)"));
+        assert!(parse("cuda(x)").is_err());
+        // The command line takes them (clap through FromStr).
+        let cli = Cli::try_parse_from(["ee", "bench-train", "llama-tiny", "--device", "cuda(2)"]);
+        match cli.map(|c| c.command) {
+            Ok(Command::BenchTrain { settings, .. }) => {
+                assert_eq!(settings.device, Device::Cuda(2))
+            }
+            Ok(_) => panic!("bench-train parsed as another command"),
+            Err(e) => panic!("bench-train --device cuda(2): {e}"),
+        }
     }
 
     #[test]

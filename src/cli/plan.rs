@@ -29,7 +29,13 @@ pub(super) fn print_plan(pipeline: &Pipeline, states: &[State], executor: &Execu
         };
         let runs_on =
             (status == "stale").then(|| exec::placement(executor, REGISTRY.of(node), node));
-        let entry = json!({ "id": node.id, "kind": node.kind(), "status": status, "reason": reason, "key": key, "where": runs_on });
+        let inputs_known: std::collections::BTreeMap<usize, engine::stage::Artifact> = node
+            .deps
+            .iter()
+            .filter_map(|&d| Some((d, states[d].artifact()?.clone())))
+            .collect();
+        let work = REGISTRY.of(node).work_estimate(&node.params, &inputs_known);
+        let entry = json!({ "id": node.id, "kind": node.kind(), "status": status, "reason": reason, "key": key, "where": runs_on, "work": work });
         if is_input(pipeline, i, state) {
             inputs.push(entry);
         } else {
@@ -73,7 +79,11 @@ pub(super) fn print_plan(pipeline: &Pipeline, states: &[State], executor: &Execu
             .as_str()
             .map(|w| format!("[{w}] "))
             .unwrap_or_default();
-        let line = format!("  {status:<7} {kind:<10} {id:<width$}  {runs_on}{reason}");
+        let work = e["work"]
+            .as_str()
+            .map(|w| format!("{w}; "))
+            .unwrap_or_default();
+        let line = format!("  {status:<7} {kind:<10} {id:<width$}  {runs_on}{work}{reason}");
         println!("{}", line.trim_end());
     }
 }

@@ -15,6 +15,7 @@ use meter::{Scope, memory};
 use runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
 use serde_json::json;
 use spec::{Output, ParamSpec, Ty, Value};
+use std::collections::BTreeMap;
 
 pub struct Finetune;
 
@@ -44,7 +45,7 @@ struct Params {
 impl Stage for Finetune {
     engine::stage_meta!(
         "finetune",
-        6,
+        7,
         Role::Stage,
         Output::Model,
         "LoRA / QLoRA fine-tuning on a task's train split"
@@ -224,6 +225,26 @@ impl Stage for Finetune {
         .chain(super::gpu_columns())
         .collect()
     }
+    fn work_estimate(
+        &self,
+        params: &BTreeMap<String, Value>,
+        inputs: &BTreeMap<spec::NodeIdx, engine::stage::Artifact>,
+    ) -> Option<String> {
+        let mut nodes = vec![];
+        params.get("task")?.nodes(&mut nodes);
+        let task = inputs.get(nodes.first()?)?;
+        let kind = task.record.get("kind")?.as_str()?;
+        let samples = crate::tasks::load(task.files.get("train")?, kind).ok()?;
+        let p: Params = engine::stage::typed_params(params).ok()?;
+        let chars: Vec<usize> = samples
+            .iter()
+            .map(|s| {
+                s.messages.iter().map(|m| m.content.len()).sum::<usize>()
+                    + s.references.first().map_or(0, String::len)
+            })
+            .collect();
+        Some(TrainEstimate::new(&chars, &p).describe())
+    }
     fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
         super::explain_model_failure(e, ctx)
     }
@@ -243,10 +264,7 @@ impl Stage for Finetune {
         if let Some(n) = p.rows {
             samples.truncate(n);
         }
-        let dtype = match (p.dtype.as_str(), dev.is_cpu()) {
-            ("f32", _) | ("auto", true) => candle_core::DType::F32,
-            _ => candle_core::DType::BF16,
-        };
+        let dtype = lora::pass_dtype(&p.dtype, dev.is_cpu())?;
         let cfg = LoraConfig {
             rank: p.rank,
             alpha: p.alpha,
@@ -318,6 +336,7 @@ impl Stage for Finetune {
             batch,
             grad_accum: accum,
             checkpointing: p.checkpointing,
+            profile: false,
         };
         let mut meter = super::open_meter(ctx, Scope::Process);
         ctx.progress.set_length(steps as u64);
@@ -432,6 +451,62 @@ impl Stage for Finetune {
     }
 }
 
+/// `plan`'s estimate of a fine-tune's size: rows used × their mean length × epochs, lengths at
+/// 4 characters a token (English text under a BPE vocabulary; the tokenizer is not loaded at
+/// plan time).
+#[derive(Debug, PartialEq)]
+struct TrainEstimate {
+    rows: usize,
+    mean_tokens: usize,
+    /// Epochs over the rows (fractional when `steps` is given).
+    epochs: f64,
+}
+
+impl TrainEstimate {
+    const CHARS_PER_TOKEN: usize = 4;
+
+    fn new(chars: &[usize], p: &Params) -> TrainEstimate {
+        let rows = p.rows.map_or(chars.len(), |r| r.min(chars.len()));
+        let total: usize = chars[..rows].iter().sum();
+        let per_epoch = lora::steps_per_epoch(rows, p.batch, p.grad_accum).max(1);
+        let epochs = match p.steps {
+            Some(s) => s as f64 / per_epoch as f64,
+            None => p.epochs.unwrap_or(1) as f64,
+        };
+        TrainEstimate {
+            rows,
+            mean_tokens: total / rows.max(1) / Self::CHARS_PER_TOKEN,
+            epochs,
+        }
+    }
+
+    fn tokens(&self) -> f64 {
+        (self.rows * self.mean_tokens) as f64 * self.epochs
+    }
+
+    fn describe(&self) -> String {
+        let t = self.tokens();
+        let tokens = if t >= 1e6 {
+            format!("{:.1} M", t / 1e6)
+        } else if t >= 1e3 {
+            format!("{:.1} k", t / 1e3)
+        } else {
+            format!("{t:.0}")
+        };
+        format!(
+            "~{tokens} training tokens ({} rows × ~{} tokens × {} epoch{}; 4 characters a token)",
+            self.rows,
+            self.mean_tokens,
+            if self.epochs.fract() == 0.0 {
+                format!("{}", self.epochs)
+            } else {
+                format!("{:.2}", self.epochs)
+            },
+            if self.epochs == 1.0 { "" } else { "s" }
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,6 +530,25 @@ mod tests {
         params.insert("method".into(), Value::Symbol("qlora".into()));
         let p: Params = engine::stage::typed_params(&params).unwrap();
         assert_eq!((p.steps, p.method.as_str()), (Some(40), "qlora"));
+        // plan's estimate: 10 rows of 400 characters, batch 1: 100 tokens a row.
+        let chars = vec![400; 10];
+        let p: Params =
+            engine::stage::typed_params(&engine::stage::default_params(&Finetune.params()))
+                .unwrap();
+        let e = TrainEstimate::new(&chars, &p);
+        assert_eq!((e.rows, e.mean_tokens, e.epochs), (10, 100, 1.0));
+        assert_eq!(
+            e.describe(),
+            "~1.0 k training tokens (10 rows × ~100 tokens × 1 epoch; 4 characters a token)"
+        );
+        let mut q = engine::stage::default_params(&Finetune.params());
+        q.insert("rows".into(), Value::Int(4));
+        q.insert("batch".into(), Value::Int(2));
+        q.insert("steps".into(), Value::Int(5));
+        let p: Params = engine::stage::typed_params(&q).unwrap();
+        // 4 rows in batches of 2: 2 steps an epoch, so 5 steps are 2.5 epochs of 400 tokens.
+        let e = TrainEstimate::new(&chars, &p);
+        assert_eq!((e.rows, e.epochs, e.tokens()), (4, 2.5, 1000.0));
         // A parameter of the wrong type is an error, not a default.
         params.insert("rank".into(), Value::Str("sixteen".into()));
         assert!(engine::stage::typed_params::<Params>(&params).is_err());

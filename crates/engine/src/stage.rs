@@ -199,6 +199,15 @@ pub trait Stage: Send + Sync {
     ) -> Option<Result<Artifact>> {
         None
     }
+    /// What `plan` shows of the work a run would do (finetune: its training tokens), from the
+    /// parameters and the inputs' artifacts known at plan time; None: nothing to show.
+    fn work_estimate(
+        &self,
+        _params: &BTreeMap<String, Value>,
+        _inputs: &BTreeMap<NodeIdx, Artifact>,
+    ) -> Option<String> {
+        None
+    }
     /// Columns of this kind's table (`<kind>.parquet`); empty: no table.
     fn table(&self) -> Vec<Column> {
         vec![]

@@ -114,6 +114,22 @@ pub const ARCHS: &[Arch] = &[
         rope_base: 1000000.0,
         context: 32768,
     },
+    // SmolLM2-135M (Hugging Face's config.json), the shape of the quickstart's model: for
+    // `bench-train` and GPU runs where the real file cannot travel.
+    Arch {
+        name: "smollm2-135m",
+        family: "llama",
+        layers: 30,
+        hidden: 576,
+        heads: 9,
+        kv_heads: 3,
+        ffn: 1536,
+        vocab: 49152,
+        tied_embeddings: true,
+        qkv_bias: false,
+        rope_base: 100000.0,
+        context: 8192,
+    },
     Arch {
         name: "qwen2-tiny",
         family: "qwen2",
@@ -155,6 +171,7 @@ pub const ARCH_NAMES: &[&str] = &[
     "qwen2.5-1.5b",
     "qwen2.5-3b",
     "qwen2.5-7b",
+    "smollm2-135m",
     "qwen2-tiny",
     "llama-tiny",
 ];
@@ -285,7 +302,8 @@ mod tests {
                 .map(|(_, d)| d.iter().product::<usize>() as u64)
                 .sum::<u64>()
         };
-        // Parameter counts from the model cards (rounded): 1.24 B, 3.21 B, 8.03 B, 1.54 B, 3.09 B, 7.62 B.
+        // Parameter counts from the model cards (rounded): 1.24 B, 3.21 B, 8.03 B, 1.54 B, 3.09 B,
+        // 7.62 B, 135 M.
         for (n, want) in [
             ("llama-3.2-1b", 1.24e9),
             ("llama-3.2-3b", 3.21e9),
@@ -293,6 +311,7 @@ mod tests {
             ("qwen2.5-1.5b", 1.54e9),
             ("qwen2.5-3b", 3.09e9),
             ("qwen2.5-7b", 7.62e9),
+            ("smollm2-135m", 1.35e8),
         ] {
             let got = params(n) as f64;
             assert!(

@@ -461,6 +461,7 @@ fn smollm2_batch_of_four_and_accumulated_singles_train_alike() {
             batch,
             grad_accum,
             checkpointing: batch == 1,
+            profile: false,
         };
         let logs = train(&m, &examples, &o, &mut |_| Ok(())).unwrap();
         logs.iter().map(|l| l.loss).collect::<Vec<f64>>()

@@ -112,6 +112,24 @@ impl fmt::Display for Device {
     }
 }
 
+/// A device as the command line writes it: `cpu`, `cuda` (= `cuda(0)`) or `cuda(N)`.
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Device, String> {
+        let s = s.trim();
+        match s {
+            "cpu" => return Ok(Device::Cpu),
+            "cuda" => return Ok(Device::Cuda(0)),
+            _ => {}
+        }
+        s.strip_prefix("cuda(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|n| n.trim().parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("`{s}`: expected cpu, cuda or cuda(N)"))
+    }
+}
+
 /// Index of a node (model, task or stage instance) in a resolved pipeline.
 pub type NodeIdx = usize;
 

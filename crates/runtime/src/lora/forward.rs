@@ -41,6 +41,22 @@ struct Pass {
     local_rope: Option<(Tensor, Tensor)>,
 }
 
+/// A block's uniform draws for its dropout masks and how many are used (`None`: no dropout).
+struct Draws(Option<(Tensor, usize)>);
+
+impl Draws {
+    /// The next mask of `shape` (f32, kept entries scaled by 1/(1-p)).
+    fn mask(&mut self, shape: &Shape, p: f64) -> Result<Option<Tensor>> {
+        let Some((u, used)) = &mut self.0 else {
+            return Ok(None);
+        };
+        let n = shape.elem_count();
+        let keep = u.narrow(0, *used, n)?.reshape(shape)?.ge(p)?;
+        *used += n;
+        Ok(Some((keep.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?))
+    }
+}
+
 impl Trainable {
     /// A micro-batch of `examples`; each row's loss is the mean over its answer tokens, scaled
     /// by `scale` (1 / the sequences of the optimizer step, so the step's loss is the mean of
@@ -142,40 +158,46 @@ impl Trainable {
         Ok(x.to_dtype(self.dtype)?)
     }
 
-    /// A dropout mask of `shape` (f32, kept entries scaled by 1/(1-p)), drawn from `stream`.
-    fn dropout_mask(&self, shape: &Shape, stream: &mut u64) -> Result<Tensor> {
-        let p = self.lora.dropout;
-        *stream = splitmix(*stream);
-        if self.device.is_cpu() {
-            let mut s = *stream;
-            let keep: Vec<f32> = (0..shape.elem_count())
+    /// The dropout draws of block `i` (training with dropout only): one uniform number per
+    /// adapter input element of the block, drawn at once from the block's own stream, so that a
+    /// recomputed block (checkpointing) gets the same masks. One draw per block, not per mask:
+    /// on a GPU every re-seeding creates a new cuRAND generator, and with one per mask (7 per
+    /// block) dropout took 88 ms of a 0.60 s Llama-3.2-1B step on an H200 (docs/gpu.md).
+    fn block_draws(&self, i: usize, pass: &Pass) -> Result<Draws> {
+        if !pass.train || self.lora.dropout <= 0.0 {
+            return Ok(Draws(None));
+        }
+        let mut per_token = 0;
+        for p in self.layers[i].proj.iter().filter(|p| p.lora.is_some()) {
+            per_token += p.base.dims()?.0;
+        }
+        let n = per_token * pass.rows * pass.len;
+        let seed = splitmix(pass.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let u = if self.device.is_cpu() {
+            let mut s = seed;
+            let u: Vec<f32> = (0..n)
                 .map(|_| {
                     s = splitmix(s);
-                    if (s >> 11) as f64 / (1u64 << 53) as f64 >= p {
-                        (1.0 / (1.0 - p)) as f32
-                    } else {
-                        0.0
-                    }
+                    ((s >> 11) as f64 / (1u64 << 53) as f64) as f32
                 })
                 .collect();
-            return Ok(Tensor::from_vec(keep, shape, &self.device)?);
-        }
-        // On a GPU the mask is drawn there (a host-drawn mask per projection would cost more
-        // than the projection): the generator is re-seeded from the stream for every mask.
-        self.device.set_seed(*stream)?;
-        let u = Tensor::rand(0f32, 1f32, shape, &self.device)?;
-        Ok((u.ge(p)?.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?)
+            Tensor::from_vec(u, n, &self.device)?
+        } else {
+            self.device.set_seed(seed)?;
+            Tensor::rand(0f32, 1f32, n, &self.device)?
+        };
+        Ok(Draws(Some((u, 0))))
     }
 
-    fn project(&self, p: &Proj, x: &Tensor, pass: &Pass, stream: &mut u64) -> Result<Tensor> {
+    fn project(&self, p: &Proj, x: &Tensor, draws: &mut Draws) -> Result<Tensor> {
         let y = p.base.forward(x)?;
         let Some((a, b)) = &p.lora else {
             return Ok(y);
         };
         // Adapters in f32 (as PEFT keeps them under a 16-bit base).
         let mut xf = x.to_dtype(DType::F32)?;
-        if pass.train && self.lora.dropout > 0.0 {
-            xf = (xf * self.dropout_mask(x.shape(), stream)?)?;
+        if let Some(mask) = draws.mask(x.shape(), self.lora.dropout)? {
+            xf = (xf * mask)?;
         }
         let delta = frozen::rows_matmul(&xf, &a.as_tensor().t()?)?;
         let delta = frozen::rows_matmul(&delta, &b.as_tensor().t()?)?;
@@ -188,16 +210,16 @@ impl Trainable {
         let c = &self.cfg;
         let l = &self.layers[i];
         let (b, t) = (pass.rows, pass.len);
-        let mut stream = pass.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut draws = self.block_draws(i, pass)?;
         let local = c.window(i).is_some();
         let ((cos, sin), mask) = match (&pass.local_rope, &pass.local_mask, local) {
             (Some(r), Some(m), true) => (r, m),
             _ => (&pass.rope, &pass.mask),
         };
         let h = rms_norm(x, &l.attn_norm, c.eps)?;
-        let mut q = self.project(&l.proj[0], &h, pass, &mut stream)?;
-        let mut k = self.project(&l.proj[1], &h, pass, &mut stream)?;
-        let mut v = self.project(&l.proj[2], &h, pass, &mut stream)?;
+        let mut q = self.project(&l.proj[0], &h, &mut draws)?;
+        let mut k = self.project(&l.proj[1], &h, &mut draws)?;
+        let mut v = self.project(&l.proj[2], &h, &mut draws)?;
         if let Some([bq, bk, bv]) = &l.bias {
             q = q.broadcast_add(&bq.to_dtype(self.dtype)?)?;
             k = k.broadcast_add(&bk.to_dtype(self.dtype)?)?;
@@ -230,27 +252,25 @@ impl Trainable {
         };
         let (k, v) = (expand(k)?, expand(v)?);
         // Scores softmaxed in f32, whatever the pass's dtype.
-        let att = (q.matmul(&k.t()?)?.to_dtype(DType::F32)? / (c.head_dim as f64).sqrt())?
-            .broadcast_add(mask)?;
-        let y = softmax(&att)?
-            .to_dtype(self.dtype)?
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let y = attention_softmax(&q.matmul(&k.t()?)?, scale, mask)?
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, c.q_dim()))?;
-        let mut y = self.project(&l.proj[3], &y, pass, &mut stream)?;
+        let mut y = self.project(&l.proj[3], &y, &mut draws)?;
         if let Some([_, _, post_attn, _]) = &l.extra {
             y = rms_norm(&y, post_attn, c.eps)?;
         }
         let x = (x + y)?;
         let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
-        let gate = self.project(&l.proj[4], &h, pass, &mut stream)?;
+        let gate = self.project(&l.proj[4], &h, &mut draws)?;
         let gate = if c.gemma.is_some() {
             gate.gelu()?
         } else {
             gate.silu()?
         };
-        let up = self.project(&l.proj[5], &h, pass, &mut stream)?;
-        let mut y = self.project(&l.proj[6], &(gate * up)?, pass, &mut stream)?;
+        let up = self.project(&l.proj[5], &h, &mut draws)?;
+        let mut y = self.project(&l.proj[6], &(gate * up)?, &mut draws)?;
         if let Some([_, _, _, post_ffw]) = &l.extra {
             y = rms_norm(&y, post_ffw, c.eps)?;
         }
@@ -258,15 +278,18 @@ impl Trainable {
     }
 
     /// The weighted answer-token cross-entropy from the last block's output `x`: only the
-    /// positions in the loss go through the final norm and the output head.
+    /// positions in the loss go through the final norm and the output head ([`HeadLoss`]).
     fn head_loss(&self, x: &Tensor, b: &Batch) -> Result<Tensor> {
         let h = x
             .reshape((b.rows * b.len, self.cfg.hidden))?
             .index_select(&b.positions, 0)?;
         let h = rms_norm(&h, &self.norm, self.cfg.eps)?;
-        let logp = log_softmax(&self.head.forward(&h)?.to_dtype(DType::F32)?)?;
-        let picked = logp.gather(&b.targets, 1)?.squeeze(1)?;
-        Ok((picked.mul(&b.weights)?.sum_all()? * -1.0)?)
+        Ok(h.contiguous()?.apply_op1(HeadLoss {
+            head: self.head.clone(),
+            targets: b.targets.clone(),
+            weights: b.weights.clone(),
+            chunk: self.head_chunk,
+        })?)
     }
 
     /// The batch's loss with the whole graph kept for backward; `seed` drives dropout.
@@ -289,11 +312,15 @@ impl Trainable {
         b: &Batch,
         seed: u64,
         checkpointing: bool,
+        prof: &mut Profiler,
     ) -> Result<(f64, GradStore)> {
         if !checkpointing {
             let loss = self.batch_loss(b, true, seed)?;
             let value = loss.to_scalar::<f32>()? as f64;
-            return Ok((value, loss.backward()?));
+            prof.mark("forward")?;
+            let grads = loss.backward()?;
+            prof.mark("backward")?;
+            return Ok((value, grads));
         }
         let pass = self.pass(b.rows, b.len, true, seed)?;
         let mut inputs = Vec::with_capacity(self.layers.len());
@@ -303,10 +330,12 @@ impl Trainable {
             inputs.push(x);
             x = y;
         }
+        prof.mark("forward")?;
         let top = Var::from_tensor(&x)?;
         let loss = self.head_loss(top.as_tensor(), b)?;
         let value = loss.to_scalar::<f32>()? as f64;
         let mut grads = loss.backward()?;
+        prof.mark("head loss and its backward")?;
         let Some(mut g) = grads.remove(top.as_tensor()) else {
             bail!("checkpointing: no gradient reached the last block");
         };
@@ -319,8 +348,10 @@ impl Trainable {
             };
             let x = input.as_ref().map_or(&inputs[0], |v| v.as_tensor());
             let y = self.layer(i, x, &pass)?;
+            prof.mark("recompute")?;
             // d(Σ y ⊙ g)/dy = g: backpropagates g through the recomputed block.
             let local = (y * &g)?.sum_all()?.backward()?;
+            prof.mark("backward")?;
             for (a, b) in self.layers[i].proj.iter().filter_map(|p| p.lora.as_ref()) {
                 for v in [a, b] {
                     if let Some(gv) = local.get(v.as_tensor()) {

@@ -1,6 +1,7 @@
 //! The frozen base: [`Frozen`], a custom op holding a base matrix (dense in the pass's dtype for
 //! LoRA; 4-bit GGUF blocks or NF4 for QLoRA) whose forward is a matmul and whose backward gives
-//! the gradient of the input only (`grad · W`, dequantized on the fly for 4-bit).
+//! the gradient of the input only (`grad · W`, dequantized on the fly for 4-bit); and
+//! [`HeadLoss`], the output head and the cross-entropy as one chunked op.
 
 use super::nf4::Nf4;
 use super::*;
@@ -137,12 +138,84 @@ impl CustomOp1 for Frozen {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let w = match &self.0 {
-            Base::Dense(wt) => wt.t()?,
-            Base::Quant(q) => q.dequantize(grad.device())?.to_dtype(grad.dtype())?,
-            Base::Nf4(q) => q.dequantize(grad.dtype())?,
-        };
-        Ok(Some(rows_matmul(grad, &w)?))
+        Ok(Some(self.0.back(grad)?))
+    }
+}
+
+/// The weighted cross-entropy `-Σ wᵢ log softmax(hᵢ Wᵀ)[tᵢ]` of final hidden states `h`
+/// `[n, hidden]` through the frozen output head, computed `chunk` rows at a time, as a custom op
+/// whose backward recomputes each chunk's logits (`∂/∂logitsᵢ = wᵢ (pᵢ − onehot(tᵢ))`, then
+/// `· W`). Only one chunk's f32 logits exist at a time: unfused, Llama-3's 128k-vocabulary
+/// logits of 4 × 512 positions are 1 GB in f32, and log-softmax and its backward keep several
+/// of them.
+pub(super) struct HeadLoss {
+    pub head: Base,
+    /// `[n, 1]` u32.
+    pub targets: Tensor,
+    /// `[n]` f32.
+    pub weights: Tensor,
+    pub chunk: usize,
+}
+
+impl HeadLoss {
+    /// Rows per chunk for a vocabulary of `vocab`: about 256 MB of f32 logits.
+    pub fn rows_per_chunk(vocab: usize) -> usize {
+        ((64 << 20) / vocab.max(1)).max(1)
+    }
+
+    fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let c = self.chunk.max(1);
+        (0..n.div_ceil(c)).map(move |k| (k * c, c.min(n - k * c)))
+    }
+
+    /// A chunk's f32 logits.
+    fn logits(&self, h: &Tensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
+        self.head
+            .apply(&h.narrow(0, start, len)?)?
+            .to_dtype(DType::F32)
+    }
+}
+
+impl TensorOp for HeadLoss {
+    fn name(&self) -> &'static str {
+        "head-cross-entropy"
+    }
+    fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let mut total = Tensor::zeros((), DType::F32, h.device())?;
+        for (s, l) in self.chunks(h.dim(0)?) {
+            let logits = self.logits(h, s, l)?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let shifted = logits.broadcast_sub(&max)?;
+            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            let picked = shifted
+                .gather(&self.targets.narrow(0, s, l)?, 1)?
+                .sub(&lse)?
+                .squeeze(1)?;
+            total = (total - picked.mul(&self.weights.narrow(0, s, l)?)?.sum_all()?)?;
+        }
+        Ok(total)
+    }
+}
+
+impl CustomOp1 for HeadLoss {
+    tensor_op_forwards!();
+    fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = grad.to_dtype(DType::F32)?.reshape((1, 1))?;
+        let mut parts = vec![];
+        for (s, l) in self.chunks(h.dim(0)?) {
+            let p = candle_nn::ops::softmax_last_dim(&self.logits(h, s, l)?)?;
+            let w = self
+                .weights
+                .narrow(0, s, l)?
+                .unsqueeze(1)?
+                .broadcast_mul(&g)?;
+            // wᵢ pᵢ, minus wᵢ at the target.
+            let d =
+                p.broadcast_mul(&w)?
+                    .scatter_add(&self.targets.narrow(0, s, l)?, &w.neg()?, 1)?;
+            parts.push(self.head.back(&d.to_dtype(h.dtype())?)?);
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
     }
 }
 
@@ -166,6 +239,15 @@ impl Base {
             Base::Quant(q) => rows_matmul(x, &q.dequantize(x.device())?.to_dtype(x.dtype())?.t()?),
             Base::Nf4(q) => rows_matmul(x, &q.dequantize(x.dtype())?.t()?),
         }
+    }
+    /// `grad · W`: the gradient of `x · Wᵀ` with respect to `x` (a 4-bit `W` dequantized for it).
+    fn back(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
+        let w = match self {
+            Base::Dense(wt) => wt.t()?,
+            Base::Quant(q) => q.dequantize(grad.device())?.to_dtype(grad.dtype())?,
+            Base::Nf4(q) => q.dequantize(grad.dtype())?,
+        };
+        rows_matmul(grad, &w)
     }
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.contiguous()?.apply_op1(Frozen(self.clone()))?)
@@ -214,4 +296,62 @@ pub(super) fn on_device(q: QTensor, device: &Device) -> Result<QTensor> {
 
 pub(super) fn is_4bit(t: GgmlDType) -> bool {
     matches!(type_name(t), "q4_0" | "q4_1" | "q4_k")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chunked op gives the unfused loss and the same gradient of `h`, whatever the chunk.
+    #[test]
+    fn the_chunked_head_loss_equals_the_unfused_one_in_value_and_gradient() {
+        let dev = Device::Cpu;
+        let (n, hidden, vocab) = (7, 12, 50);
+        let h = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, hidden), &dev).unwrap()).unwrap();
+        let wt = Tensor::randn(0f32, 0.5, (hidden, vocab), &dev).unwrap();
+        let t: Vec<u32> = (0..n as u32).map(|i| (i * 13 + 5) % vocab as u32).collect();
+        let targets = Tensor::from_vec(t, (n, 1), &dev).unwrap();
+        let w: Vec<f32> = (0..n).map(|i| 0.1 + 0.05 * i as f32).collect();
+        let weights = Tensor::from_vec(w, n, &dev).unwrap();
+        let unfused = (log_softmax(&h.as_tensor().matmul(&wt).unwrap())
+            .unwrap()
+            .gather(&targets, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .mul(&weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            * -1.0)
+            .unwrap();
+        let want_grad = unfused
+            .backward()
+            .unwrap()
+            .get(h.as_tensor())
+            .unwrap()
+            .clone();
+        let want = unfused.to_scalar::<f32>().unwrap();
+        for chunk in [1, 3, 7, 100] {
+            let op = HeadLoss {
+                head: Base::Dense(Arc::new(wt.clone())),
+                targets: targets.clone(),
+                weights: weights.clone(),
+                chunk,
+            };
+            let loss = h.as_tensor().apply_op1(op).unwrap();
+            let got = loss.to_scalar::<f32>().unwrap();
+            assert!((got - want).abs() < 1e-5, "chunk {chunk}: {got} vs {want}");
+            let grad = loss.backward().unwrap().get(h.as_tensor()).unwrap().clone();
+            let diff = (grad - &want_grad)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "chunk {chunk}: gradients differ by {diff}");
+        }
+    }
 }

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 mod forward;
+#[macro_use]
 mod frozen;
 pub mod nf4;
 mod ops;
@@ -28,7 +29,7 @@ mod train;
 pub use forward::Batch;
 use frozen::*;
 use ops::*;
-pub use train::{StepLog, TrainOptions, schedule, steps_per_epoch, train};
+pub use train::{Profiler, StepLog, TrainOptions, schedule, steps_per_epoch, train};
 
 /// The projections adapters can target, with their GGUF and PEFT names.
 pub const TARGETS: &[(&str, &str, &str)] = &[
@@ -57,6 +58,16 @@ pub struct LoraConfig {
     /// gradients and AdamW state stay f32).
     pub dtype: DType,
     pub seed: u64,
+}
+
+/// The pass's dtype for a `dtype` choice: `auto` is bf16 on a GPU (as PEFT with a bf16 base) and
+/// f32 on the CPU (where our f32 kernels are faster).
+pub fn pass_dtype(choice: &str, cpu: bool) -> Result<DType> {
+    Ok(match (choice, cpu) {
+        ("f32", _) | ("auto", true) => DType::F32,
+        ("bf16", _) | ("auto", false) => DType::BF16,
+        (other, _) => bail!("unknown dtype `{other}`: use auto, f32 or bf16"),
+    })
 }
 
 impl LoraConfig {
@@ -92,6 +103,8 @@ pub struct Trainable {
     layers: Vec<TLayer>,
     norm: Tensor,
     head: Base,
+    /// Rows of the output head's logits computed at a time in the loss ([`HeadLoss`]).
+    head_chunk: usize,
     cos: Tensor,
     sin: Tensor,
     /// RoPE tables of Gemma 3's local layers.
@@ -279,6 +292,7 @@ impl Trainable {
             Some((c, s)) => Some((c.to_device(device)?, s.to_device(device)?)),
             None => None,
         };
+        let head_chunk = HeadLoss::rows_per_chunk(cfg.vocab);
         Ok(Trainable {
             path: path.to_path_buf(),
             local_rope,
@@ -289,6 +303,7 @@ impl Trainable {
             embed,
             layers,
             norm,
+            head_chunk,
             head,
             cos,
             sin,
@@ -402,6 +417,15 @@ mod tests {
     use super::*;
     use crate::llama::{KvCache, Llama};
     use crate::test_util::max_diff;
+
+    #[test]
+    fn the_pass_dtype_is_bf16_on_a_gpu_and_f32_on_the_cpu_unless_chosen() {
+        assert_eq!(pass_dtype("auto", true).unwrap(), DType::F32);
+        assert_eq!(pass_dtype("auto", false).unwrap(), DType::BF16);
+        assert_eq!(pass_dtype("bf16", true).unwrap(), DType::BF16);
+        assert_eq!(pass_dtype("f32", false).unwrap(), DType::F32);
+        assert!(pass_dtype("f8", true).is_err());
+    }
 
     fn tiny(arch: &str, ty: GgmlDType) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
@@ -523,6 +547,7 @@ mod tests {
             batch: 2,
             grad_accum: 1,
             checkpointing: false,
+            profile: false,
         };
         train(&m, &examples, &o, &mut |_| Ok(())).unwrap()
     }
@@ -684,7 +709,9 @@ mod tests {
     }
 
     fn grads_of(m: &Trainable, b: &Batch, checkpointing: bool) -> (f64, Vec<Vec<f32>>) {
-        let (loss, g) = m.loss_and_grads(b, 42, checkpointing).unwrap();
+        let (loss, g) = m
+            .loss_and_grads(b, 42, checkpointing, &mut Profiler::new(None))
+            .unwrap();
         let gs = m
             .vars()
             .iter()
@@ -739,6 +766,7 @@ mod tests {
                 batch,
                 grad_accum,
                 checkpointing: false,
+                profile: false,
             };
             let logs = train(&m, &examples(), &o, &mut |_| Ok(())).unwrap();
             let losses: Vec<f64> = logs.iter().map(|l| l.loss).collect();
@@ -838,6 +866,7 @@ mod tests {
             batch: 2,
             grad_accum: 1,
             checkpointing: true,
+            profile: false,
         };
         let logs = train(&m, &examples()[..2], &o, &mut |_| Ok(())).unwrap();
         let (first, last) = (logs[0].loss, logs.last().unwrap().loss);
@@ -858,6 +887,7 @@ mod tests {
             batch: 1,
             grad_accum: 1,
             checkpointing: false,
+            profile: false,
         };
         let e = train(&m, &ex, &o, &mut |_| Ok(())).unwrap_err().to_string();
         assert!(e.contains("loss became"), "{e}");

@@ -204,6 +204,61 @@ impl Nf4 {
 mod tests {
     use super::*;
 
+    /// `tests/data/nf4_bnb.safetensors` is a 97 × 200 matrix quantized by bitsandbytes 0.50.2 on
+    /// an H200 (`benches/nf4_bnb_fixture.py`): 303 full blocks and a partial one, two blocks of
+    /// scales (the second partial), an outlier. Ours must give the same bytes.
+    #[test]
+    fn bitsandbytes_quantizes_the_fixture_as_we_do() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/nf4_bnb.safetensors"
+        );
+        let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+        let u8s = |k: &str| t[k].to_vec1::<u8>().unwrap();
+        let f32s = |k: &str| t[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(f32s("code"), CODE.to_vec(), "the NF4 code book");
+        let q = Nf4::quantize(&t["weight"]).unwrap();
+        let packed = u8s("packed");
+        // bitsandbytes stores ⌈n / 2⌉ bytes; ours pads the last block.
+        assert_eq!(packed.len(), 97 * 200 / 2);
+        let differ = (0..packed.len())
+            .filter(|&i| packed[i] != q.packed[i])
+            .count();
+        assert_eq!(
+            differ,
+            0,
+            "{differ} of {} packed bytes differ",
+            packed.len()
+        );
+        assert_eq!(q.scale_codes, u8s("absmax"), "8-bit scale codes");
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs().max(1e-6);
+        let absmax2 = f32s("absmax2");
+        assert_eq!(q.scale_absmax.len(), absmax2.len());
+        assert!(
+            q.scale_absmax
+                .iter()
+                .zip(&absmax2)
+                .all(|(a, b)| close(*a, *b))
+        );
+        assert!(close(q.scale_offset, f32s("offset")[0]));
+        let ours = q
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .dequantize(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let theirs = f32s("dequantized");
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "dequantized values differ by up to {worst}");
+    }
+
     /// Φ⁻¹ by bisection on Φ(x) = ½ erfc(-x/√2) (erfc from its continued fraction / series).
     fn norm_ppf(p: f64) -> f64 {
         fn erf(x: f64) -> f64 {

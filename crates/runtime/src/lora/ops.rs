@@ -1,5 +1,6 @@
 //! The differentiable operations the trainable forward is written with (candle's fused ones
-//! record no gradient): RMS norm, softmax with a detached max, log-softmax, RoPE by narrow/cat.
+//! record no gradient): RMS norm, log-softmax with a detached max, RoPE by narrow/cat;
+//! and the attention softmax as one custom op (forward fused, backward by its formula).
 
 use super::*;
 
@@ -13,14 +14,47 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         .to_dtype(dtype)?)
 }
 
-/// Softmax over the last dimension from differentiable operations (max detached).
-pub(super) fn softmax(x: &Tensor) -> Result<Tensor> {
-    let e = x
-        .broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?
-        .exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+/// Attention probabilities `softmax(x · scale + mask)` over the last dimension, as one op whose
+/// graph keeps only its output: forward in f32 through candle's fused softmax, returned in
+/// `x`'s dtype; backward `scale · y ⊙ (g − Σ g ⊙ y)` in f32. Written with the differentiable
+/// operations instead, the scores' f32 copy, the masked and shifted scores and their
+/// exponentials were all kept for the backward — 5 f32 tensors of `[rows, heads, t, t]` per
+/// block.
+pub(super) fn attention_softmax(x: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(AttentionSoftmax {
+        scale,
+        mask: mask.clone(),
+    })?)
 }
 
+struct AttentionSoftmax {
+    scale: f64,
+    /// `[t, t]` f32, 0 or -inf.
+    mask: Tensor,
+}
+
+impl TensorOp for AttentionSoftmax {
+    fn name(&self) -> &'static str {
+        "attention-softmax"
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let z = (x.to_dtype(DType::F32)? * self.scale)?.broadcast_add(&self.mask)?;
+        candle_nn::ops::softmax_last_dim(&z)?.to_dtype(x.dtype())
+    }
+}
+
+impl CustomOp1 for AttentionSoftmax {
+    tensor_op_forwards!();
+    fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (y, g) = (y.to_dtype(DType::F32)?, g.to_dtype(DType::F32)?);
+        let gy = (&g * &y)?;
+        let dx = (y * g.broadcast_sub(&gy.sum_keepdim(D::Minus1)?)?)?;
+        Ok(Some((dx * self.scale)?.to_dtype(x.dtype())?))
+    }
+}
+
+/// (The loss computes it inside [`super::frozen::HeadLoss`]; the tests hold that op to this.)
+#[cfg(test)]
 pub(super) fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

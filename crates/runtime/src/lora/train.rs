@@ -15,6 +15,43 @@ pub struct TrainOptions {
     pub grad_accum: usize,
     /// Keep only each block's input through the forward and recompute blocks in the backward.
     pub checkpointing: bool,
+    /// Time the phases of every step ([`StepLog::phases`]), waiting for the device at the end
+    /// of each (which costs some speed).
+    pub profile: bool,
+}
+
+/// Where a step's time goes: each [`Profiler::mark`] waits for the device and adds the time
+/// since the previous mark to a phase. Disabled, it does nothing.
+pub struct Profiler {
+    device: Option<Device>,
+    last: std::time::Instant,
+    pub phases: Vec<(&'static str, f64)>,
+}
+
+impl Profiler {
+    pub fn new(device: Option<&Device>) -> Profiler {
+        Profiler {
+            device: device.cloned(),
+            last: std::time::Instant::now(),
+            phases: vec![],
+        }
+    }
+
+    /// Ends phase `name` (a phase marked again accumulates).
+    pub fn mark(&mut self, name: &'static str) -> Result<()> {
+        let Some(dev) = &self.device else {
+            return Ok(());
+        };
+        dev.synchronize()?;
+        let now = std::time::Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        match self.phases.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => *t += dt,
+            None => self.phases.push((name, dt)),
+        }
+        Ok(())
+    }
 }
 
 /// One optimizer step.
@@ -28,6 +65,8 @@ pub struct StepLog {
     pub tokens: usize,
     /// Padded positions forwarded (rows × padded length, summed over micro-batches).
     pub padded: usize,
+    /// Seconds per phase, with [`TrainOptions::profile`].
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// The micro-batches of one epoch, as indices into the examples: examples sorted by length
@@ -85,6 +124,7 @@ pub fn train(
     let mut logs = vec![];
     for step in 0..o.steps {
         let t0 = std::time::Instant::now();
+        let mut prof = Profiler::new(o.profile.then_some(&m.device));
         let epoch = step / per_epoch;
         if epoch_batches.0 != epoch {
             epoch_batches = (
@@ -100,8 +140,9 @@ pub fn train(
         for (k, rows) in micro.iter().enumerate() {
             let chosen: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
             let batch = m.batch(&chosen, 1.0 / sequences as f64)?;
+            prof.mark("batch")?;
             let seed = splitmix(m.lora.seed ^ ((step as u64) << 20) ^ k as u64);
-            let (value, grads) = m.loss_and_grads(&batch, seed, o.checkpointing)?;
+            let (value, grads) = m.loss_and_grads(&batch, seed, o.checkpointing, &mut prof)?;
             if !value.is_finite() {
                 bail!(
                     "the loss became {value} at step {} (learning rate {} too high?): nothing is kept",
@@ -127,15 +168,18 @@ pub fn train(
                 }
             }
         }
+        prof.mark("accumulate")?;
         if let Some(g) = &total {
             opt.step(g)?;
         }
+        prof.mark("optimizer")?;
         let log = StepLog {
             step: step + 1,
             loss: loss_sum,
             seconds: t0.elapsed().as_secs_f64(),
             tokens,
             padded,
+            phases: prof.phases,
         };
         on_step(&log)?;
         logs.push(log);

@@ -6,6 +6,8 @@
 //! 2. A file of `--hash-mib` MiB is hashed with edge-eval's hasher and, when `b3sum` is on PATH,
 //!    with `b3sum`, from a warm page cache.
 
+pub mod train;
+
 use anyhow::{Context, Result, bail};
 use engine::cache::{Cache, hash_file, hash_file_plain};
 use engine::exec::Status;
@@ -236,9 +238,9 @@ fn hash_bench(dir: &Path, mib: u64) -> Result<()> {
 }
 
 /// A temporary folder removed on drop.
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 impl TempDir {
-    fn new() -> Result<TempDir> {
+    pub(crate) fn new() -> Result<TempDir> {
         let p = std::env::temp_dir().join(format!(
             "edge-eval-bench-{}-{}",
             std::process::id(),
