@@ -67,6 +67,46 @@ fn the_paper_study_plans_72_variants_and_names_missing_inputs() {
 }
 
 #[test]
+fn plan_shows_each_finetunes_estimated_training_tokens() {
+    let empty = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (code, text) = edge_eval(
+        &[
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "plan",
+            "pipelines/quickstart.eep",
+            "--json",
+        ],
+        empty.path(),
+    );
+    assert_eq!(code, 0, "{text}");
+    let plan: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let stages = plan["stages"].as_array().unwrap();
+    let tuned: Vec<&serde_json::Value> =
+        stages.iter().filter(|s| s["kind"] == "finetune").collect();
+    assert_eq!(tuned.len(), 2);
+    // The quickstart tunes 24 steps, batch 1: 2.4 epochs of qa's 10 train rows, 3 of summ's 8.
+    for (t, rows, epochs) in [(tuned[0], 10, "2.40"), (tuned[1], 8, "3")] {
+        let work = t["work"].as_str().unwrap_or_default();
+        assert!(
+            work.starts_with('~')
+                && work.contains(&format!("training tokens ({rows} rows × ~"))
+                && work.contains(&format!("× {epochs} epochs")),
+            "{}: {work}",
+            t["id"]
+        );
+    }
+    // Other stages have nothing to estimate.
+    assert!(
+        stages
+            .iter()
+            .filter(|s| s["kind"] == "quantize")
+            .all(|s| s["work"].is_null())
+    );
+}
+
+#[test]
 fn the_executor_setting_resolves_to_slurm_options_and_set_overrides_it() {
     use spec::{Executor, SlurmOptions, Value};
     let dir = tempfile::tempdir().unwrap();
