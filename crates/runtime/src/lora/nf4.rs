@@ -204,6 +204,18 @@ impl Nf4 {
 mod tests {
     use super::*;
 
+    /// `q` dequantized to f32 on the CPU, flattened.
+    fn dequantized_on_cpu(q: Nf4) -> Vec<f32> {
+        q.to_device(&Device::Cpu)
+            .unwrap()
+            .dequantize(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     /// `tests/data/nf4_bnb.safetensors` is a 97 × 200 matrix quantized by bitsandbytes 0.50.2 on
     /// an H200 (`benches/nf4_bnb_fixture.py`): 303 full blocks and a partial one, two blocks of
     /// scales (the second partial), an outlier. Ours must give the same bytes.
@@ -241,15 +253,7 @@ mod tests {
                 .all(|(a, b)| close(*a, *b))
         );
         assert!(close(q.scale_offset, f32s("offset")[0]));
-        let ours = q
-            .to_device(&Device::Cpu)
-            .unwrap()
-            .dequantize(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let ours = dequantized_on_cpu(q);
         let theirs = f32s("dequantized");
         let worst = ours
             .iter()
@@ -342,15 +346,7 @@ mod tests {
             (s[0] - 2.0).abs() < 0.02 && (s[1] - 3.0).abs() < 0.02,
             "{s:?}"
         );
-        let back: Vec<f32> = q
-            .to_device(&Device::Cpu)
-            .unwrap()
-            .dequantize(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let back = dequantized_on_cpu(q);
         // Every value within half the widest gap between levels (0.304 / 2) of its block scale.
         for (b, (x, y)) in w.iter().zip(&back).enumerate() {
             let scale = [2.0, 3.0][b / 64];
