@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 60) with its seed corpus (fuzz/seeds/TARGET:
-# the project's own pipelines, examples and diagnostics cases; small GGUF headers) and prints
-# the executions per target. A crash leaves its input in fuzz/artifacts/TARGET/ and fails.
+# the project's own pipelines, examples and diagnostics cases; small GGUF headers; the first
+# records of each task file; a manifest of each stage kind) and prints the executions per
+# target. A crash leaves its input in fuzz/artifacts/TARGET/ and fails.
 #   bash fuzz/run.sh [SECONDS]        (needs nightly and cargo-fuzz)
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-for target in eep gguf; do
+for target in eep gguf tasks manifest; do
   mkdir -p "corpus/$target"
   log=$(mktemp)
   if ! cargo +nightly fuzz run "$target" -s none "corpus/$target" "seeds/$target" -- \

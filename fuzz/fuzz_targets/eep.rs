@@ -29,7 +29,12 @@ static SIGNATURES: LazyLock<Signatures> = LazyLock::new(|| {
         )
     };
     Signatures::new(vec![
-        sig("path", Role::Source, Output::Model, vec![ParamSpec::required("path", Ty::Str, "")]),
+        sig(
+            "path",
+            Role::Source,
+            Output::Model,
+            vec![ParamSpec::required("path", Ty::Str, "")],
+        ),
         sig(
             "pip",
             Role::Source,
@@ -38,7 +43,11 @@ static SIGNATURES: LazyLock<Signatures> = LazyLock::new(|| {
                 ParamSpec::required("package", Ty::Text(Format::PinnedRequirement), ""),
                 ParamSpec::required("file", Ty::Str, ""),
                 ParamSpec::required("sha256", Ty::Text(Format::Sha256), ""),
-                ParamSpec::optional("parts", Ty::List(Box::new(Ty::Text(Format::PinnedRequirement))), ""),
+                ParamSpec::optional(
+                    "parts",
+                    Ty::List(Box::new(Ty::Text(Format::PinnedRequirement))),
+                    "",
+                ),
             ],
         ),
         sig(
@@ -56,7 +65,11 @@ static SIGNATURES: LazyLock<Signatures> = LazyLock::new(|| {
             Output::Task,
             vec![
                 ParamSpec::required("path", Ty::Str, ""),
-                ParamSpec::required("kind", Ty::Enum(&["extractive_qa", "summarize", "chat"]), ""),
+                ParamSpec::required(
+                    "kind",
+                    Ty::Enum(&["extractive_qa", "summarize", "chat"]),
+                    "",
+                ),
                 ParamSpec::optional("max_tokens", Ty::int(1, 4096), ""),
             ],
         ),
@@ -64,7 +77,11 @@ static SIGNATURES: LazyLock<Signatures> = LazyLock::new(|| {
             "quantize",
             Role::Stage,
             Output::Model,
-            vec![model(), ParamSpec::required("precision", Ty::Enum(spec::PRECISIONS), ""), device()],
+            vec![
+                model(),
+                ParamSpec::required("precision", Ty::Enum(spec::PRECISIONS), ""),
+                device(),
+            ],
         ),
         sig(
             "finetune",

@@ -135,6 +135,12 @@ pub fn sample(kind: &str, rec: &J, file: &Path, line: usize) -> Result<Sample> {
 pub fn load(path: &Path, kind: &str) -> Result<Vec<Sample>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read task data {}", path.display()))?;
+    parse(&text, path, kind)
+}
+
+/// The records of JSON Lines `text` read from `path` (named in errors): every line a record of
+/// `kind`, ids unique, at least one record.
+pub fn parse(text: &str, path: &Path, kind: &str) -> Result<Vec<Sample>> {
     let mut out = vec![];
     let mut ids = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {

@@ -77,6 +77,33 @@ pub struct Manifest {
     pub provenance: Provenance,
 }
 
+impl Manifest {
+    /// The manifest in `bytes`, read as the result of `key`: it must hold that key and name its
+    /// objects and output by blake3 digests (64 lowercase hex digits), so that nothing a manifest
+    /// says — it may come from a shared remote tier — can point outside the object store. The
+    /// error says what is wrong, for "manifest X …".
+    pub fn parse(key: &str, bytes: &[u8]) -> std::result::Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("is damaged: {e}"))?;
+        if m.key != key {
+            return Err("holds another key".into());
+        }
+        if !is_digest(&m.output_digest) {
+            return Err("has an output digest that is not a blake3 digest".into());
+        }
+        if let Some((name, _)) = m.files.iter().find(|(_, o)| !is_digest(&o.digest)) {
+            return Err(format!(
+                "names its output `{name}` by something that is not a blake3 digest"
+            ));
+        }
+        Ok(m)
+    }
+}
+
+/// Whether `s` is a blake3 digest as this cache writes them: 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Result of looking a key up.
 #[derive(Debug)]
 pub enum Lookup {
@@ -99,7 +126,7 @@ pub use lock::CacheLock;
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn shard(dir: &Path, name: &str) -> PathBuf {
-    dir.join(&name[..2.min(name.len())]).join(name)
+    dir.join(name.get(..2).unwrap_or(name)).join(name)
 }
 
 /// The remote tier's path of `name` under `dir` (`objects`, `actions`): the local layout.
@@ -235,11 +262,8 @@ impl Cache {
         let Some(text) = remote.get_bytes(&rel("actions", &format!("{key}.json")))? else {
             return Ok(false);
         };
-        let m: Manifest = serde_json::from_slice(&text)
-            .with_context(|| format!("the remote manifest of {key} is damaged"))?;
-        if m.key != key {
-            bail!("the remote manifest of {key} holds another key");
-        }
+        let m = Manifest::parse(key, &text)
+            .map_err(|why| anyhow::anyhow!("the remote manifest of {key} {why}"))?;
         for (name, obj) in &m.files {
             if self.check_object(obj).is_ok() {
                 continue;
@@ -287,15 +311,10 @@ impl Cache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Miss,
             Err(e) => return Lookup::Broken(format!("cannot read {}: {e}", path.display())),
         };
-        let m: Manifest = match serde_json::from_slice(&text) {
+        let m = match Manifest::parse(key, &text) {
             Ok(m) => m,
-            Err(e) => {
-                return Lookup::Broken(format!("manifest {} is damaged: {e}", path.display()));
-            }
+            Err(why) => return Lookup::Broken(format!("manifest {} {why}", path.display())),
         };
-        if m.key != key {
-            return Lookup::Broken(format!("manifest {} holds another key", path.display()));
-        }
         for (name, obj) in &m.files {
             if let Err(why) = self.check_object(obj) {
                 return Lookup::Broken(format!("object for `{name}` {why}"));
@@ -435,8 +454,7 @@ impl Cache {
     pub fn manifests(&self) -> Vec<Manifest> {
         self.manifest_paths()
             .iter()
-            .filter_map(|p| fs::read(p).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .filter_map(|p| read_manifest(p).ok())
             .collect()
     }
 
@@ -475,13 +493,10 @@ impl Cache {
                 .file_stem()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let m: Option<Manifest> = fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+            let m = read_manifest(&path);
             let problem = match &m {
-                None => Some("unreadable".to_string()),
-                Some(m) if m.key != stem => Some("names another key".to_string()),
-                Some(m) => m
+                Err(why) => Some(why.clone()),
+                Ok(m) => m
                     .files
                     .iter()
                     .find(|(_, o)| !good.contains(&o.digest))
@@ -498,10 +513,10 @@ impl Cache {
                 let _ = fs::remove_file(&path);
                 // Only a result whose own outputs are damaged taints what was computed from it (a
                 // manifest filed under another key says nothing about that key's output).
-                if let Some(m) = m.filter(|m| m.key == stem) {
+                if let Ok(m) = m {
                     tainted.insert(m.output_digest);
                 }
-            } else if let Some(m) = m {
+            } else if let Ok(m) = m {
                 intact.push((path, m));
             }
         }
@@ -654,6 +669,16 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// The manifest stored at `path` (`actions/ab/<key>.json`), checked as [`Manifest::parse`] does.
+fn read_manifest(path: &Path) -> std::result::Result<Manifest, String> {
+    let key = path
+        .file_stem()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let bytes = fs::read(path).map_err(|e| format!("is unreadable: {e}"))?;
+    Manifest::parse(&key, &bytes)
+}
+
 fn walk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
     let mut stack = vec![dir.to_path_buf()];
@@ -695,5 +720,57 @@ fn make_writable_tree(path: &Path) {
                 make_writable_tree(&f);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn manifest(object_digest: &str) -> Manifest {
+        Manifest {
+            key: KEY.into(),
+            kind: "quantize".into(),
+            stage_id: "q".into(),
+            components: serde_json::json!({}),
+            files: BTreeMap::from([(
+                "model".to_string(),
+                ObjectRef {
+                    digest: object_digest.into(),
+                    size: 4,
+                },
+            )]),
+            record: serde_json::json!({}),
+            rows: vec![],
+            output_digest: KEY.into(),
+            started_us: 0,
+            finished_us: 0,
+            seconds: 0.0,
+            provenance: Provenance::default(),
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_names_a_path_instead_of_a_digest_is_never_a_hit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        // A file outside the object store with the content the manifest promises.
+        std::fs::write(dir.path().join("outside"), b"data").unwrap();
+        for digest in ["../../outside", "aé", "", &KEY.to_uppercase()] {
+            cache.put_manifest(&manifest(digest)).unwrap();
+            match cache.lookup(KEY) {
+                Lookup::Broken(why) => assert!(why.contains("not a blake3 digest"), "{why}"),
+                other => panic!("{digest:?}: {other:?}"),
+            }
+        }
+        let good = manifest(&"ab".repeat(32));
+        let bytes = serde_json::to_vec(&good).unwrap();
+        assert!(Manifest::parse(KEY, &bytes).is_ok());
+        assert_eq!(
+            Manifest::parse(&"cd".repeat(32), &bytes).unwrap_err(),
+            "holds another key"
+        );
     }
 }
