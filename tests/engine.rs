@@ -43,17 +43,7 @@ impl Env {
         args.extend_from_slice(extra);
         let out = self.exec(&args);
         let json = common::run_json(&out);
-        let statuses = json["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["id"].as_str().unwrap().to_string(),
-                    s["status"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
+        let statuses = common::statuses(&json);
         (out.status.code().unwrap_or(-1), statuses, json)
     }
 

@@ -48,6 +48,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
         &[
             "cache",
             "stage",
+            "row",
             "ui",
             "test_stage",
             "plan",

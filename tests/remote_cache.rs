@@ -37,17 +37,7 @@ fn run_on(
         "{json}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    json["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().unwrap().to_string(),
-                s["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    common::statuses(&json)
 }
 
 fn all(statuses: &BTreeMap<String, String>, want: &str) -> bool {

@@ -8,8 +8,10 @@
 //! first growth); then `--steps` optimizer steps run inside one window of the energy meter, with
 //! an idle baseline before and after.
 
+use crate::stages::cells::{Device, Energy};
 use anyhow::{Result, bail};
 use candle_core::quantized::GgmlDType;
+use engine::row::TableRow;
 use meter::{Scope, memory};
 use runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
 use serde_json::json;
@@ -211,7 +213,8 @@ pub fn train(model: &str, b: &TrainBench) -> Result<i32> {
     if let serde_json::Value::Object(m) = settings {
         out.extend(m);
     }
-    e.columns(&mut out);
+    out.extend(Energy::of(&e, &meter).to_row());
+    out.extend(Device::of(&e).to_row());
     if b.json {
         println!("{}", serde_json::Value::Object(out));
     } else {

@@ -1,20 +1,29 @@
 //! The join: a run's results → one row per variant × task with the five metrics.
 
-use crate::stages::Row;
+use crate::stages::cells::Energy;
+use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow, Row};
 use engine::exec::RunReport;
+use engine::row::TableRow;
 use lang::Pipeline;
 use metrics::{Metric, c_tax, ipw, n_break, q_ret, rho_sys};
 use serde_json::json;
 use spec::{NodeIdx, Value};
 
-fn manifest_rows(report: &RunReport, i: NodeIdx) -> Option<&[Row]> {
-    report
-        .outcomes
-        .get(i)?
-        .as_ref()?
-        .manifest
-        .as_ref()
-        .map(|m| m.rows.as_slice())
+/// The rows node `i` stored in this run, read as its table's row type `R` (a group such as
+/// [`Energy`] reads from any metered row). Rows that do not read as `R` leave the node out of
+/// the report, with a warning.
+fn rows_of<R: TableRow>(p: &Pipeline, report: &RunReport, i: NodeIdx) -> Option<Vec<R>> {
+    let rows = &report.outcomes.get(i)?.as_ref()?.manifest.as_ref()?.rows;
+    match rows.iter().map(R::from_row).collect() {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            eprintln!(
+                "warning: the results of `{}` are left out of the metrics: {e:#}",
+                p.nodes[i].id
+            );
+            None
+        }
+    }
 }
 
 fn node_ref(p: &Pipeline, i: NodeIdx, param: &str) -> Option<NodeIdx> {
@@ -22,15 +31,6 @@ fn node_ref(p: &Pipeline, i: NodeIdx, param: &str) -> Option<NodeIdx> {
         Some(Value::Node(n)) => Some(*n),
         _ => None,
     }
-}
-
-fn summary(rows: &[Row]) -> impl Iterator<Item = &Row> {
-    rows.iter()
-        .filter(|r| r.get("row").and_then(|v| v.as_str()) == Some("summary"))
-}
-
-fn f(row: Option<&Row>, k: &str) -> Option<f64> {
-    row?.get(k)?.as_f64()
 }
 
 /// What produced a variant: names and the energy of every stage on the way.
@@ -74,24 +74,22 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
                         .map(|v| v.to_string())
                         .unwrap_or_default();
                 }
-                let row = manifest_rows(report, i).and_then(|r| r.last());
-                match (f(row, "energy_j"), &mut l.train_j) {
+                // The stage's last row: quantize has one, finetune's summary comes last.
+                let energy = rows_of::<Energy>(p, report, i).and_then(|mut r| r.pop());
+                let energy = energy.as_ref();
+                match (energy.and_then(|e| e.energy_j), &mut l.train_j) {
                     (Some(e), Some(t)) => *t += e,
                     (None, t) => {
                         *t = None;
-                        let why = row
-                            .and_then(|r| r.get("energy_null_reason"))
-                            .and_then(|v| v.as_str())
+                        let why = energy
+                            .and_then(|e| e.energy_null_reason.as_deref())
                             .unwrap_or("not computed in this run");
                         l.train_why
                             .get_or_insert(format!("{} energy: {why}", node.id));
                     }
                     _ => {}
                 }
-                if let Some(s) = row
-                    .and_then(|r| r.get("energy_source"))
-                    .and_then(|v| v.as_str())
-                {
+                if let Some(s) = energy.and_then(|e| e.energy_source.as_deref()) {
                     l.sources.push(format!("{}={s}", node.kind()));
                 }
                 match node_ref(p, i, "model") {
@@ -121,16 +119,16 @@ fn uses(p: &Pipeline, kind: &str, m: NodeIdx, t: Option<NodeIdx>) -> Option<Node
     })
 }
 
-fn sample_scores(rows: &[Row]) -> Vec<(String, f64)> {
+fn sample_scores(rows: &[EvaluateRow]) -> Vec<(String, f64)> {
     rows.iter()
-        .filter(|r| r.get("row").and_then(|v| v.as_str()) == Some("sample"))
-        .filter_map(|r| {
-            Some((
-                r.get("sample_id")?.as_str()?.to_string(),
-                r.get("score")?.as_f64()?,
-            ))
-        })
+        .filter(|r| r.row == "sample")
+        .filter_map(|r| Some((r.sample_id.clone()?, r.score?)))
         .collect()
+}
+
+/// The summary row of a stage's rows.
+fn summary_of<R>(rows: &[R], row: impl Fn(&R) -> &str) -> impl Iterator<Item = &R> {
+    rows.iter().filter(move |r| row(r) == "summary")
 }
 
 fn put(row: &mut Row, name: &str, m: &Metric, reasons: &mut Vec<String>) {
@@ -169,20 +167,25 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
     let mut out = vec![];
     for (m, t) in subjects {
         let lin = lineage(p, report, m);
-        let eval = uses(p, "evaluate", m, Some(t)).and_then(|i| manifest_rows(report, i));
-        let eval_sum = eval.and_then(|r| summary(r).next());
-        let meas = uses(p, "measure", m, Some(t)).and_then(|i| manifest_rows(report, i));
+        let eval: Option<Vec<EvaluateRow>> =
+            uses(p, "evaluate", m, Some(t)).and_then(|i| rows_of(p, report, i));
+        let eval = eval.as_deref();
+        let eval_sum = eval.and_then(|r| summary_of(r, |r| &r.row).next());
+        let meas: Option<Vec<MeasureRow>> =
+            uses(p, "measure", m, Some(t)).and_then(|i| rows_of(p, report, i));
         // The smallest batch measured: single-stream serving, the paper's setting.
-        let meas_sum = meas.and_then(|r| {
-            summary(r).min_by_key(|s| s.get("batch").and_then(|b| b.as_i64()).unwrap_or(i64::MAX))
-        });
+        let meas_sum = meas
+            .as_deref()
+            .and_then(|r| summary_of(r, |r| &r.row).min_by_key(|s| s.batch));
         if eval.is_none() && meas.is_none() {
             // Nothing measured or scored for this pair in this run (failed or interrupted).
             continue;
         }
-        let cold = uses(p, "cold_load", m, None)
-            .and_then(|i| manifest_rows(report, i))
-            .and_then(|r| summary(r).next());
+        let cold: Option<Vec<ColdLoadRow>> =
+            uses(p, "cold_load", m, None).and_then(|i| rows_of(p, report, i));
+        let cold = cold
+            .as_deref()
+            .and_then(|r| summary_of(r, |r| &r.row).next());
         let mut reasons = vec![];
         let mut row = Row::new();
         row.insert("variant".into(), json!(p.nodes[m].id));
@@ -194,24 +197,16 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
             json!(p.nodes[t].id.split_once(':').map_or("", |x| x.1)),
         );
         row.insert("device".into(), json!(p.nodes[m].device().to_string()));
-        let synthetic = [meas_sum, cold]
-            .iter()
-            .any(|r| r.and_then(|r| r.get("synthetic")).and_then(|v| v.as_bool()) == Some(true));
+        let synthetic = meas_sum.is_some_and(|s| s.synthetic) || cold.is_some_and(|c| c.synthetic);
         row.insert("synthetic".into(), json!(synthetic));
-        for k in [
-            "score",
-            "score_ci_lo",
-            "score_ci_hi",
-            "kl_mean",
-            "kl_p99",
-            "top1_agreement",
-        ] {
-            row.insert(k.into(), json!(f(eval_sum, k)));
-        }
-        row.insert(
-            "samples".into(),
-            json!(eval_sum.and_then(|s| s.get("samples")).cloned()),
-        );
+        let e = |cell: fn(&EvaluateRow) -> Option<f64>| json!(eval_sum.and_then(cell));
+        row.insert("score".into(), e(|s| s.score));
+        row.insert("score_ci_lo".into(), e(|s| s.score_ci_lo));
+        row.insert("score_ci_hi".into(), e(|s| s.score_ci_hi));
+        row.insert("kl_mean".into(), e(|s| s.kl_mean));
+        row.insert("kl_p99".into(), e(|s| s.kl_p99));
+        row.insert("top1_agreement".into(), e(|s| s.top1_agreement));
+        row.insert("samples".into(), json!(eval_sum.and_then(|s| s.samples)));
         // Q_ret against the baseline sibling.
         let base_eval = lin.quantized_from.and_then(|up| {
             (0..p.nodes.len())
@@ -222,9 +217,9 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
                             == Some(baseline)
                 })
                 .and_then(|b| uses(p, "evaluate", b, Some(t)))
-                .and_then(|i| manifest_rows(report, i))
+                .and_then(|i| rows_of::<EvaluateRow>(p, report, i))
         });
-        let qr = match (eval, base_eval) {
+        let qr = match (eval, &base_eval) {
             (Some(v), Some(b)) => q_ret(&sample_scores(v), &sample_scores(b)),
             (None, _) => Metric::null("the variant was not evaluated"),
             (_, None) => Metric::null(format!(
@@ -232,22 +227,19 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
             )),
         };
         put(&mut row, "q_ret_pct", &qr, &mut reasons);
-        let per_req = f(meas_sum, "energy_per_request_j");
-        let tps = f(meas_sum, "tokens_per_s");
+        let per_req = meas_sum.and_then(|s| s.energy_per_request_j);
+        let per_req_net = meas_sum.and_then(|s| s.energy_per_request_net_j);
+        let tps = meas_sum.and_then(|s| s.tokens_per_s);
         row.insert("tokens_per_s".into(), json!(tps));
-        row.insert(
-            "at_batch".into(),
-            json!(meas_sum.and_then(|s| s.get("batch")).cloned()),
-        );
+        row.insert("at_batch".into(), json!(meas_sum.map(|s| s.batch)));
         row.insert("energy_per_request_j".into(), json!(per_req));
-        row.insert(
-            "energy_per_request_net_j".into(),
-            json!(f(meas_sum, "energy_per_request_net_j")),
-        );
+        row.insert("energy_per_request_net_j".into(), json!(per_req_net));
         // On a GPU the model's memory is the device memory the load took (NVML); on the CPU the
         // process's RSS growth.
-        let resident = f(cold, "gpu_resident_bytes").or(f(cold, "resident_bytes"));
-        let peak = f(cold, "peak_bytes");
+        let resident = cold
+            .and_then(|c| c.gpu_resident_bytes.or(c.resident_bytes))
+            .map(|b| b as f64);
+        let peak = cold.and_then(|c| c.peak_bytes).map(|b| b as f64);
         row.insert(
             "memory_resident_bytes".into(),
             json!(resident.map(|x| x as i64)),
@@ -257,9 +249,13 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
             .map(|r| sample_scores(r).into_iter().map(|x| x.1).collect())
             .unwrap_or_default();
         let reps: Vec<f64> = meas_sum
-            .and_then(|s| s.get("energy_per_request_j_reps"))
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .map(|s| {
+                s.energy_per_request_j_reps
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default();
         let energy_reps = if reps.is_empty() {
             per_req.into_iter().collect()
@@ -267,13 +263,11 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
             reps
         };
         put(&mut row, "ipw", &ipw(&scores, &energy_reps), &mut reasons);
-        let net: Vec<f64> = f(meas_sum, "energy_per_request_net_j")
-            .into_iter()
-            .collect();
+        let net: Vec<f64> = per_req_net.into_iter().collect();
         row.insert("ipw_net".into(), json!(ipw(&scores, &net).value));
         put(&mut row, "rho_sys", &rho_sys(tps, resident), &mut reasons);
         row.insert("rho_sys_peak".into(), json!(rho_sys(tps, peak).value));
-        let load = f(cold, "energy_j");
+        let load = cold.and_then(|c| c.energy.energy_j);
         row.insert("load_energy_j".into(), json!(load));
         put(&mut row, "c_tax", &c_tax(load, per_req), &mut reasons);
         row.insert("train_energy_j".into(), json!(lin.train_j));
@@ -283,11 +277,12 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         };
         put(&mut row, "n_break", &nb, &mut reasons);
         let mut sources = lin.sources.clone();
-        for (name, r) in [("measure", meas_sum), ("cold_load", cold)] {
-            if let Some(s) = r
-                .and_then(|r| r.get("energy_source"))
-                .and_then(|v| v.as_str())
-            {
+        let measured = [
+            ("measure", meas_sum.map(|s| &s.energy)),
+            ("cold_load", cold.map(|c| &c.energy)),
+        ];
+        for (name, energy) in measured {
+            if let Some(s) = energy.and_then(|e| e.energy_source.as_deref()) {
                 sources.push(format!("{name}={s}"));
             }
         }

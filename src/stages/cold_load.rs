@@ -1,15 +1,15 @@
 //! `cold_load`: the file evicted from the page cache, then load + one forward pass inside the
 //! window; RSS growth and peak; on a GPU each load in a fresh child process (`load_probe.rs`).
 
-use super::{ColType, Column, Role, Stage, StageCtx, StageOutput};
+use super::cells::{Device, Energy};
+use super::measuring::{cv, median, median_count, summary_energy, summary_samples};
+use super::{Column, Role, Stage, StageCtx, StageOutput};
 use anyhow::Result;
+use engine::row::TableRow;
 use meter::{memory, pagecache};
 use serde_json::json;
 use spec::{Output, ParamSpec, Ty, Value};
 use std::path::Path;
-
-use super::col as c;
-use super::measuring::{base_row, summarise, summary_energy_labels};
 
 /// `cold_load`'s parameters as `run` reads them (defaults: [`ColdLoad::params`]).
 #[derive(Debug, serde::Deserialize)]
@@ -20,6 +20,51 @@ struct Params {
 }
 
 pub struct ColdLoad;
+
+engine::table_row! {
+    /// One load (`row = "repeat"`), or the summary of a stage's loads (`cold_load.parquet`).
+    pub struct ColdLoadRow {
+        /// repeat | summary
+        row: String,
+        /// repetition (null in the summary)
+        repeat: Option<usize>,
+        /// cold | warm (as requested)
+        cache_state: String,
+        /// fraction of the file in the page cache when the load started (cold: after eviction)
+        page_cache_before: Option<f64>,
+        /// set when eviction did not empty the page cache, with the reason
+        eviction_note: Option<String>,
+        /// load + first forward pass (s); summary: median
+        seconds: Option<f64>,
+        /// coefficient of variation
+        seconds_cv: Option<f64>,
+        /// size of the model file (B)
+        file_bytes: u64,
+        /// bytes the loaded weights occupy as held in memory (B)
+        weight_bytes: u64,
+        /// measured: process RSS after the load minus before (B)
+        resident_bytes: Option<i64>,
+        /// measured: peak RSS during the load minus RSS before (B)
+        peak_bytes: Option<u64>,
+        /// measured on a GPU: device memory in use after the load minus before (NVML, B). With
+        /// isolation = process the load is a fresh process's first (its CUDA context opened
+        /// before); in this process, candle's allocator reuses freed memory, so loads after the
+        /// first show little growth and the summary is the largest
+        gpu_resident_bytes: Option<i64>,
+        /// process (each load in a fresh child process) | none (in this process)
+        isolation: String,
+        /// random weights
+        synthetic: bool,
+        /// coefficient of variation
+        energy_j_cv: Option<f64>,
+        /// coefficient of variation
+        energy_net_j_cv: Option<f64>,
+        groups {
+            energy: Energy,
+            device: Device,
+        }
+    }
+}
 impl Stage for ColdLoad {
     engine::stage_meta!(
         "cold_load",
@@ -51,66 +96,7 @@ impl Stage for ColdLoad {
     }
     super::holds_the_machine!();
     fn table(&self) -> Vec<Column> {
-        let mut cols = vec![
-            c("row", ColType::Str, "repeat | summary"),
-            c("repeat", ColType::Int, "repetition (null in the summary)"),
-            c("cache_state", ColType::Str, "cold | warm (as requested)"),
-            c(
-                "page_cache_before",
-                ColType::Float,
-                "fraction of the file in the page cache when the load started (cold: after eviction)",
-            ),
-            c(
-                "eviction_note",
-                ColType::Str,
-                "set when eviction did not empty the page cache, with the reason",
-            ),
-            c(
-                "seconds",
-                ColType::Float,
-                "load + first forward pass (s); summary: median",
-            ),
-            c("seconds_cv", ColType::Float, "coefficient of variation"),
-            c("file_bytes", ColType::Int, "size of the model file (B)"),
-            c(
-                "weight_bytes",
-                ColType::Int,
-                "bytes the loaded weights occupy as held in memory (B)",
-            ),
-            c(
-                "resident_bytes",
-                ColType::Int,
-                "measured: process RSS after the load minus before (B)",
-            ),
-            c(
-                "peak_bytes",
-                ColType::Int,
-                "measured: peak RSS during the load minus RSS before (B)",
-            ),
-            c(
-                "gpu_resident_bytes",
-                ColType::Int,
-                "measured on a GPU: device memory in use after the load minus before (NVML, B). \
-                 With isolation = process the load is a fresh process's first (its CUDA context \
-                 opened before); in this process, candle's allocator reuses freed memory, so \
-                 loads after the first show little growth and the summary is the largest",
-            ),
-            c(
-                "isolation",
-                ColType::Str,
-                "process (each load in a fresh child process) | none (in this process)",
-            ),
-            c("synthetic", ColType::Bool, "random weights"),
-        ];
-        cols.extend(super::energy_columns());
-        cols.extend(super::gpu_columns());
-        cols.push(c("energy_j_cv", ColType::Float, "coefficient of variation"));
-        cols.push(c(
-            "energy_net_j_cv",
-            ColType::Float,
-            "coefficient of variation",
-        ));
-        cols
+        ColdLoadRow::columns()
     }
     fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
         super::explain_model_failure(e, ctx)
@@ -167,73 +153,55 @@ impl Stage for ColdLoad {
                     )
                 };
             }
-            let mut row = base_row("repeat", Some(r), &meter);
-            row.insert(
-                "cache_state".into(),
-                json!(if cold { "cold" } else { "warm" }),
-            );
-            row.insert("page_cache_before".into(), json!(fraction));
-            row.insert("eviction_note".into(), json!(note));
-            row.insert("seconds".into(), json!(energy.seconds));
-            row.insert("file_bytes".into(), json!(file_bytes));
-            row.insert("weight_bytes".into(), json!(load.weight_bytes));
-            row.insert("resident_bytes".into(), json!(load.resident_bytes));
-            row.insert("peak_bytes".into(), json!(load.peak_bytes));
-            row.insert(
-                "isolation".into(),
-                json!(if isolated { "process" } else { "none" }),
-            );
-            row.insert("synthetic".into(), json!(super::is_synthetic(ctx, "model")));
-            energy.columns(&mut row);
-            let gpu = |k: &str| energy.device.get(k).and_then(|v| v.as_u64());
-            row.insert(
-                "gpu_resident_bytes".into(),
-                json!(
-                    gpu("gpu_memory_used_bytes")
-                        .zip(gpu("gpu_memory_used_before_bytes"))
-                        .map(|(a, b)| a as i64 - b as i64)
-                ),
-            );
-            rows.push(row);
+            let device = Device::of(&energy);
+            rows.push(ColdLoadRow {
+                row: "repeat".into(),
+                repeat: Some(r),
+                cache_state: p.cache_state.clone(),
+                page_cache_before: fraction,
+                eviction_note: note,
+                seconds: Some(energy.seconds),
+                file_bytes,
+                weight_bytes: load.weight_bytes,
+                resident_bytes: Some(load.resident_bytes),
+                peak_bytes: load.peak_bytes,
+                gpu_resident_bytes: device
+                    .gpu_memory_used_bytes
+                    .zip(device.gpu_memory_used_before_bytes)
+                    .map(|(a, b)| a as i64 - b as i64),
+                isolation: if isolated { "process" } else { "none" }.into(),
+                synthetic: super::is_synthetic(ctx, "model"),
+                energy: Energy::of(&energy, &meter),
+                device,
+                ..Default::default()
+            });
             ctx.progress.set_position(r as u64 + 1);
         }
-        let mut summary = base_row("summary", None, &meter);
-        for k in [
-            "cache_state",
-            "file_bytes",
-            "weight_bytes",
-            "isolation",
-            "synthetic",
-        ] {
-            summary.insert(k.into(), rows[0][k].clone());
-        }
-        for k in [
-            "seconds",
-            "energy_j",
-            "energy_net_j",
-            "idle_power_w",
-            "resident_bytes",
-            "peak_bytes",
-            "page_cache_before",
-            "energy_sampled_j",
-            "peak_power_w",
-        ] {
-            summarise(
-                &rows,
-                k,
-                ["seconds", "energy_j", "energy_net_j"].contains(&k),
-                &mut summary,
-            );
-        }
-        // candle's CUDA allocator keeps freed device memory for reuse, so only the first load of
-        // the stage grows the device's used memory: the summary takes the largest growth.
-        let gpu: Vec<i64> = rows
-            .iter()
-            .filter_map(|r| r.get("gpu_resident_bytes").and_then(|v| v.as_i64()))
-            .collect();
-        summary.insert("gpu_resident_bytes".into(), json!(gpu.iter().max()));
-        summary_energy_labels(&rows, &mut summary);
+        let first = &rows[0];
+        let summary = ColdLoadRow {
+            row: "summary".into(),
+            repeat: None,
+            cache_state: first.cache_state.clone(),
+            page_cache_before: median(&rows, |r| r.page_cache_before),
+            eviction_note: None,
+            seconds: median(&rows, |r| r.seconds),
+            seconds_cv: cv(&rows, |r| r.seconds),
+            file_bytes,
+            weight_bytes: first.weight_bytes,
+            resident_bytes: median_count(&rows, |r| r.resident_bytes),
+            peak_bytes: median_count(&rows, |r| r.peak_bytes),
+            // candle's CUDA allocator keeps freed device memory for reuse, so only the first
+            // load of the stage grows the device's used memory: the summary takes the largest.
+            gpu_resident_bytes: rows.iter().filter_map(|r| r.gpu_resident_bytes).max(),
+            isolation: first.isolation.clone(),
+            synthetic: first.synthetic,
+            energy_j_cv: cv(&rows, |r| r.energy.energy_j),
+            energy_net_j_cv: cv(&rows, |r| r.energy.energy_net_j),
+            energy: summary_energy(&rows, |r| &r.energy, &meter),
+            device: summary_samples(&rows, |r| &r.device),
+        };
         rows.push(summary);
+        let rows = rows.iter().map(TableRow::to_row).collect();
         Ok(StageOutput {
             files: vec![],
             record: json!({ "measured": "cold_load" }),

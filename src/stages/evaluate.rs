@@ -8,10 +8,11 @@
 //! interrupted evaluation continues from there on the next run (same cache key).
 
 use super::device_param;
-use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use super::{Column, Role, Stage, StageCtx, StageOutput};
 use crate::tasks::Sample;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
+use engine::row::TableRow;
 use metrics::fidelity::Fidelity;
 use metrics::{score, stats};
 use runtime::generate::{GenOptions, StopReason, generate_batch};
@@ -34,9 +35,59 @@ struct Params {
 
 pub struct Evaluate;
 
-const RESUME_FILE: &str = "samples.jsonl";
+engine::table_row! {
+    /// One scored sample (`row = "sample"`), or the summary of a stage's samples
+    /// (`evaluate.parquet`).
+    pub struct EvaluateRow {
+        /// sample | summary
+        row: String,
+        /// record id (null in the summary)
+        sample_id: Option<String>,
+        /// exact_match | f1 | rouge_l | judge
+        scorer: String,
+        /// 0–1 (null: the judge's reply was unparseable); summary: mean over scored samples
+        score: Option<f64>,
+        /// the judge model's raw reply (score = judge)
+        judge_reply: Option<String>,
+        /// summary: samples whose judgement could not be parsed (not counted as any score)
+        unscored: Option<usize>,
+        /// standard error of the mean
+        score_se: Option<f64>,
+        /// 95 % bootstrap interval, low
+        score_ci_lo: Option<f64>,
+        /// 95 % bootstrap interval, high
+        score_ci_hi: Option<f64>,
+        /// samples scored (summary)
+        samples: Option<usize>,
+        /// blake3 of the prompt token ids
+        prompt_digest: Option<String>,
+        /// generated text
+        output: Option<String>,
+        /// prompt tokens
+        prompt_tokens: Option<usize>,
+        /// generated tokens
+        output_tokens: Option<usize>,
+        /// end_token | stop_string | max_tokens
+        stop: Option<String>,
+        /// mean KL(P_reference ‖ P_model) over answer positions (nats)
+        kl_mean: Option<f64>,
+        /// 99th percentile of the per-position KL (nats)
+        kl_p99: Option<f64>,
+        /// fraction of answer positions where both models' top token agree
+        top1_agreement: Option<f64>,
+        /// positions compared
+        kl_positions: Option<usize>,
+        internal {
+            /// The per-position KL of a sample against the reference: feeds the summary (and
+            /// an interrupted stage's resume log), emptied in the stored rows.
+            kl_values: Vec<f64>,
+            /// Positions of `kl_values` where both models' top token agree.
+            top1_same: Option<usize>,
+        }
+    }
+}
 
-use super::col as c;
+const RESUME_FILE: &str = "samples.jsonl";
 
 impl Stage for Evaluate {
     engine::stage_meta!(
@@ -85,63 +136,10 @@ impl Stage for Evaluate {
         usize::MAX
     }
     fn table(&self) -> Vec<Column> {
-        vec![
-            c("row", ColType::Str, "sample | summary"),
-            c("sample_id", ColType::Str, "record id (null in the summary)"),
-            c("scorer", ColType::Str, "exact_match | f1 | rouge_l | judge"),
-            c(
-                "score",
-                ColType::Float,
-                "0–1 (null: the judge's reply was unparseable); summary: mean over scored samples",
-            ),
-            c(
-                "judge_reply",
-                ColType::Str,
-                "the judge model's raw reply (score = judge)",
-            ),
-            c(
-                "unscored",
-                ColType::Int,
-                "summary: samples whose judgement could not be parsed (not counted as any score)",
-            ),
-            c("score_se", ColType::Float, "standard error of the mean"),
-            c(
-                "score_ci_lo",
-                ColType::Float,
-                "95 % bootstrap interval, low",
-            ),
-            c(
-                "score_ci_hi",
-                ColType::Float,
-                "95 % bootstrap interval, high",
-            ),
-            c("samples", ColType::Int, "samples scored (summary)"),
-            c(
-                "prompt_digest",
-                ColType::Str,
-                "blake3 of the prompt token ids",
-            ),
-            c("output", ColType::Str, "generated text"),
-            c("prompt_tokens", ColType::Int, "prompt tokens"),
-            c("output_tokens", ColType::Int, "generated tokens"),
-            c("stop", ColType::Str, "end_token | stop_string | max_tokens"),
-            c(
-                "kl_mean",
-                ColType::Float,
-                "mean KL(P_reference ‖ P_model) over answer positions (nats)",
-            ),
-            c(
-                "kl_p99",
-                ColType::Float,
-                "99th percentile of the per-position KL (nats)",
-            ),
-            c(
-                "top1_agreement",
-                ColType::Float,
-                "fraction of answer positions where both models' top token agree",
-            ),
-            c("kl_positions", ColType::Int, "positions compared"),
-        ]
+        EvaluateRow::columns()
+    }
+    fn internal_row_keys(&self) -> &'static [&'static str] {
+        EvaluateRow::INTERNAL
     }
     fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
         super::explain_model_failure(e, ctx)
@@ -182,14 +180,14 @@ impl Stage for Evaluate {
 
         // Samples finished by an earlier, interrupted attempt.
         let resume_path = ctx.resume_dir.join(RESUME_FILE);
-        let mut done: HashMap<String, Row> = HashMap::new();
+        let mut done: HashMap<String, EvaluateRow> = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(&resume_path) {
             for line in text.lines() {
                 // A torn last line (killed mid-write) is simply redone.
-                if let Ok(serde_json::Value::Object(row)) = serde_json::from_str(line)
-                    && let Some(id) = row.get("sample_id").and_then(|v| v.as_str())
+                if let Ok(row) = serde_json::from_str::<EvaluateRow>(line)
+                    && let Some(id) = row.sample_id.clone()
                 {
-                    done.insert(id.to_string(), row);
+                    done.insert(id, row);
                 }
             }
         }
@@ -236,43 +234,46 @@ impl Stage for Evaluate {
                     None => None,
                 };
                 for (i, ((s, ids), g)) in chunk.iter().zip(&prompts).zip(gens).enumerate() {
-                    let mut row = Row::new();
-                    row.insert("row".into(), json!("sample"));
-                    row.insert("sample_id".into(), json!(s.id));
-                    row.insert("scorer".into(), json!(task.scorer));
-                    let sc = match &judgements {
-                        Some(j) => {
-                            row.insert("judge_reply".into(), json!(j[i]));
-                            score::parse_judgement(&j[i])
-                        }
-                        None => score::score(&task.scorer, g.text.trim(), &s.references),
+                    let (sc, judge_reply) = match &judgements {
+                        Some(j) => (score::parse_judgement(&j[i]), Some(j[i].clone())),
+                        None => (
+                            score::score(&task.scorer, g.text.trim(), &s.references),
+                            None,
+                        ),
                     };
-                    row.insert("score".into(), json!(sc));
                     let digest = blake3::hash(
                         &ids.iter()
                             .flat_map(|i| i.to_le_bytes())
                             .collect::<Vec<u8>>(),
                     );
-                    row.insert("prompt_digest".into(), json!(digest.to_hex().to_string()));
-                    row.insert("output".into(), json!(g.text));
-                    row.insert("prompt_tokens".into(), json!(g.prompt_tokens));
-                    row.insert("output_tokens".into(), json!(g.tokens.len()));
                     let stop = match g.stop {
                         StopReason::EndToken => "end_token",
                         StopReason::StopString => "stop_string",
                         StopReason::MaxTokens => "max_tokens",
                     };
-                    row.insert("stop".into(), json!(stop));
+                    let mut row = EvaluateRow {
+                        row: "sample".into(),
+                        sample_id: Some(s.id.clone()),
+                        scorer: task.scorer.clone(),
+                        score: sc,
+                        judge_reply,
+                        prompt_digest: Some(digest.to_hex().to_string()),
+                        output_tokens: Some(g.tokens.len()),
+                        output: Some(g.text),
+                        prompt_tokens: Some(g.prompt_tokens),
+                        stop: Some(stop.into()),
+                        ..Default::default()
+                    };
                     if let Some((rm, rt)) = &reference {
                         let f = fidelity(&model, &tok, rm, rt, ids, &s.references[0])?;
-                        row.insert("kl_mean".into(), json!(f.mean_kl()));
-                        row.insert("kl_p99".into(), json!(f.p99_kl()));
-                        row.insert("top1_agreement".into(), json!(f.top1_agreement()));
-                        row.insert("kl_positions".into(), json!(f.positions()));
-                        row.insert("kl_values".into(), json!(f.kl));
-                        row.insert("top1_same".into(), json!(f.top1_same));
+                        row.kl_mean = f.mean_kl();
+                        row.kl_p99 = f.p99_kl();
+                        row.top1_agreement = f.top1_agreement();
+                        row.kl_positions = Some(f.positions());
+                        row.top1_same = Some(f.top1_same);
+                        row.kl_values = f.kl;
                     }
-                    writeln!(log, "{}", serde_json::Value::Object(row.clone()))?;
+                    writeln!(log, "{}", serde_json::to_string(&row)?)?;
                     done.insert(s.id.clone(), row);
                 }
                 log.flush()?;
@@ -280,26 +281,24 @@ impl Stage for Evaluate {
             }
         }
 
-        let mut rows: Vec<Row> = samples
-            .iter()
-            .filter_map(|s| done.get(&s.id).cloned())
-            .collect();
+        let mut rows: Vec<EvaluateRow> =
+            samples.iter().filter_map(|s| done.remove(&s.id)).collect();
         let summary = summary_row(&task.scorer, &rows);
         for r in &mut rows {
             // Per-position values feed the summary only; the table keeps the per-sample stats.
-            r.remove("kl_values");
-            r.remove("top1_same");
+            r.kl_values.clear();
+            r.top1_same = None;
         }
         let record = json!({
             "scorer": task.scorer,
-            "mean": summary.get("score"),
+            "mean": summary.score,
             "samples": rows.len(),
         });
         rows.push(summary);
         Ok(StageOutput {
             files: vec![],
             record,
-            rows,
+            rows: rows.iter().map(TableRow::to_row).collect(),
         })
     }
 }
@@ -385,43 +384,31 @@ fn fidelity(
 
 /// Mean, standard error and bootstrap interval of the sample scores; fidelity pooled over every
 /// answer position of every sample.
-fn summary_row(scorer: &str, rows: &[Row]) -> Row {
-    let scores: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.get("score").and_then(|v| v.as_f64()))
-        .collect();
-    let mut s = Row::new();
-    s.insert("row".into(), json!("summary"));
-    s.insert("scorer".into(), json!(scorer));
-    s.insert("samples".into(), json!(scores.len()));
-    s.insert("unscored".into(), json!(rows.len() - scores.len()));
-    s.insert("score".into(), json!(stats::mean(&scores)));
-    s.insert("score_se".into(), json!(stats::std_error(&scores)));
+fn summary_row(scorer: &str, rows: &[EvaluateRow]) -> EvaluateRow {
+    let scores: Vec<f64> = rows.iter().filter_map(|r| r.score).collect();
     let ci = stats::mean_interval(&scores);
-    s.insert("score_ci_lo".into(), json!(ci.map(|c| c.0)));
-    s.insert("score_ci_hi".into(), json!(ci.map(|c| c.1)));
     let mut f = Fidelity::default();
     for r in rows {
-        if let Some(kl) = r.get("kl_values").and_then(|v| v.as_array()) {
-            f.kl.extend(kl.iter().filter_map(|x| x.as_f64()));
-            f.top1_same += r.get("top1_same").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
-        }
+        f.kl.extend(&r.kl_values);
+        f.top1_same += r.top1_same.unwrap_or(0);
     }
-    if f.positions() > 0 {
-        s.insert("kl_mean".into(), json!(f.mean_kl()));
-        s.insert("kl_p99".into(), json!(f.p99_kl()));
-        s.insert("top1_agreement".into(), json!(f.top1_agreement()));
-        s.insert("kl_positions".into(), json!(f.positions()));
+    let compared = f.positions() > 0;
+    EvaluateRow {
+        row: "summary".into(),
+        scorer: scorer.into(),
+        samples: Some(scores.len()),
+        unscored: Some(rows.len() - scores.len()),
+        score: stats::mean(&scores),
+        score_se: stats::std_error(&scores),
+        score_ci_lo: ci.map(|c| c.0),
+        score_ci_hi: ci.map(|c| c.1),
+        kl_mean: f.mean_kl().filter(|_| compared),
+        kl_p99: f.p99_kl().filter(|_| compared),
+        top1_agreement: f.top1_agreement(),
+        kl_positions: compared.then(|| f.positions()),
+        output_tokens: Some(rows.iter().filter_map(|r| r.output_tokens).sum()),
+        ..Default::default()
     }
-    s.insert(
-        "output_tokens".into(),
-        json!(
-            rows.iter()
-                .filter_map(|r| r.get("output_tokens").and_then(|v| v.as_u64()))
-                .sum::<u64>()
-        ),
-    );
-    s
 }
 
 #[cfg(test)]

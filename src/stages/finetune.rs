@@ -7,10 +7,12 @@
 //! Nothing is written to the cache unless the whole run succeeds: an empty or malformed train
 //! split, a sequence longer than `max_seq` or the context, or a NaN loss is an error.
 
+use super::cells::{Device, Energy};
 use super::device_param;
-use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use super::{Column, Role, Stage, StageCtx, StageOutput};
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::GgmlDType;
+use engine::row::TableRow;
 use meter::{Scope, memory};
 use runtime::lora::{self, Example, LoraConfig, TrainOptions, Trainable};
 use serde_json::json;
@@ -19,7 +21,56 @@ use std::collections::BTreeMap;
 
 pub struct Finetune;
 
-use super::col as c;
+engine::table_row! {
+    /// One optimizer step (`row = "step"`), or the summary of the training
+    /// (`finetune.parquet`).
+    pub struct FinetuneRow {
+        /// step | summary
+        row: String,
+        /// optimizer step (null in the summary)
+        step: Option<usize>,
+        /// mean answer-token cross-entropy; summary: mean of the last k steps
+        loss: Option<f64>,
+        /// summary: mean loss of the first k steps
+        first_loss: Option<f64>,
+        /// step time; summary: the training loop (s)
+        seconds: f64,
+        /// tokens forwarded (padding excluded)
+        tokens: usize,
+        /// positions forwarded, padding included (rows × padded length)
+        padded_tokens: usize,
+        /// training tokens per second
+        tokens_per_s: Option<f64>,
+        /// lora | qlora
+        method: Option<String>,
+        /// LoRA rank
+        rank: Option<usize>,
+        /// optimizer steps
+        steps: Option<usize>,
+        /// training rows used
+        rows: Option<usize>,
+        /// adapter parameters
+        trainable_params: Option<usize>,
+        /// frozen weights as held in memory (B)
+        base_bytes: Option<u64>,
+        /// peak process RSS while training (B)
+        peak_rss_bytes: Option<u64>,
+        /// merging the adapter into the base (s)
+        merge_seconds: Option<f64>,
+        /// energy of the training loop (J); on the summary, energy_j = this + energy_merge_j
+        /// (C_train of N_break) and energy_net_j likewise
+        energy_train_j: Option<f64>,
+        /// energy of the merge (J), by the stage's meter: the merge runs on the host, so on a
+        /// GPU this is the board's (near-idle) energy meanwhile
+        energy_merge_j: Option<f64>,
+        /// random weights (random ids of the rows' size)
+        synthetic: Option<bool>,
+        groups {
+            energy: Energy,
+            device: Device,
+        }
+    }
+}
 
 /// `finetune`'s parameters as `run` reads them (defaults: [`Finetune::params`]).
 #[derive(Debug, serde::Deserialize)]
@@ -153,77 +204,7 @@ impl Stage for Finetune {
     }
     super::holds_the_machine!();
     fn table(&self) -> Vec<Column> {
-        vec![
-            c("row", ColType::Str, "step | summary"),
-            c("step", ColType::Int, "optimizer step (null in the summary)"),
-            c(
-                "loss",
-                ColType::Float,
-                "mean answer-token cross-entropy; summary: mean of the last k steps",
-            ),
-            c(
-                "first_loss",
-                ColType::Float,
-                "summary: mean loss of the first k steps",
-            ),
-            c(
-                "seconds",
-                ColType::Float,
-                "step time; summary: the training loop (s)",
-            ),
-            c(
-                "tokens",
-                ColType::Int,
-                "tokens forwarded (padding excluded)",
-            ),
-            c(
-                "padded_tokens",
-                ColType::Int,
-                "positions forwarded, padding included (rows × padded length)",
-            ),
-            c("tokens_per_s", ColType::Float, "training tokens per second"),
-            c("method", ColType::Str, "lora | qlora"),
-            c("rank", ColType::Int, "LoRA rank"),
-            c("steps", ColType::Int, "optimizer steps"),
-            c("rows", ColType::Int, "training rows used"),
-            c("trainable_params", ColType::Int, "adapter parameters"),
-            c(
-                "base_bytes",
-                ColType::Int,
-                "frozen weights as held in memory (B)",
-            ),
-            c(
-                "peak_rss_bytes",
-                ColType::Int,
-                "peak process RSS while training (B)",
-            ),
-            c(
-                "merge_seconds",
-                ColType::Float,
-                "merging the adapter into the base (s)",
-            ),
-            c(
-                "energy_train_j",
-                ColType::Float,
-                "energy of the training loop (J); on the summary, energy_j = this + energy_merge_j \
-                 (C_train of N_break) and energy_net_j likewise",
-            ),
-            c(
-                "energy_merge_j",
-                ColType::Float,
-                "energy of the merge (J), by the stage's meter: the merge runs on the host, so on \
-                 a GPU this is the board's (near-idle) energy meanwhile",
-            ),
-            c(
-                "synthetic",
-                ColType::Bool,
-                "random weights (random ids of the rows' size)",
-            ),
-        ]
-        .into_iter()
-        .chain(super::energy_columns())
-        .chain(super::gpu_columns())
-        .collect()
+        FinetuneRow::columns()
     }
     fn work_estimate(
         &self,
@@ -383,62 +364,56 @@ impl Stage for Finetune {
             serde_json::to_string_pretty(&model.peft_config(&base_name))?,
         )?;
 
-        let mut rows = vec![];
-        for l in &logs {
-            let mut r = Row::new();
-            r.insert("row".into(), json!("step"));
-            r.insert("step".into(), json!(l.step));
-            r.insert("loss".into(), json!(l.loss));
-            r.insert("seconds".into(), json!(l.seconds));
-            r.insert("tokens".into(), json!(l.tokens));
-            r.insert("padded_tokens".into(), json!(l.padded));
-            r.insert("tokens_per_s".into(), json!(l.tokens as f64 / l.seconds));
-            rows.push(r);
-        }
+        let mut rows: Vec<FinetuneRow> = logs
+            .iter()
+            .map(|l| FinetuneRow {
+                row: "step".into(),
+                step: Some(l.step),
+                loss: Some(l.loss),
+                seconds: l.seconds,
+                tokens: l.tokens,
+                padded_tokens: l.padded,
+                tokens_per_s: Some(l.tokens as f64 / l.seconds),
+                ..Default::default()
+            })
+            .collect();
         let tokens: usize = logs.iter().map(|l| l.tokens).sum();
         let padded: usize = logs.iter().map(|l| l.padded).sum();
-        let mut s = Row::new();
-        s.insert("row".into(), json!("summary"));
         // Step losses are of different rows: compare the mean of the first and the last `k` steps
         // (an epoch, or a quarter of the run when it is shorter than two epochs).
         let k = (steps / 2).min(per_epoch).max(1);
         let mean =
             |ls: &[lora::StepLog]| ls.iter().map(|l| l.loss).sum::<f64>() / ls.len().max(1) as f64;
-        s.insert(
-            "loss".into(),
-            json!(mean(&logs[logs.len().saturating_sub(k)..])),
-        );
-        s.insert("first_loss".into(), json!(mean(&logs[..k.min(logs.len())])));
-        s.insert("seconds".into(), json!(train_e.seconds));
-        s.insert("tokens".into(), json!(tokens));
-        s.insert("padded_tokens".into(), json!(padded));
-        s.insert(
-            "tokens_per_s".into(),
-            json!(tokens as f64 / train_e.seconds),
-        );
-        s.insert("method".into(), json!(method));
-        s.insert("rank".into(), json!(cfg.rank));
-        s.insert("steps".into(), json!(steps));
-        s.insert("rows".into(), json!(examples.len()));
-        s.insert("trainable_params".into(), json!(model.trainable_params()));
-        s.insert("base_bytes".into(), json!(model.base_bytes));
-        s.insert("peak_rss_bytes".into(), json!(peak));
-        s.insert("merge_seconds".into(), json!(merge_e.seconds));
-        train_e.columns(&mut s);
         let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
-        s.insert("energy_train_j".into(), json!(train_e.gross_j));
-        s.insert("energy_merge_j".into(), json!(merge_e.gross_j));
-        s.insert(
-            "energy_j".into(),
-            json!(sum(train_e.gross_j, merge_e.gross_j)),
-        );
-        s.insert(
-            "energy_net_j".into(),
-            json!(sum(train_e.net_j, merge_e.net_j)),
-        );
-        s.insert("meter".into(), json!(meter.describe()));
-        s.insert("synthetic".into(), json!(synthetic));
-        rows.push(s);
+        let train_energy = Energy::of(&train_e, &meter);
+        rows.push(FinetuneRow {
+            row: "summary".into(),
+            step: None,
+            loss: Some(mean(&logs[logs.len().saturating_sub(k)..])),
+            first_loss: Some(mean(&logs[..k.min(logs.len())])),
+            seconds: train_e.seconds,
+            tokens,
+            padded_tokens: padded,
+            tokens_per_s: Some(tokens as f64 / train_e.seconds),
+            method: Some(method.to_string()),
+            rank: Some(cfg.rank),
+            steps: Some(steps),
+            rows: Some(examples.len()),
+            trainable_params: Some(model.trainable_params()),
+            base_bytes: Some(model.base_bytes),
+            peak_rss_bytes: peak,
+            merge_seconds: Some(merge_e.seconds),
+            energy_train_j: train_e.gross_j,
+            energy_merge_j: merge_e.gross_j,
+            synthetic: Some(synthetic),
+            energy: Energy {
+                energy_j: sum(train_e.gross_j, merge_e.gross_j),
+                energy_net_j: sum(train_e.net_j, merge_e.net_j),
+                ..train_energy
+            },
+            device: Device::of(&train_e),
+        });
+        let rows = rows.iter().map(TableRow::to_row).collect();
         Ok(StageOutput {
             files: vec![
                 ("model.gguf".into(), merged),

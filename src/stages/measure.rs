@@ -2,16 +2,16 @@
 //! repetition that serves at least `requests` and lasts at least `min_window`; latency
 //! percentiles, energy per request and per token.
 
-use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use super::cells::{Device, Energy};
+use super::measuring::{cv, median, median_count, summary_energy, summary_samples};
+use super::{Column, Role, Stage, StageCtx, StageOutput};
 use anyhow::{Result, bail};
+use engine::row::TableRow;
 use meter::{WindowEnergy, memory};
 use metrics::stats;
 use runtime::generate::{GenOptions, Generation, generate_batch, generate_batch_ids};
 use serde_json::json;
 use spec::{Dim, Output, ParamSpec, Ty, Value};
-
-use super::col as c;
-use super::measuring::{base_row, summarise, summary_energy_labels};
 
 /// `measure`'s parameters as `run` reads them (defaults: [`Measure::params`]).
 #[derive(Debug, serde::Deserialize)]
@@ -27,6 +27,86 @@ struct Params {
 }
 
 pub struct Measure;
+
+engine::table_row! {
+    /// One window (`row = "repeat"`), or the summary of a batch size's windows
+    /// (`measure.parquet`).
+    pub struct MeasureRow {
+        /// repeat | summary (per batch size)
+        row: String,
+        /// repetition (null in summaries)
+        repeat: Option<usize>,
+        /// requests per forward pass
+        batch: usize,
+        /// requests served in the window (at least `requests`; more to fill `min_window`)
+        requests: usize,
+        /// requests served at this batch size before its windows
+        warmup_requests: usize,
+        /// the warm-up ended with two batches agreeing on tokens/s within 5 % (false: it
+        /// stopped at its limit of 10 batches, or `warmup = 0`)
+        warmup_stable: bool,
+        /// end tokens ignored
+        fixed_length: bool,
+        /// what was sent: the task's prompts, or random ids for a model without tokenizer
+        prompts: String,
+        /// generation budget per request
+        max_tokens: usize,
+        /// prompt tokens in the window
+        prompt_tokens: Option<usize>,
+        /// generated tokens (the model's own tokenizer)
+        output_tokens: Option<usize>,
+        /// window length (s)
+        seconds: Option<f64>,
+        /// generated tokens / window seconds; summary: median
+        tokens_per_s: Option<f64>,
+        /// coefficient of variation over repetitions
+        tokens_per_s_cv: Option<f64>,
+        /// prompt tokens / time to the first token of each batch
+        prompt_tokens_per_s: Option<f64>,
+        /// time to first token, mean (ms)
+        ttft_ms_mean: Option<f64>,
+        /// time to first token, p50 (ms)
+        ttft_ms_p50: Option<f64>,
+        /// time to first token, p90 (ms)
+        ttft_ms_p90: Option<f64>,
+        /// time to first token, p99 (ms)
+        ttft_ms_p99: Option<f64>,
+        /// inter-token latency, mean (ms)
+        itl_ms_mean: Option<f64>,
+        /// inter-token latency, p50 (ms)
+        itl_ms_p50: Option<f64>,
+        /// inter-token latency, p90 (ms)
+        itl_ms_p90: Option<f64>,
+        /// inter-token latency, p99 (ms)
+        itl_ms_p99: Option<f64>,
+        /// gross energy / requests (J)
+        energy_per_request_j: Option<f64>,
+        /// coefficient of variation over repetitions
+        energy_per_request_j_cv: Option<f64>,
+        /// net energy / requests (J)
+        energy_per_request_net_j: Option<f64>,
+        /// gross energy / generated tokens (J)
+        energy_per_token_j: Option<f64>,
+        /// gross energy / window seconds (W)
+        avg_power_w: Option<f64>,
+        /// peak process RSS in the window (B)
+        peak_rss_bytes: Option<u64>,
+        /// random weights
+        synthetic: bool,
+        /// which forward pass served the requests (CPU kernels; on a GPU, how decode steps
+        /// ran: op by op, fixed buffers, CUDA graphs)
+        forward_pass: String,
+        internal {
+            /// Summaries: each repetition's energy per request, for the join's intervals on
+            /// IPW (`report/join.rs`).
+            energy_per_request_j_reps: Vec<Option<f64>>,
+        }
+        groups {
+            energy: Energy,
+            device: Device,
+        }
+    }
+}
 impl Stage for Measure {
     engine::stage_meta!(
         "measure",
@@ -98,140 +178,10 @@ impl Stage for Measure {
     }
     super::holds_the_machine!();
     fn internal_row_keys(&self) -> &'static [&'static str] {
-        // Per-repetition energies per request: the join's intervals on IPW (`report/join.rs`).
-        &["energy_per_request_j_reps"]
+        MeasureRow::INTERNAL
     }
     fn table(&self) -> Vec<Column> {
-        let mut cols = vec![
-            c("row", ColType::Str, "repeat | summary (per batch size)"),
-            c("repeat", ColType::Int, "repetition (null in summaries)"),
-            c("batch", ColType::Int, "requests per forward pass"),
-            c(
-                "requests",
-                ColType::Int,
-                "requests served in the window (at least `requests`; more to fill `min_window`)",
-            ),
-            c(
-                "warmup_requests",
-                ColType::Int,
-                "requests served at this batch size before its windows",
-            ),
-            c(
-                "warmup_stable",
-                ColType::Bool,
-                "the warm-up ended with two batches agreeing on tokens/s within 5 % (false: \
-                 it stopped at its limit of 10 batches, or `warmup = 0`)",
-            ),
-            c("fixed_length", ColType::Bool, "end tokens ignored"),
-            c(
-                "prompts",
-                ColType::Str,
-                "what was sent: the task's prompts, or random ids for a model without tokenizer",
-            ),
-            c("max_tokens", ColType::Int, "generation budget per request"),
-            c("prompt_tokens", ColType::Int, "prompt tokens in the window"),
-            c(
-                "output_tokens",
-                ColType::Int,
-                "generated tokens (the model's own tokenizer)",
-            ),
-            c("seconds", ColType::Float, "window length (s)"),
-            c(
-                "tokens_per_s",
-                ColType::Float,
-                "generated tokens / window seconds; summary: median",
-            ),
-            c(
-                "tokens_per_s_cv",
-                ColType::Float,
-                "coefficient of variation over repetitions",
-            ),
-            c(
-                "prompt_tokens_per_s",
-                ColType::Float,
-                "prompt tokens / time to the first token of each batch",
-            ),
-            c(
-                "ttft_ms_mean",
-                ColType::Float,
-                "time to first token, mean (ms)",
-            ),
-            c(
-                "ttft_ms_p50",
-                ColType::Float,
-                "time to first token, p50 (ms)",
-            ),
-            c(
-                "ttft_ms_p90",
-                ColType::Float,
-                "time to first token, p90 (ms)",
-            ),
-            c(
-                "ttft_ms_p99",
-                ColType::Float,
-                "time to first token, p99 (ms)",
-            ),
-            c(
-                "itl_ms_mean",
-                ColType::Float,
-                "inter-token latency, mean (ms)",
-            ),
-            c(
-                "itl_ms_p50",
-                ColType::Float,
-                "inter-token latency, p50 (ms)",
-            ),
-            c(
-                "itl_ms_p90",
-                ColType::Float,
-                "inter-token latency, p90 (ms)",
-            ),
-            c(
-                "itl_ms_p99",
-                ColType::Float,
-                "inter-token latency, p99 (ms)",
-            ),
-            c(
-                "energy_per_request_j",
-                ColType::Float,
-                "gross energy / requests (J)",
-            ),
-            c(
-                "energy_per_request_j_cv",
-                ColType::Float,
-                "coefficient of variation over repetitions",
-            ),
-            c(
-                "energy_per_request_net_j",
-                ColType::Float,
-                "net energy / requests (J)",
-            ),
-            c(
-                "energy_per_token_j",
-                ColType::Float,
-                "gross energy / generated tokens (J)",
-            ),
-            c(
-                "avg_power_w",
-                ColType::Float,
-                "gross energy / window seconds (W)",
-            ),
-            c(
-                "peak_rss_bytes",
-                ColType::Int,
-                "peak process RSS in the window (B)",
-            ),
-            c("synthetic", ColType::Bool, "random weights"),
-            c(
-                "forward_pass",
-                ColType::Str,
-                "which forward pass served the requests (CPU kernels; on a GPU, how decode \
-                 steps ran: op by op, fixed buffers, CUDA graphs)",
-            ),
-        ];
-        cols.extend(super::energy_columns());
-        cols.extend(super::gpu_columns());
-        cols
+        MeasureRow::columns()
     }
     fn explain_failure(&self, e: anyhow::Error, ctx: &StageCtx) -> anyhow::Error {
         super::explain_model_failure(e, ctx)
@@ -321,97 +271,40 @@ impl Stage for Measure {
                     .message(&format!("batch {batch}, repetition {}", r + 1));
                 memory::reset_peak();
                 let ((gens, prefills), energy) = meter.window(|| serve(warmup, n, batch))?;
-                let mut row = base_row("repeat", Some(r), &meter);
-                row.insert("batch".into(), json!(batch));
-                row.insert("warmup_requests".into(), json!(warm.requests));
-                row.insert("warmup_stable".into(), json!(warm.stable));
-                row.insert(
-                    "peak_rss_bytes".into(),
-                    json!(memory::peak_rss_bytes().ok()),
-                );
-                request_stats(&gens, &prefills, &energy, &mut row);
-                row.insert("fixed_length".into(), json!(fixed));
-                row.insert(
-                    "prompts".into(),
-                    json!(if tok.is_some() {
+                let mut row = MeasureRow {
+                    row: "repeat".into(),
+                    repeat: Some(r),
+                    batch,
+                    warmup_requests: warm.requests,
+                    warmup_stable: warm.stable,
+                    peak_rss_bytes: memory::peak_rss_bytes().ok(),
+                    fixed_length: fixed,
+                    prompts: if tok.is_some() {
                         "task prompts, chat template"
                     } else {
                         "random ids of the prompts' length ≈ characters / 4 (no tokenizer)"
-                    }),
-                );
-                row.insert("max_tokens".into(), json!(max_tokens));
-                row.insert("synthetic".into(), json!(synthetic));
-                row.insert("forward_pass".into(), json!(model.forward_pass()));
-                energy.columns(&mut row);
+                    }
+                    .into(),
+                    max_tokens,
+                    synthetic,
+                    forward_pass: model.forward_pass().into(),
+                    energy: Energy::of(&energy, &meter),
+                    device: Device::of(&energy),
+                    ..Default::default()
+                };
+                request_stats(&gens, &prefills, &energy, &mut row);
                 reps.push(row);
                 done += 1;
                 ctx.progress.set_position(done);
             }
-            let mut summary = base_row("summary", None, &meter);
-            for k in [
-                "batch",
-                "requests",
-                "warmup_requests",
-                "warmup_stable",
-                "fixed_length",
-                "max_tokens",
-                "synthetic",
-                "prompts",
-                "forward_pass",
-            ] {
-                summary.insert(k.into(), reps[0][k].clone());
-            }
-            for k in [
-                "seconds",
-                "tokens_per_s",
-                "prompt_tokens_per_s",
-                "output_tokens",
-                "prompt_tokens",
-                "ttft_ms_mean",
-                "ttft_ms_p50",
-                "ttft_ms_p90",
-                "ttft_ms_p99",
-                "itl_ms_mean",
-                "itl_ms_p50",
-                "itl_ms_p90",
-                "itl_ms_p99",
-                "energy_j",
-                "energy_net_j",
-                "idle_power_w",
-                "energy_per_request_j",
-                "energy_per_request_net_j",
-                "energy_per_token_j",
-                "avg_power_w",
-                "peak_rss_bytes",
-                "energy_sampled_j",
-                "peak_power_w",
-                "gpu_memory_used_bytes",
-                "gpu_other_processes",
-            ] {
-                summarise(
-                    &reps,
-                    k,
-                    ["tokens_per_s", "energy_per_request_j"].contains(&k),
-                    &mut summary,
-                );
-            }
-            summary_energy_labels(&reps, &mut summary);
-            // Per-repetition energies per request, for intervals downstream (IPW).
-            summary.insert(
-                "energy_per_request_j_reps".into(),
-                json!(
-                    reps.iter()
-                        .map(|r| r["energy_per_request_j"].clone())
-                        .collect::<Vec<_>>()
-                ),
-            );
+            let summary = summary_row(&reps, &meter);
             rows.extend(reps);
             rows.push(summary);
         }
         Ok(StageOutput {
             files: vec![],
             record: json!({ "measured": "measure" }),
-            rows,
+            rows: rows.iter().map(TableRow::to_row).collect(),
         })
     }
 }
@@ -477,7 +370,12 @@ fn window_requests(
 }
 
 /// Latency, throughput and energy-per-unit cells of one repetition.
-fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, row: &mut Row) {
+fn request_stats(
+    gens: &[Generation],
+    prefills: &[f64],
+    energy: &WindowEnergy,
+    row: &mut MeasureRow,
+) {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let ttft: Vec<f64> = gens
         .iter()
@@ -491,38 +389,71 @@ fn request_stats(gens: &[Generation], prefills: &[f64], energy: &WindowEnergy, r
     let prompt: usize = gens.iter().map(|g| g.prompt_tokens).sum();
     let prefill: f64 = prefills.iter().sum();
     let n = gens.len();
-    row.insert("requests".into(), json!(n));
-    row.insert("prompt_tokens".into(), json!(prompt));
-    row.insert("output_tokens".into(), json!(output));
-    row.insert("seconds".into(), json!(energy.seconds));
-    row.insert("tokens_per_s".into(), json!(output as f64 / energy.seconds));
-    row.insert(
-        "prompt_tokens_per_s".into(),
-        json!((prefill > 0.0).then(|| prompt as f64 / prefill)),
-    );
-    for (name, xs) in [("ttft", &ttft), ("itl", &itl)] {
-        row.insert(format!("{name}_ms_mean"), json!(stats::mean(xs)));
-        for p in [50, 90, 99] {
-            row.insert(
-                format!("{name}_ms_p{p}"),
-                json!(stats::percentile(xs, p as f64)),
-            );
-        }
-    }
+    let pct = |xs: &[f64], p: f64| stats::percentile(xs, p);
     let per = |e: Option<f64>, d: usize| e.filter(|_| d > 0).map(|e| e / d as f64);
-    row.insert("energy_per_request_j".into(), json!(per(energy.gross_j, n)));
-    row.insert(
-        "energy_per_request_net_j".into(),
-        json!(per(energy.net_j, n)),
-    );
-    row.insert(
-        "energy_per_token_j".into(),
-        json!(per(energy.gross_j, output)),
-    );
-    row.insert(
-        "avg_power_w".into(),
-        json!(energy.gross_j.map(|e| e / energy.seconds)),
-    );
+    *row = MeasureRow {
+        requests: n,
+        prompt_tokens: Some(prompt),
+        output_tokens: Some(output),
+        seconds: Some(energy.seconds),
+        tokens_per_s: Some(output as f64 / energy.seconds),
+        prompt_tokens_per_s: (prefill > 0.0).then(|| prompt as f64 / prefill),
+        ttft_ms_mean: stats::mean(&ttft),
+        ttft_ms_p50: pct(&ttft, 50.0),
+        ttft_ms_p90: pct(&ttft, 90.0),
+        ttft_ms_p99: pct(&ttft, 99.0),
+        itl_ms_mean: stats::mean(&itl),
+        itl_ms_p50: pct(&itl, 50.0),
+        itl_ms_p90: pct(&itl, 90.0),
+        itl_ms_p99: pct(&itl, 99.0),
+        energy_per_request_j: per(energy.gross_j, n),
+        energy_per_request_net_j: per(energy.net_j, n),
+        energy_per_token_j: per(energy.gross_j, output),
+        avg_power_w: energy.gross_j.map(|e| e / energy.seconds),
+        ..std::mem::take(row)
+    };
+}
+
+/// A batch size's summary: medians of its repetitions (and the spread of tokens/s and energy
+/// per request), what they shared, and each repetition's energy per request.
+fn summary_row(reps: &[MeasureRow], meter: &meter::Metered) -> MeasureRow {
+    let first = &reps[0];
+    let m = |cell: fn(&MeasureRow) -> Option<f64>| median(reps, cell);
+    MeasureRow {
+        row: "summary".into(),
+        repeat: None,
+        prompts: first.prompts.clone(),
+        forward_pass: first.forward_pass.clone(),
+        seconds: m(|r| r.seconds),
+        tokens_per_s: m(|r| r.tokens_per_s),
+        tokens_per_s_cv: cv(reps, |r| r.tokens_per_s),
+        prompt_tokens_per_s: m(|r| r.prompt_tokens_per_s),
+        output_tokens: median_count(reps, |r| r.output_tokens),
+        prompt_tokens: median_count(reps, |r| r.prompt_tokens),
+        ttft_ms_mean: m(|r| r.ttft_ms_mean),
+        ttft_ms_p50: m(|r| r.ttft_ms_p50),
+        ttft_ms_p90: m(|r| r.ttft_ms_p90),
+        ttft_ms_p99: m(|r| r.ttft_ms_p99),
+        itl_ms_mean: m(|r| r.itl_ms_mean),
+        itl_ms_p50: m(|r| r.itl_ms_p50),
+        itl_ms_p90: m(|r| r.itl_ms_p90),
+        itl_ms_p99: m(|r| r.itl_ms_p99),
+        energy_per_request_j: m(|r| r.energy_per_request_j),
+        energy_per_request_j_cv: cv(reps, |r| r.energy_per_request_j),
+        energy_per_request_net_j: m(|r| r.energy_per_request_net_j),
+        energy_per_token_j: m(|r| r.energy_per_token_j),
+        avg_power_w: m(|r| r.avg_power_w),
+        peak_rss_bytes: median_count(reps, |r| r.peak_rss_bytes),
+        energy: summary_energy(reps, |r| &r.energy, meter),
+        device: Device {
+            gpu_memory_used_bytes: median_count(reps, |r| r.device.gpu_memory_used_bytes),
+            gpu_other_processes: median_count(reps, |r| r.device.gpu_other_processes),
+            ..summary_samples(reps, |r| &r.device)
+        },
+        energy_per_request_j_reps: reps.iter().map(|r| r.energy_per_request_j).collect(),
+        // What every repetition of the batch size shares.
+        ..first.clone()
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ macro_rules! holds_the_machine {
 }
 use holds_the_machine;
 
+pub mod cells;
 mod cold_load;
 mod evaluate;
 mod finetune;
@@ -28,6 +29,11 @@ pub mod load_probe;
 mod measure;
 mod measuring;
 mod quantize;
+pub use cold_load::ColdLoadRow;
+pub use evaluate::EvaluateRow;
+pub use finetune::FinetuneRow;
+pub use measure::MeasureRow;
+pub use quantize::QuantizeRow;
 pub use spec::PRECISIONS;
 mod sources;
 
@@ -274,111 +280,6 @@ pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
             .context("the task has no records")?,
         train: t.files.get("train").cloned(),
     })
-}
-
-/// The energy columns of every metered row (what [`meter::WindowEnergy::columns`] writes,
-/// without the GPU ones).
-pub(crate) fn energy_columns() -> Vec<Column> {
-    vec![
-        col(
-            "energy_j",
-            ColType::Float,
-            "gross energy of the measured work (J)",
-        ),
-        col(
-            "energy_net_j",
-            ColType::Float,
-            "energy minus idle power × window length (J)",
-        ),
-        col(
-            "idle_power_w",
-            ColType::Float,
-            "idle power before/after the window (W)",
-        ),
-        col(
-            "energy_source",
-            ColType::Str,
-            "counter | sampled | rapl | estimated (null: not measured)",
-        ),
-        col(
-            "energy_resolution_j",
-            ColType::Float,
-            "smallest step the meter resolves (J)",
-        ),
-        col(
-            "energy_null_reason",
-            ColType::Str,
-            "why the energy columns are null",
-        ),
-        col("meter", ColType::Str, "what measured the energy, and how"),
-    ]
-}
-
-/// The columns only a GPU meter fills (power samples, NVML device state) and the host columns of
-/// a window: every metered stage's table has them (null where not measured).
-pub(crate) fn gpu_columns() -> Vec<Column> {
-    vec![
-        col(
-            "energy_sampled_j",
-            ColType::Float,
-            "the window's energy from integrated power samples (GPU), beside the counter's",
-        ),
-        col(
-            "peak_power_w",
-            ColType::Float,
-            "highest sampled power in the window (W)",
-        ),
-        col(
-            "gpu_memory_used_bytes",
-            ColType::Int,
-            "GPU memory in use at the window's end (NVML, B)",
-        ),
-        col(
-            "gpu_memory_peak_bytes",
-            ColType::Int,
-            "highest GPU memory in use during the window (NVML, sampled with the power, B)",
-        ),
-        col(
-            "gpu_memory_used_before_bytes",
-            ColType::Int,
-            "GPU memory in use at the window's start (B)",
-        ),
-        col(
-            "gpu_sm_clock_mhz",
-            ColType::Int,
-            "SM clock at the window's end",
-        ),
-        col(
-            "gpu_mem_clock_mhz",
-            ColType::Int,
-            "memory clock at the window's end",
-        ),
-        col(
-            "gpu_temperature_c",
-            ColType::Int,
-            "GPU temperature at the window's end",
-        ),
-        col(
-            "gpu_power_limit_w",
-            ColType::Float,
-            "enforced power limit (W)",
-        ),
-        col(
-            "gpu_other_processes",
-            ColType::Int,
-            "other processes on the GPU at the window's edges: >0 means the energy is not this work's alone",
-        ),
-        col(
-            "host_steal_pct",
-            ColType::Float,
-            "share of all CPUs' time the hypervisor gave to other guests during the window (/proc/stat steal, %)",
-        ),
-        col(
-            "host_preemptions",
-            ColType::Int,
-            "times the thread running the work was preempted during the window (involuntary context switches)",
-        ),
-    ]
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 //! model, the random weights are generated straight into the target type. The output is byte-identical
 //! for the same input and precision, so an unchanged upstream leaves everything below cached.
 
-use super::{ColType, Column, Role, Row, Stage, StageCtx, StageOutput};
+use super::cells::{Device, Energy};
+use super::{Column, Role, Stage, StageCtx, StageOutput};
 use anyhow::{Context, Result, bail};
+use engine::row::TableRow;
 use runtime::gguf::{self, dtype_of, type_name};
 use runtime::hf;
 use runtime::synthetic;
@@ -16,6 +18,37 @@ use serde_json::json;
 use spec::{Output, ParamSpec, Ty};
 
 pub struct Quantize;
+
+engine::table_row! {
+    /// One conversion (`quantize.parquet`).
+    pub struct QuantizeRow {
+        /// target precision
+        precision: String,
+        /// most common tensor type of the input
+        source_type: String,
+        /// quantized input type when this was dequantize → requantize (lossy), else null
+        requantized_from: Option<String>,
+        /// random weights: valid for speed, energy and memory, never quality
+        synthetic: bool,
+        /// parameters (tensor elements)
+        params: u64,
+        /// bytes of the input: the GGUF file, or all files of a Hugging Face folder (null for
+        /// synthetic models, generated in place)
+        input_bytes: Option<u64>,
+        /// output file size
+        output_bytes: u64,
+        /// output tensor bits per parameter
+        bits_per_weight: f64,
+        /// matrices stored in another type (rows not a multiple of the block)
+        fallback_tensors: usize,
+        /// wall time of the conversion
+        seconds: f64,
+        groups {
+            energy: Energy,
+            device: Device,
+        }
+    }
+}
 
 fn is_quantized(t: &str) -> bool {
     !matches!(t, "f32" | "f16" | "bf16")
@@ -40,47 +73,7 @@ impl Stage for Quantize {
         .collect()
     }
     fn table(&self) -> Vec<Column> {
-        let c = super::col;
-        vec![
-            c("precision", ColType::Str, "target precision"),
-            c(
-                "source_type",
-                ColType::Str,
-                "most common tensor type of the input",
-            ),
-            c(
-                "requantized_from",
-                ColType::Str,
-                "quantized input type when this was dequantize → requantize (lossy), else null",
-            ),
-            c(
-                "synthetic",
-                ColType::Bool,
-                "random weights: valid for speed, energy and memory, never quality",
-            ),
-            c("params", ColType::Int, "parameters (tensor elements)"),
-            c(
-                "input_bytes",
-                ColType::Int,
-                "bytes of the input: the GGUF file, or all files of a Hugging Face folder (null for synthetic models, generated in place)",
-            ),
-            c("output_bytes", ColType::Int, "output file size"),
-            c(
-                "bits_per_weight",
-                ColType::Float,
-                "output tensor bits per parameter",
-            ),
-            c(
-                "fallback_tensors",
-                ColType::Int,
-                "matrices stored in another type (rows not a multiple of the block)",
-            ),
-            c("seconds", ColType::Float, "wall time of the conversion"),
-        ]
-        .into_iter()
-        .chain(super::energy_columns())
-        .chain(super::gpu_columns())
-        .collect()
+        QuantizeRow::columns()
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         let precision = ctx.param("precision").as_str().unwrap_or_default();
@@ -142,22 +135,20 @@ impl Stage for Quantize {
         let seconds = energy.seconds;
         let requantized_from =
             (!synthetic && is_quantized(r.source_type())).then_some(r.source_type());
-        let mut row = Row::new();
-        row.insert("precision".into(), json!(precision));
-        row.insert("source_type".into(), json!(r.source_type()));
-        row.insert("requantized_from".into(), json!(requantized_from));
-        row.insert("params".into(), json!(r.params));
-        row.insert("synthetic".into(), json!(synthetic));
-        row.insert("input_bytes".into(), json!(input_bytes));
-        row.insert("output_bytes".into(), json!(std::fs::metadata(&dst)?.len()));
-        row.insert(
-            "bits_per_weight".into(),
-            json!(r.output_tensor_bytes as f64 * 8.0 / r.params.max(1) as f64),
-        );
-        row.insert("fallback_tensors".into(), json!(r.fallbacks.len()));
-        row.insert("seconds".into(), json!(seconds));
-        energy.columns(&mut row);
-        row.insert("meter".into(), json!(meter.describe()));
+        let row = QuantizeRow {
+            precision: precision.into(),
+            source_type: r.source_type().into(),
+            requantized_from: requantized_from.map(str::to_string),
+            synthetic,
+            params: r.params,
+            input_bytes,
+            output_bytes: std::fs::metadata(&dst)?.len(),
+            bits_per_weight: r.output_tensor_bytes as f64 * 8.0 / r.params.max(1) as f64,
+            fallback_tensors: r.fallbacks.len(),
+            seconds,
+            energy: Energy::of(&energy, &meter),
+            device: Device::of(&energy),
+        };
         Ok(StageOutput {
             files: vec![("model.gguf".into(), dst)],
             record: json!({
@@ -167,7 +158,7 @@ impl Stage for Quantize {
                 "requantized_from": requantized_from,
                 "synthetic": synthetic,
             }),
-            rows: vec![row],
+            rows: vec![row.to_row()],
         })
     }
 }

@@ -77,3 +77,19 @@ pub fn run_json(out: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// Stage id → status, from what `edge-eval run --json` printed.
+#[allow(dead_code)] // not every test binary uses it
+pub fn statuses(json: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod exec;
 pub mod plan;
+pub mod row;
 pub mod stage;
 pub mod table;
 pub mod test_stage;

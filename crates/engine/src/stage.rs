@@ -56,6 +56,8 @@ pub enum ColType {
     Int,
     Float,
     Bool,
+    /// Microseconds since the epoch, UTC (a `Micros` field of a row struct).
+    Time,
 }
 
 #[derive(Debug, Clone, Copy)]

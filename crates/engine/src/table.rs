@@ -5,6 +5,7 @@
 //! Every file carries key-value metadata: pipeline name and digest, edge-eval version, hardware.
 
 use crate::exec::{Outcome, RunReport};
+use crate::row::{Micros, TableRow};
 use crate::stage::{ColType, Column, Registry, Row};
 use anyhow::{Context, Result};
 use arrow_array::builder::{
@@ -53,6 +54,7 @@ impl From<ColType> for Ty {
             ColType::Int => Ty::Int,
             ColType::Float => Ty::Float,
             ColType::Bool => Ty::Bool,
+            ColType::Time => Ty::Time,
         }
     }
 }
@@ -65,6 +67,16 @@ impl Table {
             let meta = std::collections::HashMap::from([("description".into(), doc.into())]);
             *f = f.clone().with_metadata(meta);
         }
+    }
+
+    /// A table of declared columns, each described by its documentation.
+    pub fn of(columns: &[Column]) -> Table {
+        let cols: Vec<(&str, Ty)> = columns.iter().map(|c| (c.name, Ty::from(c.ty))).collect();
+        let mut t = Table::new(&cols);
+        for c in columns {
+            t.describe(c.name, c.doc);
+        }
+        t
     }
 
     pub fn new(columns: &[(&str, Ty)]) -> Table {
@@ -200,66 +212,71 @@ pub fn write_parquet(
     Ok(())
 }
 
-const RUN_COLUMNS: &[(&str, Ty)] = &[
-    ("pipeline", Ty::Str),
-    ("stage_id", Ty::Str),
-    ("kind", Ty::Str),
-    ("status", Ty::Str),
-    ("error", Ty::Str),
-    ("cache_key", Ty::Str),
-    ("output_digest", Ty::Str),
-    ("device", Ty::Str),
-    ("measuring", Ty::Bool),
-    ("started_at", Ty::Time),
-    ("finished_at", Ty::Time),
-    ("seconds", Ty::Float),
-    ("computed_at", Ty::Time),
-    ("computed_seconds", Ty::Float),
-    ("computed_on", Ty::Str),
-    ("computed_by_version", Ty::Str),
-    ("hardware", Ty::Str),
-];
+crate::table_row! {
+    /// One stage instance of a run (`runs.parquet`).
+    pub struct RunRow {
+        /// the pipeline's name
+        pipeline: String,
+        /// the stage's id in the pipeline
+        stage_id: String,
+        /// the stage kind
+        kind: String,
+        /// ran | cached | failed | skipped
+        status: String,
+        /// why the stage failed (null otherwise)
+        error: Option<String>,
+        /// the stage's cache key
+        cache_key: Option<String>,
+        /// the digest of the stage's output (what downstream keys contain)
+        output_digest: Option<String>,
+        /// where the stage runs
+        device: String,
+        /// whether the stage measures (then it held its device alone)
+        measuring: bool,
+        /// when this run started the stage (or found it cached)
+        started_at: Option<Micros>,
+        /// when this run finished with the stage
+        finished_at: Option<Micros>,
+        /// seconds this run spent on the stage
+        seconds: Option<f64>,
+        /// when the result was computed (earlier than started_at for a cached result)
+        computed_at: Option<Micros>,
+        /// seconds the computation took
+        computed_seconds: Option<f64>,
+        /// the host that computed the result
+        computed_on: Option<String>,
+        /// the edge-eval version that computed the result
+        computed_by_version: Option<String>,
+        /// the hardware fingerprint in the key of a measuring stage
+        hardware: Option<String>,
+    }
+}
 
-fn outcome_row(
-    p: &Pipeline,
-    stages: &Registry,
-    i: usize,
-    o: &Outcome,
-) -> serde_json::Map<String, serde_json::Value> {
-    use serde_json::json;
+fn outcome_row(p: &Pipeline, stages: &Registry, i: usize, o: &Outcome) -> RunRow {
     let node = &p.nodes[i];
     let m = o.manifest.as_deref();
-    let mut row = serde_json::Map::new();
-    row.insert("pipeline".into(), json!(p.name));
-    row.insert("stage_id".into(), json!(node.id));
-    row.insert("kind".into(), json!(node.kind()));
-    row.insert("status".into(), json!(o.status.as_str()));
-    row.insert("error".into(), json!(o.error));
-    row.insert("cache_key".into(), json!(o.key));
-    row.insert("output_digest".into(), json!(m.map(|m| &m.output_digest)));
-    row.insert("device".into(), json!(node.device().to_string()));
-    row.insert(
-        "measuring".into(),
-        json!(stages.of(node).measuring(&node.params)),
-    );
-    row.insert("started_at".into(), json!(o.started_us));
-    row.insert("finished_at".into(), json!(o.finished_us));
-    row.insert("seconds".into(), json!(o.seconds));
-    row.insert("computed_at".into(), json!(m.map(|m| m.started_us)));
-    row.insert("computed_seconds".into(), json!(m.map(|m| m.seconds)));
-    row.insert("computed_on".into(), json!(m.map(|m| &m.provenance.host)));
-    row.insert(
-        "computed_by_version".into(),
-        json!(m.map(|m| &m.provenance.edge_eval_version)),
-    );
-    row.insert(
-        "hardware".into(),
-        json!(
-            m.and_then(|m| m.components.get("hardware"))
-                .filter(|h| !h.is_null())
-        ),
-    );
-    row
+    RunRow {
+        pipeline: p.name.clone(),
+        stage_id: node.id.clone(),
+        kind: node.kind().into(),
+        status: o.status.as_str().into(),
+        error: o.error.clone(),
+        cache_key: o.key.clone(),
+        output_digest: m.map(|m| m.output_digest.clone()),
+        device: node.device().to_string(),
+        measuring: stages.of(node).measuring(&node.params),
+        started_at: o.started_us.map(Micros),
+        finished_at: o.finished_us.map(Micros),
+        seconds: o.seconds,
+        computed_at: m.map(|m| Micros(m.started_us)),
+        computed_seconds: m.map(|m| m.seconds),
+        computed_on: m.map(|m| m.provenance.host.clone()),
+        computed_by_version: m.map(|m| m.provenance.edge_eval_version.clone()),
+        hardware: m
+            .and_then(|m| m.components.get("hardware"))
+            .and_then(|h| h.as_str())
+            .map(str::to_string),
+    }
 }
 
 /// Key-value metadata every table of a run carries.
@@ -327,6 +344,25 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The columns that lead every `<kind>.parquet`: which stage of the run the row is of.
+const KEYS: [Column; 3] = [
+    Column {
+        name: "stage_id",
+        ty: ColType::Str,
+        doc: "the stage's id in the pipeline",
+    },
+    Column {
+        name: "cache_key",
+        ty: ColType::Str,
+        doc: "the stage's cache key",
+    },
+    Column {
+        name: "status",
+        ty: ColType::Str,
+        doc: "ran | cached (this run)",
+    },
+];
+
 /// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows; returns the paths.
 pub fn write_run_tables(
     p: &Pipeline,
@@ -338,11 +374,11 @@ pub fn write_run_tables(
     let meta = run_metadata(p, hardware);
     let mut written = vec![];
 
-    let mut runs = Table::new(RUN_COLUMNS);
+    let mut runs = Table::of(&RunRow::columns());
     let mut per_kind: BTreeMap<&str, (Vec<Column>, Vec<Row>)> = BTreeMap::new();
     for (i, o) in report.outcomes.iter().enumerate() {
         let Some(o) = o else { continue };
-        runs.push(&outcome_row(p, stages, i, o))?;
+        runs.push(&outcome_row(p, stages, i, o).to_row())?;
         let node = &p.nodes[i];
         let stage = stages.of(node);
         let columns = stage.table();
@@ -365,16 +401,7 @@ pub fn write_run_tables(
     written.push(path);
 
     for (kind, (columns, rows)) in per_kind {
-        let mut cols: Vec<(&str, Ty)> = vec![
-            ("stage_id", Ty::Str),
-            ("cache_key", Ty::Str),
-            ("status", Ty::Str),
-        ];
-        cols.extend(columns.iter().map(|c| (c.name, Ty::from(c.ty))));
-        let mut t = Table::new(&cols);
-        for c in &columns {
-            t.describe(c.name, c.doc);
-        }
+        let mut t = Table::of(&[KEYS.as_slice(), &columns].concat());
         for r in &rows {
             t.push(r).with_context(|| format!("table {kind}"))?;
         }

@@ -5,7 +5,8 @@
 //! slow; `fail` makes it fail with that message; `exclusive = true` makes it a measuring stage;
 //! `device = cuda(N)` makes a batch scheduler allocate it a GPU (it never touches one).
 
-use crate::stage::{ColType, Column, Role, Stage, StageCtx, StageOutput, read};
+use crate::row::TableRow;
+use crate::stage::{Column, Role, Stage, StageCtx, StageOutput, read};
 use anyhow::{Result, bail};
 use serde_json::json;
 use spec::{Output, ParamSpec, Ty, Value};
@@ -13,6 +14,20 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 pub struct TestStage;
+
+crate::table_row! {
+    /// What the test stage did (`test_stage.parquet`).
+    pub struct TestRow {
+        /// size of the output
+        bytes: usize,
+        /// number of inputs
+        inputs: usize,
+        /// the emitted text
+        emit: String,
+        /// CUDA_VISIBLE_DEVICES as the stage saw it (a scheduler's GPU allocation)
+        visible_gpus: Option<String>,
+    }
+}
 
 impl Stage for TestStage {
     crate::stage_meta!(
@@ -65,28 +80,7 @@ impl Stage for TestStage {
         params.get("threads").and_then(Value::as_i64).unwrap_or(1) as usize
     }
     fn table(&self) -> Vec<Column> {
-        vec![
-            Column {
-                name: "bytes",
-                ty: ColType::Int,
-                doc: "size of the output",
-            },
-            Column {
-                name: "inputs",
-                ty: ColType::Int,
-                doc: "number of inputs",
-            },
-            Column {
-                name: "emit",
-                ty: ColType::Str,
-                doc: "the emitted text",
-            },
-            Column {
-                name: "visible_gpus",
-                ty: ColType::Str,
-                doc: "CUDA_VISIBLE_DEVICES as the stage saw it (a scheduler's GPU allocation)",
-            },
-        ]
+        TestRow::columns()
     }
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput> {
         let sleep = ctx.param("sleep_ms").as_i64().unwrap_or(0) as u64;
@@ -114,21 +108,16 @@ impl Stage for TestStage {
             }
         }
         std::fs::write(&out_path, &bytes)?;
-        let mut row = crate::stage::Row::new();
-        row.insert("bytes".into(), json!(bytes.len()));
-        row.insert("inputs".into(), json!(inputs.len()));
-        row.insert(
-            "emit".into(),
-            json!(ctx.param("emit").as_str().unwrap_or("")),
-        );
-        row.insert(
-            "visible_gpus".into(),
-            json!(std::env::var("CUDA_VISIBLE_DEVICES").ok()),
-        );
+        let row = TestRow {
+            bytes: bytes.len(),
+            inputs: inputs.len(),
+            emit: ctx.param("emit").as_str().unwrap_or("").into(),
+            visible_gpus: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+        };
         Ok(StageOutput {
             files: vec![("out".into(), out_path)],
             record: json!({}),
-            rows: vec![row],
+            rows: vec![row.to_row()],
         })
     }
 }

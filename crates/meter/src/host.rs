@@ -4,8 +4,6 @@
 //! On a lent VM a GPU decode step is mostly host work (kernel launches), so a window slowed by
 //! the host shows here; both are null where the kernel does not report them.
 
-use serde_json::{Map, Value, json};
-
 /// The host counters at one instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HostSample {
@@ -27,22 +25,32 @@ impl HostSample {
         }
     }
 
-    /// `host_steal_pct` (percent of all CPUs' time stolen between `self` and `later`) and
-    /// `host_preemptions` (of the thread that took both samples).
-    pub fn columns(&self, later: &HostSample, out: &mut Map<String, Value>) {
-        let steal = match (self.ticks, later.ticks) {
+    /// What the host did between `self` and `later`.
+    pub fn since(&self, later: &HostSample) -> HostShare {
+        let steal_pct = match (self.ticks, later.ticks) {
             (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
                 Some(100.0 * s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
             }
             _ => None,
         };
-        let preempted = self
+        let preemptions = self
             .preemptions
             .zip(later.preemptions)
             .map(|(a, b)| b.saturating_sub(a));
-        out.insert("host_steal_pct".into(), json!(steal));
-        out.insert("host_preemptions".into(), json!(preempted));
+        HostShare {
+            steal_pct,
+            preemptions,
+        }
     }
+}
+
+/// The host's share of a window: null where the kernel does not report a counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostShare {
+    /// Percent of all CPUs' time stolen by the hypervisor.
+    pub steal_pct: Option<f64>,
+    /// Times the thread that took both samples was preempted.
+    pub preemptions: Option<u64>,
 }
 
 /// (steal, total) from `/proc/stat`'s aggregate `cpu` line: user nice system idle iowait irq
@@ -87,19 +95,18 @@ mod tests {
             ticks: cpu_ticks(&stat(40, 1270)),
             preemptions: Some(11),
         };
-        let mut row = Map::new();
-        a.columns(&b, &mut row);
+        let share = a.since(&b);
         // 30 of the 300 ticks that passed were stolen.
-        assert_eq!(row["host_steal_pct"], json!(10.0));
-        assert_eq!(row["host_preemptions"], json!(7));
+        assert_eq!(share.steal_pct, Some(10.0));
+        assert_eq!(share.preemptions, Some(7));
         // Unreadable counters give nulls, not zeros.
         let none = HostSample {
             ticks: cpu_ticks("intr 5\n"),
             preemptions: preemptions(""),
         };
-        none.columns(&b, &mut row);
-        assert_eq!(row["host_steal_pct"], Value::Null);
-        assert_eq!(row["host_preemptions"], Value::Null);
+        let share = none.since(&b);
+        assert_eq!(share.steal_pct, None);
+        assert_eq!(share.preemptions, None);
         // A real sample on this machine reads (Linux).
         let now = HostSample::take();
         assert!(now.ticks.is_some() && now.preemptions.is_some(), "{now:?}");

@@ -11,6 +11,7 @@
 //! When no meter can be had, every energy figure is null with the reason, never 0.
 
 pub mod host;
+pub use host::HostShare;
 pub mod hw;
 pub mod memory;
 pub mod nvml;
@@ -18,7 +19,6 @@ pub mod pagecache;
 mod rapl;
 
 use anyhow::Result;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 pub use nvml::NvmlMeter;
@@ -74,15 +74,28 @@ pub trait Meter: Send {
         None
     }
     /// The highest sampled power since the last call (then restarts; so does the memory peak
-    /// a GPU meter reports as `gpu_memory_peak_bytes` in [`Meter::snapshot`]).
+    /// a GPU meter reports as `memory_peak_bytes` in [`Meter::snapshot`]).
     fn take_peak_power_w(&mut self) -> Option<f64> {
         None
     }
-    /// Device state worth recording with each window (GPU memory used, clocks, temperature,
-    /// power limit, other processes on the device); empty for CPU meters.
-    fn snapshot(&mut self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::Map::new()
+    /// Device state worth recording with each window; all empty for CPU meters.
+    fn snapshot(&mut self) -> GpuState {
+        GpuState::default()
     }
+}
+
+/// A GPU's state at one instant (NVML), each reading None where it could not be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GpuState {
+    pub memory_used_bytes: Option<u64>,
+    /// The highest memory in use the sampler saw since the window opened (at least `used`).
+    pub memory_peak_bytes: Option<u64>,
+    pub sm_clock_mhz: Option<u32>,
+    pub mem_clock_mhz: Option<u32>,
+    pub temperature_c: Option<u32>,
+    pub power_limit_w: Option<f64>,
+    /// Compute processes on the GPU other than this one.
+    pub other_processes: Option<usize>,
 }
 
 /// Whose CPU time an estimate counts.
@@ -155,9 +168,13 @@ pub struct WindowEnergy {
     /// The same window from power samples, where the meter samples.
     pub sampled_j: Option<f64>,
     pub peak_power_w: Option<f64>,
-    /// Device state at the end of the window (see [`Meter::snapshot`]), plus
-    /// `gpu_memory_used_before_bytes` and the most other processes seen at either edge.
-    pub device: serde_json::Map<String, serde_json::Value>,
+    /// Device state at the end of the window (see [`Meter::snapshot`]), except
+    /// `other_processes`: the most seen at either edge.
+    pub device: GpuState,
+    /// GPU memory in use when the window opened.
+    pub gpu_memory_used_before_bytes: Option<u64>,
+    /// What the host did during the window.
+    pub host: host::HostShare,
 }
 
 impl WindowEnergy {
@@ -173,35 +190,16 @@ impl WindowEnergy {
             null_reason: Some(why.to_string()),
             sampled_j: None,
             peak_power_w: None,
-            device: Default::default(),
-        }
-    }
-
-    /// Columns every measuring row carries (`energy_*`, `idle_power_w`).
-    pub fn columns(&self, row: &mut serde_json::Map<String, serde_json::Value>) {
-        row.insert("energy_j".into(), json!(self.gross_j));
-        row.insert("energy_net_j".into(), json!(self.net_j));
-        row.insert("idle_power_w".into(), json!(self.idle_w));
-        row.insert(
-            "energy_source".into(),
-            json!(self.source.map(Source::as_str)),
-        );
-        row.insert("energy_resolution_j".into(), json!(self.resolution_j));
-        row.insert("energy_null_reason".into(), json!(self.null_reason));
-        row.insert("energy_sampled_j".into(), json!(self.sampled_j));
-        row.insert("peak_power_w".into(), json!(self.peak_power_w));
-        for (k, v) in &self.device {
-            row.insert(k.clone(), v.clone());
+            device: GpuState::default(),
+            gpu_memory_used_before_bytes: None,
+            host: host::HostShare::default(),
         }
     }
 
     /// Other processes were on the device at an edge of the window: its energy is not this
     /// work's alone.
     pub fn contended(&self) -> bool {
-        self.device
-            .get("gpu_other_processes")
-            .and_then(|v| v.as_u64())
-            .is_some_and(|n| n > 0)
+        self.device.other_processes.is_some_and(|n| n > 0)
     }
 }
 
@@ -280,36 +278,29 @@ impl Metered {
         let peak = meter.take_peak_power_w();
         let mut device = meter.snapshot();
         let after = (!idle.is_zero()).then(|| idle_power(meter.as_mut(), idle));
-        if let Some(m) = snap0.get("gpu_memory_used_bytes") {
-            device.insert("gpu_memory_used_before_bytes".into(), m.clone());
-        }
-        let others = |s: &serde_json::Map<String, serde_json::Value>| {
-            s.get("gpu_other_processes").and_then(|v| v.as_u64())
+        device.other_processes = snap0.other_processes.max(device.other_processes);
+        let edges = |e: WindowEnergy| WindowEnergy {
+            device,
+            gpu_memory_used_before_bytes: snap0.memory_used_bytes,
+            host: host0.since(&host1),
+            ..e
         };
-        if let Some(n) = others(&snap0).max(others(&device)) {
-            device.insert("gpu_other_processes".into(), json!(n));
-        }
-        host0.columns(&host1, &mut device);
         let energy = match (start, end) {
             // No device draws nothing: a reading that did not move means the meter updates less
             // often than the window lasted (NVML's counter steps every few tens of ms), not 0 J.
-            (Ok(s), Ok(e)) if e - s <= 0.0 => WindowEnergy {
-                device,
-                ..WindowEnergy::unmeasured(
-                    seconds,
-                    &format!(
-                        "the meter did not advance during this {seconds:.3} s window (it updates \
-                         less often): measure a longer window (more requests or repetitions)"
-                    ),
-                )
-            },
+            (Ok(s), Ok(e)) if e - s <= 0.0 => edges(WindowEnergy::unmeasured(
+                seconds,
+                &format!(
+                    "the meter did not advance during this {seconds:.3} s window (it updates \
+                     less often): measure a longer window (more requests or repetitions)"
+                ),
+            )),
             (Ok(s), Ok(e)) => {
                 let idle_w = match (before, after) {
                     (Some(Ok(b)), Some(Ok(a))) => Some((b + a) / 2.0),
                     _ => None,
                 };
-                WindowEnergy {
-                    seconds,
+                edges(WindowEnergy {
                     gross_j: Some(e - s),
                     net_j: idle_w.map(|w| e - s - w * seconds),
                     idle_w,
@@ -318,13 +309,13 @@ impl Metered {
                     null_reason: None,
                     sampled_j: sampled0.zip(sampled1).map(|(a, b)| b - a),
                     peak_power_w: peak,
-                    device,
-                }
+                    ..WindowEnergy::unmeasured(seconds, "")
+                })
             }
-            (Err(e), _) | (_, Err(e)) => WindowEnergy {
-                device,
-                ..WindowEnergy::unmeasured(seconds, &format!("meter read failed: {e:#}"))
-            },
+            (Err(e), _) | (_, Err(e)) => edges(WindowEnergy::unmeasured(
+                seconds,
+                &format!("meter read failed: {e:#}"),
+            )),
         };
         Ok((out, energy))
     }
@@ -542,10 +533,8 @@ pub(crate) mod tests {
         let (_, e) = m.window(|| Ok(())).unwrap();
         assert_eq!(e.gross_j, None);
         assert_eq!(e.null_reason.as_deref(), Some("no counter"));
-        let mut row = serde_json::Map::new();
-        e.columns(&mut row);
-        assert_eq!(row["energy_j"], serde_json::Value::Null);
-        assert_eq!(row["energy_source"], serde_json::Value::Null);
+        assert_eq!(e.net_j, None);
+        assert_eq!(e.source, None);
     }
 
     #[test]

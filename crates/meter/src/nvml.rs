@@ -10,11 +10,10 @@
 //! moving average on Ampere and later, which lags every change of load by up to a second and so
 //! under-reads short busy windows. The same thread records the peak of GPU memory in use.
 
-use super::{Meter, Source};
+use super::{GpuState, Meter, Source};
 use anyhow::{Context, Result};
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
-use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -241,42 +240,25 @@ impl Meter for NvmlMeter {
         s.peak_memory = None;
         peak
     }
-    fn snapshot(&mut self) -> serde_json::Map<String, serde_json::Value> {
-        let mut m = serde_json::Map::new();
+    fn snapshot(&mut self) -> GpuState {
         let Ok(dev) = self.nvml.device_by_index(self.index) else {
-            return m;
+            return GpuState::default();
         };
         let used = dev.memory_info().ok().map(|i| i.used);
-        m.insert("gpu_memory_used_bytes".into(), json!(used));
-        // The sampler's peak since the window opened (take_peak_power_w), at least what is in
-        // use now.
-        let peak = self.samples.lock().unwrap().peak_memory.max(used);
-        m.insert("gpu_memory_peak_bytes".into(), json!(peak));
-        m.insert(
-            "gpu_sm_clock_mhz".into(),
-            json!(dev.clock_info(Clock::SM).ok()),
-        );
-        m.insert(
-            "gpu_mem_clock_mhz".into(),
-            json!(dev.clock_info(Clock::Memory).ok()),
-        );
-        m.insert(
-            "gpu_temperature_c".into(),
-            json!(dev.temperature(TemperatureSensor::Gpu).ok()),
-        );
-        m.insert(
-            "gpu_power_limit_w".into(),
-            json!(dev.enforced_power_limit().ok().map(|mw| mw as f64 / 1000.0)),
-        );
         let me = std::process::id();
-        m.insert(
-            "gpu_other_processes".into(),
-            json!(
-                dev.running_compute_processes()
-                    .ok()
-                    .map(|ps| ps.iter().filter(|p| p.pid != me).count())
-            ),
-        );
-        m
+        GpuState {
+            memory_used_bytes: used,
+            // The sampler's peak since the window opened (take_peak_power_w), at least what is
+            // in use now.
+            memory_peak_bytes: self.samples.lock().unwrap().peak_memory.max(used),
+            sm_clock_mhz: dev.clock_info(Clock::SM).ok(),
+            mem_clock_mhz: dev.clock_info(Clock::Memory).ok(),
+            temperature_c: dev.temperature(TemperatureSensor::Gpu).ok(),
+            power_limit_w: dev.enforced_power_limit().ok().map(|mw| mw as f64 / 1000.0),
+            other_processes: dev
+                .running_compute_processes()
+                .ok()
+                .map(|ps| ps.iter().filter(|p| p.pid != me).count()),
+        }
     }
 }
