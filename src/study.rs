@@ -21,7 +21,11 @@ pub fn run(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<Stu
     let report = exec::execute(pipeline, &REGISTRY, cache_dir, s)?;
     let fingerprint = Hardware::detect(s.threads).fingerprint(spec::Device::Cpu);
     let mut tables = engine::table::write_run_tables(pipeline, &REGISTRY, &report, &fingerprint)?;
-    let metrics = crate::report::compute(pipeline, &report);
+    // As rows: the views show any table's rows, `edge-eval report` those read back from Parquet.
+    let metrics: Vec<Row> = crate::report::compute(pipeline, &report)
+        .iter()
+        .map(engine::row::TableRow::to_row)
+        .collect();
     if !metrics.is_empty() {
         let meta = engine::table::run_metadata(pipeline, &fingerprint);
         tables.extend(crate::report::write(

@@ -1,12 +1,12 @@
 //! The join: a run's results → one row per variant × task with the five metrics.
 
+use super::MetricsRow;
 use crate::stages::cells::Energy;
-use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow, Row};
+use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow};
 use engine::exec::RunReport;
-use engine::row::TableRow;
+use engine::row::{Extended, TableRow};
 use lang::Pipeline;
 use metrics::{Metric, c_tax, ipw, n_break, q_ret, rho_sys};
-use serde_json::json;
 use spec::{NodeIdx, Value};
 
 /// The rows node `i` stored in this run, read as its table's row type `R` (a group such as
@@ -131,24 +131,13 @@ fn summary_of<R>(rows: &[R], row: impl Fn(&R) -> &str) -> impl Iterator<Item = &
     rows.iter().filter(move |r| row(r) == "summary")
 }
 
-fn put(row: &mut Row, name: &str, m: &Metric, reasons: &mut Vec<String>) {
-    let v = match m.value {
-        Some(x) if x.is_infinite() => json!("inf"),
-        x => json!(x),
-    };
-    row.insert(name.into(), v);
-    if m.lo.is_some() {
-        let base = name.trim_end_matches("_pct");
-        row.insert(format!("{base}_ci_lo"), json!(m.lo));
-        row.insert(format!("{base}_ci_hi"), json!(m.hi));
-    }
-    if let Some(why) = &m.null_reason {
-        reasons.push(format!("{name}: {why}"));
-    }
+/// A metric's value as its column stores it (infinity included).
+fn value(m: &Metric) -> Option<Extended> {
+    m.value.map(Extended)
 }
 
 /// One metrics row per variant × task of the run.
-pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
+pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
     let baseline = p
         .setting("report.baseline")
         .and_then(Value::as_str)
@@ -186,27 +175,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         let cold = cold
             .as_deref()
             .and_then(|r| summary_of(r, |r| &r.row).next());
-        let mut reasons = vec![];
-        let mut row = Row::new();
-        row.insert("variant".into(), json!(p.nodes[m].id));
-        row.insert("model".into(), json!(lin.source));
-        row.insert("method".into(), json!(lin.method));
-        row.insert("precision".into(), json!(lin.precision));
-        row.insert(
-            "task".into(),
-            json!(p.nodes[t].id.split_once(':').map_or("", |x| x.1)),
-        );
-        row.insert("device".into(), json!(p.nodes[m].device().to_string()));
         let synthetic = meas_sum.is_some_and(|s| s.synthetic) || cold.is_some_and(|c| c.synthetic);
-        row.insert("synthetic".into(), json!(synthetic));
-        let e = |cell: fn(&EvaluateRow) -> Option<f64>| json!(eval_sum.and_then(cell));
-        row.insert("score".into(), e(|s| s.score));
-        row.insert("score_ci_lo".into(), e(|s| s.score_ci_lo));
-        row.insert("score_ci_hi".into(), e(|s| s.score_ci_hi));
-        row.insert("kl_mean".into(), e(|s| s.kl_mean));
-        row.insert("kl_p99".into(), e(|s| s.kl_p99));
-        row.insert("top1_agreement".into(), e(|s| s.top1_agreement));
-        row.insert("samples".into(), json!(eval_sum.and_then(|s| s.samples)));
         // Q_ret against the baseline sibling.
         let base_eval = lin.quantized_from.and_then(|up| {
             (0..p.nodes.len())
@@ -226,25 +195,13 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
                 "no evaluated `{baseline}` baseline of the same model"
             )),
         };
-        put(&mut row, "q_ret_pct", &qr, &mut reasons);
         let per_req = meas_sum.and_then(|s| s.energy_per_request_j);
         let per_req_net = meas_sum.and_then(|s| s.energy_per_request_net_j);
         let tps = meas_sum.and_then(|s| s.tokens_per_s);
-        row.insert("tokens_per_s".into(), json!(tps));
-        row.insert("at_batch".into(), json!(meas_sum.map(|s| s.batch)));
-        row.insert("energy_per_request_j".into(), json!(per_req));
-        row.insert("energy_per_request_net_j".into(), json!(per_req_net));
         // On a GPU the model's memory is the device memory the load took (NVML); on the CPU the
         // process's RSS growth.
-        let resident = cold
-            .and_then(|c| c.gpu_resident_bytes.or(c.resident_bytes))
-            .map(|b| b as f64);
-        let peak = cold.and_then(|c| c.peak_bytes).map(|b| b as f64);
-        row.insert(
-            "memory_resident_bytes".into(),
-            json!(resident.map(|x| x as i64)),
-        );
-        row.insert("memory_peak_bytes".into(), json!(peak.map(|x| x as i64)));
+        let resident = cold.and_then(|c| c.gpu_resident_bytes.or(c.resident_bytes));
+        let peak = cold.and_then(|c| c.peak_bytes).map(|b| b as i64);
         let scores: Vec<f64> = eval
             .map(|r| sample_scores(r).into_iter().map(|x| x.1).collect())
             .unwrap_or_default();
@@ -262,20 +219,15 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
         } else {
             reps
         };
-        put(&mut row, "ipw", &ipw(&scores, &energy_reps), &mut reasons);
+        let ip = ipw(&scores, &energy_reps);
         let net: Vec<f64> = per_req_net.into_iter().collect();
-        row.insert("ipw_net".into(), json!(ipw(&scores, &net).value));
-        put(&mut row, "rho_sys", &rho_sys(tps, resident), &mut reasons);
-        row.insert("rho_sys_peak".into(), json!(rho_sys(tps, peak).value));
+        let rho = rho_sys(tps, resident.map(|b| b as f64));
         let load = cold.and_then(|c| c.energy.energy_j);
-        row.insert("load_energy_j".into(), json!(load));
-        put(&mut row, "c_tax", &c_tax(load, per_req), &mut reasons);
-        row.insert("train_energy_j".into(), json!(lin.train_j));
+        let tax = c_tax(load, per_req);
         let nb = match (&lin.train_why, lin.train_j) {
             (Some(why), _) => Metric::null(why.clone()),
             _ => n_break(lin.train_j, per_req, price, api),
         };
-        put(&mut row, "n_break", &nb, &mut reasons);
         let mut sources = lin.sources.clone();
         let measured = [
             ("measure", meas_sum.map(|s| &s.energy)),
@@ -286,11 +238,58 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<Row> {
                 sources.push(format!("{name}={s}"));
             }
         }
-        row.insert("energy_sources".into(), json!(sources.join(", ")));
-        row.insert(
-            "null_reasons".into(),
-            json!((!reasons.is_empty()).then(|| reasons.join("; "))),
-        );
+        let reasons: Vec<String> = [
+            ("q_ret_pct", &qr),
+            ("ipw", &ip),
+            ("rho_sys", &rho),
+            ("c_tax", &tax),
+            ("n_break", &nb),
+        ]
+        .iter()
+        .filter_map(|(name, m)| Some(format!("{name}: {}", m.null_reason.as_ref()?)))
+        .collect();
+        let e = |cell: fn(&EvaluateRow) -> Option<f64>| eval_sum.and_then(cell);
+        let row = MetricsRow {
+            variant: p.nodes[m].id.clone(),
+            model: lin.source,
+            method: lin.method,
+            precision: lin.precision,
+            task: p.nodes[t]
+                .id
+                .split_once(':')
+                .map_or("", |x| x.1)
+                .to_string(),
+            device: p.nodes[m].device().to_string(),
+            synthetic,
+            score: e(|s| s.score),
+            score_ci_lo: e(|s| s.score_ci_lo),
+            score_ci_hi: e(|s| s.score_ci_hi),
+            samples: eval_sum.and_then(|s| s.samples),
+            q_ret_pct: value(&qr),
+            q_ret_ci_lo: qr.lo,
+            q_ret_ci_hi: qr.hi,
+            kl_mean: e(|s| s.kl_mean),
+            kl_p99: e(|s| s.kl_p99),
+            top1_agreement: e(|s| s.top1_agreement),
+            tokens_per_s: tps,
+            at_batch: meas_sum.map(|s| s.batch),
+            energy_per_request_j: per_req,
+            energy_per_request_net_j: per_req_net,
+            memory_resident_bytes: resident,
+            memory_peak_bytes: peak,
+            ipw: value(&ip),
+            ipw_ci_lo: ip.lo,
+            ipw_ci_hi: ip.hi,
+            ipw_net: ipw(&scores, &net).value,
+            rho_sys: value(&rho),
+            rho_sys_peak: rho_sys(tps, peak.map(|b| b as f64)).value,
+            load_energy_j: load,
+            c_tax: value(&tax),
+            train_energy_j: lin.train_j,
+            n_break: value(&nb),
+            energy_sources: sources.join(", "),
+            null_reasons: (!reasons.is_empty()).then(|| reasons.join("; ")),
+        };
         out.push(row);
     }
     out

@@ -18,47 +18,87 @@ pub use join::compute;
 pub use terminal::terminal_table;
 
 use crate::stages::Row;
-use engine::table::Ty;
+use engine::row::{Extended, TableRow};
 use std::collections::BTreeMap;
 
-/// Columns of `metrics.parquet`, in order.
-pub const COLUMNS: &[(&str, Ty)] = &[
-    ("variant", Ty::Str),
-    ("model", Ty::Str),
-    ("method", Ty::Str),
-    ("precision", Ty::Str),
-    ("task", Ty::Str),
-    ("device", Ty::Str),
-    ("synthetic", Ty::Bool),
-    ("score", Ty::Float),
-    ("score_ci_lo", Ty::Float),
-    ("score_ci_hi", Ty::Float),
-    ("samples", Ty::Int),
-    ("q_ret_pct", Ty::Float),
-    ("q_ret_ci_lo", Ty::Float),
-    ("q_ret_ci_hi", Ty::Float),
-    ("kl_mean", Ty::Float),
-    ("kl_p99", Ty::Float),
-    ("top1_agreement", Ty::Float),
-    ("tokens_per_s", Ty::Float),
-    ("at_batch", Ty::Int),
-    ("energy_per_request_j", Ty::Float),
-    ("energy_per_request_net_j", Ty::Float),
-    ("memory_resident_bytes", Ty::Int),
-    ("memory_peak_bytes", Ty::Int),
-    ("ipw", Ty::Float),
-    ("ipw_ci_lo", Ty::Float),
-    ("ipw_ci_hi", Ty::Float),
-    ("ipw_net", Ty::Float),
-    ("rho_sys", Ty::Float),
-    ("rho_sys_peak", Ty::Float),
-    ("load_energy_j", Ty::Float),
-    ("c_tax", Ty::Float),
-    ("train_energy_j", Ty::Float),
-    ("n_break", Ty::Float),
-    ("energy_sources", Ty::Str),
-    ("null_reasons", Ty::Str),
-];
+engine::table_row! {
+    /// One variant × task with the five deployment metrics (`metrics.parquet`). A metric that
+    /// cannot be computed is null, and `null_reasons` says why.
+    pub struct MetricsRow {
+        /// the model node evaluated or measured (its id names the variant)
+        variant: String,
+        /// the source model it was made from
+        model: String,
+        /// base | lora | qlora
+        method: String,
+        /// the precision it was quantized to (source: not quantized)
+        precision: String,
+        /// the task
+        task: String,
+        /// where it ran
+        device: String,
+        /// random weights: speed, energy and memory only
+        synthetic: bool,
+        /// mean score (0–1) over the evaluated samples
+        score: Option<f64>,
+        /// 95 % bootstrap interval of the score, low
+        score_ci_lo: Option<f64>,
+        /// 95 % bootstrap interval of the score, high
+        score_ci_hi: Option<f64>,
+        /// samples scored
+        samples: Option<usize>,
+        /// quantization fidelity Q_ret: score retained against the baseline precision of the
+        /// same model, on the samples both scored (%)
+        q_ret_pct: Option<Extended>,
+        /// 95 % interval of Q_ret, low
+        q_ret_ci_lo: Option<f64>,
+        /// 95 % interval of Q_ret, high
+        q_ret_ci_hi: Option<f64>,
+        /// mean KL against the reference model over answer positions (nats)
+        kl_mean: Option<f64>,
+        /// 99th percentile of the per-position KL (nats)
+        kl_p99: Option<f64>,
+        /// fraction of answer positions where the reference's top token is the variant's
+        top1_agreement: Option<f64>,
+        /// generated tokens per second at the smallest batch measured
+        tokens_per_s: Option<f64>,
+        /// the batch size the serving figures are of
+        at_batch: Option<usize>,
+        /// gross energy per request (J)
+        energy_per_request_j: Option<f64>,
+        /// net energy per request: idle power subtracted (J)
+        energy_per_request_net_j: Option<f64>,
+        /// the model's memory as loaded: GPU memory the load took, else RSS growth (B)
+        memory_resident_bytes: Option<i64>,
+        /// peak RSS growth during the load (B)
+        memory_peak_bytes: Option<i64>,
+        /// intelligence per watt: score / energy per request (1/J)
+        ipw: Option<Extended>,
+        /// 95 % interval of IPW, low
+        ipw_ci_lo: Option<f64>,
+        /// 95 % interval of IPW, high
+        ipw_ci_hi: Option<f64>,
+        /// IPW on net energy per request (1/J)
+        ipw_net: Option<f64>,
+        /// system density ρ_sys: tokens/s per GB of resident model memory
+        rho_sys: Option<Extended>,
+        /// ρ_sys on the peak memory of the load
+        rho_sys_peak: Option<f64>,
+        /// energy of a cold load (J)
+        load_energy_j: Option<f64>,
+        /// cold-start tax C_tax: a cold load's energy in requests' worth
+        c_tax: Option<Extended>,
+        /// energy that produced the variant: fine-tuning and quantization (J)
+        train_energy_j: Option<f64>,
+        /// economic break-even N_break: requests after which serving locally has paid for its
+        /// training against the API (inf: never)
+        n_break: Option<Extended>,
+        /// how each energy figure was obtained (stage=counter|sampled|rapl|estimated)
+        energy_sources: String,
+        /// why the null metrics are null
+        null_reasons: Option<String>,
+    }
+}
 
 /// Writes `metrics.parquet` and `report.html` into `dir`; returns their paths.
 pub fn write(
@@ -68,7 +108,7 @@ pub fn write(
     metrics: &[String],
     meta: &BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let mut t = engine::table::Table::new(COLUMNS);
+    let mut t = engine::table::Table::of(&MetricsRow::columns());
     for r in rows {
         t.push(r)?;
     }

@@ -62,6 +62,45 @@ impl CellType for Micros {
     const TYPE: ColType = ColType::Time;
 }
 
+/// A float column whose value may be infinite (N_break when local serving never breaks even).
+/// JSON has no infinity: it is stored as "inf" / "-inf", which [`crate::table::Table`] writes as
+/// the float.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Extended(pub f64);
+
+impl Serialize for Extended {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            f64::INFINITY => s.serialize_str("inf"),
+            f64::NEG_INFINITY => s.serialize_str("-inf"),
+            x => s.serialize_f64(x),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Extended {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Cell {
+            Number(f64),
+            Word(String),
+        }
+        match Cell::deserialize(d)? {
+            Cell::Number(x) => Ok(Extended(x)),
+            Cell::Word(w) if w == "inf" => Ok(Extended(f64::INFINITY)),
+            Cell::Word(w) if w == "-inf" => Ok(Extended(f64::NEG_INFINITY)),
+            Cell::Word(w) => Err(serde::de::Error::custom(format!(
+                "`{w}` is not a number (nor inf, -inf)"
+            ))),
+        }
+    }
+}
+
+impl CellType for Extended {
+    const TYPE: ColType = ColType::Float;
+}
+
 impl<T: CellType> CellType for Option<T> {
     const TYPE: ColType = T::TYPE;
 }
@@ -194,5 +233,22 @@ mod tests {
         old.remove("count");
         old.remove("kind");
         assert!(Sample::from_row(&old).is_err());
+    }
+
+    #[test]
+    fn an_extended_float_stores_infinity_as_a_word_and_reads_it_back() {
+        use super::Extended;
+        for (x, json) in [
+            (f64::INFINITY, serde_json::json!("inf")),
+            (f64::NEG_INFINITY, serde_json::json!("-inf")),
+            (2.5, serde_json::json!(2.5)),
+        ] {
+            assert_eq!(serde_json::to_value(Extended(x)).unwrap(), json);
+            assert_eq!(
+                serde_json::from_value::<Extended>(json).unwrap(),
+                Extended(x)
+            );
+        }
+        assert!(serde_json::from_value::<Extended>(serde_json::json!("many")).is_err());
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
 /// Precision names of the language → GGML types.
@@ -81,6 +81,15 @@ impl Gguf {
     pub fn open(path: &Path) -> Result<Gguf> {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = BufReader::new(file);
+        // candle's reader divides by the declared alignment: refuse a zero one first.
+        if declared_alignment(&mut reader) == Some(0) {
+            bail!(
+                "{} is not a readable GGUF file: general.alignment is 0 (it must be a power of \
+                 two, 32 by default)",
+                path.display()
+            );
+        }
+        reader.rewind()?;
         let content = gguf_file::Content::read(&mut reader)
             .map_err(|e| anyhow::anyhow!("{} is not a readable GGUF file: {e}", path.display()))?;
         Ok(Gguf {
@@ -390,6 +399,135 @@ pub fn requantize_with(
     Ok(report)
 }
 
+/// The alignment candle's reader takes from the metadata of the GGUF file `r` reads: the last
+/// `general.alignment` entry (keys compared as candle does, trailing NULs dropped) of a type it
+/// uses (8-, 16-, 32-bit integers). None when there is none, or the metadata is malformed (candle
+/// then says what is wrong). Every length is checked against the bytes left, so a hostile
+/// header cannot make it allocate or loop for long.
+fn declared_alignment(r: &mut (impl Read + Seek)) -> Option<u64> {
+    let size = r.seek(std::io::SeekFrom::End(0)).ok()?;
+    r.rewind().ok()?;
+    let mut w = Walker { r, left: size };
+    if &w.bytes(4)?[..] != b"GGUF" {
+        return None;
+    }
+    let version = w.u32()?;
+    // Version 1 counts and lengths are 32-bit, later ones 64-bit.
+    let wide = version >= 2;
+    let count = |w: &mut Walker<_>| {
+        if wide {
+            w.u64()
+        } else {
+            w.u32().map(u64::from)
+        }
+    };
+    let _tensors = count(&mut w)?;
+    let kvs = count(&mut w)?;
+    let mut alignment = None;
+    for _ in 0..kvs {
+        let len = count(&mut w)?;
+        let key = match len {
+            0..=64 => w.bytes(len)?,
+            _ => w.skip(len).map(|_| vec![])?,
+        };
+        let ty = w.u32()?;
+        let name: &[u8] = {
+            let mut k = &key[..];
+            while let [rest @ .., 0] = k {
+                k = rest;
+            }
+            k
+        };
+        if name == b"general.alignment" {
+            alignment = match ty {
+                0 | 1 => w.bytes(1).map(|b| Some(u64::from(b[0])))?,
+                2 | 3 => w
+                    .bytes(2)
+                    .map(|b| Some(u64::from(u16::from_le_bytes([b[0], b[1]]))))?,
+                4 | 5 => w.u32().map(|v| Some(u64::from(v)))?,
+                _ => w.skip_value(ty, wide, 0).map(|_| None)?,
+            };
+        } else {
+            w.skip_value(ty, wide, 0)?;
+        }
+    }
+    alignment
+}
+
+/// Bounded reads over a GGUF header.
+struct Walker<'a, R> {
+    r: &'a mut R,
+    left: u64,
+}
+
+impl<R: Read> Walker<'_, R> {
+    fn bytes(&mut self, n: u64) -> Option<Vec<u8>> {
+        if n > self.left || n > 1 << 20 {
+            return None;
+        }
+        let mut b = vec![0; n as usize];
+        self.r.read_exact(&mut b).ok()?;
+        self.left -= n;
+        Some(b)
+    }
+    fn skip(&mut self, n: u64) -> Option<()> {
+        if n > self.left {
+            return None;
+        }
+        std::io::copy(&mut self.r.by_ref().take(n), &mut std::io::sink()).ok()?;
+        self.left -= n;
+        Some(())
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.bytes(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    /// Skips one value of GGUF type `ty` (arrays nest at most a few deep).
+    fn skip_value(&mut self, ty: u32, wide: bool, depth: u32) -> Option<()> {
+        let len = |w: &mut Self| {
+            if wide {
+                w.u64()
+            } else {
+                w.u32().map(u64::from)
+            }
+        };
+        match ty {
+            0 | 1 | 7 => self.skip(1),
+            2 | 3 => self.skip(2),
+            4..=6 => self.skip(4),
+            10..=12 => self.skip(8),
+            8 => {
+                let n = len(self)?;
+                self.skip(n)
+            }
+            9 if depth < 4 => {
+                let item = self.u32()?;
+                let n = len(self)?;
+                let fixed = match item {
+                    0 | 1 | 7 => Some(1),
+                    2 | 3 => Some(2),
+                    4..=6 => Some(4),
+                    10..=12 => Some(8),
+                    _ => None,
+                };
+                match fixed {
+                    Some(w) => self.skip(n.checked_mul(w)?),
+                    // Strings and nested arrays: one at a time, each at least a byte.
+                    None if n <= self.left => {
+                        (0..n).try_for_each(|_| self.skip_value(item, wide, depth + 1))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -441,6 +579,38 @@ pub mod tests {
         let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
         let den: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum();
         (num / den).sqrt()
+    }
+
+    /// Found by the `gguf` fuzz target: a header that declares `general.alignment = 0` made
+    /// candle's reader divide by zero (a panic, exit 101).
+    #[test]
+    fn a_zero_alignment_is_an_error_naming_the_file_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.gguf");
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes()); // version
+        bytes.extend(0u64.to_le_bytes()); // tensors
+        bytes.extend(1u64.to_le_bytes()); // metadata entries
+        bytes.extend(17u64.to_le_bytes());
+        bytes.extend(b"general.alignment");
+        bytes.extend(4u32.to_le_bytes()); // u32
+        bytes.extend(0u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Gguf::open(&path).err().expect("refused");
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("bad.gguf") && text.contains("alignment is 0"),
+            "{text}"
+        );
+        // The same header with alignment 32 reads.
+        let n = bytes.len();
+        bytes[n - 4..].copy_from_slice(&32u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(Gguf::open(&path).is_ok());
+        // The fuzzer's own input (an i8 alignment of 0 after a shorter key count) too.
+        let found = b"GGUF\x03\0\0\0\0\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x14\0\0\0\0\0\0\0general.alignment\0\0\0\0\0\0\0\0l\0";
+        std::fs::write(&path, found).unwrap();
+        assert!(Gguf::open(&path).is_err());
     }
 
     #[test]
