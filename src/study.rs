@@ -17,7 +17,7 @@ pub struct StudyRun {
 }
 
 /// Runs a pipeline (history recorded), then writes its run tables and its metrics.
-pub fn run(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<StudyRun> {
+pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<StudyRun> {
     let report = exec::execute(pipeline, &REGISTRY, cache_dir, s)?;
     let fingerprint = Hardware::detect(s.threads).fingerprint(spec::Device::Cpu);
     let mut tables = engine::table::write_run_tables(pipeline, &REGISTRY, &report, &fingerprint)?;

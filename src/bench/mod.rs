@@ -97,7 +97,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     );
 
     let t = Instant::now();
-    let report = crate::study::run(&pipeline, &cache_dir, &quiet_local(threads))?.report;
+    let report = crate::study::run_and_report(&pipeline, &cache_dir, &quiet_local(threads))?.report;
     if report
         .outcomes
         .iter()
@@ -136,7 +136,7 @@ pub fn run(hash_mib: u64, repeats: usize, dir: Option<&Path>) -> Result<i32> {
     })?;
     let noop = time(repeats, || {
         let p = load()?;
-        let report = crate::study::run(&p, &cache_dir, &quiet_local(threads))?.report;
+        let report = crate::study::run_and_report(&p, &cache_dir, &quiet_local(threads))?.report;
         if report
             .outcomes
             .iter()

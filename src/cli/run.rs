@@ -40,7 +40,7 @@ pub fn run(
         report,
         tables,
         metrics,
-    } = crate::study::run(pipeline, cache_dir, settings)?;
+    } = crate::study::run_and_report(pipeline, cache_dir, settings)?;
     let count = |s: Status| {
         report
             .outcomes

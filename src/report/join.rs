@@ -2,6 +2,7 @@
 
 use super::MetricsRow;
 use crate::stages::cells::Energy;
+use crate::stages::kind::{COLD_LOAD, EVALUATE, FINETUNE, MEASURE, QUANTIZE};
 use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow};
 use engine::exec::RunReport;
 use engine::row::{Extended, TableRow};
@@ -58,8 +59,8 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
     for _ in 0..64 {
         let node = &p.nodes[i];
         match node.kind() {
-            "quantize" | "finetune" => {
-                if node.kind() == "quantize" && l.quantized_from.is_none() {
+            QUANTIZE | FINETUNE => {
+                if node.kind() == QUANTIZE && l.quantized_from.is_none() {
                     l.precision = node
                         .params
                         .get("precision")
@@ -67,7 +68,7 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
                         .unwrap_or_default();
                     l.quantized_from = node_ref(p, i, "model");
                 }
-                if node.kind() == "finetune" {
+                if node.kind() == FINETUNE {
                     l.method = node
                         .params
                         .get("method")
@@ -146,7 +147,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
     let api = p.setting("economics.api_request").and_then(Value::as_f64);
     let mut subjects: Vec<(NodeIdx, NodeIdx)> = vec![];
     for (i, n) in p.nodes.iter().enumerate() {
-        if matches!(n.kind(), "evaluate" | "measure")
+        if matches!(n.kind(), EVALUATE | MEASURE)
             && let (Some(m), Some(t)) = (node_ref(p, i, "model"), node_ref(p, i, "task"))
             && !subjects.contains(&(m, t))
         {
@@ -157,11 +158,11 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
     for (m, t) in subjects {
         let lin = lineage(p, report, m);
         let eval: Option<Vec<EvaluateRow>> =
-            uses(p, "evaluate", m, Some(t)).and_then(|i| rows_of(p, report, i));
+            uses(p, EVALUATE, m, Some(t)).and_then(|i| rows_of(p, report, i));
         let eval = eval.as_deref();
         let eval_sum = eval.and_then(|r| summary_of(r, |r| &r.row).next());
         let meas: Option<Vec<MeasureRow>> =
-            uses(p, "measure", m, Some(t)).and_then(|i| rows_of(p, report, i));
+            uses(p, MEASURE, m, Some(t)).and_then(|i| rows_of(p, report, i));
         // The smallest batch measured: single-stream serving, the paper's setting.
         let meas_sum = meas
             .as_deref()
@@ -171,7 +172,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             continue;
         }
         let cold: Option<Vec<ColdLoadRow>> =
-            uses(p, "cold_load", m, None).and_then(|i| rows_of(p, report, i));
+            uses(p, COLD_LOAD, m, None).and_then(|i| rows_of(p, report, i));
         let cold = cold
             .as_deref()
             .and_then(|r| summary_of(r, |r| &r.row).next());
@@ -180,12 +181,12 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         let base_eval = lin.quantized_from.and_then(|up| {
             (0..p.nodes.len())
                 .find(|&i| {
-                    p.nodes[i].kind() == "quantize"
+                    p.nodes[i].kind() == QUANTIZE
                         && node_ref(p, i, "model") == Some(up)
                         && p.nodes[i].params.get("precision").and_then(Value::as_str)
                             == Some(baseline)
                 })
-                .and_then(|b| uses(p, "evaluate", b, Some(t)))
+                .and_then(|b| uses(p, EVALUATE, b, Some(t)))
                 .and_then(|i| rows_of::<EvaluateRow>(p, report, i))
         });
         let qr = match (eval, &base_eval) {
@@ -230,8 +231,8 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         };
         let mut sources = lin.sources.clone();
         let measured = [
-            ("measure", meas_sum.map(|s| &s.energy)),
-            ("cold_load", cold.map(|c| &c.energy)),
+            (MEASURE, meas_sum.map(|s| &s.energy)),
+            (COLD_LOAD, cold.map(|c| &c.energy)),
         ];
         for (name, energy) in measured {
             if let Some(s) = energy.and_then(|e| e.energy_source.as_deref()) {

@@ -67,7 +67,7 @@ engine::table_row! {
 }
 impl Stage for ColdLoad {
     engine::stage_meta!(
-        "cold_load",
+        super::kind::COLD_LOAD,
         5,
         Role::Stage,
         Output::Record,

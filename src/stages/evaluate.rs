@@ -91,7 +91,7 @@ const RESUME_FILE: &str = "samples.jsonl";
 
 impl Stage for Evaluate {
     engine::stage_meta!(
-        "evaluate",
+        super::kind::EVALUATE,
         3,
         Role::Stage,
         Output::Record,

@@ -95,7 +95,7 @@ struct Params {
 
 impl Stage for Finetune {
     engine::stage_meta!(
-        "finetune",
+        super::kind::FINETUNE,
         7,
         Role::Stage,
         Output::Model,

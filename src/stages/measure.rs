@@ -109,7 +109,7 @@ engine::table_row! {
 }
 impl Stage for Measure {
     engine::stage_meta!(
-        "measure",
+        super::kind::MEASURE,
         6,
         Role::Stage,
         Output::Record,

@@ -22,6 +22,15 @@ macro_rules! holds_the_machine {
 use holds_the_machine;
 
 pub mod cells;
+
+/// The names of the stage kinds that other parts of the program look for (the report's join).
+pub mod kind {
+    pub const QUANTIZE: &str = "quantize";
+    pub const FINETUNE: &str = "finetune";
+    pub const EVALUATE: &str = "evaluate";
+    pub const MEASURE: &str = "measure";
+    pub const COLD_LOAD: &str = "cold_load";
+}
 mod cold_load;
 mod evaluate;
 mod finetune;

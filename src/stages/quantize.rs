@@ -56,7 +56,7 @@ fn is_quantized(t: &str) -> bool {
 
 impl Stage for Quantize {
     engine::stage_meta!(
-        "quantize",
+        super::kind::QUANTIZE,
         3,
         Role::Stage,
         Output::Model,

@@ -63,7 +63,7 @@ impl CellType for Micros {
 }
 
 /// A float column whose value may be infinite (N_break when local serving never breaks even).
-/// JSON has no infinity: it is stored as "inf" / "-inf", which [`crate::table::Table`] writes as
+/// JSON has no infinity: it is stored as "inf" / "-inf", which the table writer stores as
 /// the float.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Extended(pub f64);

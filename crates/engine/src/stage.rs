@@ -11,7 +11,7 @@
 /// The identity part of a [`Stage`] impl: kind, version, role, output and summary.
 #[macro_export]
 macro_rules! stage_meta {
-    ($kind:literal, $version:literal, $role:expr, $out:expr, $summary:literal) => {
+    ($kind:expr, $version:literal, $role:expr, $out:expr, $summary:literal) => {
         fn kind(&self) -> &'static str {
             $kind
         }

@@ -85,7 +85,7 @@ struct Submitted {
     done: bool,
 }
 
-pub async fn run(
+pub async fn run_scheduled(
     pipeline: &Pipeline,
     stages: &'static Registry,
     cache: &Cache,

@@ -106,7 +106,7 @@ struct Finished {
 
 /// Runs every node of the pipeline and records the key history. Returns when all nodes are
 /// finished, failed or skipped; an error only if the history cannot be written.
-pub async fn run(
+pub async fn run_local(
     pipeline: &Pipeline,
     stages: &'static Registry,
     cache: &Cache,
@@ -479,10 +479,12 @@ pub fn execute(
         quiet: s.quiet,
     };
     match &s.executor {
-        Executor::Local => rt.block_on(run(pipeline, stages, &cache, &hw, &opts)),
+        Executor::Local => rt.block_on(run_local(pipeline, stages, &cache, &hw, &opts)),
         Executor::Slurm(o) => {
             let mut slurm = slurm::Slurm::connect(o.clone())?;
-            rt.block_on(batch::run(pipeline, stages, &cache, &hw, &opts, &mut slurm))
+            rt.block_on(batch::run_scheduled(
+                pipeline, stages, &cache, &hw, &opts, &mut slurm,
+            ))
         }
     }
 }
