@@ -439,6 +439,18 @@ fn tables_have_rows_and_provenance_metadata() {
     ] {
         assert!(keys.contains(&k), "{keys:?}");
     }
+    // Every column of the run table and of a stage table says what it holds.
+    for table in ["runs", "test_stage"] {
+        let file = std::fs::File::open(env.path(&format!("out/{table}.parquet"))).unwrap();
+        let schema = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .schema()
+            .clone();
+        for f in schema.fields() {
+            let doc = f.metadata().get("description");
+            assert!(doc.is_some_and(|d| !d.is_empty()), "{table}.{}", f.name());
+        }
+    }
 }
 
 #[test]
