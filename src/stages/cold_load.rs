@@ -146,6 +146,8 @@ impl Stage for ColdLoad {
             if isolated && meter.source() == Some(meter::Source::Estimated) {
                 energy = meter::WindowEnergy {
                     device: energy.device,
+                    host: energy.host,
+                    gpu_memory_used_before_bytes: energy.gpu_memory_used_before_bytes,
                     ..meter::WindowEnergy::unmeasured(
                         energy.seconds,
                         "the estimate counts this process's CPU time, but the load ran in a \

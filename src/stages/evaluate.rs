@@ -271,7 +271,9 @@ impl Stage for Evaluate {
                         row.top1_agreement = f.top1_agreement();
                         row.kl_positions = Some(f.positions());
                         row.top1_same = Some(f.top1_same);
-                        row.kl_values = f.kl;
+                        // JSON (the resume log) has no infinity: an infinite per-position KL
+                        // (a token the variant rules out) stays in this sample's mean only.
+                        row.kl_values = f.kl.into_iter().filter(|x| x.is_finite()).collect();
                     }
                     writeln!(log, "{}", serde_json::to_string(&row)?)?;
                     done.insert(s.id.clone(), row);

@@ -405,6 +405,7 @@ pub fn requantize_with(
 /// then says what is wrong). Every length is checked against the bytes left, so a hostile
 /// header cannot make it allocate or loop for long.
 fn declared_alignment(r: &mut (impl Read + Seek)) -> Option<u64> {
+    const KEY: &[u8] = b"general.alignment";
     let size = r.seek(std::io::SeekFrom::End(0)).ok()?;
     r.rewind().ok()?;
     let mut w = Walker { r, left: size };
@@ -426,19 +427,9 @@ fn declared_alignment(r: &mut (impl Read + Seek)) -> Option<u64> {
     let mut alignment = None;
     for _ in 0..kvs {
         let len = count(&mut w)?;
-        let key = match len {
-            0..=64 => w.bytes(len)?,
-            _ => w.skip(len).map(|_| vec![])?,
-        };
+        let is_alignment = w.key_is(len, KEY)?;
         let ty = w.u32()?;
-        let name: &[u8] = {
-            let mut k = &key[..];
-            while let [rest @ .., 0] = k {
-                k = rest;
-            }
-            k
-        };
-        if name == b"general.alignment" {
+        if is_alignment {
             alignment = match ty {
                 0 | 1 => w.bytes(1).map(|b| Some(u64::from(b[0])))?,
                 2 | 3 => w
@@ -461,6 +452,19 @@ struct Walker<'a, R> {
 }
 
 impl<R: Read> Walker<'_, R> {
+    /// Reads a key of `len` bytes: whether it is `name` once trailing NULs are dropped (as
+    /// candle reads keys), without holding a long key in memory.
+    fn key_is(&mut self, len: u64, name: &[u8]) -> Option<bool> {
+        let head = self.bytes(len.min(name.len() as u64))?;
+        let mut rest = len - head.len() as u64;
+        let mut all_nul = true;
+        while rest > 0 {
+            let chunk = self.bytes(rest.min(1 << 16))?;
+            all_nul &= chunk.iter().all(|&b| b == 0);
+            rest -= chunk.len() as u64;
+        }
+        Some(all_nul && head == name)
+    }
     fn bytes(&mut self, n: u64) -> Option<Vec<u8>> {
         if n > self.left || n > 1 << 20 {
             return None;
@@ -486,7 +490,7 @@ impl<R: Read> Walker<'_, R> {
         self.bytes(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
-    /// Skips one value of GGUF type `ty` (arrays nest at most a few deep).
+    /// Skips one value of GGUF type `ty` (arrays nest at most 64 deep, candle's bound).
     fn skip_value(&mut self, ty: u32, wide: bool, depth: u32) -> Option<()> {
         let len = |w: &mut Self| {
             if wide {
@@ -504,7 +508,7 @@ impl<R: Read> Walker<'_, R> {
                 let n = len(self)?;
                 self.skip(n)
             }
-            9 if depth < 4 => {
+            9 if depth < 64 => {
                 let item = self.u32()?;
                 let n = len(self)?;
                 let fixed = match item {
@@ -611,6 +615,19 @@ pub mod tests {
         let found = b"GGUF\x03\0\0\0\0\0\0\0\0\0\0\0\x01\0\0\0\0\0\0\0\x14\0\0\0\0\0\0\0general.alignment\0\0\0\0\0\0\0\0l\0";
         std::fs::write(&path, found).unwrap();
         assert!(Gguf::open(&path).is_err());
+        // A key padded with NULs past 64 bytes is still `general.alignment` to candle.
+        let mut long = b"GGUF".to_vec();
+        long.extend(3u32.to_le_bytes());
+        long.extend(0u64.to_le_bytes());
+        long.extend(1u64.to_le_bytes());
+        long.extend(100u64.to_le_bytes());
+        long.extend(b"general.alignment");
+        long.extend([0u8; 83]);
+        long.extend(4u32.to_le_bytes());
+        long.extend(0u32.to_le_bytes());
+        std::fs::write(&path, &long).unwrap();
+        let text = format!("{:#}", Gguf::open(&path).err().expect("refused"));
+        assert!(text.contains("alignment is 0"), "{text}");
     }
 
     #[test]
