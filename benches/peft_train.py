@@ -13,6 +13,10 @@ steps, with an idle baseline of `--idle` s before and after (net = gross - idle 
 edge-eval's meter. Memory: NVML's device memory in use, sampled every 20 ms (device-wide, as
 edge-eval reports it), and torch's own peak allocation beside it.
 
+`--cpu` trains on the CPU instead (f32 throughout, `--threads` threads, LoRA only; no energy
+counter is read: energy is null, memory is the peak RSS), beside `edge-eval bench-train --device
+cpu`.
+
 Prints one JSON object with the keys `edge-eval bench-train --json` prints.
 
     python benches/peft_train.py --shape llama-3.2-1b --method qlora --checkpointing
@@ -79,10 +83,13 @@ def build(args):
 
     torch.manual_seed(1)
     config = LlamaConfig(**SHAPES[args.shape])
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    if args.method == "qlora":
+    model = LlamaForCausalLM(config)
+    if args.cpu:
+        pass  # f32, on the CPU (LoRA only)
+    elif args.method == "qlora":
         from transformers import BitsAndBytesConfig
 
+        model = model.to(torch.bfloat16)
         folder = tempfile.mkdtemp(prefix="peft-train-")
         model.save_pretrained(folder)
         del model
@@ -98,7 +105,7 @@ def build(args):
             ),
         )
     else:
-        model = model.to(f"cuda:{args.gpu}")
+        model = model.to(torch.bfloat16).to(f"cuda:{args.gpu}")
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -125,15 +132,22 @@ def main():
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--idle", type=float, default=1.0)
     p.add_argument("--gpu", type=int, default=0)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU in f32 (LoRA only)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (with --cpu)")
     args = p.parse_args()
+    if args.cpu:
+        if args.method != "lora":
+            p.error("--cpu trains LoRA only (bitsandbytes' NF4 needs a GPU)")
+        torch.set_num_threads(args.threads)
+    device = "cpu" if args.cpu else f"cuda:{args.gpu}"
 
-    nvml = Nvml(args.gpu)
+    nvml = None if args.cpu else Nvml(args.gpu)
     model = build(args)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(7)
     vocab = SHAPES[args.shape]["vocab_size"]
-    data = [torch.randint(0, vocab, (args.batch, args.seq), generator=g).to(f"cuda:{args.gpu}")
+    data = [torch.randint(0, vocab, (args.batch, args.seq), generator=g).to(device)
             for _ in range(4)]
 
     def step(i):
@@ -146,23 +160,23 @@ def main():
 
     for i in range(args.warmup):
         step(i)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    idle_before = nvml.idle_power(args.idle) if args.idle > 0 else None
-    sampler = PeakSampler(nvml)
-    sampler.start()
+    if nvml:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        idle_before = nvml.idle_power(args.idle) if args.idle > 0 else None
+        sampler = PeakSampler(nvml)
+        sampler.start()
+        e0 = nvml.joules()
     losses, step_s = [], []
-    e0, t0 = nvml.joules(), time.perf_counter()
+    t0 = time.perf_counter()
     for i in range(args.steps):
         ts = time.perf_counter()
         losses.append(step(i).item())  # .item() waits for the step, as edge-eval's loss read
         step_s.append(time.perf_counter() - ts)
-    torch.cuda.synchronize()
-    seconds, gross = time.perf_counter() - t0, nvml.joules() - e0
-    sampler.done.set()
-    sampler.join()
-    idle_after = nvml.idle_power(args.idle) if args.idle > 0 else None
-    idle = None if idle_before is None else (idle_before + idle_after) / 2
+    if nvml:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    gross = nvml.joules() - e0 if nvml else None
     tokens = args.steps * args.batch * args.seq
     step_s.sort()
     import peft
@@ -173,14 +187,15 @@ def main():
         import bitsandbytes
 
         versions += f", bitsandbytes {bitsandbytes.__version__}"
-    print(json.dumps({
+    row = {
         "engine": "peft",
         "versions": versions,
         "model": args.shape,
         "method": args.method,
         "quant": "nf4" if args.method == "qlora" else None,
-        "dtype": "bf16",
-        "device": f"cuda({args.gpu})",
+        "dtype": "f32" if args.cpu else "bf16",
+        "device": "cpu" if args.cpu else f"cuda({args.gpu})",
+        "threads": torch.get_num_threads() if args.cpu else None,
         "batch": args.batch,
         "seq": args.seq,
         "grad_accum": 1,
@@ -196,17 +211,34 @@ def main():
         "tokens": tokens,
         "tokens_per_s": tokens / seconds,
         "step_s_median": step_s[len(step_s) // 2],
-        "j_per_token": gross / tokens,
-        "j_per_token_net": None if idle is None else (gross - idle * seconds) / tokens,
         "first_loss": losses[0],
         "last_loss": losses[-1],
-        "energy_j": gross,
-        "idle_power_w": idle,
-        "energy_source": "counter",
-        "gpu_memory_peak_bytes": sampler.peak,
-        "torch_max_allocated_bytes": torch.cuda.max_memory_allocated(),
-        "meter": "NVML total-energy counter; memory: NVML device memory in use every 20 ms",
-    }))
+    }
+    if nvml is None:
+        import resource
+
+        row.update({
+            "j_per_token": None,
+            "energy_source": None,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "meter": "none on the CPU: no energy counter is read; memory: peak RSS",
+        })
+    else:
+        sampler.done.set()
+        sampler.join()
+        idle_after = nvml.idle_power(args.idle) if args.idle > 0 else None
+        idle = None if idle_before is None else (idle_before + idle_after) / 2
+        row.update({
+            "j_per_token": gross / tokens,
+            "j_per_token_net": None if idle is None else (gross - idle * seconds) / tokens,
+            "energy_j": gross,
+            "idle_power_w": idle,
+            "energy_source": "counter",
+            "gpu_memory_peak_bytes": sampler.peak,
+            "torch_max_allocated_bytes": torch.cuda.max_memory_allocated(),
+            "meter": "NVML total-energy counter; memory: NVML device memory in use every 20 ms",
+        })
+    print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -41,19 +41,42 @@ struct Pass {
     local_rope: Option<(Tensor, Tensor)>,
 }
 
-/// A block's uniform draws for its dropout masks and how many are used (`None`: no dropout).
-struct Draws(Option<(Tensor, usize)>);
+/// A block's dropout masks, in the order its adapters draw them.
+enum Draws {
+    /// No dropout (inference, or p = 0).
+    None,
+    /// CPU: uniform draws for every mask of the block, and how many are used.
+    Uniform(Tensor, usize),
+    /// GPU: each mask is drawn inside the fused kernel from its own counter-based stream
+    /// ([`fused::dropout_keep`]): the block's seed and the mask's number.
+    Hashed(u64, u64),
+}
+
+/// An adapter input's dropout.
+enum Drop {
+    None,
+    /// f32, kept entries scaled by 1/(1-p).
+    Mask(Tensor),
+    /// The fused kernel's stream.
+    Stream(u64),
+}
 
 impl Draws {
-    /// The next mask of `shape` (f32, kept entries scaled by 1/(1-p)).
-    fn mask(&mut self, shape: &Shape, p: f64) -> Result<Option<Tensor>> {
-        let Some((u, used)) = &mut self.0 else {
-            return Ok(None);
-        };
-        let n = shape.elem_count();
-        let keep = u.narrow(0, *used, n)?.reshape(shape)?.ge(p)?;
-        *used += n;
-        Ok(Some((keep.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?))
+    /// The next mask, for an input of `shape`.
+    fn next(&mut self, shape: &Shape, p: f64) -> Result<Drop> {
+        Ok(match self {
+            Draws::None => Drop::None,
+            Draws::Uniform(u, used) => {
+                let n = shape.elem_count();
+                let keep = u.narrow(0, *used, n)?.reshape(shape)?.ge(p)?;
+                *used += n;
+                Drop::Mask((keep.to_dtype(DType::F32)? * (1.0 / (1.0 - p)))?)
+            }
+            Draws::Hashed(seed, k) => {
+                *k += 1;
+                Drop::Stream(splitmix(*seed ^ *k))
+            }
+        })
     }
 }
 
@@ -108,10 +131,7 @@ impl Trainable {
     fn pass(&self, rows: usize, len: usize, train: bool, seed: u64) -> Result<Pass> {
         let c = &self.cfg;
         let narrow = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
-            Ok((
-                cos.narrow(0, 0, len)?.to_dtype(self.dtype)?,
-                sin.narrow(0, 0, len)?.to_dtype(self.dtype)?,
-            ))
+            Ok((cos.narrow(0, 0, len)?, sin.narrow(0, 0, len)?))
         };
         // Causal; a sliding-window layer also hides positions `window` or more behind. f32: it
         // is added to the scores, which are softmaxed in f32.
@@ -147,32 +167,38 @@ impl Trainable {
 
     /// `[rows, len, hidden]` in the pass's dtype.
     fn embed(&self, ids: &[u32], rows: usize, len: usize) -> Result<Tensor> {
-        let mut x = self
-            .embed
-            .lookup(ids)?
-            .reshape((rows, len, self.cfg.hidden))?
-            .to_device(&self.device)?;
+        let x = match &self.embed {
+            Embed::Host(e) => e.lookup(ids)?.to_device(&self.device)?,
+            Embed::Device(t) => {
+                t.index_select(&Tensor::from_slice(ids, ids.len(), &self.device)?, 0)?
+            }
+        };
+        let mut x = x.reshape((rows, len, self.cfg.hidden))?;
         if self.cfg.gemma.is_some() {
             x = (x * (self.cfg.hidden as f64).sqrt())?;
         }
         Ok(x.to_dtype(self.dtype)?)
     }
 
-    /// The dropout draws of block `i` (training with dropout only): one uniform number per
-    /// adapter input element of the block, drawn at once from the block's own stream, so that a
-    /// recomputed block (checkpointing) gets the same masks. One draw per block, not per mask:
-    /// on a GPU every re-seeding creates a new cuRAND generator, and with one per mask (7 per
-    /// block) dropout took 88 ms of a 0.60 s Llama-3.2-1B step on an H200 (docs/gpu.md).
+    /// The dropout draws of block `i` (training with dropout only), from the block's own
+    /// stream, so that a recomputed block (checkpointing) gets the same masks. On the CPU one
+    /// uniform number per adapter input element of the block, drawn at once; on a GPU nothing is
+    /// drawn ahead: the fused kernel hashes each element's index (cuRAND's re-seeding, once per
+    /// block, cost 14 ms of a 0.48 s Llama-3.2-1B step on an H200, and its masks 5 more kernels
+    /// per adapter).
     fn block_draws(&self, i: usize, pass: &Pass) -> Result<Draws> {
         if !pass.train || self.lora.dropout <= 0.0 {
-            return Ok(Draws(None));
+            return Ok(Draws::None);
+        }
+        let seed = splitmix(pass.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        if !self.device.is_cpu() && cfg!(feature = "cuda") {
+            return Ok(Draws::Hashed(seed, 0));
         }
         let mut per_token = 0;
         for p in self.layers[i].proj.iter().filter(|p| p.lora.is_some()) {
             per_token += p.base.dims()?.0;
         }
         let n = per_token * pass.rows * pass.len;
-        let seed = splitmix(pass.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let u = if self.device.is_cpu() {
             let mut s = seed;
             let u: Vec<f32> = (0..n)
@@ -183,10 +209,11 @@ impl Trainable {
                 .collect();
             Tensor::from_vec(u, n, &self.device)?
         } else {
+            // A GPU of a build without the fused kernels.
             self.device.set_seed(seed)?;
             Tensor::rand(0f32, 1f32, n, &self.device)?
         };
-        Ok(Draws(Some((u, 0))))
+        Ok(Draws::Uniform(u, 0))
     }
 
     fn project(&self, p: &Proj, x: &Tensor, draws: &mut Draws) -> Result<Tensor> {
@@ -195,12 +222,16 @@ impl Trainable {
             return Ok(y);
         };
         // Adapters in f32 (as PEFT keeps them under a 16-bit base).
-        let mut xf = x.to_dtype(DType::F32)?;
-        if let Some(mask) = draws.mask(x.shape(), self.lora.dropout)? {
-            xf = (xf * mask)?;
-        }
+        let xf = match draws.next(x.shape(), self.lora.dropout)? {
+            Drop::None => x.to_dtype(DType::F32)?,
+            Drop::Mask(mask) => (x.to_dtype(DType::F32)? * mask)?,
+            Drop::Stream(seed) => fused::dropout(x, seed, self.lora.dropout)?,
+        };
         let delta = frozen::rows_matmul(&xf, &a.as_tensor().t()?)?;
         let delta = frozen::rows_matmul(&delta, &b.as_tensor().t()?)?;
+        if fused::on_gpu(&y) {
+            return fused::add_scaled(&y, &delta, self.lora.scale());
+        }
         let dtype = y.dtype();
         Ok((y + (delta * self.lora.scale())?.to_dtype(dtype)?)?)
     }
@@ -225,36 +256,36 @@ impl Trainable {
             k = k.broadcast_add(&bk.to_dtype(self.dtype)?)?;
             v = v.broadcast_add(&bv.to_dtype(self.dtype)?)?;
         }
-        // `[b, t, n·d]` → `[b, n, t, d]`.
+        // `[b, t, n·d]` → `[b, t, n, d]`, normed per head (Gemma 3's q / k norms).
         let heads = |x: Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-            let mut x = x.reshape((b, t, n, c.head_dim))?;
-            if let Some(w) = norm {
-                x = rms_norm(&x, w, c.eps)?;
+            let x = x.reshape((b, t, n, c.head_dim))?;
+            match norm {
+                Some(w) => rms_norm(&x, w, c.eps),
+                None => Ok(x),
             }
-            Ok(x.transpose(1, 2)?.contiguous()?)
         };
         let (qn, kn) = match &l.extra {
             Some([qn, kn, _, _]) => (Some(qn), Some(kn)),
             None => (None, None),
         };
         let interleaved = !c.neox_rope();
-        let q = rope(&heads(q, c.n_head, qn)?, cos, sin, interleaved)?;
-        let k = rope(&heads(k, c.n_kv_head, kn)?, cos, sin, interleaved)?;
-        let v = heads(v, c.n_kv_head, None)?;
-        let rep = c.n_head / c.n_kv_head;
-        let expand = |x: Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(x);
-            }
-            Ok(x.unsqueeze(2)?
-                .expand((b, c.n_kv_head, rep, t, c.head_dim))?
-                .reshape((b, c.n_head, t, c.head_dim))?)
-        };
-        let (k, v) = (expand(k)?, expand(v)?);
+        // `[b, n, t, d]`.
+        let q = rope_heads(&heads(q, c.n_head, qn)?, cos, sin, interleaved)?;
+        let k = rope_heads(&heads(k, c.n_kv_head, kn)?, cos, sin, interleaved)?;
+        let v = heads(v, c.n_kv_head, None)?.transpose(1, 2)?.contiguous()?;
+        // Grouped-query attention without copies of k and v: the `rep` query heads of a kv
+        // head are adjacent, so q as `[b, kv, rep · t, d]` meets that head's k and v in one
+        // batched product, and the scores are `[b, n, t, t]` in memory.
+        let (kv, rep) = (c.n_kv_head, c.n_head / c.n_kv_head);
+        let q = q.reshape((b, kv, rep * t, c.head_dim))?;
         // Scores softmaxed in f32, whatever the pass's dtype.
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let y = attention_softmax(&q.matmul(&k.t()?)?, scale, mask)?
+        let scores = q.matmul(&k.t()?)?.reshape((b, c.n_head, t, t))?;
+        let window = c.window(i);
+        let y = attention_softmax(&scores, scale, mask, window)?
+            .reshape((b, kv, rep * t, t))?
             .matmul(&v)?
+            .reshape((b, c.n_head, t, c.head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, c.q_dim()))?;
         let mut y = self.project(&l.proj[3], &y, &mut draws)?;
@@ -264,13 +295,15 @@ impl Trainable {
         let x = (x + y)?;
         let h = rms_norm(&x, &l.ffn_norm, c.eps)?;
         let gate = self.project(&l.proj[4], &h, &mut draws)?;
-        let gate = if c.gemma.is_some() {
-            gate.gelu()?
-        } else {
-            gate.silu()?
-        };
         let up = self.project(&l.proj[5], &h, &mut draws)?;
-        let mut y = self.project(&l.proj[6], &(gate * up)?, &mut draws)?;
+        let act = if c.gemma.is_some() {
+            (gate.gelu()? * up)?
+        } else if fused::on_gpu(&gate) {
+            fused::swiglu(&gate, &up)?
+        } else {
+            (gate.silu()? * up)?
+        };
+        let mut y = self.project(&l.proj[6], &act, &mut draws)?;
         if let Some([_, _, _, post_ffw]) = &l.extra {
             y = rms_norm(&y, post_ffw, c.eps)?;
         }
@@ -325,6 +358,7 @@ impl Trainable {
         let pass = self.pass(b.rows, b.len, true, seed)?;
         let mut inputs = Vec::with_capacity(self.layers.len());
         let mut x = self.embed(&b.ids, b.rows, b.len)?;
+        prof.mark("embed")?;
         for i in 0..self.layers.len() {
             let y = self.layer(i, &x, &pass)?.detach();
             inputs.push(x);

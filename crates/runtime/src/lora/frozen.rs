@@ -182,6 +182,15 @@ impl TensorOp for HeadLoss {
     }
     fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let mut total = Tensor::zeros((), DType::F32, h.device())?;
+        if super::fused::on_gpu(h) {
+            // One kernel per chunk on the logits as the head gives them.
+            for (s, l) in self.chunks(h.dim(0)?) {
+                let logits = self.head.apply(&h.narrow(0, s, l)?)?;
+                let (t, w) = (self.targets.narrow(0, s, l)?, self.weights.narrow(0, s, l)?);
+                total = (total + super::fused::cross_entropy(&logits, &t, &w)?.sum_all()?)?;
+            }
+            return Ok(total);
+        }
         for (s, l) in self.chunks(h.dim(0)?) {
             let logits = self.logits(h, s, l)?;
             let max = logits.max_keepdim(D::Minus1)?;
@@ -202,6 +211,19 @@ impl CustomOp1 for HeadLoss {
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = grad.to_dtype(DType::F32)?.reshape((1, 1))?;
         let mut parts = vec![];
+        if super::fused::on_gpu(h) {
+            for (s, l) in self.chunks(h.dim(0)?) {
+                let logits = self.head.apply(&h.narrow(0, s, l)?)?;
+                let wg = self
+                    .weights
+                    .narrow(0, s, l)?
+                    .broadcast_mul(&g.reshape(1)?)?;
+                let t = self.targets.narrow(0, s, l)?;
+                let d = super::fused::cross_entropy_back(&logits, &t, &wg)?;
+                parts.push(self.head.back(&d)?);
+            }
+            return Ok(Some(Tensor::cat(&parts, 0)?));
+        }
         for (s, l) in self.chunks(h.dim(0)?) {
             let p = candle_nn::ops::softmax_last_dim(&self.logits(h, s, l)?)?;
             let w = self

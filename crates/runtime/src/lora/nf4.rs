@@ -181,6 +181,11 @@ impl Nf4 {
         let Some(d) = &self.device else {
             candle_core::bail!("NF4: dequantize before to_device");
         };
+        if d.packed.device().is_cuda() && cfg!(feature = "cuda") {
+            let n = self.rows * self.cols;
+            return super::fused::nf4_dequantize(&d.packed, &d.scales, n, dtype)?
+                .reshape((self.rows, self.cols));
+        }
         let blocks = self.scale_codes.len();
         // As u32 indices: candle's index_select reads the largest index of a type (255 for u8)
         // as padding and returns zeros for it.

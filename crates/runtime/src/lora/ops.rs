@@ -4,8 +4,12 @@
 
 use super::*;
 
-/// RMS norm computed in f32 (as Hugging Face's), returned in `x`'s dtype; `w` is f32.
+/// RMS norm computed in f32 (as Hugging Face's), returned in `x`'s dtype; `w` is f32. One fused
+/// kernel on a GPU.
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::on_gpu(x) {
+        return fused::rms_norm(x, w, eps);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -14,13 +18,22 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         .to_dtype(dtype)?)
 }
 
-/// Attention probabilities `softmax(x · scale + mask)` over the last dimension, as one op whose
-/// graph keeps only its output: forward in f32 through candle's fused softmax, returned in
-/// `x`'s dtype; backward `scale · y ⊙ (g − Σ g ⊙ y)` in f32. Written with the differentiable
-/// operations instead, the scores' f32 copy, the masked and shifted scores and their
-/// exponentials were all kept for the backward — 5 f32 tensors of `[rows, heads, t, t]` per
-/// block.
-pub(super) fn attention_softmax(x: &Tensor, scale: f64, mask: &Tensor) -> Result<Tensor> {
+/// Attention probabilities `softmax(x · scale + mask)` over the last dimension of scores
+/// `[rows, heads, t, t]`, as one op whose graph keeps only its output. On a GPU one fused kernel
+/// each way, the causal mask (and the sliding `window`) applied inside; on the CPU the forward is
+/// in f32 through candle's fused softmax, returned in `x`'s dtype, and the backward
+/// `scale · y ⊙ (g − Σ g ⊙ y)` in f32. Written with the differentiable operations instead, the
+/// scores' f32 copy, the masked and shifted scores and their exponentials were all kept for the
+/// backward — 5 f32 tensors of `[rows, heads, t, t]` per block.
+pub(super) fn attention_softmax(
+    x: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+    window: Option<usize>,
+) -> Result<Tensor> {
+    if fused::on_gpu(x) {
+        return fused::softmax_causal(x, x.dim(D::Minus1)?, window, scale);
+    }
     Ok(x.contiguous()?.apply_op1(AttentionSoftmax {
         scale,
         mask: mask.clone(),
@@ -61,8 +74,24 @@ pub(super) fn log_softmax(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
-/// RoPE on `[…, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]` (in `x`'s dtype): interleaved
-/// pairs (llama, whose q/k rows are permuted at conversion) or halves (qwen2).
+/// RoPE on heads `x` `[b, t, h, head_dim]`, returned transposed to `[b, h, t, head_dim]`, with
+/// `cos`/`sin` `[t, head_dim/2]` f32: interleaved pairs (llama, whose q/k rows are permuted at
+/// conversion) or halves (qwen2). One fused kernel each way on a GPU.
+pub(super) fn rope_heads(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> Result<Tensor> {
+    if fused::on_gpu(x) {
+        return fused::rope_heads(x, cos, sin, interleaved);
+    }
+    let x = x.transpose(1, 2)?.contiguous()?;
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    rope(&x, &cos, &sin, interleaved)
+}
+
+/// RoPE on `[…, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]` (in `x`'s dtype).
 pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let last = dims.len() - 1;

@@ -109,14 +109,16 @@ pub fn train(
     if vars.is_empty() {
         bail!("no adapter targets: nothing to train");
     }
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: o.lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
+    let params = ParamsAdamW {
+        lr: o.lr,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut opt = if fused::on_gpu(vars[0].as_tensor()) {
+        Adam::Fused(FusedAdamW::new(vars.clone(), params))
+    } else {
+        Adam::Candle(AdamW::new(vars.clone(), params)?)
+    };
     let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
     let accum = o.grad_accum.max(1);
     let per_epoch = steps_per_epoch(examples.len(), o.batch, accum);
@@ -170,7 +172,10 @@ pub fn train(
         }
         prof.mark("accumulate")?;
         if let Some(g) = &total {
-            opt.step(g)?;
+            match &mut opt {
+                Adam::Candle(a) => a.step(g)?,
+                Adam::Fused(a) => a.step(g)?,
+            }
         }
         prof.mark("optimizer")?;
         let log = StepLog {
@@ -185,4 +190,100 @@ pub fn train(
         logs.push(log);
     }
     Ok(logs)
+}
+
+enum Adam {
+    Candle(candle_nn::optim::AdamW),
+    Fused(FusedAdamW),
+}
+
+/// candle_nn's AdamW with each tensor's step as one fused kernel ([`fused::adamw`]), for the
+/// GPU: candle's 12 kernels per tensor, over the 224 adapter tensors of Llama-3.2-1B, took 25 ms
+/// of a step on an H200, bound by their launches.
+struct FusedAdamW {
+    vars: Vec<Var>,
+    /// Per variable, m and v as one `[2, …]` tensor (zeros before the first step).
+    state: Vec<Option<Tensor>>,
+    params: candle_nn::optim::ParamsAdamW,
+    step: i32,
+}
+
+impl FusedAdamW {
+    fn new(vars: Vec<Var>, params: candle_nn::optim::ParamsAdamW) -> FusedAdamW {
+        let state = vec![None; vars.len()];
+        FusedAdamW {
+            vars,
+            state,
+            params,
+            step: 0,
+        }
+    }
+
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        self.step += 1;
+        let p = &self.params;
+        let step = fused::AdamWStep {
+            lr: p.lr as f32,
+            beta1: p.beta1 as f32,
+            beta2: p.beta2 as f32,
+            eps: p.eps as f32,
+            weight_decay: p.weight_decay as f32,
+            bc1: (1.0 - p.beta1.powi(self.step)) as f32,
+            bc2: (1.0 - p.beta2.powi(self.step)) as f32,
+        };
+        for (var, state) in self.vars.iter().zip(&mut self.state) {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let mv = match state.take() {
+                Some(mv) => mv,
+                None => {
+                    let mut dims = vec![2];
+                    dims.extend(var.dims());
+                    Tensor::zeros(dims, DType::F32, var.device())?
+                }
+            };
+            let out = fused::adamw(var.as_tensor(), g, &mv, step)?;
+            *state = Some(out.narrow(0, 0, 2)?);
+            var.set(&out.get(2)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+    use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+
+    /// Three steps of the fused AdamW move the parameters as candle_nn's AdamW does.
+    #[test]
+    fn the_fused_adamw_steps_as_candles() {
+        let gpu = Device::new_cuda(0).unwrap();
+        let init = Tensor::randn(0f32, 1.0, (16, 300), &gpu).unwrap();
+        let (a, b) = (
+            Var::from_tensor(&init).unwrap(),
+            Var::from_tensor(&init).unwrap(),
+        );
+        let params = ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let mut candle = AdamW::new(vec![a.clone()], params.clone()).unwrap();
+        let mut ours = FusedAdamW::new(vec![b.clone()], params);
+        for k in 0..3 {
+            let target = Tensor::randn(0f32, 1.0, (16, 300), &gpu).unwrap();
+            let loss = |v: &Var| {
+                ((v.as_tensor() - &target).unwrap().sqr().unwrap() * (k + 1) as f64)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            };
+            candle.step(&loss(&a).backward().unwrap()).unwrap();
+            ours.step(&loss(&b).backward().unwrap()).unwrap();
+            let d = crate::test_util::max_diff(a.as_tensor(), b.as_tensor());
+            assert!(d < 1e-5, "step {}: parameters differ by {d}", k + 1);
+        }
+    }
 }

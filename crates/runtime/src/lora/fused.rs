@@ -1,0 +1,906 @@
+//! The trainable pass's fused GPU operations: each replaces a chain of candle's elementwise
+//! kernels (one read and write of the whole activation per link, with broadcast indexing) by one
+//! kernel of `kernels.cu`, and its backward by one more. On a Llama-3.2-1B step at 4 × 512 tokens
+//! on an H200, candle's elementwise kernels took 435 of the step's 487 ms of GPU time and its
+//! matrix products 52 (ncu, docs/gpu.md).
+//!
+//! They run on CUDA tensors only ([`on_gpu`]); the CPU keeps the pass written with candle's
+//! differentiable operations (`ops.rs`), which is also what `tests/cuda_kernels.rs` holds these
+//! to, in value and gradient, on a GPU.
+//!
+//! - [`softmax_causal`]: attention probabilities with the causal (and sliding-window) mask and the
+//!   score scale applied inside, in the scores' dtype.
+//! - [`rms_norm`]; [`dropout`]: an adapter's input widened to f32 under a dropout mask drawn from
+//!   a counter-based hash ([`dropout_keep`]), so nothing is stored for the backward and a
+//!   recomputed block (checkpointing) draws the same mask; [`add_scaled`]: the base's output plus
+//!   the scaled adapter delta, rounded once; [`swiglu`]; [`rope_heads`]: RoPE fused with the
+//!   `[b, t, h, d]` → `[b, h, t, d]` transpose; [`nf4_dequantize`] (QLoRA's base).
+
+use super::*;
+use candle_core::{CustomOp2, CustomOp3};
+
+/// Whether `x` takes the fused kernels: a CUDA tensor (in a build with `--features cuda`).
+pub(super) fn on_gpu(x: &Tensor) -> bool {
+    cfg!(feature = "cuda") && x.device().is_cuda()
+}
+
+/// Element `i` of dropout stream `seed` is kept (probability 1 − p): splitmix64's output for
+/// index `i`, its top 24 bits as a uniform number in [0, 1), compared with `p`. The kernels draw
+/// the same numbers (this is their reference, for the tests).
+#[cfg(test)]
+pub(super) fn dropout_keep(seed: u64, i: u32, p: f32) -> bool {
+    let mut z = seed.wrapping_add(u64::from(i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / 16_777_216.0) >= p
+}
+
+/// `softmax(x · scale)` over the last dimension (`t` keys) of scores laid out
+/// `[…, t queries, t keys]`, causal, with a sliding `window` if given; 0 at hidden keys.
+pub(super) fn softmax_causal(
+    x: &Tensor,
+    t: usize,
+    window: Option<usize>,
+    scale: f64,
+) -> Result<Tensor> {
+    let k = Kind::Softmax {
+        t: t as u32,
+        window: window.unwrap_or(0) as u32,
+        scale: scale as f32,
+    };
+    Ok(x.contiguous()?.apply_op1(Op(k))?)
+}
+
+/// RMS norm over the last dimension, `w` f32, in `x`'s dtype (arithmetic in f32).
+pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let k = Kind::RmsNorm {
+        n: x.dim(D::Minus1)? as u32,
+        eps: eps as f32,
+    };
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Op(k))?)
+}
+
+/// `x` widened to f32 with dropout `p` from stream `seed` (kept entries scaled by 1 / (1 − p)).
+pub(super) fn dropout(x: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
+    let k = Kind::Dropout {
+        seed,
+        p: p as f32,
+        dtype: x.dtype(),
+    };
+    Ok(x.contiguous()?.apply_op1(Op(k))?)
+}
+
+/// `y + s · d` in `y`'s dtype, `d` f32.
+pub(super) fn add_scaled(y: &Tensor, d: &Tensor, s: f64) -> Result<Tensor> {
+    let k = Kind::AddScaled { s: s as f32 };
+    Ok(y.contiguous()?.apply_op2(&d.contiguous()?, Op(k))?)
+}
+
+/// `silu(gate) ⊙ up`.
+pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(gate
+        .contiguous()?
+        .apply_op2(&up.contiguous()?, Op(Kind::Swiglu))?)
+}
+
+/// RoPE on `x` `[b, t, h, d]`, returned as `[b, h, t, d]`; `cos`/`sin` `[t, d/2]` f32.
+pub(super) fn rope_heads(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> Result<Tensor> {
+    let (_, t, h, d) = x.dims4()?;
+    let k = Kind::Rope {
+        t: t as u32,
+        h: h as u32,
+        d: d as u32,
+        interleaved,
+        inverse: false,
+    };
+    Ok(x.contiguous()?.apply_op3(cos, sin, Op(k))?)
+}
+
+/// An NF4 matrix of `n` elements dequantized to `dtype` (no gradient): `packed` u8 (two per byte,
+/// high nibble first), `scales` f32 (one per block of 64).
+pub(super) fn nf4_dequantize(
+    packed: &Tensor,
+    scales: &Tensor,
+    n: usize,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
+    packed.apply_op2_no_bwd(scales, &Op(Kind::Nf4 { n: n as u32, dtype }))
+}
+
+/// The weighted cross-entropy `wᵢ (logsumexp(logitsᵢ) − logitsᵢ[tᵢ])` of each row of `logits`
+/// `[n, vocab]` (f32 `[n]`), `targets` `[n]` or `[n, 1]` u32, `weights` `[n]` f32; no gradient
+/// (the head's op computes it with [`cross_entropy_back`]).
+pub(super) fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let k = Kind::CrossEntropy {
+        v: logits.dim(D::Minus1)? as u32,
+    };
+    Op::back3(k, logits, targets, weights)
+}
+
+/// The gradient of [`cross_entropy`] with respect to the logits, in their dtype, for `wg` =
+/// the weights times the loss's upstream gradient: `wgᵢ (softmax(logitsᵢ) − onehot(tᵢ))`.
+pub(super) fn cross_entropy_back(
+    logits: &Tensor,
+    targets: &Tensor,
+    wg: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let k = Kind::CrossEntropyBack {
+        v: logits.dim(D::Minus1)? as u32,
+    };
+    Op::back3(k, logits, targets, wg)
+}
+
+/// One fused kernel (and its scalar arguments); the forwards' backwards are kinds too.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+enum Kind {
+    /// scores → probabilities.
+    Softmax { t: u32, window: u32, scale: f32 },
+    /// (probabilities, their gradient) → the scores' gradient.
+    SoftmaxBack { t: u32, scale: f32 },
+    /// (x, w) → y.
+    RmsNorm { n: u32, eps: f32 },
+    /// (x, w, gradient of y) → gradient of x.
+    RmsNormBack { n: u32, eps: f32 },
+    /// x (`dtype`) → f32.
+    Dropout { seed: u64, p: f32, dtype: DType },
+    /// gradient (f32) → gradient of x (`dtype`).
+    DropoutBack { seed: u64, p: f32, dtype: DType },
+    /// (y, d f32) → y + s · d.
+    AddScaled { s: f32 },
+    /// g → s · g in f32.
+    ScaleToF32 { s: f32 },
+    /// (gate, up) → silu(gate) ⊙ up.
+    Swiglu,
+    /// (gate, up, gradient) → `[2, …]`: the gradients of gate and up.
+    SwigluBack,
+    /// (x, cos, sin) → rotated and transposed (`inverse`: the backward, transposed back).
+    Rope {
+        t: u32,
+        h: u32,
+        d: u32,
+        interleaved: bool,
+        inverse: bool,
+    },
+    /// (packed, scales) → `dtype` `[n]`.
+    Nf4 { n: u32, dtype: DType },
+    /// (logits, targets, weights) → f32 `[rows]`.
+    CrossEntropy { v: u32 },
+    /// (logits, targets, weights · upstream gradient) → the logits' gradient.
+    CrossEntropyBack { v: u32 },
+    /// (parameter, gradient, `[2, …]` m and v) → `[3, …]`: m, v and the parameter, stepped.
+    AdamW(AdamWStep),
+}
+
+/// One AdamW step's scalars (`bc1`, `bc2`: the bias corrections 1 − β^step).
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(super) struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bc1: f32,
+    pub bc2: f32,
+}
+
+/// One AdamW step of the f32 parameter `p` with gradient `g` and state `mv` (`[2, …]`: m, v):
+/// `[3, …]`, the new m, v and parameter, in one kernel (candle_nn's AdamW runs 12 kernels per
+/// tensor).
+pub(super) fn adamw(p: &Tensor, g: &Tensor, mv: &Tensor, step: AdamWStep) -> Result<Tensor> {
+    Ok(p.contiguous()?.apply_op3_no_bwd(
+        &g.contiguous()?,
+        &mv.contiguous()?,
+        &Op(Kind::AdamW(step)),
+    )?)
+}
+
+struct Op(Kind);
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self.0 {
+            Kind::Softmax { .. } => "softmax_causal_fwd",
+            Kind::SoftmaxBack { .. } => "softmax_bwd",
+            Kind::RmsNorm { .. } => "rms_norm_fwd",
+            Kind::RmsNormBack { .. } => "rms_norm_bwd",
+            Kind::Dropout { .. } => "dropout_fwd",
+            Kind::DropoutBack { .. } => "dropout_bwd",
+            Kind::AddScaled { .. } => "add_scaled",
+            Kind::ScaleToF32 { .. } => "scale_to_f32",
+            Kind::Swiglu => "swiglu_fwd",
+            Kind::SwigluBack => "swiglu_bwd",
+            Kind::Rope { .. } => "rope",
+            Kind::Nf4 { .. } => "nf4_dequantize",
+            Kind::AdamW(_) => "adamw",
+            Kind::CrossEntropy { .. } => "cross_entropy_fwd",
+            Kind::CrossEntropyBack { .. } => "cross_entropy_bwd",
+        }
+    }
+
+    /// A backward's kernel on contiguous inputs.
+    fn back1(k: Kind, a: &Tensor) -> candle_core::Result<Tensor> {
+        a.contiguous()?.apply_op1_no_bwd(&Op(k))
+    }
+    fn back2(k: Kind, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &Op(k))
+    }
+    fn back3(k: Kind, a: &Tensor, b: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+        a.contiguous()?
+            .apply_op3_no_bwd(&b.contiguous()?, &c.contiguous()?, &Op(k))
+    }
+
+    fn cpu_only(&self) -> candle_core::Error {
+        candle_core::Error::Msg(format!(
+            "{}: a fused GPU kernel was called on the CPU (the CPU pass uses candle's operations)",
+            self.name()
+        ))
+    }
+}
+
+impl CustomOp1 for Op {
+    fn name(&self) -> &'static str {
+        Op::name(self)
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(self.cpu_only())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::launch(self.0, &[(s, l)])
+    }
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(match self.0 {
+            Kind::Softmax { t, scale, .. } => Op::back2(Kind::SoftmaxBack { t, scale }, y, g)?,
+            Kind::Dropout { seed, p, dtype } => Op::back1(Kind::DropoutBack { seed, p, dtype }, g)?,
+            k => candle_core::bail!("{k:?} has no backward"),
+        }))
+    }
+}
+
+impl CustomOp2 for Op {
+    fn name(&self) -> &'static str {
+        Op::name(self)
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(self.cpu_only())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::launch(self.0, &[(s1, l1), (s2, l2)])
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok(match self.0 {
+            Kind::RmsNorm { n, eps } => (
+                Some(Op::back3(Kind::RmsNormBack { n, eps }, a, b, g)?),
+                None,
+            ),
+            Kind::AddScaled { s } => (Some(g.clone()), Some(Op::back1(Kind::ScaleToF32 { s }, g)?)),
+            Kind::Swiglu => {
+                let d = Op::back3(Kind::SwigluBack, a, b, g)?;
+                (Some(d.get(0)?), Some(d.get(1)?))
+            }
+            k => candle_core::bail!("{k:?} has no backward"),
+        })
+    }
+}
+
+impl CustomOp3 for Op {
+    fn name(&self) -> &'static str {
+        Op::name(self)
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(self.cpu_only())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::launch(self.0, &[(s1, l1), (s2, l2), (s3, l3)])
+    }
+    #[allow(clippy::type_complexity)]
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match self.0 {
+            Kind::Rope {
+                t,
+                h,
+                d,
+                interleaved,
+                inverse,
+            } => {
+                let back = Kind::Rope {
+                    t,
+                    h,
+                    d,
+                    interleaved,
+                    inverse: !inverse,
+                };
+                Ok((Some(Op::back3(back, g, cos, sin)?), None, None))
+            }
+            k => candle_core::bail!("{k:?} has no backward"),
+        }
+    }
+}
+
+/// The kernels' launches (`kernels.cu`, compiled to PTX by build.rs).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::Kind;
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+    use candle_core::{DType, Layout, Shape, backend::BackendStorage};
+    use half::bf16;
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/lora_kernels.ptx"));
+    const MODULE: &str = "edge_eval_lora";
+
+    type R<T> = candle_core::Result<T>;
+
+    fn err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
+        candle_core::Error::Cuda(Box::new(e))
+    }
+
+    /// A contiguous input.
+    enum View<'a> {
+        F32(CudaView<'a, f32>),
+        Bf16(CudaView<'a, bf16>),
+        U8(CudaView<'a, u8>),
+        U32(CudaView<'a, u32>),
+    }
+
+    impl<'a> View<'a> {
+        fn of(s: &'a CudaStorage, l: &Layout) -> R<View<'a>> {
+            let Some((start, end)) = l.contiguous_offsets() else {
+                candle_core::bail!("a fused kernel takes contiguous inputs");
+            };
+            Ok(match s.dtype() {
+                DType::F32 => View::F32(s.as_cuda_slice::<f32>()?.slice(start..end)),
+                DType::BF16 => View::Bf16(s.as_cuda_slice::<bf16>()?.slice(start..end)),
+                DType::U8 => View::U8(s.as_cuda_slice::<u8>()?.slice(start..end)),
+                DType::U32 => View::U32(s.as_cuda_slice::<u32>()?.slice(start..end)),
+                other => candle_core::bail!("a fused kernel does not take {other:?}"),
+            })
+        }
+        fn push<'b>(&'b self, b: &mut LaunchArgs<'b>) {
+            match self {
+                View::F32(v) => b.arg(v),
+                View::Bf16(v) => b.arg(v),
+                View::U8(v) => b.arg(v),
+                View::U32(v) => b.arg(v),
+            };
+        }
+    }
+
+    enum Out {
+        F32(CudaSlice<f32>),
+        Bf16(CudaSlice<bf16>),
+    }
+
+    impl Out {
+        fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> R<Out> {
+            // SAFETY: every element is written by the kernel before it is read.
+            Ok(match dtype {
+                DType::F32 => Out::F32(unsafe { dev.alloc::<f32>(n)? }),
+                DType::BF16 => Out::Bf16(unsafe { dev.alloc::<bf16>(n)? }),
+                other => candle_core::bail!("a fused kernel does not produce {other:?}"),
+            })
+        }
+        fn push<'b>(&'b self, b: &mut LaunchArgs<'b>) {
+            match self {
+                Out::F32(v) => b.arg(v),
+                Out::Bf16(v) => b.arg(v),
+            };
+        }
+        fn storage(self, dev: CudaDevice) -> CudaStorage {
+            match self {
+                Out::F32(v) => CudaStorage::wrap_cuda_slice(v, dev),
+                Out::Bf16(v) => CudaStorage::wrap_cuda_slice(v, dev),
+            }
+        }
+    }
+
+    enum Scalar {
+        U32(u32),
+        I32(i32),
+        U64(u64),
+        F32(f32),
+    }
+
+    impl Scalar {
+        fn push<'b>(&'b self, b: &mut LaunchArgs<'b>) {
+            match self {
+                Scalar::U32(v) => b.arg(v),
+                Scalar::I32(v) => b.arg(v),
+                Scalar::U64(v) => b.arg(v),
+                Scalar::F32(v) => b.arg(v),
+            };
+        }
+    }
+
+    fn suffix(dtype: DType) -> R<&'static str> {
+        Ok(match dtype {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            other => candle_core::bail!("the fused kernels take f32 or bf16, not {other:?}"),
+        })
+    }
+
+    fn elementwise(n: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// One block per row of `cols`, at most 256 threads (a multiple of 32).
+    fn per_row(elems: usize, cols: u32) -> R<LaunchConfig> {
+        let cols = cols.max(1) as usize;
+        if !elems.is_multiple_of(cols) {
+            candle_core::bail!("{elems} elements are not rows of {cols}");
+        }
+        Ok(LaunchConfig {
+            grid_dim: ((elems / cols) as u32, 1, 1),
+            block_dim: (cols.next_multiple_of(32).min(256) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    /// Runs kernel `k` on `ins`: its output's storage and shape.
+    pub(super) fn launch(k: Kind, ins: &[(&CudaStorage, &Layout)]) -> R<(CudaStorage, Shape)> {
+        let dev = ins[0].0.device().clone();
+        let first = ins[0].1.shape().clone();
+        let elems = first.elem_count();
+        if elems >= u32::MAX as usize {
+            candle_core::bail!("a fused kernel takes fewer than 2^32 elements");
+        }
+        let dt = ins[0].0.dtype();
+        let n = elems as u32;
+        use Scalar::*;
+        // (element type of the kernel, output dtype, output shape, scalars, launch).
+        let (t_dtype, out_dtype, shape, scalars, cfg) = match k {
+            Kind::Softmax { t, window, scale } => (
+                dt,
+                dt,
+                first,
+                vec![U32(t), U32(window), F32(scale)],
+                per_row(elems, t)?,
+            ),
+            Kind::SoftmaxBack { t, scale } => {
+                (dt, dt, first, vec![U32(t), F32(scale)], per_row(elems, t)?)
+            }
+            Kind::RmsNorm { n, eps } | Kind::RmsNormBack { n, eps } => {
+                (dt, dt, first, vec![U32(n), F32(eps)], per_row(elems, n)?)
+            }
+            Kind::Dropout { seed, p, .. } => (
+                dt,
+                DType::F32,
+                first,
+                vec![U32(n), U64(seed), F32(p)],
+                elementwise(elems),
+            ),
+            Kind::DropoutBack { seed, p, dtype } => (
+                dtype,
+                dtype,
+                first,
+                vec![U32(n), U64(seed), F32(p)],
+                elementwise(elems),
+            ),
+            Kind::AddScaled { s } => (dt, dt, first, vec![U32(n), F32(s)], elementwise(elems)),
+            Kind::ScaleToF32 { s } => (
+                dt,
+                DType::F32,
+                first,
+                vec![U32(n), F32(s)],
+                elementwise(elems),
+            ),
+            Kind::Swiglu => (dt, dt, first, vec![U32(n)], elementwise(elems)),
+            Kind::SwigluBack => {
+                let mut dims = vec![2];
+                dims.extend(first.dims());
+                (dt, dt, Shape::from(dims), vec![U32(n)], elementwise(elems))
+            }
+            Kind::Rope {
+                t,
+                h,
+                d,
+                interleaved,
+                inverse,
+            } => {
+                let Ok([b, d0, d1, d2]) = <[usize; 4]>::try_from(first.dims()) else {
+                    candle_core::bail!("RoPE takes [b, t, h, d] or [b, h, t, d]");
+                };
+                let pairs = elems / 2;
+                (
+                    dt,
+                    dt,
+                    Shape::from((b, d1, d0, d2)),
+                    vec![
+                        U32(t),
+                        U32(h),
+                        U32(d),
+                        I32(interleaved as i32),
+                        I32(inverse as i32),
+                        U32(pairs as u32),
+                    ],
+                    elementwise(pairs),
+                )
+            }
+            Kind::Nf4 { n, dtype } => (
+                dtype,
+                dtype,
+                Shape::from(n as usize),
+                vec![U32(n)],
+                elementwise(n as usize),
+            ),
+            Kind::CrossEntropy { v } => (
+                dt,
+                DType::F32,
+                Shape::from(elems / v.max(1) as usize),
+                vec![U32(v)],
+                per_row(elems, v)?,
+            ),
+            Kind::CrossEntropyBack { v } => (dt, dt, first, vec![U32(v)], per_row(elems, v)?),
+            Kind::AdamW(a) => {
+                let mut dims = vec![3];
+                dims.extend(first.dims());
+                let scalars = [a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.bc1, a.bc2];
+                let mut args = vec![U32(n)];
+                args.extend(scalars.map(F32));
+                (dt, dt, Shape::from(dims), args, elementwise(elems))
+            }
+        };
+        let name = format!("{}_{}", super::Op(k).name(), suffix(t_dtype)?);
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let views = ins
+            .iter()
+            .map(|(s, l)| View::of(s, l))
+            .collect::<R<Vec<_>>>()?;
+        let out = Out::alloc(&dev, out_dtype, shape.elem_count())?;
+        {
+            let mut b = func.builder();
+            for v in &views {
+                v.push(&mut b);
+            }
+            out.push(&mut b);
+            for s in &scalars {
+                s.push(&mut b);
+            }
+            // SAFETY: the arguments are the kernel's, in its order (kernels.cu).
+            unsafe { b.launch(cfg) }.map_err(err)?;
+        }
+        Ok((out.storage(dev), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_keeps_each_element_with_probability_one_minus_p_independently_of_its_neighbours() {
+        let n = 200_000u32;
+        for p in [0.05f32, 0.5] {
+            let kept: Vec<bool> = (0..n).map(|i| dropout_keep(7, i, p)).collect();
+            let rate = kept.iter().filter(|&&k| k).count() as f64 / n as f64;
+            assert!(
+                (rate - (1.0 - p as f64)).abs() < 0.005,
+                "p {p}: kept {rate}"
+            );
+            // Pairs of neighbours are kept together as often as independence says.
+            let both = kept.windows(2).filter(|w| w[0] && w[1]).count() as f64 / (n - 1) as f64;
+            let want = (1.0 - p as f64).powi(2);
+            assert!((both - want).abs() < 0.005, "p {p}: pairs {both} vs {want}");
+        }
+        // Another stream draws other masks.
+        let differ = (0..1000).filter(|&i| dropout_keep(7, i, 0.5) != dropout_keep(8, i, 0.5));
+        assert!(differ.count() > 400);
+    }
+
+    /// Each fused op on a GPU, in f32 and bf16, against the CPU's pass (candle's differentiable
+    /// operations) on the same inputs: the value, and the gradient of `Σ y ⊙ r` for a random
+    /// `r` with respect to every activation input.
+    #[cfg(feature = "cuda")]
+    mod on_gpu {
+        use super::super::ops;
+        use super::*;
+        use crate::test_util::max_diff;
+
+        /// An input: its values, and whether it is an activation (in the pass's dtype, with a
+        /// gradient), a frozen weight (in the pass's dtype, none) or a table (f32, none).
+        struct In(Tensor, Role);
+
+        #[derive(Clone, Copy, PartialEq)]
+        enum Role {
+            Act,
+            Weight,
+            Table,
+        }
+
+        fn act(dims: &[usize], seed: u64) -> In {
+            In(random(dims, seed), Role::Act)
+        }
+        fn table(t: Tensor) -> In {
+            In(t, Role::Table)
+        }
+        fn random(dims: &[usize], seed: u64) -> Tensor {
+            let n: usize = dims.iter().product();
+            let mut s = seed;
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    s = splitmix(s);
+                    (s >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+                })
+                .collect();
+            Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+        }
+
+        /// Relative to the reference's largest magnitude.
+        fn rel(got: &Tensor, want: &Tensor) -> f32 {
+            let got = got
+                .to_device(&Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            max_diff(&got, want) / scale.max(1.0)
+        }
+
+        fn check(name: &str, ins: Vec<In>, f: &dyn Fn(&[Tensor]) -> Result<Tensor>) {
+            let gpu = Device::new_cuda(0).unwrap();
+            let run = |dev: &Device, dtype: DType| -> (Tensor, Vec<Option<Tensor>>) {
+                let vars: Vec<(Var, bool)> = ins
+                    .iter()
+                    .map(|In(t, role)| {
+                        let t = t.to_device(dev).unwrap();
+                        let t = match role {
+                            Role::Table => t,
+                            _ => t.to_dtype(dtype).unwrap(),
+                        };
+                        (Var::from_tensor(&t).unwrap(), *role == Role::Act)
+                    })
+                    .collect();
+                let ts: Vec<Tensor> = vars.iter().map(|(v, _)| v.as_tensor().clone()).collect();
+                let y = f(&ts).unwrap();
+                let r = random(y.dims(), 99).to_device(dev).unwrap();
+                let grads = (y.to_dtype(DType::F32).unwrap() * r)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g = vars
+                    .iter()
+                    .map(|(v, a)| a.then(|| grads.get(v.as_tensor()).unwrap().clone()))
+                    .collect();
+                (y, g)
+            };
+            let (want, want_g) = run(&Device::Cpu, DType::F32);
+            for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
+                let (got, got_g) = run(&gpu, dtype);
+                assert_eq!(got.dims(), want.dims(), "{name}");
+                let d = rel(&got, &want);
+                assert!(d < tol, "{name} {dtype:?}: values differ by {d}");
+                for (i, (g, w)) in got_g.iter().zip(&want_g).enumerate() {
+                    if let (Some(g), Some(w)) = (g, w) {
+                        let d = rel(g, w);
+                        assert!(
+                            d < tol * 2.0,
+                            "{name} {dtype:?}: gradient {i} differs by {d}"
+                        );
+                    }
+                }
+            }
+        }
+
+        fn mask(t: usize, window: Option<usize>) -> Tensor {
+            let m: Vec<f32> = (0..t * t)
+                .map(|k| {
+                    let (i, j) = (k / t, k % t);
+                    if j > i || window.is_some_and(|w| j + w <= i) {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::from_vec(m, (t, t), &Device::Cpu).unwrap()
+        }
+
+        #[test]
+        fn the_causal_softmax_matches_the_cpu_pass() {
+            for (t, window) in [(37, None), (64, Some(5)), (300, None)] {
+                let m = mask(t, window);
+                check(
+                    &format!("softmax t {t} window {window:?}"),
+                    vec![act(&[2, 3, t, t], t as u64)],
+                    &|x| {
+                        let m = m.to_device(x[0].device())?;
+                        ops::attention_softmax(&x[0], 0.125, &m, window)
+                    },
+                );
+            }
+        }
+
+        #[test]
+        fn rms_norm_matches_the_cpu_pass() {
+            for n in [64, 576, 2048] {
+                check(
+                    &format!("rms norm {n}"),
+                    vec![act(&[3, 5, n], 1), table(random(&[n], 2))],
+                    &|x| ops::rms_norm(&x[0], &x[1], 1e-5),
+                );
+            }
+        }
+
+        #[test]
+        fn rope_with_the_head_transpose_matches_the_cpu_pass() {
+            let (t, half) = (11, 8);
+            let angle = |k: usize| {
+                (0..t * half).map(move |i| ((i / half) as f32) * 0.3 / (1 + i % half + k) as f32)
+            };
+            let cos = Tensor::from_vec(angle(0).map(f32::cos).collect(), (t, half), &Device::Cpu)
+                .unwrap();
+            let sin = Tensor::from_vec(angle(0).map(f32::sin).collect(), (t, half), &Device::Cpu)
+                .unwrap();
+            for interleaved in [true, false] {
+                check(
+                    &format!("rope interleaved {interleaved}"),
+                    vec![
+                        act(&[2, t, 3, 2 * half], 5),
+                        table(cos.clone()),
+                        table(sin.clone()),
+                    ],
+                    &|x| ops::rope_heads(&x[0], &x[1], &x[2], interleaved),
+                );
+            }
+        }
+
+        #[test]
+        fn swiglu_and_the_adapter_sum_match_the_cpu_pass() {
+            check("swiglu", vec![act(&[4, 300], 1), act(&[4, 300], 2)], &|x| {
+                if fused::on_gpu(&x[0]) {
+                    fused::swiglu(&x[0], &x[1])
+                } else {
+                    Ok((x[0].silu()? * &x[1])?)
+                }
+            });
+            // `d` is the adapter's f32 delta: an f32 input with a gradient.
+            let d = random(&[4, 300], 3);
+            check(
+                "add scaled",
+                vec![act(&[4, 300], 4), In(d, Role::Act)],
+                &|x| {
+                    let d = x[1].to_dtype(DType::F32)?;
+                    if fused::on_gpu(&x[0]) {
+                        fused::add_scaled(&x[0], &d, 0.5)
+                    } else {
+                        Ok((&x[0] + (d * 0.5)?)?)
+                    }
+                },
+            );
+        }
+
+        #[test]
+        fn dropout_draws_the_masks_the_cpu_computes() {
+            let (seed, p) = (42u64, 0.25);
+            let n = 5000;
+            let keep: Vec<f32> = (0..n as u32)
+                .map(|i| {
+                    if dropout_keep(seed, i, p as f32) {
+                        1.0 / (1.0 - p as f32)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let keep = Tensor::from_vec(keep, (50, 100), &Device::Cpu).unwrap();
+            check("dropout", vec![act(&[50, 100], 9)], &|x| {
+                if fused::on_gpu(&x[0]) {
+                    fused::dropout(&x[0], seed, p)
+                } else {
+                    Ok((x[0].to_dtype(DType::F32)? * &keep)?)
+                }
+            });
+        }
+
+        #[test]
+        fn the_head_and_cross_entropy_match_the_cpu_pass() {
+            let (n, hidden, vocab) = (300, 64, 1000);
+            let t: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 5) % vocab as u32).collect();
+            let w: Vec<f32> = (0..n).map(|i| 0.01 + 0.001 * i as f32).collect();
+            let targets = Tensor::from_vec(t, (n, 1), &Device::Cpu).unwrap();
+            let weights = Tensor::from_vec(w, n, &Device::Cpu).unwrap();
+            let wt = In(random(&[hidden, vocab], 7), Role::Weight);
+            // Chunks of 128 rows: the last one partial.
+            check("head loss", vec![act(&[n, hidden], 8), wt], &|x| {
+                let dev = x[0].device();
+                Ok(x[0].apply_op1(HeadLoss {
+                    head: Base::Dense(Arc::new(x[1].clone())),
+                    targets: targets.to_device(dev)?,
+                    weights: weights.to_device(dev)?,
+                    chunk: 128,
+                })?)
+            });
+        }
+
+        #[test]
+        fn nf4_dequantizes_on_the_gpu_as_on_the_cpu() {
+            let w = random(&[97, 200], 3);
+            let gpu = Device::new_cuda(0).unwrap();
+            let cpu = nf4::Nf4::quantize(&w)
+                .unwrap()
+                .to_device(&Device::Cpu)
+                .unwrap();
+            let want = cpu.dequantize(DType::F32).unwrap();
+            let on_gpu = nf4::Nf4::quantize(&w).unwrap().to_device(&gpu).unwrap();
+            for dtype in [DType::F32, DType::BF16] {
+                let got = on_gpu.dequantize(dtype).unwrap();
+                let tol = if dtype == DType::F32 { 1e-7 } else { 1e-2 };
+                assert!(rel(&got, &want) < tol, "{dtype:?}");
+            }
+        }
+    }
+}
