@@ -1,5 +1,5 @@
 //! With `--features cuda`: the trainer's fused kernels (`src/lora/kernels.cu`) compiled to PTX
-//! by nvcc, for `src/lora/cuda.rs` to embed. nvcc is `$NVCC`, else `$CUDA_PATH/bin/nvcc` or
+//! by nvcc, for `src/lora/fused.rs` to embed. nvcc is `$NVCC`, else `$CUDA_PATH/bin/nvcc` or
 //! `$CUDA_HOME/bin/nvcc`, else the one on PATH (`tools/cuda-toolkit.sh` sets these up); the
 //! target is `compute_$CUDA_COMPUTE_CAP` (as candle's kernels), 75 (T4 and newer) if unset.
 //! Without the feature nothing is built and nvcc is not needed.

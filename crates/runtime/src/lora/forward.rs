@@ -191,7 +191,7 @@ impl Trainable {
             return Ok(Draws::None);
         }
         let seed = splitmix(pass.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        if !self.device.is_cpu() && cfg!(feature = "cuda") {
+        if fused::takes(&self.device, self.dtype) {
             return Ok(Draws::Hashed(seed, 0));
         }
         let mut per_token = 0;
@@ -209,7 +209,7 @@ impl Trainable {
                 .collect();
             Tensor::from_vec(u, n, &self.device)?
         } else {
-            // A GPU of a build without the fused kernels.
+            // A GPU without the fused kernels (a build without them, or an f16 pass).
             self.device.set_seed(seed)?;
             Tensor::rand(0f32, 1f32, n, &self.device)?
         };

@@ -4,9 +4,9 @@
 //! on an H200, candle's elementwise kernels took 435 of the step's 487 ms of GPU time and its
 //! matrix products 52 (ncu, docs/gpu.md).
 //!
-//! They run on CUDA tensors only ([`on_gpu`]); the CPU keeps the pass written with candle's
-//! differentiable operations (`ops.rs`), which is also what `tests/cuda_kernels.rs` holds these
-//! to, in value and gradient, on a GPU.
+//! They run on f32 and bf16 CUDA tensors only ([`on_gpu`]); the CPU keeps the pass written with
+//! candle's differentiable operations (`ops.rs`), which is also what the tests below
+//! (`on_gpu`, run with `--features cuda` on a GPU) hold these to, in value and gradient.
 //!
 //! - [`softmax_causal`]: attention probabilities with the causal (and sliding-window) mask and the
 //!   score scale applied inside, in the scores' dtype.
@@ -19,9 +19,15 @@
 use super::*;
 use candle_core::{CustomOp2, CustomOp3};
 
-/// Whether `x` takes the fused kernels: a CUDA tensor (in a build with `--features cuda`).
+/// Whether `x` takes the fused kernels: an f32 or bf16 CUDA tensor (in a build with
+/// `--features cuda`). An f16 pass keeps candle's operations.
 pub(super) fn on_gpu(x: &Tensor) -> bool {
-    cfg!(feature = "cuda") && x.device().is_cuda()
+    takes(x.device(), x.dtype())
+}
+
+/// Whether tensors of `dtype` on `device` take the fused kernels.
+pub(super) fn takes(device: &Device, dtype: DType) -> bool {
+    cfg!(feature = "cuda") && device.is_cuda() && matches!(dtype, DType::F32 | DType::BF16)
 }
 
 /// Element `i` of dropout stream `seed` is kept (probability 1 − p): splitmix64's output for
@@ -502,15 +508,65 @@ mod cuda {
         })
     }
 
+    /// Each input of `k` has the kernel's dtype (`t`: the first input's) and size: the kernels
+    /// read raw buffers.
+    fn check_inputs(k: Kind, t: DType, ins: &[(&CudaStorage, &Layout)]) -> R<()> {
+        let n = ins[0].1.shape().elem_count();
+        let rows = |v: u32| n / v.max(1) as usize;
+        // (dtype, elements; `true`: exactly, `false`: at least).
+        let want: Vec<(DType, usize, bool)> = match k {
+            Kind::Softmax { .. } | Kind::Dropout { .. } | Kind::ScaleToF32 { .. } => {
+                vec![(t, n, true)]
+            }
+            Kind::DropoutBack { .. } => vec![(DType::F32, n, true)],
+            Kind::SoftmaxBack { .. } | Kind::Swiglu => vec![(t, n, true); 2],
+            Kind::SwigluBack => vec![(t, n, true); 3],
+            Kind::RmsNorm { n: w, .. } => vec![(t, n, true), (DType::F32, w as usize, true)],
+            Kind::RmsNormBack { n: w, .. } => {
+                vec![(t, n, true), (DType::F32, w as usize, true), (t, n, true)]
+            }
+            Kind::AddScaled { .. } => vec![(t, n, true), (DType::F32, n, true)],
+            Kind::Rope { t: len, d, .. } => {
+                let table = (DType::F32, (len * d / 2) as usize, false);
+                vec![(t, n, true), table, table]
+            }
+            Kind::Nf4 { n: e, .. } => vec![
+                (DType::U8, (e as usize).div_ceil(2), false),
+                (DType::F32, (e as usize).div_ceil(64), false),
+            ],
+            Kind::CrossEntropy { v } | Kind::CrossEntropyBack { v } => vec![
+                (t, n, true),
+                (DType::U32, rows(v), true),
+                (DType::F32, rows(v), true),
+            ],
+            Kind::AdamW(_) => vec![
+                (DType::F32, n, true),
+                (DType::F32, n, true),
+                (DType::F32, 2 * n, true),
+            ],
+        };
+        if want.len() != ins.len() {
+            candle_core::bail!("{k:?} takes {} inputs, not {}", want.len(), ins.len());
+        }
+        for (i, ((s, l), (dtype, count, exact))) in ins.iter().zip(want).enumerate() {
+            let got = l.shape().elem_count();
+            if s.dtype() != dtype || (exact && got != count) || got < count {
+                candle_core::bail!(
+                    "{k:?}: input {i} is {:?} × {got}, the kernel reads {dtype:?} × {count}",
+                    s.dtype()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Runs kernel `k` on `ins`: its output's storage and shape.
     pub(super) fn launch(k: Kind, ins: &[(&CudaStorage, &Layout)]) -> R<(CudaStorage, Shape)> {
         let dev = ins[0].0.device().clone();
         let first = ins[0].1.shape().clone();
         let elems = first.elem_count();
-        if elems >= u32::MAX as usize {
-            candle_core::bail!("a fused kernel takes fewer than 2^32 elements");
-        }
         let dt = ins[0].0.dtype();
+        check_inputs(k, dt, ins)?;
         let n = elems as u32;
         use Scalar::*;
         // (element type of the kernel, output dtype, output shape, scalars, launch).
@@ -606,6 +662,11 @@ mod cuda {
                 (dt, dt, Shape::from(dims), args, elementwise(elems))
             }
         };
+        // Indices are 32-bit: with grid-stride steps of at most 2^28 and outputs of up to 3×
+        // the input, every index stays below 2^32.
+        if shape.elem_count().max(elems) > i32::MAX as usize {
+            candle_core::bail!("a fused kernel takes fewer than 2^31 elements");
+        }
         let name = format!("{}_{}", super::Op(k).name(), suffix(t_dtype)?);
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let views = ins

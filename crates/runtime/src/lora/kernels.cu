@@ -1,8 +1,8 @@
 // The trainer's fused CUDA kernels (issue 21): each replaces a chain of candle's elementwise
 // kernels that read and wrote the whole activation once per step of the chain. Compiled to PTX by
-// build.rs (nvcc, with `--features cuda`) and loaded by `lora/cuda.rs`; the CPU computes the same
-// formulas with candle's operations (`lora/fused.rs`), and `tests/cuda_kernels.rs` holds one to
-// the other on a GPU.
+// build.rs (nvcc, with `--features cuda`) and launched by `lora/fused.rs` (`mod cuda`); the CPU
+// computes the same formulas with candle's operations, and the tests of `lora/fused.rs`
+// (`on_gpu`) hold one to the other on a GPU.
 //
 // Every kernel comes in two element types, `_f32` and `_bf16` (bf16 as raw 16-bit words, widened
 // to f32 for all arithmetic and rounded to nearest-even on store: no <cuda_bf16.h>, so the PTX
@@ -219,7 +219,7 @@ __device__ float row_lse(const T *l, unsigned int base, unsigned int v) {
     if (x > m) {
       s = s * expf(m - x) + 1.f;
       m = x;
-    } else {
+    } else if (x != NEG_INF) {  // -inf adds nothing (and -inf - -inf would be NaN)
       s += expf(x - m);
     }
   }

@@ -181,7 +181,7 @@ impl Nf4 {
         let Some(d) = &self.device else {
             candle_core::bail!("NF4: dequantize before to_device");
         };
-        if d.packed.device().is_cuda() && cfg!(feature = "cuda") {
+        if super::fused::takes(d.packed.device(), dtype) {
             let n = self.rows * self.cols;
             return super::fused::nf4_dequantize(&d.packed, &d.scales, n, dtype)?
                 .reshape((self.rows, self.cols));
