@@ -698,3 +698,43 @@ fn a_crashed_runs_work_folders_are_reclaimed_by_the_next_run() {
     env.run(&[]);
     assert!(!stale.exists(), "the next run holding the lock removed it");
 }
+
+/// The README's `edge-eval bench` runs cleanly from a fresh folder: the stages that share a key
+/// with another (the fine-tunes do not depend on the precision) are served by it in the same run,
+/// which is not a failure; a reused folder is refused with the fix.
+#[test]
+fn the_engine_benchmark_runs_from_a_fresh_folder() {
+    let env = Env::new("");
+    let bench = |dir: &str| {
+        env.exec(&[
+            "bench",
+            "--hash-mib",
+            "1",
+            "--repeats",
+            "1",
+            "--dir",
+            env.path(dir).to_str().unwrap(),
+        ])
+    };
+    let out = bench("b");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("first run (325 stages ran, 48 served by an identical stage of the run)"),
+        "{stdout}"
+    );
+    for line in [
+        "plan (parse + keys + cache lookups)",
+        "no-op run, whole `edge-eval` process",
+    ] {
+        assert!(stdout.contains(line), "{line} missing:\n{stdout}");
+    }
+    let again = bench("b");
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("use an empty --dir"), "{err}");
+}

@@ -219,6 +219,50 @@ fn a_closed_stdout_or_a_non_utf8_argument_is_no_panic() {
     assert!(stderr.contains("not valid UTF-8"), "{stderr}");
 }
 
+/// A run whose stdout is closed (or full) when it prints its result fails with a message that
+/// says where the results are, not a panic, and keeps what it computed.
+#[test]
+fn a_run_that_cannot_print_its_result_says_so_and_keeps_it() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.eep");
+    std::fs::write(
+        &p,
+        "pipeline p { results = \"results\" }\na = test_stage(emit = \"x\")\n",
+    )
+    .unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_edge-eval"))
+            .current_dir(dir.path())
+            .args(["run", "--json", "--quiet", "p.eep"])
+            .stdout(
+                std::fs::File::options()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("could not print the run's result"),
+        "{stderr}"
+    );
+    // The stage's result was kept: the next run finds it cached.
+    let again = Command::new(env!("CARGO_BIN_EXE_edge-eval"))
+        .current_dir(dir.path())
+        .args(["run", "--json", "--quiet", "p.eep"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("\"status\":\"cached\""), "{stdout}");
+}
+
 #[test]
 fn rust_backtrace_does_not_put_library_backtraces_into_errors() {
     let dir = tempfile::tempdir().unwrap();

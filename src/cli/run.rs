@@ -67,7 +67,10 @@ pub fn run(
             })
             .collect();
         let tables: Vec<String> = tables.iter().map(|t| t.display().to_string()).collect();
-        println!("{}", json!({ "stages": stages, "tables": tables }));
+        print_out(&format!(
+            "{}\n",
+            json!({ "stages": stages, "tables": tables })
+        ))?;
     } else {
         eprintln!(
             "{}: {} ran, {} cached, {} failed, {} skipped",
@@ -90,11 +93,9 @@ pub fn run(
             eprintln!("  wrote {}", t.display());
         }
         if !metrics.is_empty() {
-            println!();
-            print!(
-                "{}",
-                crate::report::terminal_table(&metrics, &crate::study::report_metrics(pipeline))
-            );
+            let table =
+                crate::report::terminal_table(&metrics, &crate::study::report_metrics(pipeline));
+            print_out(&format!("\n{table}"))?;
         }
     }
     Ok(if report.interrupted {
@@ -104,4 +105,20 @@ pub fn run(
     } else {
         0
     })
+}
+
+/// A run's result on stdout. The run keeps SIGPIPE ignored (a closed pipe must not kill it while
+/// it writes its tables), so a stdout closed by the reader is an error that says where the
+/// results are, not a panic.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not print the run's result ({e}): its stages are in the cache and its \
+                 tables were written; `edge-eval report DIR` prints the metrics again"
+            )
+        })
 }
