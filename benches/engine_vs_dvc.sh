@@ -14,6 +14,8 @@ set -euo pipefail
 ee=${EDGE_EVAL:-edge-eval}
 dvc=${DVC:-dvc}
 repeats=${REPEATS:-7}
+command -v "$dvc" >/dev/null || { echo "engine_vs_dvc: no \`$dvc\`: pip install dvc (or set DVC)" >&2; exit 2; }
+command -v git >/dev/null || { echo "engine_vs_dvc: DVC needs git" >&2; exit 2; }
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
