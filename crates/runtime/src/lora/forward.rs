@@ -48,7 +48,7 @@ enum Draws {
     /// CPU: uniform draws for every mask of the block, and how many are used.
     Uniform(Tensor, usize),
     /// GPU: each mask is drawn inside the fused kernel from its own counter-based stream
-    /// ([`fused::dropout_keep`]): the block's seed and the mask's number.
+    /// (`fused::dropout_keep`): the block's seed and the mask's number.
     Hashed(u64, u64),
 }
 
