@@ -219,6 +219,8 @@ def main():
 
         row.update({
             "j_per_token": None,
+            "j_per_token_net": None,
+            "energy_j": None,
             "energy_source": None,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "meter": "none on the CPU: no energy counter is read; memory: peak RSS",

@@ -220,8 +220,9 @@ pub fn main() -> i32 {
     }
     let cli = Cli::parse_from(normalize_args(args));
     // A closed stdout (`edge-eval stages | head -1`) ends a command that only prints quietly, as
-    // it does other command-line tools, instead of a panic in `println!`. Commands that compute
-    // (a run, a job, a load probe, a benchmark) keep handling a broken pipe as an error.
+    // it does other command-line tools, instead of a panic in `println!`; so do the benchmarks,
+    // whose only product is what they print. Commands that keep results (a run, a job, a load
+    // probe) handle a broken pipe as an error instead, after the results are kept.
     if matches!(
         cli.command,
         Command::Check { .. }
@@ -230,6 +231,9 @@ pub fn main() -> i32 {
             | Command::Report { .. }
             | Command::Stages
             | Command::Cache { .. }
+            | Command::Bench { .. }
+            | Command::BenchModel { .. }
+            | Command::BenchTrain { .. }
     ) {
         // SAFETY: single-threaded here.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };

@@ -117,8 +117,8 @@ fn print_out(text: &str) -> Result<()> {
         .and_then(|()| out.flush())
         .map_err(|e| {
             anyhow::anyhow!(
-                "could not print the run's result ({e}): its stages are in the cache and its \
-                 tables were written; `edge-eval report DIR` prints the metrics again"
+                "could not print the run's result ({e}): the stages that finished are in the \
+                 cache and the tables were written; `edge-eval report DIR` prints the metrics again"
             )
         })
 }
