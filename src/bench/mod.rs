@@ -193,12 +193,18 @@ fn first_run_counts(outcomes: &[Option<engine::exec::Outcome>]) -> Result<(usize
         }
     }
     if !other.is_empty() {
+        // Cached from before this run: the folder held a cache already.
+        let hint = if other.iter().all(|s| *s == Status::Cached.as_str()) {
+            "; use an empty --dir"
+        } else {
+            ""
+        };
+        let n = other.len();
         other.sort();
         other.dedup();
         bail!(
-            "the benchmark pipeline did not run cleanly into a fresh cache: {} of {} stages were \
-             not run ({}); use an empty --dir",
-            outcomes.len() - ran - shared,
+            "the benchmark pipeline did not run cleanly into a fresh cache: {n} of {} stages were \
+             not run ({}){hint}",
             outcomes.len(),
             other.join(", ")
         );

@@ -50,6 +50,18 @@ pub fn run(
             .count()
     };
     let failed = count(Status::Failed);
+    let code = if report.interrupted {
+        130
+    } else if failed > 0 {
+        1
+    } else {
+        0
+    };
+    // The result could not be printed: said on stderr; the run's own code stays (at least 1).
+    let unprinted = |e: anyhow::Error| -> Result<i32> {
+        eprintln!("error: {e:#}");
+        Ok(code.max(1))
+    };
     if json {
         let stages: Vec<_> = report
             .outcomes
@@ -67,10 +79,12 @@ pub fn run(
             })
             .collect();
         let tables: Vec<String> = tables.iter().map(|t| t.display().to_string()).collect();
-        print_out(&format!(
+        if let Err(e) = print_out(&format!(
             "{}\n",
             json!({ "stages": stages, "tables": tables })
-        ))?;
+        )) {
+            return unprinted(e);
+        }
     } else {
         eprintln!(
             "{}: {} ran, {} cached, {} failed, {} skipped",
@@ -95,16 +109,12 @@ pub fn run(
         if !metrics.is_empty() {
             let table =
                 crate::report::terminal_table(&metrics, &crate::study::report_metrics(pipeline));
-            print_out(&format!("\n{table}"))?;
+            if let Err(e) = print_out(&format!("\n{table}")) {
+                return unprinted(e);
+            }
         }
     }
-    Ok(if report.interrupted {
-        130
-    } else if failed > 0 {
-        1
-    } else {
-        0
-    })
+    Ok(code)
 }
 
 /// A run's result on stdout. The run keeps SIGPIPE ignored (a closed pipe must not kill it while
