@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -225,27 +227,25 @@ fn a_closed_stdout_or_a_non_utf8_argument_is_no_panic() {
 fn a_run_that_cannot_print_its_result_says_so_and_keeps_it() {
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("p.eep");
     std::fs::write(
-        &p,
+        dir.path().join("p.eep"),
         "pipeline p { results = \"results\" }\na = test_stage(emit = \"x\")\n",
     )
     .unwrap();
-    let run = || {
+    let run = |stdout: Stdio| {
         Command::new(env!("CARGO_BIN_EXE_edge-eval"))
             .current_dir(dir.path())
             .args(["run", "--json", "--quiet", "p.eep"])
-            .stdout(
-                std::fs::File::options()
-                    .write(true)
-                    .open("/dev/full")
-                    .unwrap(),
-            )
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .output()
             .unwrap()
     };
-    let out = run();
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = run(full.into());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -254,13 +254,8 @@ fn a_run_that_cannot_print_its_result_says_so_and_keeps_it() {
         "{stderr}"
     );
     // The stage's result was kept: the next run finds it cached.
-    let again = Command::new(env!("CARGO_BIN_EXE_edge-eval"))
-        .current_dir(dir.path())
-        .args(["run", "--json", "--quiet", "p.eep"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout.contains("\"status\":\"cached\""), "{stdout}");
+    let again = common::statuses(&common::run_json(&run(Stdio::piped())));
+    assert_eq!(again["a"], "cached", "{again:?}");
 }
 
 #[test]

@@ -35,8 +35,6 @@ struct Pass {
     /// Dropout stream of the pass; each block derives its own from it, so that a recomputed
     /// block (checkpointing) draws the same masks.
     seed: u64,
-    mask: Tensor,
-    local_mask: Option<Tensor>,
     rope: (Tensor, Tensor),
     local_rope: Option<(Tensor, Tensor)>,
 }
@@ -129,37 +127,14 @@ impl Trainable {
     }
 
     fn pass(&self, rows: usize, len: usize, train: bool, seed: u64) -> Result<Pass> {
-        let c = &self.cfg;
         let narrow = |(cos, sin): &(Tensor, Tensor)| -> Result<(Tensor, Tensor)> {
             Ok((cos.narrow(0, 0, len)?, sin.narrow(0, 0, len)?))
-        };
-        // Causal; a sliding-window layer also hides positions `window` or more behind. f32: it
-        // is added to the scores, which are softmaxed in f32.
-        let make_mask = |window: Option<usize>| -> Result<Tensor> {
-            let m: Vec<f32> = (0..len)
-                .flat_map(|i| {
-                    (0..len).map(move |j| {
-                        if j > i || window.is_some_and(|w| j + w <= i) {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            Ok(Tensor::from_vec(m, (len, len), &self.device)?)
         };
         Ok(Pass {
             rows,
             len,
             train,
             seed,
-            mask: make_mask(None)?,
-            local_mask: c
-                .gemma
-                .as_ref()
-                .map(|g| make_mask(Some(g.window)))
-                .transpose()?,
             rope: narrow(&(self.cos.clone(), self.sin.clone()))?,
             local_rope: self.local_rope.as_ref().map(narrow).transpose()?,
         })
@@ -242,10 +217,10 @@ impl Trainable {
         let l = &self.layers[i];
         let (b, t) = (pass.rows, pass.len);
         let mut draws = self.block_draws(i, pass)?;
-        let local = c.window(i).is_some();
-        let ((cos, sin), mask) = match (&pass.local_rope, &pass.local_mask, local) {
-            (Some(r), Some(m), true) => (r, m),
-            _ => (&pass.rope, &pass.mask),
+        let window = c.window(i);
+        let (cos, sin) = match (&pass.local_rope, window) {
+            (Some(r), Some(_)) => r,
+            _ => &pass.rope,
         };
         let h = rms_norm(x, &l.attn_norm, c.eps)?;
         let mut q = self.project(&l.proj[0], &h, &mut draws)?;
@@ -281,8 +256,7 @@ impl Trainable {
         // Scores softmaxed in f32, whatever the pass's dtype.
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let scores = q.matmul(&k.t()?)?.reshape((b, c.n_head, t, t))?;
-        let window = c.window(i);
-        let y = attention_softmax(&scores, scale, mask, window)?
+        let y = attention_softmax(&scores, scale, window)?
             .reshape((b, kv, rep * t, t))?
             .matmul(&v)?
             .reshape((b, c.n_head, t, c.head_dim))?

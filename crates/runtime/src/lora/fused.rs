@@ -69,11 +69,7 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// `x` widened to f32 with dropout `p` from stream `seed` (kept entries scaled by 1 / (1 − p)).
 pub(super) fn dropout(x: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
-    let k = Kind::Dropout {
-        seed,
-        p: p as f32,
-        dtype: x.dtype(),
-    };
+    let k = Kind::Dropout { seed, p: p as f32 };
     Ok(x.contiguous()?.apply_op1(Op(k))?)
 }
 
@@ -116,7 +112,7 @@ pub(super) fn nf4_dequantize(
     n: usize,
     dtype: DType,
 ) -> candle_core::Result<Tensor> {
-    packed.apply_op2_no_bwd(scales, &Op(Kind::Nf4 { n: n as u32, dtype }))
+    Op::no_grad2(Kind::Nf4 { n: n as u32, dtype }, packed, scales)
 }
 
 /// The weighted cross-entropy `wᵢ (logsumexp(logitsᵢ) − logitsᵢ[tᵢ])` of each row of `logits`
@@ -130,7 +126,7 @@ pub(super) fn cross_entropy(
     let k = Kind::CrossEntropy {
         v: logits.dim(D::Minus1)? as u32,
     };
-    Op::back3(k, logits, targets, weights)
+    Op::no_grad3(k, logits, targets, weights)
 }
 
 /// The gradient of [`cross_entropy`] with respect to the logits, in their dtype, for `wg` =
@@ -143,7 +139,7 @@ pub(super) fn cross_entropy_back(
     let k = Kind::CrossEntropyBack {
         v: logits.dim(D::Minus1)? as u32,
     };
-    Op::back3(k, logits, targets, wg)
+    Op::no_grad3(k, logits, targets, wg)
 }
 
 /// One fused kernel (and its scalar arguments); the forwards' backwards are kinds too.
@@ -158,8 +154,8 @@ enum Kind {
     RmsNorm { n: u32, eps: f32 },
     /// (x, w, gradient of y) → gradient of x.
     RmsNormBack { n: u32, eps: f32 },
-    /// x (`dtype`) → f32.
-    Dropout { seed: u64, p: f32, dtype: DType },
+    /// x → f32.
+    Dropout { seed: u64, p: f32 },
     /// gradient (f32) → gradient of x (`dtype`).
     DropoutBack { seed: u64, p: f32, dtype: DType },
     /// (y, d f32) → y + s · d.
@@ -205,11 +201,7 @@ pub(super) struct AdamWStep {
 /// `[3, …]`, the new m, v and parameter, in one kernel (candle_nn's AdamW runs 12 kernels per
 /// tensor).
 pub(super) fn adamw(p: &Tensor, g: &Tensor, mv: &Tensor, step: AdamWStep) -> Result<Tensor> {
-    Ok(p.contiguous()?.apply_op3_no_bwd(
-        &g.contiguous()?,
-        &mv.contiguous()?,
-        &Op(Kind::AdamW(step)),
-    )?)
+    Ok(Op::no_grad3(Kind::AdamW(step), p, g, mv)?)
 }
 
 struct Op(Kind);
@@ -235,14 +227,15 @@ impl Op {
         }
     }
 
-    /// A backward's kernel on contiguous inputs.
-    fn back1(k: Kind, a: &Tensor) -> candle_core::Result<Tensor> {
+    /// Kernel `k` on contiguous inputs, recording no gradient (a backward's kernels, and the
+    /// forward-only ones).
+    fn no_grad1(k: Kind, a: &Tensor) -> candle_core::Result<Tensor> {
         a.contiguous()?.apply_op1_no_bwd(&Op(k))
     }
-    fn back2(k: Kind, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    fn no_grad2(k: Kind, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
         a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &Op(k))
     }
-    fn back3(k: Kind, a: &Tensor, b: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
+    fn no_grad3(k: Kind, a: &Tensor, b: &Tensor, c: &Tensor) -> candle_core::Result<Tensor> {
         a.contiguous()?
             .apply_op3_no_bwd(&b.contiguous()?, &c.contiguous()?, &Op(k))
     }
@@ -270,10 +263,13 @@ impl CustomOp1 for Op {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         cuda::launch(self.0, &[(s, l)])
     }
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(match self.0 {
-            Kind::Softmax { t, scale, .. } => Op::back2(Kind::SoftmaxBack { t, scale }, y, g)?,
-            Kind::Dropout { seed, p, dtype } => Op::back1(Kind::DropoutBack { seed, p, dtype }, g)?,
+            Kind::Softmax { t, scale, .. } => Op::no_grad2(Kind::SoftmaxBack { t, scale }, y, g)?,
+            Kind::Dropout { seed, p } => {
+                let dtype = x.dtype();
+                Op::no_grad1(Kind::DropoutBack { seed, p, dtype }, g)?
+            }
             k => candle_core::bail!("{k:?} has no backward"),
         }))
     }
@@ -311,12 +307,15 @@ impl CustomOp2 for Op {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         Ok(match self.0 {
             Kind::RmsNorm { n, eps } => (
-                Some(Op::back3(Kind::RmsNormBack { n, eps }, a, b, g)?),
+                Some(Op::no_grad3(Kind::RmsNormBack { n, eps }, a, b, g)?),
                 None,
             ),
-            Kind::AddScaled { s } => (Some(g.clone()), Some(Op::back1(Kind::ScaleToF32 { s }, g)?)),
+            Kind::AddScaled { s } => (
+                Some(g.clone()),
+                Some(Op::no_grad1(Kind::ScaleToF32 { s }, g)?),
+            ),
             Kind::Swiglu => {
-                let d = Op::back3(Kind::SwigluBack, a, b, g)?;
+                let d = Op::no_grad3(Kind::SwigluBack, a, b, g)?;
                 (Some(d.get(0)?), Some(d.get(1)?))
             }
             k => candle_core::bail!("{k:?} has no backward"),
@@ -375,7 +374,7 @@ impl CustomOp3 for Op {
                     interleaved,
                     inverse: !inverse,
                 };
-                Ok((Some(Op::back3(back, g, cos, sin)?), None, None))
+                Ok((Some(Op::no_grad3(back, g, cos, sin)?), None, None))
             }
             k => candle_core::bail!("{k:?} has no backward"),
         }
@@ -816,31 +815,13 @@ mod tests {
             }
         }
 
-        fn mask(t: usize, window: Option<usize>) -> Tensor {
-            let m: Vec<f32> = (0..t * t)
-                .map(|k| {
-                    let (i, j) = (k / t, k % t);
-                    if j > i || window.is_some_and(|w| j + w <= i) {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            Tensor::from_vec(m, (t, t), &Device::Cpu).unwrap()
-        }
-
         #[test]
         fn the_causal_softmax_matches_the_cpu_pass() {
             for (t, window) in [(37, None), (64, Some(5)), (300, None)] {
-                let m = mask(t, window);
                 check(
                     &format!("softmax t {t} window {window:?}"),
                     vec![act(&[2, 3, t, t], t as u64)],
-                    &|x| {
-                        let m = m.to_device(x[0].device())?;
-                        ops::attention_softmax(&x[0], 0.125, &m, window)
-                    },
+                    &|x| ops::attention_softmax(&x[0], 0.125, window),
                 );
             }
         }

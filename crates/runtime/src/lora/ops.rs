@@ -19,25 +19,38 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Attention probabilities `softmax(x · scale + mask)` over the last dimension of scores
-/// `[rows, heads, t, t]`, as one op whose graph keeps only its output. On a GPU one fused kernel
-/// each way, the causal mask (and the sliding `window`) applied inside; on the CPU the forward is
-/// in f32 through candle's fused softmax, returned in `x`'s dtype, and the backward
+/// `[rows, heads, t, t]`, the mask causal (a sliding `window` also hides keys `window` or more
+/// behind), as one op whose graph keeps only its output. On a GPU one fused kernel each way, the
+/// mask applied inside; on the CPU the forward is in f32 through candle's fused softmax with the
+/// mask added ([`causal_mask`]), returned in `x`'s dtype, and the backward
 /// `scale · y ⊙ (g − Σ g ⊙ y)` in f32. Written with the differentiable operations instead, the
 /// scores' f32 copy, the masked and shifted scores and their exponentials were all kept for the
 /// backward — 5 f32 tensors of `[rows, heads, t, t]` per block.
-pub(super) fn attention_softmax(
-    x: &Tensor,
-    scale: f64,
-    mask: &Tensor,
-    window: Option<usize>,
-) -> Result<Tensor> {
+pub(super) fn attention_softmax(x: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
+    let t = x.dim(D::Minus1)?;
     if fused::on_gpu(x) {
-        return fused::softmax_causal(x, x.dim(D::Minus1)?, window, scale);
+        return fused::softmax_causal(x, t, window, scale);
     }
     Ok(x.contiguous()?.apply_op1(AttentionSoftmax {
         scale,
-        mask: mask.clone(),
+        mask: causal_mask(t, window, x.device())?,
     })?)
+}
+
+/// `[t, t]` f32: 0 where query `i` sees key `j` (`j ≤ i`, and `j + window > i` with a window),
+/// −∞ elsewhere.
+pub(super) fn causal_mask(t: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t * t)
+        .map(|k| {
+            let (i, j) = (k / t, k % t);
+            if j > i || window.is_some_and(|w| j + w <= i) {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(m, (t, t), device)?)
 }
 
 struct AttentionSoftmax {
