@@ -1,5 +1,5 @@
-//! With `--features cuda`: the trainer's fused kernels (`src/lora/kernels.cu`) compiled to PTX
-//! by nvcc, for `src/lora/fused.rs` to embed. nvcc is `$NVCC`, else `$CUDA_PATH/bin/nvcc` or
+//! With `--features cuda`: the trainer's fused kernels (`src/lora/fused/kernels.cu`) compiled to PTX
+//! by nvcc, for `src/lora/fused/cuda.rs` to embed. nvcc is `$NVCC`, else `$CUDA_PATH/bin/nvcc` or
 //! `$CUDA_HOME/bin/nvcc`, else the one on PATH (`tools/cuda-toolkit.sh` sets these up); the
 //! target is `compute_$CUDA_COMPUTE_CAP` (as candle's kernels), 75 (T4 and newer) if unset.
 //! Without the feature nothing is built and nvcc is not needed.
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/lora/kernels.cu");
+    println!("cargo:rerun-if-changed=src/lora/fused/kernels.cu");
     for var in ["NVCC", "CUDA_PATH", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -30,7 +30,7 @@ fn main() {
     let status = Command::new(&nvcc)
         .args(["--ptx", "-O3", "-std=c++17"])
         .arg(format!("-arch=compute_{cap}"))
-        .arg("src/lora/kernels.cu")
+        .arg("src/lora/fused/kernels.cu")
         .arg("-o")
         .arg(&ptx)
         .status()
@@ -41,5 +41,5 @@ fn main() {
                 nvcc.display()
             )
         });
-    assert!(status.success(), "nvcc failed on src/lora/kernels.cu");
+    assert!(status.success(), "nvcc failed on src/lora/fused/kernels.cu");
 }

@@ -262,7 +262,7 @@ fn attention(
 
 /// `a · b`, eight lanes (vectorised where the CPU allows; the same sums in the same order
 /// either way).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::kernels::avx2() {
         // SAFETY: the CPU has AVX2 and FMA.

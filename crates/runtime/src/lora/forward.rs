@@ -43,10 +43,11 @@ struct Pass {
 enum Draws {
     /// No dropout (inference, or p = 0).
     None,
-    /// CPU: uniform draws for every mask of the block, and how many are used.
+    /// Without the fused kernels (an f16 pass, or bf16 on the CPU): uniform draws for every
+    /// mask of the block, and how many are used.
     Uniform(Tensor, usize),
-    /// GPU: each mask is drawn inside the fused kernel from its own counter-based stream
-    /// (`fused::dropout_keep`): the block's seed and the mask's number.
+    /// With them: each mask is drawn inside the fused kernel from its own counter-based stream
+    /// (`fused::keep`): the block's seed and the mask's number.
     Hashed(u64, u64),
 }
 
@@ -156,11 +157,12 @@ impl Trainable {
     }
 
     /// The dropout draws of block `i` (training with dropout only), from the block's own
-    /// stream, so that a recomputed block (checkpointing) gets the same masks. On the CPU one
-    /// uniform number per adapter input element of the block, drawn at once; on a GPU nothing is
-    /// drawn ahead: the fused kernel hashes each element's index (cuRAND's re-seeding, once per
-    /// block, cost 14 ms of a 0.48 s Llama-3.2-1B step on an H200, and its masks 5 more kernels
-    /// per adapter).
+    /// stream, so that a recomputed block (checkpointing) gets the same masks. With the fused
+    /// kernels nothing is drawn ahead: the kernel hashes each element's index (on a GPU, cuRAND's
+    /// re-seeding, once per block, cost 14 ms of a 0.48 s Llama-3.2-1B step on an H200, and its
+    /// masks 5 more kernels per adapter; on the CPU the draws and masks were ~4 GB of a
+    /// SmolLM2-135M step at 4 × 256). Without them, one uniform number per adapter input element
+    /// of the block, drawn at once.
     fn block_draws(&self, i: usize, pass: &Pass) -> Result<Draws> {
         if !pass.train || self.lora.dropout <= 0.0 {
             return Ok(Draws::None);
@@ -184,7 +186,7 @@ impl Trainable {
                 .collect();
             Tensor::from_vec(u, n, &self.device)?
         } else {
-            // A GPU without the fused kernels (a build without them, or an f16 pass).
+            // A GPU without the fused kernels (an f16 pass).
             self.device.set_seed(seed)?;
             Tensor::rand(0f32, 1f32, n, &self.device)?
         };
@@ -204,11 +206,7 @@ impl Trainable {
         };
         let delta = frozen::rows_matmul(&xf, &a.as_tensor().t()?)?;
         let delta = frozen::rows_matmul(&delta, &b.as_tensor().t()?)?;
-        if fused::on_gpu(&y) {
-            return fused::add_scaled(&y, &delta, self.lora.scale());
-        }
-        let dtype = y.dtype();
-        Ok((y + (delta * self.lora.scale())?.to_dtype(dtype)?)?)
+        add_scaled(&y, &delta, self.lora.scale())
     }
 
     /// Block `i` on `x` `[rows, len, hidden]`.
@@ -272,10 +270,8 @@ impl Trainable {
         let up = self.project(&l.proj[5], &h, &mut draws)?;
         let act = if c.gemma.is_some() {
             (gate.gelu()? * up)?
-        } else if fused::on_gpu(&gate) {
-            fused::swiglu(&gate, &up)?
         } else {
-            (gate.silu()? * up)?
+            swiglu(&gate, &up)?
         };
         let mut y = self.project(&l.proj[6], &act, &mut draws)?;
         if let Some([_, _, _, post_ffw]) = &l.extra {
@@ -285,28 +281,36 @@ impl Trainable {
     }
 
     /// The weighted answer-token cross-entropy from the last block's output `x`: only the
-    /// positions in the loss go through the final norm and the output head ([`HeadLoss`]).
-    fn head_loss(&self, x: &Tensor, b: &Batch) -> Result<Tensor> {
+    /// positions in the loss go through the final norm and the output head ([`HeadLoss`]);
+    /// `grad_ahead` for a loss that will be differentiated.
+    fn head_loss(&self, x: &Tensor, b: &Batch, grad_ahead: bool) -> Result<Tensor> {
         let h = x
             .reshape((b.rows * b.len, self.cfg.hidden))?
             .index_select(&b.positions, 0)?;
         let h = rms_norm(&h, &self.norm, self.cfg.eps)?;
-        Ok(h.contiguous()?.apply_op1(HeadLoss {
-            head: self.head.clone(),
-            targets: b.targets.clone(),
-            weights: b.weights.clone(),
-            chunk: self.head_chunk,
-        })?)
+        let op = HeadLoss::new(
+            self.head.clone(),
+            b.targets.clone(),
+            b.weights.clone(),
+            self.head_chunk,
+            fused::applies(&h),
+            grad_ahead,
+        );
+        Ok(h.contiguous()?.apply_op1(op)?)
     }
 
     /// The batch's loss with the whole graph kept for backward; `seed` drives dropout.
     pub fn batch_loss(&self, b: &Batch, train: bool, seed: u64) -> Result<Tensor> {
+        self.pass_loss(b, train, seed, false)
+    }
+
+    fn pass_loss(&self, b: &Batch, train: bool, seed: u64, grad_ahead: bool) -> Result<Tensor> {
         let pass = self.pass(b.rows, b.len, train, seed)?;
         let mut x = self.embed(&b.ids, b.rows, b.len)?;
         for i in 0..self.layers.len() {
             x = self.layer(i, &x, &pass)?;
         }
-        self.head_loss(&x, b)
+        self.head_loss(&x, b, grad_ahead)
     }
 
     /// The batch's loss and the gradients of the adapters (training mode). With
@@ -322,7 +326,7 @@ impl Trainable {
         prof: &mut Profiler,
     ) -> Result<(f64, GradStore)> {
         if !checkpointing {
-            let loss = self.batch_loss(b, true, seed)?;
+            let loss = self.pass_loss(b, true, seed, true)?;
             let value = loss.to_scalar::<f32>()? as f64;
             prof.mark("forward")?;
             let grads = loss.backward()?;
@@ -340,7 +344,7 @@ impl Trainable {
         }
         prof.mark("forward")?;
         let top = Var::from_tensor(&x)?;
-        let loss = self.head_loss(top.as_tensor(), b)?;
+        let loss = self.head_loss(top.as_tensor(), b, true)?;
         let value = loss.to_scalar::<f32>()? as f64;
         let mut grads = loss.backward()?;
         prof.mark("head loss and its backward")?;

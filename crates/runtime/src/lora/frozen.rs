@@ -144,10 +144,12 @@ impl CustomOp1 for Frozen {
 
 /// The weighted cross-entropy `-Σ wᵢ log softmax(hᵢ Wᵀ)[tᵢ]` of final hidden states `h`
 /// `[n, hidden]` through the frozen output head, computed `chunk` rows at a time, as a custom op
-/// whose backward recomputes each chunk's logits (`∂/∂logitsᵢ = wᵢ (pᵢ − onehot(tᵢ))`, then
-/// `· W`). Only one chunk's f32 logits exist at a time: unfused, Llama-3's 128k-vocabulary
-/// logits of 4 × 512 positions are 1 GB in f32, and log-softmax and its backward keep several
-/// of them.
+/// whose gradient is `∂/∂logitsᵢ = wᵢ (pᵢ − onehot(tᵢ))`, then `· W`. Only one chunk's logits
+/// exist at a time: unfused, Llama-3's 128k-vocabulary logits of 4 × 512 positions are 1 GB in
+/// f32, and log-softmax and its backward keep several of them. A loss that will be
+/// differentiated ([`HeadLoss::grad_ahead`]) computes the gradient of `h` in the forward, from
+/// the chunk's logits at hand, and keeps it (`[n, hidden]`, small) for the backward, which only
+/// scales it by the upstream gradient; otherwise the backward recomputes each chunk's logits.
 pub(super) struct HeadLoss {
     pub head: Base,
     /// `[n, 1]` u32.
@@ -155,9 +157,35 @@ pub(super) struct HeadLoss {
     /// `[n]` f32.
     pub weights: Tensor,
     pub chunk: usize,
+    /// The fused cross-entropy kernels ([`super::fused::cross_entropy`]) instead of the
+    /// composite form.
+    pub fused: bool,
+    /// Compute the gradient during the forward (one head product per chunk instead of two).
+    pub grad_ahead: bool,
+    /// The gradient of `h` for an upstream gradient of 1, computed ahead.
+    ahead: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl HeadLoss {
+    pub fn new(
+        head: Base,
+        targets: Tensor,
+        weights: Tensor,
+        chunk: usize,
+        fused: bool,
+        grad_ahead: bool,
+    ) -> HeadLoss {
+        HeadLoss {
+            head,
+            targets,
+            weights,
+            chunk,
+            fused,
+            grad_ahead,
+            ahead: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Rows per chunk for a vocabulary of `vocab`: about 256 MB of f32 logits.
     pub fn rows_per_chunk(vocab: usize) -> usize {
         ((64 << 20) / vocab.max(1)).max(1)
@@ -168,11 +196,41 @@ impl HeadLoss {
         (0..n.div_ceil(c)).map(move |k| (k * c, c.min(n - k * c)))
     }
 
-    /// A chunk's f32 logits.
-    fn logits(&self, h: &Tensor, start: usize, len: usize) -> candle_core::Result<Tensor> {
-        self.head
-            .apply(&h.narrow(0, start, len)?)?
-            .to_dtype(DType::F32)
+    /// The loss of the chunk of rows `s .. s + l` with its `logits` (as the head gives them).
+    fn chunk_loss(&self, logits: &Tensor, s: usize, l: usize) -> candle_core::Result<Tensor> {
+        let (t, w) = (self.targets.narrow(0, s, l)?, self.weights.narrow(0, s, l)?);
+        if self.fused {
+            return super::fused::cross_entropy(logits, &t, &w)?.sum_all();
+        }
+        let logits = logits.to_dtype(DType::F32)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let picked = shifted.gather(&t, 1)?.sub(&lse)?.squeeze(1)?;
+        picked.mul(&w)?.sum_all()?.neg()
+    }
+
+    /// The gradient of the chunk's loss, times `g` (`[1]` f32), with respect to its rows of `h`.
+    fn chunk_grad(
+        &self,
+        logits: &Tensor,
+        s: usize,
+        l: usize,
+        g: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.targets.narrow(0, s, l)?;
+        let wg = self.weights.narrow(0, s, l)?.broadcast_mul(g)?;
+        let d = if self.fused {
+            super::fused::cross_entropy_back(logits, &t, &wg)?
+        } else {
+            let p = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+            let wg = wg.unsqueeze(1)?;
+            // wᵢ pᵢ, minus wᵢ at the target.
+            p.broadcast_mul(&wg)?
+                .scatter_add(&t, &wg.neg()?, 1)?
+                .to_dtype(logits.dtype())?
+        };
+        self.head.back(&d)
     }
 }
 
@@ -182,25 +240,18 @@ impl TensorOp for HeadLoss {
     }
     fn forward(&self, h: &Tensor) -> candle_core::Result<Tensor> {
         let mut total = Tensor::zeros((), DType::F32, h.device())?;
-        if super::fused::on_gpu(h) {
-            // One kernel per chunk on the logits as the head gives them.
-            for (s, l) in self.chunks(h.dim(0)?) {
-                let logits = self.head.apply(&h.narrow(0, s, l)?)?;
-                let (t, w) = (self.targets.narrow(0, s, l)?, self.weights.narrow(0, s, l)?);
-                total = (total + super::fused::cross_entropy(&logits, &t, &w)?.sum_all()?)?;
-            }
-            return Ok(total);
-        }
+        let one = Tensor::ones(1, DType::F32, h.device())?;
+        let mut grads = vec![];
         for (s, l) in self.chunks(h.dim(0)?) {
-            let logits = self.logits(h, s, l)?;
-            let max = logits.max_keepdim(D::Minus1)?;
-            let shifted = logits.broadcast_sub(&max)?;
-            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-            let picked = shifted
-                .gather(&self.targets.narrow(0, s, l)?, 1)?
-                .sub(&lse)?
-                .squeeze(1)?;
-            total = (total - picked.mul(&self.weights.narrow(0, s, l)?)?.sum_all()?)?;
+            let logits = self.head.apply(&h.narrow(0, s, l)?)?;
+            total = (total + self.chunk_loss(&logits, s, l)?)?;
+            if self.grad_ahead {
+                grads.push(self.chunk_grad(&logits, s, l, &one)?);
+            }
+        }
+        if self.grad_ahead {
+            let dh = Tensor::cat(&grads, 0)?;
+            *self.ahead.lock().unwrap_or_else(|e| e.into_inner()) = Some(dh);
         }
         Ok(total)
     }
@@ -209,33 +260,15 @@ impl TensorOp for HeadLoss {
 impl CustomOp1 for HeadLoss {
     tensor_op_forwards!();
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let g = grad.to_dtype(DType::F32)?.reshape((1, 1))?;
-        let mut parts = vec![];
-        if super::fused::on_gpu(h) {
-            for (s, l) in self.chunks(h.dim(0)?) {
-                let logits = self.head.apply(&h.narrow(0, s, l)?)?;
-                let wg = self
-                    .weights
-                    .narrow(0, s, l)?
-                    .broadcast_mul(&g.reshape(1)?)?;
-                let t = self.targets.narrow(0, s, l)?;
-                let d = super::fused::cross_entropy_back(&logits, &t, &wg)?;
-                parts.push(self.head.back(&d)?);
-            }
-            return Ok(Some(Tensor::cat(&parts, 0)?));
+        let g = grad.to_dtype(DType::F32)?.reshape(1)?;
+        let ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(dh) = ahead {
+            return Ok(Some(dh.broadcast_mul(&g.to_dtype(dh.dtype())?)?));
         }
+        let mut parts = vec![];
         for (s, l) in self.chunks(h.dim(0)?) {
-            let p = candle_nn::ops::softmax_last_dim(&self.logits(h, s, l)?)?;
-            let w = self
-                .weights
-                .narrow(0, s, l)?
-                .unsqueeze(1)?
-                .broadcast_mul(&g)?;
-            // wᵢ pᵢ, minus wᵢ at the target.
-            let d =
-                p.broadcast_mul(&w)?
-                    .scatter_add(&self.targets.narrow(0, s, l)?, &w.neg()?, 1)?;
-            parts.push(self.head.back(&d.to_dtype(h.dtype())?)?);
+            let logits = self.head.apply(&h.narrow(0, s, l)?)?;
+            parts.push(self.chunk_grad(&logits, s, l, &g)?);
         }
         Ok(Some(Tensor::cat(&parts, 0)?))
     }
@@ -324,7 +357,8 @@ pub(super) fn is_4bit(t: GgmlDType) -> bool {
 mod tests {
     use super::*;
 
-    /// The chunked op gives the unfused loss and the same gradient of `h`, whatever the chunk.
+    /// The chunked op gives the unfused loss and the same gradient of `h`, whatever the chunk,
+    /// fused or composite, with the gradient computed ahead or in the backward.
     #[test]
     fn the_chunked_head_loss_equals_the_unfused_one_in_value_and_gradient() {
         let dev = Device::Cpu;
@@ -354,16 +388,23 @@ mod tests {
             .unwrap()
             .clone();
         let want = unfused.to_scalar::<f32>().unwrap();
-        for chunk in [1, 3, 7, 100] {
-            let op = HeadLoss {
-                head: Base::Dense(Arc::new(wt.clone())),
-                targets: targets.clone(),
-                weights: weights.clone(),
+        let ways = [(false, false), (false, true), (true, false), (true, true)];
+        for (chunk, (fused, grad_ahead)) in [1, 3, 7, 100]
+            .into_iter()
+            .flat_map(|c| ways.map(|w| (c, w)))
+        {
+            let op = HeadLoss::new(
+                Base::Dense(Arc::new(wt.clone())),
+                targets.clone(),
+                weights.clone(),
                 chunk,
-            };
+                fused,
+                grad_ahead,
+            );
             let loss = h.as_tensor().apply_op1(op).unwrap();
             let got = loss.to_scalar::<f32>().unwrap();
-            assert!((got - want).abs() < 1e-5, "chunk {chunk}: {got} vs {want}");
+            let chunk = format!("chunk {chunk}, fused {fused}, gradient ahead {grad_ahead}");
+            assert!((got - want).abs() < 1e-5, "{chunk}: {got} vs {want}");
             let grad = loss.backward().unwrap().get(h.as_tensor()).unwrap().clone();
             let diff = (grad - &want_grad)
                 .unwrap()
@@ -373,7 +414,7 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-5, "chunk {chunk}: gradients differ by {diff}");
+            assert!(diff < 1e-5, "{chunk}: gradients differ by {diff}");
         }
     }
 }

@@ -186,6 +186,14 @@ impl Nf4 {
             return super::fused::nf4_dequantize(&d.packed, &d.scales, n, dtype)?
                 .reshape((self.rows, self.cols));
         }
+        self.composite_dequantize(dtype)
+    }
+
+    /// [`Nf4::dequantize`] with candle's operations (a code-pair lookup per byte).
+    pub(super) fn composite_dequantize(&self, dtype: DType) -> candle_core::Result<Tensor> {
+        let Some(d) = &self.device else {
+            candle_core::bail!("NF4: dequantize before to_device");
+        };
         let blocks = self.scale_codes.len();
         // As u32 indices: candle's index_select reads the largest index of a type (255 for u8)
         // as padding and returns zeros for it.

@@ -1,40 +1,102 @@
-//! The differentiable operations the trainable forward is written with (candle's fused ones
-//! record no gradient): RMS norm, log-softmax with a detached max, RoPE by narrow/cat;
-//! and the attention softmax as one custom op (forward fused, backward by its formula).
+//! The trainable pass's elementwise operations: the fused kernels ([`fused`]) where they apply
+//! (f32 or bf16 on a GPU, f32 on the CPU), else their composite forms ([`composite`]) written
+//! with candle's differentiable operations (candle's own fused rms_norm, softmax and rope record
+//! no gradient) — also the reference the fused kernels are tested against.
 
 use super::*;
 
-/// RMS norm computed in f32 (as Hugging Face's), returned in `x`'s dtype; `w` is f32. One fused
-/// kernel on a GPU.
+/// RMS norm computed in f32 (as Hugging Face's), returned in `x`'s dtype; `w` is f32.
 pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    if fused::on_gpu(x) {
+    if fused::applies(x) {
         return fused::rms_norm(x, w, eps);
     }
-    let dtype = x.dtype();
-    let x = x.to_dtype(DType::F32)?;
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?
-        .broadcast_mul(w)?
-        .to_dtype(dtype)?)
+    composite::rms_norm(x, w, eps)
 }
 
 /// Attention probabilities `softmax(x · scale + mask)` over the last dimension of scores
 /// `[rows, heads, t, t]`, the mask causal (a sliding `window` also hides keys `window` or more
-/// behind), as one op whose graph keeps only its output. On a GPU one fused kernel each way, the
-/// mask applied inside; on the CPU the forward is in f32 through candle's fused softmax with the
-/// mask added ([`causal_mask`]), returned in `x`'s dtype, and the backward
-/// `scale · y ⊙ (g − Σ g ⊙ y)` in f32. Written with the differentiable operations instead, the
-/// scores' f32 copy, the masked and shifted scores and their exponentials were all kept for the
-/// backward — 5 f32 tensors of `[rows, heads, t, t]` per block.
+/// behind), keeping only its output for the backward.
 pub(super) fn attention_softmax(x: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
-    let t = x.dim(D::Minus1)?;
-    if fused::on_gpu(x) {
-        return fused::softmax_causal(x, t, window, scale);
+    if fused::applies(x) {
+        return fused::softmax_causal(x, x.dim(D::Minus1)?, window, scale);
     }
-    Ok(x.contiguous()?.apply_op1(AttentionSoftmax {
-        scale,
-        mask: causal_mask(t, window, x.device())?,
-    })?)
+    composite::attention_softmax(x, scale, window)
+}
+
+/// RoPE on heads `x` `[b, t, h, head_dim]`, returned transposed to `[b, h, t, head_dim]`, with
+/// `cos`/`sin` `[t, head_dim/2]` f32: interleaved pairs (llama, whose q/k rows are permuted at
+/// conversion) or halves (qwen2).
+pub(super) fn rope_heads(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> Result<Tensor> {
+    if fused::applies(x) {
+        return fused::rope_heads(x, cos, sin, interleaved);
+    }
+    composite::rope_heads(x, cos, sin, interleaved)
+}
+
+/// `silu(gate) ⊙ up`.
+pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused::applies(gate) {
+        return fused::swiglu(gate, up);
+    }
+    Ok((gate.silu()? * up)?)
+}
+
+/// The base's output `y` plus `s ·` the adapter's f32 delta `d`, in `y`'s dtype.
+pub(super) fn add_scaled(y: &Tensor, d: &Tensor, s: f64) -> Result<Tensor> {
+    if fused::applies(y) {
+        return fused::add_scaled(y, d, s);
+    }
+    Ok((y + (d * s)?.to_dtype(y.dtype())?)?)
+}
+
+/// The composite forms: candle's differentiable operations.
+pub(super) mod composite {
+    use super::*;
+
+    /// [`super::rms_norm`].
+    pub(in super::super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        Ok(x.broadcast_div(&(ms + eps)?.sqrt()?)?
+            .broadcast_mul(w)?
+            .to_dtype(dtype)?)
+    }
+
+    /// [`super::attention_softmax`] as one op whose graph keeps only its output: the forward in
+    /// f32 through candle's fused softmax with the mask added ([`causal_mask`]), returned in
+    /// `x`'s dtype, and the backward `scale · y ⊙ (g − Σ g ⊙ y)` in f32. Written with the
+    /// differentiable operations instead, the scores' f32 copy, the masked and shifted scores and
+    /// their exponentials were all kept for the backward — 5 f32 tensors of `[rows, heads, t, t]`
+    /// per block.
+    pub(in super::super) fn attention_softmax(
+        x: &Tensor,
+        scale: f64,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let t = x.dim(D::Minus1)?;
+        Ok(x.contiguous()?.apply_op1(AttentionSoftmax {
+            scale,
+            mask: causal_mask(t, window, x.device())?,
+        })?)
+    }
+
+    /// [`super::rope_heads`].
+    pub(in super::super) fn rope_heads(
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        interleaved: bool,
+    ) -> Result<Tensor> {
+        let x = x.transpose(1, 2)?.contiguous()?;
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        rope(&x, &cos, &sin, interleaved)
+    }
 }
 
 /// `[t, t]` f32: 0 where query `i` sees key `j` (`j ≤ i`, and `j + window > i` with a window),
@@ -85,23 +147,6 @@ pub(super) fn log_softmax(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     Ok(shifted.broadcast_sub(&lse)?)
-}
-
-/// RoPE on heads `x` `[b, t, h, head_dim]`, returned transposed to `[b, h, t, head_dim]`, with
-/// `cos`/`sin` `[t, head_dim/2]` f32: interleaved pairs (llama, whose q/k rows are permuted at
-/// conversion) or halves (qwen2). One fused kernel each way on a GPU.
-pub(super) fn rope_heads(
-    x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    interleaved: bool,
-) -> Result<Tensor> {
-    if fused::on_gpu(x) {
-        return fused::rope_heads(x, cos, sin, interleaved);
-    }
-    let x = x.transpose(1, 2)?.contiguous()?;
-    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    rope(&x, &cos, &sin, interleaved)
 }
 
 /// RoPE on `[…, t, head_dim]` with `cos`/`sin` `[t, head_dim/2]` (in `x`'s dtype).

@@ -114,7 +114,7 @@ pub fn train(
         weight_decay: 0.0,
         ..Default::default()
     };
-    let mut opt = if fused::on_gpu(vars[0].as_tensor()) {
+    let mut opt = if fused::applies(vars[0].as_tensor()) {
         Adam::Fused(FusedAdamW::new(vars.clone(), params))
     } else {
         Adam::Candle(AdamW::new(vars.clone(), params)?)
