@@ -193,19 +193,37 @@ impl Trainable {
         Ok(Draws::Uniform(u, 0))
     }
 
+    /// `x` through projection `p` and its adapter: one [`adapted::Adapted`] op where the fused
+    /// kernels apply, else the composite form (the frozen product, the masked input, the two
+    /// adapter products, the scaled sum).
     fn project(&self, p: &Proj, x: &Tensor, draws: &mut Draws) -> Result<Tensor> {
-        let y = p.base.forward(x)?;
         let Some((a, b)) = &p.lora else {
-            return Ok(y);
+            return p.base.forward(x);
         };
+        let (a, b) = (a.as_tensor(), b.as_tensor());
+        let drop = draws.next(x.shape(), self.lora.dropout)?;
+        let stream = match drop {
+            Drop::None => Some(None),
+            Drop::Stream(seed) => Some(Some((seed, self.lora.dropout))),
+            Drop::Mask(_) => None,
+        };
+        if let Some(dropout) = stream.filter(|_| fused::applies(x)) {
+            let op = adapted::Adapted {
+                base: p.base.clone(),
+                scale: self.lora.scale(),
+                dropout,
+            };
+            return op.forward(x, a, b);
+        }
+        let y = p.base.forward(x)?;
         // Adapters in f32 (as PEFT keeps them under a 16-bit base).
-        let xf = match draws.next(x.shape(), self.lora.dropout)? {
+        let xf = match drop {
             Drop::None => x.to_dtype(DType::F32)?,
             Drop::Mask(mask) => (x.to_dtype(DType::F32)? * mask)?,
             Drop::Stream(seed) => fused::dropout(x, seed, self.lora.dropout)?,
         };
-        let delta = frozen::rows_matmul(&xf, &a.as_tensor().t()?)?;
-        let delta = frozen::rows_matmul(&delta, &b.as_tensor().t()?)?;
+        let delta = frozen::rows_matmul(&xf, &a.t()?)?;
+        let delta = frozen::rows_matmul(&delta, &b.t()?)?;
         add_scaled(&y, &delta, self.lora.scale())
     }
 

@@ -81,8 +81,20 @@ pub(super) fn cpu_fwd<T: TensorOp + ?Sized>(
     storage: &CpuStorage,
     layout: &Layout,
 ) -> candle_core::Result<(CpuStorage, Shape)> {
-    let x = wrap(Storage::Cpu(storage.clone()), layout)?;
-    unwrap_cpu(op.forward(&x)?)
+    on_cpu(&[(storage, layout)], |x| op.forward(&x[0]))
+}
+
+/// Runs the tensor-level forward `f` of a custom op on its CPU inputs (each copied into a
+/// tensor: candle lends a custom op its inputs' storage only).
+pub(super) fn on_cpu(
+    ins: &[(&CpuStorage, &Layout)],
+    f: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let ts = ins
+        .iter()
+        .map(|(s, l)| wrap(Storage::Cpu((*s).clone()), l))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    unwrap_cpu(f(&ts)?)
 }
 
 #[cfg(feature = "cuda")]
@@ -91,10 +103,22 @@ pub(super) fn cuda_fwd<T: TensorOp + ?Sized>(
     storage: &candle_core::CudaStorage,
     layout: &Layout,
 ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    on_cuda(&[(storage, layout)], |x| op.forward(&x[0]))
+}
+
+/// [`on_cpu`] on a GPU.
+#[cfg(feature = "cuda")]
+pub(super) fn on_cuda(
+    ins: &[(&candle_core::CudaStorage, &Layout)],
+    f: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
     use candle_core::backend::BackendStorage;
     // `try_clone` copies the whole buffer; `wrap` takes the layout's window of it.
-    let x = wrap(Storage::Cuda(storage.try_clone(layout)?), layout)?;
-    unwrap_cuda(op.forward(&x)?)
+    let ts = ins
+        .iter()
+        .map(|(s, l)| wrap(Storage::Cuda(s.try_clone(l)?), l))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    unwrap_cuda(f(&ts)?)
 }
 
 /// Implements `CustomOp1`'s forwards for a [`TensorOp`].
@@ -286,7 +310,7 @@ pub(super) fn rows_matmul(x: &Tensor, m: &Tensor) -> candle_core::Result<Tensor>
 
 impl Base {
     /// `x · Wᵀ` without autograd (the op's forward).
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Base::Dense(wt) => rows_matmul(x, wt),
             // candle's quantized matmul takes f32 activations.
@@ -296,7 +320,7 @@ impl Base {
         }
     }
     /// `grad · W`: the gradient of `x · Wᵀ` with respect to `x` (a 4-bit `W` dequantized for it).
-    fn back(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn back(&self, grad: &Tensor) -> candle_core::Result<Tensor> {
         let w = match self {
             Base::Dense(wt) => wt.t()?,
             Base::Quant(q) => q.dequantize(grad.device())?.to_dtype(grad.dtype())?,

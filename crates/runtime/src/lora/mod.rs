@@ -23,9 +23,10 @@ use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Shape
 use std::path::Path;
 use std::sync::Arc;
 
-mod forward;
 #[macro_use]
 mod frozen;
+mod adapted;
+mod forward;
 mod fused;
 pub mod nf4;
 mod ops;

@@ -49,7 +49,7 @@ pub(super) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// The base's output `y` plus `s ·` the adapter's f32 delta `d`, in `y`'s dtype.
 pub(super) fn add_scaled(y: &Tensor, d: &Tensor, s: f64) -> Result<Tensor> {
     if fused::applies(y) {
-        return fused::add_scaled(y, d, s);
+        return Ok(fused::add_scaled(y, d, s)?);
     }
     Ok((y + (d * s)?.to_dtype(y.dtype())?)?)
 }

@@ -66,15 +66,31 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// `x` widened to f32 with dropout `p` from stream `seed` (kept entries scaled by 1 / (1 − p)).
-pub(super) fn dropout(x: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
+pub(super) fn dropout(x: &Tensor, seed: u64, p: f64) -> candle_core::Result<Tensor> {
     let k = Kind::Dropout { seed, p: p as f32 };
-    Ok(x.contiguous()?.apply_op1(Op(k))?)
+    x.contiguous()?.apply_op1(Op(k))
+}
+
+/// The gradient of [`dropout`]: the same mask on `g` (f32), in `dtype` (no gradient).
+pub(super) fn dropout_back(
+    g: &Tensor,
+    seed: u64,
+    p: f64,
+    dtype: DType,
+) -> candle_core::Result<Tensor> {
+    let p = p as f32;
+    Op::no_grad1(Kind::DropoutBack { seed, p, dtype }, g)
 }
 
 /// `y + s · d` in `y`'s dtype, `d` f32.
-pub(super) fn add_scaled(y: &Tensor, d: &Tensor, s: f64) -> Result<Tensor> {
+pub(super) fn add_scaled(y: &Tensor, d: &Tensor, s: f64) -> candle_core::Result<Tensor> {
     let k = Kind::AddScaled { s: s as f32 };
-    Ok(y.contiguous()?.apply_op2(&d.contiguous()?, Op(k))?)
+    y.contiguous()?.apply_op2(&d.contiguous()?, Op(k))
+}
+
+/// `s · g` widened to f32 (no gradient).
+pub(super) fn scale_to_f32(g: &Tensor, s: f64) -> candle_core::Result<Tensor> {
+    Op::no_grad1(Kind::ScaleToF32 { s: s as f32 }, g)
 }
 
 /// `silu(gate) ⊙ up`.
@@ -372,10 +388,7 @@ impl CustomOp1 for Op {
     fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(match self.0 {
             Kind::Softmax { t, scale, .. } => Op::no_grad2(Kind::SoftmaxBack { t, scale }, y, g)?,
-            Kind::Dropout { seed, p } => {
-                let dtype = x.dtype();
-                Op::no_grad1(Kind::DropoutBack { seed, p, dtype }, g)?
-            }
+            Kind::Dropout { seed, p } => dropout_back(g, seed, p as f64, x.dtype())?,
             k => candle_core::bail!("{k:?} has no backward"),
         }))
     }
@@ -416,10 +429,7 @@ impl CustomOp2 for Op {
                 Some(Op::no_grad3(Kind::RmsNormBack { n, eps }, a, b, g)?),
                 None,
             ),
-            Kind::AddScaled { s } => (
-                Some(g.clone()),
-                Some(Op::no_grad1(Kind::ScaleToF32 { s }, g)?),
-            ),
+            Kind::AddScaled { s } => (Some(g.clone()), Some(scale_to_f32(g, s as f64)?)),
             Kind::Swiglu => {
                 let d = Op::no_grad3(Kind::SwigluBack, a, b, g)?;
                 (Some(d.get(0)?), Some(d.get(1)?))
@@ -712,9 +722,61 @@ mod tests {
             check(
                 "dropout",
                 vec![act(&[50, 100], 9)],
-                &|x| fused::dropout(&x[0], seed, p),
+                &|x| Ok(fused::dropout(&x[0], seed, p)?),
                 &|x| Ok((x[0].to_dtype(DType::F32)? * &keep)?),
             );
+        }
+
+        #[test]
+        fn an_adapted_projection_matches_the_composite() {
+            let (rows, inputs, outputs, rank) = (37, 48, 40, 4);
+            let (seed, p, s) = (5u64, 0.2, 2.0);
+            let keep: Vec<f32> = (0..(rows * inputs) as u32)
+                .map(|i| {
+                    if keep(seed, i, p as f32) {
+                        1.0 / (1.0 - p as f32)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let keep = Tensor::from_vec(keep, (rows, inputs), &Device::Cpu).unwrap();
+            for dropout in [None, Some((seed, p))] {
+                // x, A `[r, in]`, B `[out, r]` (f32 adapters, with gradients), Wᵀ `[in, out]`.
+                let ins = || {
+                    vec![
+                        act(&[rows, inputs], 1),
+                        In(random(&[rank, inputs], 2), Role::Act),
+                        In(random(&[outputs, rank], 3), Role::Act),
+                        In(random(&[inputs, outputs], 4), Role::Weight),
+                    ]
+                };
+                let f32s = |x: &[Tensor]| -> Result<Vec<Tensor>> {
+                    Ok(vec![x[1].to_dtype(DType::F32)?, x[2].to_dtype(DType::F32)?])
+                };
+                check(
+                    &format!("adapted projection, dropout {dropout:?}"),
+                    ins(),
+                    &|x| {
+                        let ab = f32s(x)?;
+                        let op = adapted::Adapted {
+                            base: Base::Dense(Arc::new(x[3].clone())),
+                            scale: s,
+                            dropout,
+                        };
+                        op.forward(&x[0], &ab[0], &ab[1])
+                    },
+                    &|x| {
+                        let ab = f32s(x)?;
+                        let mut d = x[0].to_dtype(DType::F32)?;
+                        if dropout.is_some() {
+                            d = (d * &keep)?;
+                        }
+                        let delta = d.matmul(&ab[0].t()?)?.matmul(&ab[1].t()?)?;
+                        Ok((x[0].matmul(&x[3])? + (delta * s)?)?)
+                    },
+                );
+            }
         }
 
         #[test]
