@@ -8,10 +8,20 @@
 //! buffers written and read per projection, and the dropped input kept for the backward. Here
 //! the backward recomputes the dropped input (from the dropout stream) and the small `[n, r]`
 //! product, and writes only the three gradients. Used where the fused kernels apply (the
-//! dropout is then a stream, nothing to keep); other passes keep the composite form.
+//! dropout is then a stream, nothing to keep) on the CPU ([`applies`]); other passes keep the
+//! composite form.
 
 use super::*;
 use candle_core::CustomOp3;
+
+/// Whether the pass on `x` takes the op: where the fused kernels apply, on the CPU for now. The
+/// op runs on a GPU too (the `against_the_composite` tests of a CUDA build hold it to the
+/// composite form there), but it was written in a session without a GPU, so the GPU pass keeps
+/// the form its published figures (docs/gpu.md) were measured with until a run on one tests and
+/// measures it.
+pub(super) fn applies(x: &Tensor) -> bool {
+    fused::applies(x) && x.device().is_cpu()
+}
 
 pub(super) struct Adapted {
     pub base: Base,

@@ -193,8 +193,8 @@ impl Trainable {
         Ok(Draws::Uniform(u, 0))
     }
 
-    /// `x` through projection `p` and its adapter: one [`adapted::Adapted`] op where the fused
-    /// kernels apply, else the composite form (the frozen product, the masked input, the two
+    /// `x` through projection `p` and its adapter: one [`adapted::Adapted`] op where it applies
+    /// ([`adapted::applies`]), else the composite form (the frozen product, the masked input, the two
     /// adapter products, the scaled sum).
     fn project(&self, p: &Proj, x: &Tensor, draws: &mut Draws) -> Result<Tensor> {
         let Some((a, b)) = &p.lora else {
@@ -207,7 +207,7 @@ impl Trainable {
             Drop::Stream(seed) => Some(Some((seed, self.lora.dropout))),
             Drop::Mask(_) => None,
         };
-        if let Some(dropout) = stream.filter(|_| fused::applies(x)) {
+        if let Some(dropout) = stream.filter(|_| adapted::applies(x)) {
             let op = adapted::Adapted {
                 base: p.base.clone(),
                 scale: self.lora.scale(),
@@ -312,7 +312,8 @@ impl Trainable {
             b.weights.clone(),
             self.head_chunk,
             fused::applies(&h),
-            grad_ahead,
+            // On the CPU for now: see `adapted::applies` (the same holds for this change).
+            grad_ahead && h.device().is_cpu(),
         );
         Ok(h.contiguous()?.apply_op1(op)?)
     }
