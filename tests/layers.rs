@@ -29,6 +29,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "model",
             "gguf",
             "spm",
+            "chat",
             "tokenizer",
             "cpu",
             "synthetic",

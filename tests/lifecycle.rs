@@ -354,3 +354,30 @@ evaluate(smol, judged, samples = 1, id = "no_judge")"#,
     assert_eq!(summary["samples"].as_i64(), Some(parsed));
     assert_eq!(summary["unscored"].as_i64(), Some(3 - parsed));
 }
+
+/// The quickstart's qa prompts, rendered with SmolLM2's chat template and tokenized by edge-eval,
+/// are transformers' `apply_chat_template(…, add_generation_prompt=True, tokenize=True)` of the
+/// same messages token for token (fixture written by `tools/chat_fixtures.py --tokens`): the
+/// template's default system turn included.
+#[test]
+fn the_quickstarts_prompts_are_transformers_tokens() {
+    let Some(path) = smollm2() else { return };
+    let g = runtime::gguf::Gguf::open(&path).unwrap();
+    let tok = runtime::tokenizer::Tokenizer::from_gguf(&g).unwrap();
+    let samples = edge_eval::tasks::load(&tasks_dir().join("qa.jsonl"), "extractive_qa").unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/runtime/tests/fixtures/chat/smollm2-quickstart-qa-ids.json");
+    let want: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    assert_eq!(want.len(), 14);
+    for (s, w) in samples.iter().zip(&want) {
+        assert_eq!(s.id, w["id"].as_str().unwrap());
+        let ids: Vec<u32> = w["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.chat_ids(&s.messages).unwrap(), ids, "sample {}", s.id);
+    }
+}

@@ -323,7 +323,7 @@ fn judge_batch(
             role: "user".into(),
             content: text,
         };
-        prompts.push(tok.encode(&tok.chat_prompt(&[msg])?)?);
+        prompts.push(tok.chat_ids(&[msg])?);
     }
     let opts = GenOptions {
         max_tokens: 4,
@@ -337,7 +337,7 @@ fn judge_batch(
 
 /// The chat-templated prompt of a sample, checked against the context.
 fn prompt_ids(tok: &Tokenizer, model: &Llama, s: &Sample, max_tokens: usize) -> Result<Vec<u32>> {
-    let ids = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+    let ids = tok.chat_ids(&s.messages)?;
     if ids.len() + max_tokens > model.cfg.context {
         bail!(
             "sample `{}` needs {} prompt + {max_tokens} generated tokens, more than the model's \

@@ -278,7 +278,7 @@ impl Stage for Finetune {
         for s in &samples {
             let (prompt, ids) = match &tok {
                 Some(tok) => {
-                    let prompt = tok.encode(&tok.chat_prompt(&s.messages)?)?;
+                    let prompt = tok.chat_ids(&s.messages)?;
                     let mut ids = prompt.clone();
                     ids.extend(tok.encode_plain(&s.references[0])?);
                     ids.extend(tok.end_of_turn());

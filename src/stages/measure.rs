@@ -207,7 +207,7 @@ impl Stage for Measure {
         let mut ids_of = super::SyntheticIds::new(model.cfg.vocab);
         for s in &samples {
             let ids = match &tok {
-                Some(tok) => tok.encode(&tok.chat_prompt(&s.messages)?)?,
+                Some(tok) => tok.chat_ids(&s.messages)?,
                 // No tokenizer (synthetic weights): random ids of the prompt's size, so the work
                 // per request is of the task's size.
                 None => ids_of.take(s.messages.iter().map(|m| m.content.len()).sum()),

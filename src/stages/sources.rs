@@ -447,6 +447,8 @@ impl Stage for JsonlTask {
             // The prompt template is part of the task's digest, so every stage that prompts a
             // model with it reruns when it changes.
             "template": crate::tasks::template(str_param(params, "kind")),
+            // And how prompts are rendered (a change reruns them too).
+            "template_version": crate::tasks::TEMPLATE_VERSION,
         });
         Some(local_artifact(files, record, ctx))
     }

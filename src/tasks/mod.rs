@@ -13,8 +13,10 @@ use runtime::tokenizer::Message;
 use serde_json::Value as J;
 use std::path::Path;
 
-/// Bump when a template below changes (it is also hashed into keys by its text).
-pub const TEMPLATE_VERSION: u32 = 1;
+/// Bump when a template below, or how prompts are rendered, changes (the templates are also
+/// hashed into keys by their text). 2: the model's chat template is executed as Jinja
+/// (`runtime::chat`), with its default system turn, instead of recognised by pattern.
+pub const TEMPLATE_VERSION: u32 = 2;
 
 const QA_TEMPLATE: &str = "Answer the question using a short phrase copied from the context.\n\nContext: {context}\n\nQuestion: {question}";
 const SUMM_TEMPLATE: &str = "Summarize the following article in one sentence.\n\n{document}";

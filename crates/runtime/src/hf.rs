@@ -219,12 +219,33 @@ fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, gguf
     if let Some(id) = id_of("eos_token") {
         meta.push(("tokenizer.ggml.eos_token_id".into(), V::U32(id)));
     }
-    if let Some(tpl) = config["chat_template"].as_str() {
-        meta.push(("tokenizer.chat_template".into(), V::String(tpl.into())));
+    if let Some(tpl) = chat_template(dir, &config)? {
+        meta.push(("tokenizer.chat_template".into(), V::String(tpl)));
     }
     meta.push(("tokenizer.ggml.tokens".to_string(), V::Array(names)));
     meta.push(("tokenizer.ggml.token_type".to_string(), V::Array(types)));
     Ok(meta)
+}
+
+/// The folder's chat template, as transformers finds it: `chat_template.jinja` (what current
+/// transformers saves), else tokenizer_config.json's `chat_template` — a string, or a list of
+/// named templates of which the `default` one.
+fn chat_template(dir: &Path, config: &J) -> Result<Option<String>> {
+    let file = dir.join("chat_template.jinja");
+    if file.is_file() {
+        let t = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        return Ok(Some(t));
+    }
+    Ok(match &config["chat_template"] {
+        J::String(t) => Some(t.clone()),
+        J::Array(named) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_string),
+        _ => None,
+    })
 }
 
 /// llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer.
@@ -329,6 +350,30 @@ pub fn to_gguf(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// transformers' places: chat_template.jinja first, then tokenizer_config.json's string or
+    /// its list's `default` entry.
+    #[test]
+    fn the_chat_template_is_found_where_transformers_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = serde_json::json!({"chat_template": [
+            {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]});
+        assert_eq!(
+            chat_template(dir.path(), &named).unwrap().as_deref(),
+            Some("D")
+        );
+        let plain = serde_json::json!({"chat_template": "S"});
+        assert_eq!(
+            chat_template(dir.path(), &plain).unwrap().as_deref(),
+            Some("S")
+        );
+        assert_eq!(chat_template(dir.path(), &J::Null).unwrap(), None);
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        assert_eq!(
+            chat_template(dir.path(), &plain).unwrap().as_deref(),
+            Some("J")
+        );
+    }
 
     #[test]
     fn qk_permutation_matches_llama_cpp_and_inverts() {

@@ -1,6 +1,7 @@
 //! The model runtime: GGUF files (reading, requantizing), tokenizers, the llama forward pass and
 //! generation. It knows models, not the cache.
 
+pub mod chat;
 pub mod cpu;
 pub mod generate;
 pub mod gguf;

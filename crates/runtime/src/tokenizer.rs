@@ -1,6 +1,6 @@
 //! Tokenizers built from the vocabulary embedded in a GGUF file — gpt2-style byte-level BPE with
 //! the HF `tokenizers` crate, SentencePiece (`llama` model: Llama 2, Gemma) with [`super::spm`] —
-//! and the model's chat format applied for chat-shaped prompts.
+//! and the model's chat template ([`super::chat`]) for chat-shaped prompts.
 //!
 //! Pre-tokenization follows llama.cpp's per-model `tokenizer.ggml.pre` types that are known here;
 //! an unknown type is an error, not a silent approximation.
@@ -21,100 +21,7 @@ const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|
 /// Qwen2's: the same with single digits.
 const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// A chat message.
-#[derive(Debug, Clone)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-/// Chat formats recognised from a model's Jinja chat template.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChatFormat {
-    /// `<|im_start|>role\ncontent<|im_end|>\n`; `default_system` is the system turn the template
-    /// inserts when the conversation has none.
-    ChatMl { default_system: Option<String> },
-    /// Llama 3: `<|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>`.
-    Llama3,
-    /// Gemma: `<start_of_turn>user\ncontent<end_of_turn>\n`, the assistant's role is `model`, a
-    /// system message is put at the head of the first user turn.
-    Gemma,
-}
-
-impl ChatFormat {
-    /// Recognises the template's format (the Jinja itself is not executed).
-    pub fn from_template(template: &str) -> Result<ChatFormat> {
-        if template.contains("<|im_start|>") {
-            let marker = "<|im_start|>system\\n";
-            let default_system = template.find(marker).and_then(|i| {
-                let rest = &template[i + marker.len()..];
-                rest.find("<|im_end|>")
-                    .map(|j| rest[..j].replace("\\n", "\n"))
-            });
-            Ok(ChatFormat::ChatMl { default_system })
-        } else if template.contains("<|start_header_id|>") {
-            Ok(ChatFormat::Llama3)
-        } else if template.contains("<start_of_turn>") {
-            Ok(ChatFormat::Gemma)
-        } else {
-            bail!("unsupported chat template (known: ChatML, Llama 3, Gemma)")
-        }
-    }
-
-    /// The prompt text for `messages`, ending where the assistant's reply starts.
-    pub fn render(&self, messages: &[Message]) -> String {
-        let mut out = String::new();
-        match self {
-            ChatFormat::ChatMl { default_system } => {
-                if let (Some(sys), Some(first)) = (default_system, messages.first())
-                    && first.role != "system"
-                {
-                    out.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
-                }
-                for m in messages {
-                    out.push_str(&format!(
-                        "<|im_start|>{}\n{}<|im_end|>\n",
-                        m.role, m.content
-                    ));
-                }
-                out.push_str("<|im_start|>assistant\n");
-            }
-            ChatFormat::Llama3 => {
-                out.push_str("<|begin_of_text|>");
-                for m in messages {
-                    out.push_str(&format!(
-                        "<|start_header_id|>{}<|end_header_id|>\n\n{}<|eot_id|>",
-                        m.role,
-                        m.content.trim()
-                    ));
-                }
-                out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
-            }
-            ChatFormat::Gemma => {
-                // The BOS the template starts with is added by the tokenizer (add_bos_token).
-                let mut system = None;
-                for m in messages {
-                    if m.role == "system" {
-                        system = Some(m.content.trim());
-                        continue;
-                    }
-                    let role = if m.role == "assistant" {
-                        "model"
-                    } else {
-                        &m.role
-                    };
-                    out.push_str(&format!("<start_of_turn>{role}\n"));
-                    if let Some(sys) = system.take() {
-                        out.push_str(&format!("{sys}\n\n"));
-                    }
-                    out.push_str(&format!("{}<end_of_turn>\n", m.content.trim()));
-                }
-                out.push_str("<start_of_turn>model\n");
-            }
-        }
-        out
-    }
-}
+pub use super::chat::{ChatTemplate, Message};
 
 enum Backend {
     Bpe {
@@ -131,8 +38,8 @@ pub struct Tokenizer {
     pub bos: Option<u32>,
     /// Tokens that end generation (eos, and end-of-turn tokens of the chat format).
     pub stop_ids: Vec<u32>,
-    /// The chat format, or why there is none (no template, or one not recognised).
-    pub chat: std::result::Result<ChatFormat, String>,
+    /// The chat template, or why there is none (no template, or one that does not compile).
+    pub chat: std::result::Result<ChatTemplate, String>,
     pub add_bos: bool,
 }
 
@@ -301,10 +208,23 @@ impl Tokenizer {
         stop_ids.sort();
         stop_ids.dedup();
         let arch = g.metadata_str("general.architecture").unwrap_or("");
+        let text_of = |k: &str| {
+            id(k)
+                .and_then(|i| tokens.get(i as usize))
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (bos, eos) = (
+            text_of("tokenizer.ggml.bos_token_id"),
+            text_of("tokenizer.ggml.eos_token_id"),
+        );
         let chat = match g.metadata_str("tokenizer.chat_template") {
-            Some(t) => ChatFormat::from_template(t).map_err(|e| e.to_string()),
+            Some(t) => ChatTemplate::new(t, &bos, &eos).map_err(|e| format!("{e:#}")),
             // Gemma GGUFs often carry no template; the family has one format.
-            None if arch.starts_with("gemma") => Ok(ChatFormat::Gemma),
+            None if arch.starts_with("gemma") => {
+                ChatTemplate::new(super::chat::GEMMA_FALLBACK, &bos, &eos)
+                    .map_err(|e| format!("{e:#}"))
+            }
             None => Err("the model has no chat template".to_string()),
         };
         Tokenizer {
@@ -371,55 +291,42 @@ impl Tokenizer {
         }
     }
 
-    fn token_to_id(&self, t: &str) -> Option<u32> {
-        match &self.backend {
-            Backend::Bpe { inner, .. } => inner.token_to_id(t),
-            Backend::Spm(spm) => spm.token_to_id(t),
-        }
-    }
-
-    /// The token that closes an assistant turn in the chat format (`<|im_end|>`, `<|eot_id|>`):
-    /// what a fine-tuned answer ends with so the model learns to stop.
+    /// The token that closes an assistant turn in the chat template (`<|im_end|>`,
+    /// `<|eot_id|>`, `<end_of_turn>`): the first token the template writes after an assistant
+    /// turn's content, when it is a special token. What a fine-tuned answer ends with so the
+    /// model learns to stop.
     pub fn end_of_turn(&self) -> Option<u32> {
-        let t = match self.chat.as_ref().ok()? {
-            ChatFormat::ChatMl { .. } => "<|im_end|>",
-            ChatFormat::Llama3 => "<|eot_id|>",
-            ChatFormat::Gemma => "<end_of_turn>",
-        };
-        self.token_to_id(t)
+        let after = self.chat.as_ref().ok()?.after_assistant().ok()?;
+        let first = *self.encode_chat(&after).ok()?.first()?;
+        let special = self.decode(&[first]).ok()?.is_empty();
+        special.then_some(first)
     }
 
-    /// A chat prompt rendered with the model's template.
+    /// A chat prompt rendered with the model's template, ending where the assistant's reply
+    /// starts.
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<String> {
         match &self.chat {
-            Ok(chat) => Ok(chat.render(messages)),
+            Ok(chat) => chat.render(messages, true),
             Err(why) => bail!("cannot build a chat prompt: {why}"),
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// The token ids of a chat prompt ([`Tokenizer::chat_prompt`]), as transformers'
+    /// `apply_chat_template(…, tokenize=True)` gives them: special tokens in the rendered text
+    /// parsed, nothing added (a BOS only where the template writes one).
+    pub fn chat_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode_chat(&self.chat_prompt(messages)?)
+    }
 
-    #[test]
-    fn chatml_template_with_default_system_turn() {
-        let t = "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are Smol<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role']}}";
-        let f = ChatFormat::from_template(t).unwrap();
-        assert_eq!(
-            f,
-            ChatFormat::ChatMl {
-                default_system: Some("You are Smol".into())
-            }
-        );
-        let p = f.render(&[Message {
-            role: "user".into(),
-            content: "Hi".into(),
-        }]);
-        assert_eq!(
-            p,
-            "<|im_start|>system\nYou are Smol<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-        );
-        assert!(ChatFormat::from_template("{{ messages }}").is_err());
+    /// `text` with special tokens parsed and no BOS added.
+    fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.backend {
+            Backend::Bpe { inner, .. } => Ok(inner
+                .encode(text, false)
+                .map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?
+                .get_ids()
+                .to_vec()),
+            Backend::Spm(spm) => Ok(spm.encode(text, true)),
+        }
     }
 }

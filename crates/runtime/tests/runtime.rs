@@ -37,7 +37,7 @@ fn chat_ids(tok: &Tokenizer, question: &str) -> Vec<u32> {
         role: "user".into(),
         content: question.into(),
     }];
-    tok.encode(&tok.chat_prompt(&messages).unwrap()).unwrap()
+    tok.chat_ids(&messages).unwrap()
 }
 
 fn ask(model: &Llama, tok: &Tokenizer, question: &str) -> String {
@@ -59,15 +59,24 @@ fn requantized_variants_still_answer() {
         let t = runtime::gguf::dtype_of(precision).unwrap();
         runtime::gguf::requantize(&src, &dst, t, &|_, _| {}, &|| false).unwrap();
         let (model, tok) = load_from(&dst).unwrap();
-        let answer = ask(&model, &tok, "What is the capital of France?");
-        assert!(answer.contains("Paris"), "{precision}: {answer:?}");
+        let answer = ask(&model, &tok, "What is the capital of Japan?");
+        assert!(answer.contains("Tokyo"), "{precision}: {answer:?}");
+        if precision == "f16" {
+            // transformers' greedy answer from the same file (dequantized to f32) under the
+            // template's full prompt (37 tokens, its default system turn included). The Q4_1 file
+            // and the q8_0 / q4_0 variants answer "L'Étoile, …": the first token is a near tie
+            // (transformers' logits 25.325 for "The", 25.243 for "L"), which 8-bit activations
+            // flip; this variant's logits equal transformers' to 3 decimals.
+            let answer = ask(&model, &tok, "What is the capital of France?");
+            assert_eq!(answer, "The capital of France is Paris.");
+        }
     }
 }
 
 #[test]
 fn answers_a_simple_question_coherently() {
     let Some((model, tok)) = load() else { return };
-    let ids = chat_ids(&tok, "What is the capital of France?");
+    let ids = chat_ids(&tok, "What is the capital of Germany?");
     let g = generate(
         &model,
         &tok,
@@ -78,7 +87,7 @@ fn answers_a_simple_question_coherently() {
         },
     )
     .unwrap();
-    assert!(g.text.contains("Paris"), "answer: {:?}", g.text);
+    assert!(g.text.contains("Berlin"), "answer: {:?}", g.text);
     assert_eq!(
         g.token_times.len(),
         g.tokens.len() + usize::from(g.tokens.len() < 24)
