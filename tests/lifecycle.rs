@@ -364,12 +364,14 @@ fn the_quickstarts_prompts_are_transformers_tokens() {
     let Some(path) = smollm2() else { return };
     let g = runtime::gguf::Gguf::open(&path).unwrap();
     let tok = runtime::tokenizer::Tokenizer::from_gguf(&g).unwrap();
-    let samples = edge_eval::tasks::load(&tasks_dir().join("qa.jsonl"), "extractive_qa").unwrap();
+    let default = edge_eval::tasks::Prompting::preset("default", "extractive_qa").unwrap();
+    let file = tasks_dir().join("squad-rag.jsonl");
+    let samples = edge_eval::tasks::load(&file, "extractive_qa", &default).unwrap();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("crates/runtime/tests/fixtures/chat/smollm2-quickstart-qa-ids.json");
     let want: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
-    assert_eq!(want.len(), 14);
+    assert_eq!(want.len(), 20);
     for (s, w) in samples.iter().zip(&want) {
         assert_eq!(s.id, w["id"].as_str().unwrap());
         let ids: Vec<u32> = w["ids"]

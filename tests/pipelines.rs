@@ -152,3 +152,63 @@ test_stage(emit = "x")
         })
     );
 }
+
+/// A task's prompt is checked against its kind's fields at plan time, and is part of every
+/// prompting stage's key: another prompt, system turn or chat-template choice reruns them.
+#[test]
+fn a_tasks_prompt_is_checked_and_keys_the_stages_that_prompt_with_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/squad-rag.jsonl");
+    let plan = |extra: &str| {
+        let file = dir.path().join("p.eep");
+        std::fs::write(
+            &file,
+            format!(
+                "pipeline p {{ device = cpu  results = \"out\" }}\n\
+                 model m = synthetic(\"smollm2-135m\", seed = 1)\n\
+                 task qa = jsonl(\"{}\", kind = extractive_qa, score = f1{extra})\n\
+                 evaluate(m, qa, samples = 2)\n",
+                tasks.display()
+            ),
+        )
+        .unwrap();
+        let cache = dir.path().join("cache");
+        edge_eval(
+            &[
+                "--cache",
+                cache.to_str().unwrap(),
+                "plan",
+                file.to_str().unwrap(),
+                "--json",
+            ],
+            empty.path(),
+        )
+    };
+    let key = |extra: &str| -> String {
+        let (code, text) = plan(extra);
+        assert_eq!(code, 0, "{extra}: {text}");
+        let plan: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let stages = plan["stages"].as_array().unwrap();
+        let eval = stages.iter().find(|s| s["kind"] == "evaluate").unwrap();
+        eval["key"].as_str().unwrap_or_default().to_string()
+    };
+    let base = key("");
+    assert!(!base.is_empty());
+    assert_eq!(key(", prompts = default"), base);
+    let own = key(", prompt = \"Q: {question}\\nC: {context}\"");
+    assert_ne!(own, base);
+    assert_ne!(
+        key(", prompt = \"Q: {question}\\nC: {context}\", system = \"Be brief.\""),
+        own
+    );
+    assert_ne!(key(", chat_template = false"), base);
+    assert_ne!(key(", prompts = paper"), base);
+    // Like a missing file, the task is an unavailable input that says why, and what it blocks.
+    let (code, text) = plan(", prompt = \"{contxt}: {question}\"");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("`{contxt}`") && text.contains("{context}, {question}, {title}"),
+        "{text}"
+    );
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes crates/runtime/tests/fixtures/chat/*.json: chat templates rendered by transformers'
 own Jinja renderer (`render_jinja_template`, what `apply_chat_template` calls), for the tests of
-`runtime::chat` to hold edge-eval's rendering to, and the quickstart's qa prompts tokenized by
+`runtime::chat` to hold edge-eval's rendering to, and the quickstart's qa prompts (the first 20 of tasks/squad-rag.jsonl) tokenized by
 transformers from SmolLM2's GGUF (`apply_chat_template(..., tokenize=True)`).
 
     pip install transformers gguf jinja2 sentencepiece   # torch is needed only for --tokens
@@ -78,7 +78,7 @@ if "--tokens" in sys.argv:
     qa_template = ("Answer the question using a short phrase copied from the context.\n\n"
                    "Context: {context}\n\nQuestion: {question}")
     prompts = []
-    for line in (root / "tasks/qa.jsonl").read_text().splitlines()[:14]:
+    for line in (root / "tasks/squad-rag.jsonl").read_text().splitlines()[:20]:
         r = json.loads(line)
         content = qa_template.replace("{context}", r["context"]).replace("{question}", r["question"])
         msgs = [{"role": "user", "content": content}]

@@ -7,7 +7,7 @@ use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow};
 use engine::exec::RunReport;
 use engine::row::{Extended, TableRow};
 use lang::Pipeline;
-use metrics::{Metric, c_tax, ipw, n_break, q_ret, rho_sys};
+use metrics::{Metric, c_tax, ipw, n_break, q_ret, retention_verdict, rho_sys};
 use spec::{NodeIdx, Value};
 
 /// The rows node `i` stored in this run, read as its table's row type `R` (a group such as
@@ -143,6 +143,10 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         .setting("report.baseline")
         .and_then(Value::as_str)
         .unwrap_or("f16");
+    let retention = p
+        .setting("report.retention")
+        .and_then(Value::as_f64)
+        .unwrap_or(99.0);
     let price = p.setting("economics.electricity").and_then(Value::as_f64);
     let api = p.setting("economics.api_request").and_then(Value::as_f64);
     let mut subjects: Vec<(NodeIdx, NodeIdx)> = vec![];
@@ -269,6 +273,8 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             q_ret_pct: value(&qr),
             q_ret_ci_lo: qr.lo,
             q_ret_ci_hi: qr.hi,
+            q_ret_threshold_pct: qr.value.map(|_| retention),
+            q_ret_verdict: retention_verdict(&qr, retention).map(str::to_string),
             kl_mean: e(|s| s.kl_mean),
             kl_p99: e(|s| s.kl_p99),
             top1_agreement: e(|s| s.top1_agreement),

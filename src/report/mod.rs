@@ -54,6 +54,12 @@ engine::table_row! {
         q_ret_ci_lo: Option<f64>,
         /// 95 % interval of Q_ret, high
         q_ret_ci_hi: Option<f64>,
+        /// the Q_ret (%) the verdict tests (`report { retention = … }`, default 99)
+        q_ret_threshold_pct: Option<f64>,
+        /// retains at least q_ret_threshold_pct of the baseline's score at 95 % confidence:
+        /// yes (interval at or above), no (below), undetermined (straddles it: more samples
+        /// would tell)
+        q_ret_verdict: Option<String>,
         /// mean KL against the reference model over answer positions (nats)
         kl_mean: Option<f64>,
         /// 99th percentile of the per-position KL (nats)
@@ -175,6 +181,9 @@ pub(super) fn shown(metrics: &[String]) -> Vec<(&'static str, &'static str)> {
     for (m, c) in all {
         if metrics.is_empty() || metrics.iter().any(|x| x == m) {
             cols.push(c);
+            if m == "q_ret" {
+                cols.push(("q_ret_verdict", "retained?"));
+            }
         }
     }
     cols.push(("energy_per_request_j", "J/request"));

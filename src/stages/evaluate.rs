@@ -168,7 +168,7 @@ impl Stage for Evaluate {
         if !judged && score::score(&task.scorer, "", &[String::new()]).is_none() {
             bail!("scorer `{}` is not available in this build", task.scorer);
         }
-        let mut samples = crate::tasks::load(&task.eval, &task.kind)?;
+        let mut samples = task.load(&task.eval)?;
         if let Some(n) = p.samples {
             samples.truncate(n);
         }
@@ -226,7 +226,7 @@ impl Stage for Evaluate {
                 ctx.check_cancelled()?;
                 let prompts = chunk
                     .iter()
-                    .map(|s| prompt_ids(&tok, &model, s, task.max_tokens))
+                    .map(|s| prompt_ids(&task, &tok, &model, s, task.max_tokens))
                     .collect::<Result<Vec<_>>>()?;
                 let gens = generate_batch(&model, &tok, &prompts, &opts)?;
                 let judgements = match &judge {
@@ -335,9 +335,15 @@ fn judge_batch(
         .collect())
 }
 
-/// The chat-templated prompt of a sample, checked against the context.
-fn prompt_ids(tok: &Tokenizer, model: &Llama, s: &Sample, max_tokens: usize) -> Result<Vec<u32>> {
-    let ids = tok.chat_ids(&s.messages)?;
+/// The prompt of a sample, checked against the context.
+fn prompt_ids(
+    task: &super::TaskInfo,
+    tok: &Tokenizer,
+    model: &Llama,
+    s: &Sample,
+    max_tokens: usize,
+) -> Result<Vec<u32>> {
+    let ids = task.prompt_ids(tok, &s.messages)?;
     if ids.len() + max_tokens > model.cfg.context {
         bail!(
             "sample `{}` needs {} prompt + {max_tokens} generated tokens, more than the model's \

@@ -215,7 +215,8 @@ impl Stage for Finetune {
         params.get("task")?.nodes(&mut nodes);
         let task = inputs.get(nodes.first()?)?;
         let kind = task.record.get("kind")?.as_str()?;
-        let samples = crate::tasks::load(task.files.get("train")?, kind).ok()?;
+        let prompting = crate::tasks::Prompting::from_json(task.record.get("prompting"));
+        let samples = crate::tasks::load(task.files.get("train")?, kind, &prompting).ok()?;
         let p: Params = engine::stage::typed_params(params).ok()?;
         let chars: Vec<usize> = samples
             .iter()
@@ -241,7 +242,7 @@ impl Stage for Finetune {
         };
         let p: Params = ctx.typed()?;
         let method = p.method.clone();
-        let mut samples = crate::tasks::load(train_file, &task.kind)?;
+        let mut samples = task.load(train_file)?;
         if let Some(n) = p.rows {
             samples.truncate(n);
         }
@@ -278,10 +279,10 @@ impl Stage for Finetune {
         for s in &samples {
             let (prompt, ids) = match &tok {
                 Some(tok) => {
-                    let prompt = tok.chat_ids(&s.messages)?;
+                    let prompt = task.prompt_ids(tok, &s.messages)?;
                     let mut ids = prompt.clone();
                     ids.extend(tok.encode_plain(&s.references[0])?);
-                    ids.extend(tok.end_of_turn());
+                    ids.extend(task.answer_end(tok));
                     (prompt, ids)
                 }
                 // Random weights have no tokenizer: random ids of the row's size, so that the

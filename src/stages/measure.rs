@@ -191,7 +191,7 @@ impl Stage for Measure {
         let dev = runtime::candle_device(ctx.device)?;
         let path = super::model_gguf(ctx, "model")?;
         let task = super::task_info(ctx, "task")?;
-        let samples = crate::tasks::load(&task.eval, &task.kind)?;
+        let samples = task.load(&task.eval)?;
         let p: Params = ctx.typed()?;
         let mut batches = p.batch.clone();
         if batches.is_empty() {
@@ -207,7 +207,7 @@ impl Stage for Measure {
         let mut ids_of = super::SyntheticIds::new(model.cfg.vocab);
         for s in &samples {
             let ids = match &tok {
-                Some(tok) => tok.chat_ids(&s.messages)?,
+                Some(tok) => task.prompt_ids(tok, &s.messages)?,
                 // No tokenizer (synthetic weights): random ids of the prompt's size, so the work
                 // per request is of the task's size.
                 None => ids_of.take(s.messages.iter().map(|m| m.content.len()).sum()),

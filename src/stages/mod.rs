@@ -254,13 +254,46 @@ pub fn open_meter(ctx: &StageCtx, scope: meter::Scope) -> meter::Metered {
     meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
 }
 
-/// The task artifact behind `param`: its kind, scorer, generation budget and record files.
+/// The task artifact behind `param`: its kind, scorer, generation budget, prompting and record
+/// files.
 pub struct TaskInfo {
     pub kind: String,
     pub scorer: String,
     pub max_tokens: usize,
+    pub prompting: crate::tasks::Prompting,
     pub eval: PathBuf,
     pub train: Option<PathBuf>,
+}
+
+impl TaskInfo {
+    /// The records of `file` as samples of this task.
+    pub fn load(&self, file: &std::path::Path) -> Result<Vec<crate::tasks::Sample>> {
+        crate::tasks::load(file, &self.kind, &self.prompting)
+    }
+
+    /// The token ids of a sample's prompt: through the model's chat template, or its completion
+    /// text as it is (with a BOS where the tokenizer adds one).
+    pub fn prompt_ids(
+        &self,
+        tok: &runtime::tokenizer::Tokenizer,
+        messages: &[runtime::tokenizer::Message],
+    ) -> Result<Vec<u32>> {
+        if self.prompting.chat_template {
+            tok.chat_ids(messages)
+        } else {
+            tok.encode(&crate::tasks::Prompting::completion_text(messages))
+        }
+    }
+
+    /// The token a trained answer ends with: the chat template's end of turn, or the end of
+    /// text for a completion prompt.
+    pub fn answer_end(&self, tok: &runtime::tokenizer::Tokenizer) -> Option<u32> {
+        if self.prompting.chat_template {
+            tok.end_of_turn()
+        } else {
+            tok.eos
+        }
+    }
 }
 
 pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
@@ -282,6 +315,7 @@ pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
             .get("max_tokens")
             .and_then(|v| v.as_u64())
             .unwrap_or(64) as usize,
+        prompting: crate::tasks::Prompting::from_json(t.record.get("prompting")),
         eval: t
             .files
             .get("eval")

@@ -418,6 +418,23 @@ impl Stage for JsonlTask {
                 "generation budget",
             ),
             ParamSpec::optional("train", Ty::Str, "training records for finetune"),
+            ParamSpec::default(
+                "prompts",
+                Ty::Enum(&["default", "paper"]),
+                Value::Symbol("default".into()),
+                "prompt preset: default (the kind's prompt through the model's chat template) or paper (the EDGE-EVAL paper's completion prompts, no chat template)",
+            ),
+            ParamSpec::optional(
+                "prompt",
+                Ty::Str,
+                "the user turn, with the record's {fields} (extractive_qa: {context} {question} {title}; summarize: {document}; chat: {user})",
+            ),
+            ParamSpec::optional("system", Ty::Str, "a system turn before the conversation"),
+            ParamSpec::optional(
+                "chat_template",
+                Ty::Bool,
+                "render the turns with the model's chat template (default: the preset's); false sends the text as a completion prompt",
+            ),
         ]
     }
     fn plan_time(
@@ -440,13 +457,19 @@ impl Stage for JsonlTask {
                 files.insert(name.to_string(), path);
             }
         }
+        let kind = str_param(params, "kind");
+        let prompting = match task_prompting(params, kind) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
         let record = json!({
-            "kind": str_param(params, "kind"),
+            "kind": kind,
             "score": str_param(params, "score"),
             "max_tokens": params.get("max_tokens").and_then(Value::as_i64),
             // The prompt template is part of the task's digest, so every stage that prompts a
             // model with it reruns when it changes.
-            "template": crate::tasks::template(str_param(params, "kind")),
+            "template": crate::tasks::template(kind),
+            "prompting": prompting.to_json(),
             // And how prompts are rendered (a change reruns them too).
             "template_version": crate::tasks::TEMPLATE_VERSION,
         });
@@ -455,6 +478,28 @@ impl Stage for JsonlTask {
     fn run(&self, _: &StageCtx) -> Result<StageOutput> {
         plan_only(self.kind())
     }
+}
+
+/// A task's prompting: its preset (`prompts`), with `prompt`, `system` and `chat_template` over
+/// it; the prompt's placeholders checked against the kind's fields.
+fn task_prompting(params: &BTreeMap<String, Value>, kind: &str) -> Result<crate::tasks::Prompting> {
+    let preset = params
+        .get("prompts")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let mut p = crate::tasks::Prompting::preset(preset, kind)?;
+    if let Some(t) = params.get("prompt").and_then(Value::as_str) {
+        p.template = Some(t.to_string());
+    }
+    if let Some(s) = params.get("system").and_then(Value::as_str) {
+        p.system = Some(s.to_string());
+    }
+    if let Some(Value::Bool(b)) = params.get("chat_template") {
+        p.chat_template = *b;
+    }
+    p.check(kind)
+        .map_err(|e| anyhow::anyhow!("{e}: fix the task's `prompt = \"…\"`"))?;
+    Ok(p)
 }
 
 #[cfg(test)]

@@ -80,6 +80,19 @@ pub fn q_ret(variant: &[(String, f64)], baseline: &[(String, f64)]) -> Metric {
     Metric::point(mean(&a).unwrap_or(0.0) / mb * 100.0).with_interval(ci)
 }
 
+/// Whether a variant retains at least `threshold` % of its baseline's score at 95 % confidence
+/// (MLPerf's accuracy targets are 99 % and 99.9 % of the reference): `yes` when Q_ret's interval
+/// lies at or above the threshold, `no` when it lies below, `undetermined` when it straddles it
+/// (more samples would tell) or there is no interval; `None` when Q_ret is null.
+pub fn retention_verdict(q_ret: &Metric, threshold: f64) -> Option<&'static str> {
+    q_ret.value?;
+    Some(match (q_ret.lo, q_ret.hi) {
+        (Some(lo), _) if lo >= threshold => "yes",
+        (_, Some(hi)) if hi < threshold => "no",
+        _ => "undetermined",
+    })
+}
+
 /// Interval of mean(a) / mean(b) with a and b resampled independently (two separate
 /// experiments: per-sample scores and per-repetition energies).
 fn independent_ratio_interval(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
@@ -162,6 +175,22 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (format!("s{i}"), *s))
             .collect()
+    }
+
+    #[test]
+    fn the_retention_verdict_reads_the_interval_against_the_threshold() {
+        let q = |lo, v, hi| Metric::point(v).with_interval(Some((lo, hi)));
+        assert_eq!(retention_verdict(&q(99.2, 100.0, 101.0), 99.0), Some("yes"));
+        assert_eq!(
+            retention_verdict(&q(99.2, 100.0, 101.0), 99.9),
+            Some("undetermined")
+        );
+        assert_eq!(retention_verdict(&q(90.0, 95.0, 98.9), 99.0), Some("no"));
+        assert_eq!(
+            retention_verdict(&Metric::point(100.0), 99.0),
+            Some("undetermined")
+        );
+        assert_eq!(retention_verdict(&Metric::null("x"), 99.0), None);
     }
 
     #[test]

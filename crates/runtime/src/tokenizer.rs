@@ -36,6 +36,7 @@ enum Backend {
 pub struct Tokenizer {
     backend: Backend,
     pub bos: Option<u32>,
+    pub eos: Option<u32>,
     /// Tokens that end generation (eos, and end-of-turn tokens of the chat format).
     pub stop_ids: Vec<u32>,
     /// The chat template, or why there is none (no template, or one that does not compile).
@@ -230,6 +231,7 @@ impl Tokenizer {
         Tokenizer {
             backend,
             bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
             stop_ids,
             chat,
             add_bos: meta

@@ -79,6 +79,14 @@ pub fn block_schema(block: &str) -> Option<Vec<ParamSpec>> {
                 "reference precision for q_ret",
             ),
             ParamSpec::optional(
+                "retention",
+                Ty::Float {
+                    min: 0.0,
+                    max: 100.0,
+                },
+                "Q_ret (%) a variant must keep at 95 % confidence (q_ret_verdict; default 99, MLPerf's 99 or 99.9)",
+            ),
+            ParamSpec::optional(
                 "metrics",
                 Ty::List(Box::new(Ty::Enum(&[
                     "n_break", "ipw", "rho_sys", "c_tax", "q_ret",
