@@ -269,6 +269,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             score: e(|s| s.score),
             score_ci_lo: e(|s| s.score_ci_lo),
             score_ci_hi: e(|s| s.score_ci_hi),
+            rouge_l: e(|s| s.rouge_l),
             samples: eval_sum.and_then(|s| s.samples),
             q_ret_pct: value(&qr),
             q_ret_ci_lo: qr.lo,

@@ -45,6 +45,8 @@ engine::table_row! {
         score_ci_lo: Option<f64>,
         /// 95 % bootstrap interval of the score, high
         score_ci_hi: Option<f64>,
+        /// secondary score: mean ROUGE-L F1 of the outputs against the references (0–1)
+        rouge_l: Option<f64>,
         /// samples scored
         samples: Option<usize>,
         /// quantization fidelity Q_ret: score retained against the baseline precision of the

@@ -51,6 +51,9 @@ engine::table_row! {
         judge_reply: Option<String>,
         /// summary: samples whose judgement could not be parsed (not counted as any score)
         unscored: Option<usize>,
+        /// secondary score, as the paper reports beside its primary one: ROUGE-L F1 of the
+        /// output against the references (0–1); summary: mean
+        rouge_l: Option<f64>,
         /// standard error of the mean
         score_se: Option<f64>,
         /// 95 % bootstrap interval, low
@@ -92,7 +95,7 @@ const RESUME_FILE: &str = "samples.jsonl";
 impl Stage for Evaluate {
     engine::stage_meta!(
         super::kind::EVALUATE,
-        3,
+        4,
         Role::Stage,
         Output::Record,
         "score a model on a task (and its fidelity against a reference model)"
@@ -256,6 +259,7 @@ impl Stage for Evaluate {
                         sample_id: Some(s.id.clone()),
                         scorer: task.scorer.clone(),
                         score: sc,
+                        rouge_l: score::score("rouge_l", g.text.trim(), &s.references),
                         judge_reply,
                         prompt_digest: Some(digest.to_hex().to_string()),
                         output_tokens: Some(g.tokens.len()),
@@ -407,6 +411,7 @@ fn summary_row(scorer: &str, rows: &[EvaluateRow]) -> EvaluateRow {
         samples: Some(scores.len()),
         unscored: Some(rows.len() - scores.len()),
         score: stats::mean(&scores),
+        rouge_l: stats::mean(&rows.iter().filter_map(|r| r.rouge_l).collect::<Vec<_>>()),
         score_se: stats::std_error(&scores),
         score_ci_lo: ci.map(|c| c.0),
         score_ci_hi: ci.map(|c| c.1),

@@ -1,8 +1,8 @@
 // The trainer's fused CUDA kernels (issue 21): each replaces a chain of candle's elementwise
 // kernels that read and wrote the whole activation once per step of the chain. Compiled to PTX by
-// build.rs (nvcc, with `--features cuda`) and launched by `lora/fused.rs` (`mod cuda`); the CPU
-// computes the same formulas with candle's operations, and the tests of `lora/fused.rs`
-// (`on_gpu`) hold one to the other on a GPU.
+// build.rs (nvcc, with `--features cuda`) and launched by `lora/fused/cuda.rs`; `lora/fused/cpu.rs`
+// computes the same formulas on the CPU, and the tests of `lora/fused/mod.rs`
+// (`against_the_composite`) hold both to candle's composite operations.
 //
 // Every kernel comes in two element types, `_f32` and `_bf16` (bf16 as raw 16-bit words, widened
 // to f32 for all arithmetic and rounded to nearest-even on store: no <cuda_bf16.h>, so the PTX
