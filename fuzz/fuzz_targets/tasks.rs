@@ -1,4 +1,5 @@
-//! The task readers on arbitrary text, as each of the three record formats: every input is a
+//! The task readers on arbitrary text, as each of the three record formats with either prompt
+//! preset: every input is a
 //! list of samples a stage can use (unique ids, something to send, something to score against)
 //! or an error naming the file and line — never a panic.
 #![no_main]
@@ -12,8 +13,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let file = Path::new("fuzz.jsonl");
-    for kind in ["extractive_qa", "summarize", "chat"] {
-        match edge_eval::tasks::parse(text, file, kind) {
+    for (kind, preset) in ["extractive_qa", "summarize", "chat"]
+        .into_iter()
+        .flat_map(|k| [(k, "default"), (k, "paper")])
+    {
+        let prompting = edge_eval::tasks::Prompting::preset(preset, kind).expect("a known preset");
+        match edge_eval::tasks::parse(text, file, kind, &prompting) {
             Ok(samples) => {
                 assert!(!samples.is_empty(), "an empty task was accepted");
                 let mut ids = HashSet::new();

@@ -139,6 +139,7 @@ pub fn train(model: &str, b: &TrainBench) -> Result<i32> {
         checkpointing: b.checkpointing,
         profile: b.profile,
     };
+    let keep = memory::KeepFreedMemory::new();
     if b.warmup > 0 {
         lora::train(&model, &examples, &opts(b.warmup), &mut |_| Ok(()))?;
     }
@@ -165,6 +166,8 @@ pub fn train(model: &str, b: &TrainBench) -> Result<i32> {
             Ok(())
         })
     })?;
+    let peak_rss = memory::peak_rss_bytes().ok();
+    drop(keep);
     let tokens: usize = logs.iter().map(|l| l.tokens).sum();
     let mut phases = serde_json::Map::new();
     for (name, t) in logs.iter().flat_map(|l| &l.phases) {
@@ -206,7 +209,7 @@ pub fn train(model: &str, b: &TrainBench) -> Result<i32> {
         "j_per_token_net": per_token(e.net_j),
         "first_loss": logs.first().map(|l| l.loss),
         "last_loss": logs.last().map(|l| l.loss),
-        "peak_rss_bytes": memory::peak_rss_bytes().ok(),
+        "peak_rss_bytes": peak_rss,
         "meter": meter.describe(),
         "phases": b.profile.then_some(phases),
     });

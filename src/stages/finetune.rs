@@ -326,6 +326,7 @@ impl Stage for Finetune {
             .message(&format!("{method}, {} rows", examples.len()));
         memory::release_free_memory();
         memory::reset_peak();
+        let keep = memory::KeepFreedMemory::new();
         let (logs, train_e) = meter.window(|| {
             lora::train(&model, &examples, &opts, &mut |log| {
                 ctx.progress.set_position(log.step as u64);
@@ -334,6 +335,7 @@ impl Stage for Finetune {
             })
         })?;
         let peak = memory::peak_rss_bytes().ok();
+        drop(keep);
 
         ctx.progress.message("merging the adapter");
         let merged = ctx.work_dir.join("model.gguf");

@@ -96,6 +96,9 @@ impl CustomOp3 for Adapted {
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached, so that the gradients (kept until the optimizer steps, summed over
+        // micro-batches) do not hold the forward's graph behind x alive.
+        let (x, a, b) = (&x.detach(), &a.detach(), &b.detach());
         let (rank, inputs) = a.dims2()?;
         let outputs = b.dim(0)?;
         let rows = x.elem_count() / inputs.max(1);
