@@ -25,6 +25,11 @@ pub(super) fn launch(k: Kind, ins: &[(&CpuStorage, &Layout)]) -> R<(CpuStorage, 
         );
     }
     let f = |i: usize| f32s(ins[i]);
+    if let Kind::CrossEntropy { v } | Kind::CrossEntropyBack { v } = k
+        && let Some(t) = u32s(ins[1])?.iter().find(|&&t| t >= v)
+    {
+        candle_core::bail!("{k:?}: target {t} is outside the vocabulary of {v}");
+    }
     let n = ins[0].1.shape().elem_count();
     let mut out = vec![0f32; shape.elem_count()];
     match k {
