@@ -131,12 +131,31 @@ impl Prompting {
 
     /// The user turn of a record whose fields are `values`, from the task's template or
     /// `default`.
+    /// In one pass over the template, so that a record's text holding `{question}` is not
+    /// substituted into.
     fn user_turn(&self, default: &str, values: &[(&str, &str)]) -> String {
-        let mut text = self.template.as_deref().unwrap_or(default).to_string();
-        for (k, v) in values {
-            text = text.replace(&format!("{{{k}}}"), v);
+        let template = self.template.as_deref().unwrap_or(default);
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let value = after.find('}').and_then(|close| {
+                Some((close, values.iter().find(|(k, _)| *k == &after[..close])?))
+            });
+            match value {
+                Some((close, (_, v))) => {
+                    out.push_str(v);
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    out.push('{');
+                    rest = after;
+                }
+            }
         }
-        text
+        out.push_str(rest);
+        out
     }
 
     /// The conversation a sample sends: the system turn (if any) and `turns`.
