@@ -31,6 +31,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "spm",
             "chat",
             "tokenizer",
+            "nli",
             "cpu",
             "synthetic",
             "hf",

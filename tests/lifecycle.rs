@@ -355,6 +355,85 @@ evaluate(smol, judged, samples = 1, id = "no_judge")"#,
     assert_eq!(summary["unscored"].as_i64(), Some(3 - parsed));
 }
 
+/// The NLI scorers label (the record's context or document, the answer) with the classifier given
+/// as `nli` and score by the label: every sample row's label is what the classifier says of that
+/// pair (a small DeBERTa-v3 with random weights: its labels are arbitrary, but they must be the
+/// ones of that premise and that output), its score the paper's rule for the label.
+#[test]
+fn the_nli_scorers_score_each_answer_by_the_classifiers_label_of_its_source() {
+    let Some(model) = smollm2() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let nli_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/runtime/tests/fixtures/nli/v3");
+    let body = format!(
+        r#"model nli = path("{}")
+task rag = jsonl("{tasks}/qa.jsonl", kind = extractive_qa, score = nli_entail, max_tokens = 8)
+task summ = jsonl("{tasks}/summ.jsonl", kind = summarize, score = nli_not_contradict, max_tokens = 8)
+evaluate(smol, rag, samples = 4, nli = nli, id = "rag")
+evaluate(smol, summ, samples = 4, nli = nli, id = "summ")
+evaluate(smol, rag, samples = 1, id = "no_nli")"#,
+        nli_dir.display(),
+        tasks = tasks_dir().display()
+    );
+    std::fs::write(dir.path().join("p.eep"), pipeline(&model, ECONOMICS, &body)).unwrap();
+    let out = run(dir.path(), &["run", "p.eep", "--keep-going"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Without a classifier the stage fails saying how to give one.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nli = nli"), "{stderr}");
+
+    let nli = runtime::nli::Nli::load_dir(&nli_dir, &candle_core::Device::Cpu).unwrap();
+    let mut sources = std::collections::HashMap::new();
+    for (file, field, id) in [
+        ("qa.jsonl", "context", "id"),
+        ("summ.jsonl", "document", "id"),
+    ] {
+        for line in std::fs::read_to_string(tasks_dir().join(file))
+            .unwrap()
+            .lines()
+        {
+            let rec: Value = serde_json::from_str(line).unwrap();
+            sources.insert(
+                rec[id].as_str().unwrap().to_string(),
+                rec[field].as_str().unwrap().to_string(),
+            );
+        }
+    }
+    let eval = rows(dir.path(), "evaluate");
+    let samples = by(&eval, "row", "sample");
+    assert_eq!(samples.len(), 8);
+    for s in samples {
+        let source = &sources[s["sample_id"].as_str().unwrap()];
+        let output = s["output"].as_str().unwrap().trim();
+        let label = nli.infer(source, output).unwrap().label;
+        assert_eq!(s["nli_label"].as_str(), Some(label.as_str()));
+        let scorer = s["scorer"].as_str().unwrap();
+        assert_eq!(
+            s["score"].as_f64(),
+            metrics::score::nli_score(scorer, &label)
+        );
+        assert!(s["rouge_l"].as_f64().is_some());
+    }
+
+    // A chat task has no source to classify against: refused when the run is planned.
+    std::fs::write(
+        dir.path().join("chat.eep"),
+        pipeline(
+            &model,
+            ECONOMICS,
+            &format!(
+                r#"task c = jsonl("{}/chat.jsonl", kind = chat, score = nli_entail)
+evaluate(smol, c)"#,
+                tasks_dir().display()
+            ),
+        ),
+    )
+    .unwrap();
+    let out = run(dir.path(), &["plan", "chat.eep"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("chat records do not have"), "{text}");
+}
+
 /// The quickstart's qa prompts, rendered with SmolLM2's chat template and tokenized by edge-eval,
 /// are transformers' `apply_chat_template(…, add_generation_prompt=True, tokenize=True)` of the
 /// same messages token for token (fixture written by `tools/chat_fixtures.py --tokens`): the

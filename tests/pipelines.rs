@@ -46,7 +46,7 @@ fn the_paper_study_plans_72_variants_and_names_missing_inputs() {
     assert_eq!(code, 0, "{text}");
     let first = text.lines().next().unwrap();
     assert!(
-        first.contains("324 stages") && first.contains("9 missing"),
+        first.contains("325 stages") && first.contains("10 missing"),
         "{first}"
     );
     let count = |kind: &str| {
@@ -55,12 +55,17 @@ fn the_paper_study_plans_72_variants_and_names_missing_inputs() {
             .count()
     };
     // 6 models × 3 tasks × (LoRA at 3 precisions + merged QLoRA).
-    for kind in ["quantize", "cold_load", "evaluate", "measure"] {
+    for kind in ["cold_load", "evaluate", "measure"] {
         assert_eq!(count(kind), 72, "{kind}");
     }
+    // The variants and the judge.
+    assert_eq!(count("quantize"), 73);
     assert_eq!(count("finetune"), 36);
     // Each missing input says how to provide it.
     assert!(text.contains("huggingface-cli download Qwen/Qwen2.5-7B-Instruct"));
+    assert!(text.contains(
+        "huggingface-cli download MoritzLaurer/DeBERTa-v3-large-mnli-fever-anli-ling-wanli"
+    ));
     assert!(text.contains("rag_eval_gold.jsonl does not exist"));
     // A blocked stage names the missing input behind it, not the stage in between.
     assert!(text.contains("blocked: input `model:llama8b` is unavailable"));

@@ -7,7 +7,9 @@ use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow};
 use engine::exec::RunReport;
 use engine::row::{Extended, TableRow};
 use lang::Pipeline;
-use metrics::{Metric, c_tax, ipw, n_break, q_ret, retention_verdict, rho_sys};
+use metrics::{
+    Metric, c_tax, differs_from_baseline, ipw, n_break, q_ret, retention_verdict, rho_sys,
+};
 use spec::{NodeIdx, Value};
 
 /// The rows node `i` stored in this run, read as its table's row type `R` (a group such as
@@ -276,6 +278,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             q_ret_ci_hi: qr.hi,
             q_ret_threshold_pct: qr.value.map(|_| retention),
             q_ret_verdict: retention_verdict(&qr, retention).map(str::to_string),
+            q_ret_differs: differs_from_baseline(&qr).map(str::to_string),
             kl_mean: e(|s| s.kl_mean),
             kl_p99: e(|s| s.kl_p99),
             top1_agreement: e(|s| s.top1_agreement),

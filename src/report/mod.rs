@@ -62,6 +62,10 @@ engine::table_row! {
         /// yes (interval at or above), no (below), undetermined (straddles it: more samples
         /// would tell)
         q_ret_verdict: Option<String>,
+        /// whether the score differs from the baseline's at 95 % confidence: yes (Q_ret's
+        /// paired interval excludes 100 %), no (it covers 100 %: the samples cannot tell them
+        /// apart)
+        q_ret_differs: Option<String>,
         /// mean KL against the reference model over answer positions (nats)
         kl_mean: Option<f64>,
         /// 99th percentile of the per-position KL (nats)
@@ -185,6 +189,7 @@ pub(super) fn shown(metrics: &[String]) -> Vec<(&'static str, &'static str)> {
             cols.push(c);
             if m == "q_ret" {
                 cols.push(("q_ret_verdict", "retained?"));
+                cols.push(("q_ret_differs", "differs?"));
             }
         }
     }

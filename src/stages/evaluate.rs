@@ -30,6 +30,7 @@ struct Params {
     samples: Option<usize>,
     reference: Option<usize>,
     judge: Option<usize>,
+    nli: Option<usize>,
     batch: usize,
 }
 
@@ -43,12 +44,15 @@ engine::table_row! {
         row: String,
         /// record id (null in the summary)
         sample_id: Option<String>,
-        /// exact_match | f1 | rouge_l | judge
+        /// exact_match | f1 | rouge_l | judge | nli_entail | nli_not_contradict
         scorer: String,
         /// 0–1 (null: the judge's reply was unparseable); summary: mean over scored samples
         score: Option<f64>,
         /// the judge model's raw reply (score = judge)
         judge_reply: Option<String>,
+        /// the NLI classifier's label of (the record's context or document, the output):
+        /// entailment | neutral | contradiction (score = nli_*)
+        nli_label: Option<String>,
         /// summary: samples whose judgement could not be parsed (not counted as any score)
         unscored: Option<usize>,
         /// secondary score, as the paper reports beside its primary one: ROUGE-L F1 of the
@@ -119,6 +123,11 @@ impl Stage for Evaluate {
                 Ty::Ref(Output::Model),
                 "judge model for tasks with score = judge (fixed rubric, strict 1–5 parsing)",
             ),
+            ParamSpec::optional(
+                "nli",
+                Ty::Ref(Output::Model),
+                "NLI classifier for tasks with score = nli_entail | nli_not_contradict: a Hugging Face folder of a DeBERTa-v2/v3 sequence classifier (the paper's: MoritzLaurer/DeBERTa-v3-large-mnli-fever-anli-ling-wanli)",
+            ),
             ParamSpec::default(
                 "batch",
                 Ty::int(1, 256),
@@ -168,7 +177,17 @@ impl Stage for Evaluate {
             ),
             (false, _) => None,
         };
-        if !judged && score::score(&task.scorer, "", &[String::new()]).is_none() {
+        let nli = match (score::is_nli(&task.scorer), p.nli) {
+            (true, Some(_)) => Some(super::model_files(ctx, "nli")?),
+            (true, None) => bail!(
+                "the task is scored by `{}`: give the NLI classifier, e.g. `model nli = \
+                 hf(\"MoritzLaurer/DeBERTa-v3-large-mnli-fever-anli-ling-wanli\")` and \
+                 `evaluate(MODEL, TASK, nli = nli)`",
+                task.scorer
+            ),
+            (false, _) => None,
+        };
+        if !judged && nli.is_none() && score::score(&task.scorer, "", &[String::new()]).is_none() {
             bail!("scorer `{}` is not available in this build", task.scorer);
         }
         let mut samples = task.load(&task.eval)?;
@@ -216,6 +235,10 @@ impl Stage for Evaluate {
                 Some(p) => Some(runtime::load_gguf_on(p, &dev)?),
                 None => None,
             };
+            let nli = match &nli {
+                Some(files) => Some(runtime::nli::Nli::load(files, &dev)?),
+                None => None,
+            };
             let mut log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -237,13 +260,22 @@ impl Stage for Evaluate {
                     None => None,
                 };
                 for (i, ((s, ids), g)) in chunk.iter().zip(&prompts).zip(gens).enumerate() {
-                    let (sc, judge_reply) = match &judgements {
+                    let (mut sc, judge_reply) = match &judgements {
                         Some(j) => (score::parse_judgement(&j[i]), Some(j[i].clone())),
                         None => (
                             score::score(&task.scorer, g.text.trim(), &s.references),
                             None,
                         ),
                     };
+                    let mut nli_label = None;
+                    if let Some(nli) = &nli {
+                        let premise = s.source.as_deref().with_context(|| {
+                            format!("sample `{}` has no context or document for NLI", s.id)
+                        })?;
+                        let label = nli.infer(premise, g.text.trim())?.label;
+                        sc = score::nli_score(&task.scorer, &label);
+                        nli_label = Some(label);
+                    }
                     let digest = blake3::hash(
                         &ids.iter()
                             .flat_map(|i| i.to_le_bytes())
@@ -261,6 +293,7 @@ impl Stage for Evaluate {
                         score: sc,
                         rouge_l: score::score("rouge_l", g.text.trim(), &s.references),
                         judge_reply,
+                        nli_label,
                         prompt_digest: Some(digest.to_hex().to_string()),
                         output_tokens: Some(g.tokens.len()),
                         output: Some(g.text),
@@ -433,8 +466,8 @@ mod tests {
         let mut params = engine::stage::default_params(&Evaluate.params());
         let p: Params = engine::stage::typed_params(&params).unwrap();
         assert_eq!(
-            (p.samples, p.reference, p.judge, p.batch),
-            (None, None, None, 4)
+            (p.samples, p.reference, p.judge, p.nli, p.batch),
+            (None, None, None, None, 4)
         );
         params.insert("reference".into(), Value::Node(3));
         params.insert("samples".into(), Value::Int(20));

@@ -50,6 +50,7 @@ use anyhow::{Context, Result, bail};
 pub use engine::stage::*;
 pub use spec::resolve_path;
 use spec::{Device, ParamSpec, Value};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
@@ -98,6 +99,22 @@ pub fn model_gguf(ctx: &StageCtx, param: &str) -> Result<PathBuf> {
     bail!(
         "the runtime loads GGUF files; convert this Hugging Face folder with `quantize(MODEL, f16)` first"
     )
+}
+
+/// The files of the model folder behind `param` (name → path): what a classifier that is no
+/// GGUF (the NLI scorer's) is loaded from.
+pub fn model_files(ctx: &StageCtx, param: &str) -> Result<BTreeMap<String, PathBuf>> {
+    let Some(model) = ctx.artifacts(param).into_iter().next() else {
+        bail!("no `{param}` model was given (engine bug)")
+    };
+    if model.files.contains_key("model.gguf") {
+        bail!(
+            "`{param}` is a GGUF file: give the Hugging Face folder of the classifier \
+             (`path(\"DIR\")` or `hf(\"ORG/NAME\")`), whose config.json, tokenizer.json and \
+             safetensors weights it is loaded from"
+        );
+    }
+    Ok(model.files.clone())
 }
 
 /// Whether the model artifact behind `param` holds random (synthetic) weights.
@@ -279,7 +296,10 @@ impl TaskInfo {
         messages: &[runtime::tokenizer::Message],
     ) -> Result<Vec<u32>> {
         if self.prompting.chat_template {
-            tok.chat_ids(messages)
+            match &self.prompting.date {
+                Some(d) => tok.chat_ids_with(messages, &[("date_string", d)]),
+                None => tok.chat_ids(messages),
+            }
         } else {
             tok.encode(&crate::tasks::Prompting::completion_text(messages))
         }

@@ -390,7 +390,14 @@ impl Stage for SyntheticSource {
 }
 
 pub const TASK_KINDS: &[&str] = &["extractive_qa", "summarize", "chat"];
-pub const SCORERS: &[&str] = &["exact_match", "f1", "rouge_l", "judge"];
+pub const SCORERS: &[&str] = &[
+    "exact_match",
+    "f1",
+    "rouge_l",
+    "judge",
+    "nli_entail",
+    "nli_not_contradict",
+];
 
 /// `jsonl("qa.jsonl", kind = extractive_qa, score = f1, max_tokens = 32, train = "...")`.
 pub struct JsonlTask;
@@ -435,6 +442,11 @@ impl Stage for JsonlTask {
                 Ty::Bool,
                 "render the turns with the model's chat template (default: the preset's); false sends the text as a completion prompt",
             ),
+            ParamSpec::optional(
+                "date",
+                Ty::Str,
+                "the date the chat template writes (its `date_string`, e.g. \"26 Jul 2024\" for Llama 3's \"Today Date\"), so prompts do not change from day to day (default: the template's own: today's date for Llama 3, as in transformers)",
+            ),
         ]
     }
     fn plan_time(
@@ -458,6 +470,13 @@ impl Stage for JsonlTask {
             }
         }
         let kind = str_param(params, "kind");
+        let scorer = str_param(params, "score");
+        if metrics::score::is_nli(scorer) && kind == "chat" {
+            return Some(Err(anyhow::anyhow!(
+                "`score = {scorer}` classifies an answer against the record's context or \
+                 document, which chat records do not have: score chat with `judge` or `rouge_l`"
+            )));
+        }
         let prompting = match task_prompting(params, kind) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
@@ -496,6 +515,9 @@ fn task_prompting(params: &BTreeMap<String, Value>, kind: &str) -> Result<crate:
     }
     if let Some(Value::Bool(b)) = params.get("chat_template") {
         p.chat_template = *b;
+    }
+    if let Some(d) = params.get("date").and_then(Value::as_str) {
+        p.date = Some(d.to_string());
     }
     p.check(kind)
         .map_err(|e| anyhow::anyhow!("{e}: fix the task's `prompt = \"…\"`"))?;

@@ -54,6 +54,9 @@ pub struct Prompting {
     /// Render the turns with the model's chat template; else the text is sent as it is, a
     /// completion prompt (what the paper's vLLM runs did).
     pub chat_template: bool,
+    /// The `date_string` the chat template sees (Llama 3's "Today Date"); `None`: the template's
+    /// own choice, which for Llama 3 is today's date (`strftime_now`), as in transformers.
+    pub date: Option<String>,
 }
 
 /// The system prompts of the paper's `run_inference.py`, by kind.
@@ -80,6 +83,7 @@ impl Prompting {
                 template: None,
                 system: None,
                 chat_template: true,
+                date: None,
             },
             "paper" => {
                 let body = match kind {
@@ -95,6 +99,7 @@ impl Prompting {
                     template: Some(body.into()),
                     system: Some(system.into()),
                     chat_template: false,
+                    date: None,
                 }
             }
             other => bail!("unknown prompt preset `{other}` (known: default, paper)"),
@@ -172,11 +177,16 @@ impl Prompting {
 
     /// As recorded in the task's artifact (and so in every prompting stage's key).
     pub fn to_json(&self) -> J {
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "template": self.template,
             "system": self.system,
             "chat_template": self.chat_template,
-        })
+        });
+        // Only when set, so that tasks without one keep their digests.
+        if let Some(d) = &self.date {
+            j["date"] = J::from(d.as_str());
+        }
+        j
     }
 
     /// [`Prompting::to_json`] read back (absent: the default).
@@ -193,6 +203,7 @@ impl Prompting {
                 .and_then(|j| j.get("chat_template"))
                 .and_then(J::as_bool)
                 .unwrap_or(true),
+            date: s("date"),
         }
     }
 
@@ -215,6 +226,9 @@ pub struct Sample {
     pub messages: Vec<Message>,
     /// Acceptable answers (the first is the training target).
     pub references: Vec<String>,
+    /// The text an answer must be faithful to, the NLI scorers' premise: a qa record's
+    /// context, a summarize record's document (none for chat).
+    pub source: Option<String>,
 }
 
 fn field<'a>(rec: &'a J, name: &str, file: &Path, line: usize) -> Result<&'a str> {
@@ -268,6 +282,7 @@ pub fn sample(
                 messages: prompting
                     .conversation(vec![user(prompting.user_turn(QA_TEMPLATE, &values))]),
                 references: answers,
+                source: Some(context.to_string()),
             })
         }
         "summarize" => {
@@ -276,12 +291,14 @@ pub fn sample(
                 Some(J::Number(n)) => n.to_string(),
                 _ => bail!(at("the record has no `id` (XSum format)")),
             };
-            let values = [("document", field(rec, "document", file, line)?)];
+            let document = field(rec, "document", file, line)?;
+            let values = [("document", document)];
             Ok(Sample {
                 id,
                 messages: prompting
                     .conversation(vec![user(prompting.user_turn(SUMM_TEMPLATE, &values))]),
                 references: vec![field(rec, "summary", file, line)?.to_string()],
+                source: Some(document.to_string()),
             })
         }
         "chat" => {
@@ -324,6 +341,7 @@ pub fn sample(
                 id: field(rec, "prompt_id", file, line)?.to_string(),
                 messages: prompting.conversation(messages),
                 references: vec![reference],
+                source: None,
             })
         }
         other => bail!("unknown task kind `{other}`"),
@@ -383,6 +401,7 @@ mod tests {
             template: Some("{title}: {question} ({context})".into()),
             system: Some("Be brief.".into()),
             chat_template: true,
+            date: None,
         };
         own.check("extractive_qa").unwrap();
         let s = sample("extractive_qa", &own, &rec, p, 1).unwrap();
@@ -423,6 +442,13 @@ mod tests {
             "{e}"
         );
         assert!(Prompting::preset("fancy", "chat").is_err());
+        // A pinned date is recorded (and so keyed); without one the record is as before.
+        assert!(own.to_json().get("date").is_none());
+        let dated = Prompting {
+            date: Some("26 Jul 2024".into()),
+            ..own
+        };
+        assert_eq!(Prompting::from_json(Some(&dated.to_json())), dated);
     }
 
     #[test]

@@ -93,6 +93,19 @@ pub fn retention_verdict(q_ret: &Metric, threshold: f64) -> Option<&'static str>
     })
 }
 
+/// Whether a variant's score differs from its baseline's at 95 % confidence: `yes` when Q_ret's
+/// paired interval excludes 100 % (the difference is real), `no` when it covers 100 % (the
+/// samples cannot tell them apart); `None` without an interval.
+pub fn differs_from_baseline(q_ret: &Metric) -> Option<&'static str> {
+    q_ret.value?;
+    let (lo, hi) = (q_ret.lo?, q_ret.hi?);
+    Some(if lo > 100.0 || hi < 100.0 {
+        "yes"
+    } else {
+        "no"
+    })
+}
+
 /// Interval of mean(a) / mean(b) with a and b resampled independently (two separate
 /// experiments: per-sample scores and per-repetition energies).
 fn independent_ratio_interval(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
@@ -191,6 +204,16 @@ mod tests {
             Some("undetermined")
         );
         assert_eq!(retention_verdict(&Metric::null("x"), 99.0), None);
+    }
+
+    #[test]
+    fn a_difference_from_the_baseline_is_real_when_the_interval_excludes_100() {
+        let q = |lo, v, hi| Metric::point(v).with_interval(Some((lo, hi)));
+        assert_eq!(differs_from_baseline(&q(81.0, 90.0, 99.5)), Some("yes"));
+        assert_eq!(differs_from_baseline(&q(100.5, 104.0, 108.0)), Some("yes"));
+        assert_eq!(differs_from_baseline(&q(64.3, 81.7, 100.0)), Some("no"));
+        assert_eq!(differs_from_baseline(&Metric::point(95.0)), None);
+        assert_eq!(differs_from_baseline(&Metric::null("x")), None);
     }
 
     #[test]

@@ -131,6 +131,25 @@ pub fn parse_judgement(reply: &str) -> Option<f64> {
     }
 }
 
+/// The scorers that classify (the record's context or document, the output) with an NLI model.
+pub const NLI_SCORERS: &[&str] = &["nli_entail", "nli_not_contradict"];
+
+pub fn is_nli(scorer: &str) -> bool {
+    NLI_SCORERS.contains(&scorer)
+}
+
+/// The paper's NLI scores of a pair the classifier labelled `label`: `nli_entail` is 1 when the
+/// source entails the output (its rag score), `nli_not_contradict` 1 unless the source
+/// contradicts it (its summ score); else 0. None for another scorer.
+pub fn nli_score(scorer: &str, label: &str) -> Option<f64> {
+    let hit = match scorer {
+        "nli_entail" => label == "entailment",
+        "nli_not_contradict" => label != "contradiction",
+        _ => return None,
+    };
+    Some(if hit { 1.0 } else { 0.0 })
+}
+
 /// Scores `prediction` with the named scorer (`exact_match`, `f1`, `rouge_l`).
 pub fn score(scorer: &str, prediction: &str, references: &[String]) -> Option<f64> {
     Some(match scorer {
@@ -147,6 +166,19 @@ mod tests {
 
     fn golds(xs: &[&str]) -> Vec<String> {
         xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn nli_scores_are_the_papers_entailment_and_non_contradiction() {
+        let labels = ["entailment", "neutral", "contradiction"];
+        let entail: Vec<_> = labels.map(|l| nli_score("nli_entail", l).unwrap()).into();
+        let not_contra: Vec<_> = labels
+            .map(|l| nli_score("nli_not_contradict", l).unwrap())
+            .into();
+        assert_eq!(entail, [1.0, 0.0, 0.0]);
+        assert_eq!(not_contra, [1.0, 1.0, 0.0]);
+        assert_eq!(nli_score("f1", "entailment"), None);
+        assert!(is_nli("nli_entail") && !is_nli("judge"));
     }
 
     #[test]

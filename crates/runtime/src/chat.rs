@@ -56,11 +56,12 @@ pub const GEMMA_FALLBACK: &str = "{{ bos_token }}\
 impl ChatTemplate {
     /// A template, checked to compile.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
+        let source = without_generation_tags(source);
         environment()
-            .template_from_str(source)
+            .template_from_str(&source)
             .map_err(|e| anyhow::anyhow!("the chat template does not compile: {e:#}"))?;
         Ok(ChatTemplate {
-            source: source.into(),
+            source,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
             variables: vec![],
@@ -76,6 +77,17 @@ impl ChatTemplate {
     /// `messages` rendered; with `add_generation_prompt`, ending where the assistant's reply
     /// starts.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &[])
+    }
+
+    /// [`ChatTemplate::render`] with further variables for this rendering (after the
+    /// template's own, so they win).
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        variables: &[(&str, &str)],
+    ) -> Result<String> {
         let env = environment();
         let t = env
             .template_from_str(&self.source)
@@ -98,6 +110,9 @@ impl ChatTemplate {
         for (k, v) in &self.variables {
             ctx.push((k, Value::from(v.as_str())));
         }
+        for (k, v) in variables {
+            ctx.push((k, Value::from(*v)));
+        }
         let ctx = Value::from_iter(ctx);
         t.render(ctx)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
@@ -118,6 +133,43 @@ impl ChatTemplate {
             .context("the chat template drops the assistant's turn")?;
         Ok(text[at + MARK.len()..].to_string())
     }
+}
+
+/// `source` with transformers' `{% generation %}` … `{% endgeneration %}` tags (which mark the
+/// assistant's tokens for `return_assistant_tokens_mask`, rendering their content as it is) as
+/// `{% if true %}` … `{% endif %}`, whitespace control kept: minijinja has no such tag.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        out.push_str(&rest[..open]);
+        let tag = &rest[open..];
+        let Some(close) = tag.find("%}") else {
+            rest = tag;
+            break;
+        };
+        let inner = &tag[2..close];
+        let (lead, body) = match inner.strip_prefix(['-', '+']) {
+            Some(b) => (&inner[..1], b),
+            None => ("", inner),
+        };
+        let (body, trail) = match body.strip_suffix(['-', '+']) {
+            Some(b) => (b, &body[b.len()..]),
+            None => (body, ""),
+        };
+        let word = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match word {
+            Some(w) => out.push_str(&format!("{{%{lead} {w} {trail}%}}")),
+            None => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn environment() -> Environment<'static> {
@@ -316,6 +368,31 @@ mod tests {
             let (y, m, d) = civil(days);
             assert_eq!(civil_days(y, m, d), days);
         }
+    }
+
+    #[test]
+    fn generation_tags_render_their_content_as_transformers_does() {
+        let t = ChatTemplate::new(
+            "{%- for m in messages %}{{ m.role }}: {% if m.role == 'assistant' %}\
+             {%- generation -%} {{ m.content }} {%- endgeneration %}{% else %}{{ m.content }}\
+             {% endif %}\n{% endfor %}{% if '%}' %}.{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let text = t
+            .render(
+                &[Message::new("user", "q"), Message::new("assistant", "a")],
+                false,
+            )
+            .unwrap();
+        // transformers' render_jinja_template gives the same (trim_blocks drops the newline
+        // after each `{% endif %}`).
+        assert_eq!(text, "user: qassistant: a.");
+        assert_eq!(
+            without_generation_tags("{% generation %}x{%+ endgeneration +%}{{ '{%' }}"),
+            "{% if true %}x{%+ endif +%}{{ '{%' }}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod hf;
 pub mod llama;
 pub mod lora;
 mod model;
+pub mod nli;
 pub mod spm;
 pub mod synthetic;
 pub mod tokenizer;

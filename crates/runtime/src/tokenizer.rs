@@ -317,7 +317,20 @@ impl Tokenizer {
     /// `apply_chat_template(…, tokenize=True)` gives them: special tokens in the rendered text
     /// parsed, nothing added (a BOS only where the template writes one).
     pub fn chat_ids(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        self.encode_chat(&self.chat_prompt(messages)?)
+        self.chat_ids_with(messages, &[])
+    }
+
+    /// [`Tokenizer::chat_ids`] with further template variables (a pinned `date_string`).
+    pub fn chat_ids_with(
+        &self,
+        messages: &[Message],
+        variables: &[(&str, &str)],
+    ) -> Result<Vec<u32>> {
+        let text = match &self.chat {
+            Ok(chat) => chat.render_with(messages, true, variables)?,
+            Err(why) => bail!("cannot build a chat prompt: {why}"),
+        };
+        self.encode_chat(&text)
     }
 
     /// `text` with special tokens parsed and no BOS added.

@@ -63,6 +63,14 @@ fn qwen2s_template_renders_as_transformers_does() {
 #[test]
 fn llama_3_2s_template_renders_as_transformers_does() {
     check("llama-3.2", None);
+    // A task's pinned date is the "Today Date" the template writes.
+    let f = fixture("llama-3.2");
+    let t = ChatTemplate::new(f["template"].as_str().unwrap(), "", "").unwrap();
+    let msgs = [Message::new("user", "hi")];
+    let text = t
+        .render_with(&msgs, true, &[("date_string", "01 Jan 2030")])
+        .unwrap();
+    assert!(text.contains("Today Date: 01 Jan 2030\n"), "{text}");
 }
 
 #[test]
