@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod paper;
 pub mod report;
 pub mod stages;
 pub mod study;

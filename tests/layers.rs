@@ -58,7 +58,12 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
             "table",
         ],
     ),
-    (".", &["tasks", "stages", "report", "study", "bench", "cli"]),
+    (
+        ".",
+        &[
+            "tasks", "stages", "paper", "report", "study", "bench", "cli",
+        ],
+    ),
 ];
 
 fn root() -> PathBuf {

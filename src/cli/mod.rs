@@ -100,6 +100,21 @@ pub enum Command {
     },
     /// List the stage kinds and model/task sources, with their parameters
     Stages,
+    /// The EDGE-EVAL paper's five metric tables recomputed from its raw result files and held
+    /// to the published ones; its headline claims against its own files (docs/paper-comparison.md)
+    Paper {
+        /// A folder with the paper's result files (default: the copy built into edge-eval,
+        /// reference/edge-eval-paper)
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print one recomputed table beside the published values: q_ret, n_break, ipw,
+        /// rho_sys or c_tax
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON instead
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and maintain the cache
     Cache {
         #[command(subcommand)]
@@ -230,6 +245,7 @@ pub fn main() -> i32 {
             | Command::Explain { .. }
             | Command::Report { .. }
             | Command::Stages
+            | Command::Paper { .. }
             | Command::Cache { .. }
             | Command::Bench { .. }
             | Command::BenchModel { .. }
@@ -383,6 +399,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print!("{}", describe_stages());
             Ok(0)
         }
+        Command::Paper { dir, table, json } => {
+            paper::paper_cmd(dir.as_deref(), table.as_deref(), json)
+        }
         Command::BenchModel {
             model,
             prompt,
@@ -416,6 +435,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
 /// `cpu`, `cuda` or `cuda(N)`.
 mod cache;
 mod kinds;
+mod paper;
 mod plan;
 mod run;
 
