@@ -227,9 +227,11 @@ impl Stage for Evaluate {
 
         if !todo.is_empty() {
             let (model, tok) = runtime::load_gguf_on(&path, &dev)?;
+            // A model evaluated against itself (the baseline's own row): its logits once.
+            let against_itself = reference.as_ref() == Some(&path);
             let reference = match &reference {
-                Some(p) => Some(runtime::load_gguf_on(p, &dev)?),
-                None => None,
+                Some(p) if !against_itself => Some(runtime::load_gguf_on(p, &dev)?),
+                _ => None,
             };
             let judge = match &judge {
                 Some(p) => Some(runtime::load_gguf_on(p, &dev)?),
@@ -301,8 +303,9 @@ impl Stage for Evaluate {
                         stop: Some(stop.into()),
                         ..Default::default()
                     };
-                    if let Some((rm, rt)) = &reference {
-                        let f = fidelity(&model, &tok, rm, rt, ids, &s.references[0])?;
+                    if p.reference.is_some() {
+                        let other = reference.as_ref().map(|(m, t)| (m, t));
+                        let f = fidelity(&model, &tok, other, ids, &s.references[0])?;
                         row.kl_mean = f.mean_kl();
                         row.kl_p99 = f.p99_kl();
                         row.top1_agreement = f.top1_agreement();
@@ -393,36 +396,48 @@ fn prompt_ids(
     Ok(ids)
 }
 
-/// Logits `[tokens, vocab]` of one sequence.
-fn all_logits(model: &Llama, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+/// Logits `[n, vocab]` of the last `n` positions of one sequence.
+fn tail_logits(model: &Llama, ids: &[u32], n: usize) -> Result<Vec<Vec<f32>>> {
     let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
-    let logits = model.forward(&t, &mut KvCache::new(model.cfg.n_layer))?;
+    let logits = model.forward_tail(&t, &mut KvCache::new(model.cfg.n_layer), n)?;
     Ok(logits.squeeze(0)?.to_vec2()?)
 }
 
 /// Teacher-forced fidelity on prompt + gold answer: the positions that predict answer tokens.
+/// `reference` None: the model is its own reference (the same file), so its logits serve both.
 fn fidelity(
     model: &Llama,
     tok: &Tokenizer,
-    reference: &Llama,
-    ref_tok: &Tokenizer,
+    reference: Option<(&Llama, &Tokenizer)>,
     prompt: &[u32],
     answer: &str,
 ) -> Result<Fidelity> {
     let answer_ids = tok.encode_plain(answer)?;
     let mut ids = prompt.to_vec();
     ids.extend(&answer_ids);
-    if reference.cfg.vocab != model.cfg.vocab || ref_tok.encode_plain(answer)? != answer_ids {
-        bail!(
-            "the reference model has another vocabulary: token-level KL needs the same tokenizer"
-        );
+    let mut context = model.cfg.context;
+    if let Some((r, rt)) = reference {
+        if r.cfg.vocab != model.cfg.vocab || rt.encode_plain(answer)? != answer_ids {
+            bail!(
+                "the reference model has another vocabulary: token-level KL needs the same \
+                 tokenizer"
+            );
+        }
+        context = context.min(r.cfg.context);
     }
-    ids.truncate(model.cfg.context.min(reference.cfg.context));
-    let a = all_logits(model, &ids)?;
-    let b = all_logits(reference, &ids)?;
+    ids.truncate(context);
+    // The positions that predict answer tokens, from the prompt's last one: the head runs on
+    // those only (and the one after the last answer token, which predicts nothing here).
+    let first = prompt.len().saturating_sub(1);
+    let n = ids.len().saturating_sub(first).max(1);
+    let a = tail_logits(model, &ids, n)?;
+    let b = match reference {
+        Some((r, _)) => tail_logits(r, &ids, n)?,
+        None => a.clone(),
+    };
     let mut f = Fidelity::default();
-    for pos in prompt.len().saturating_sub(1)..ids.len().saturating_sub(1) {
-        f.add(&b[pos], &a[pos]);
+    for i in 0..n - 1 {
+        f.add(&b[i], &a[i]);
     }
     Ok(f)
 }

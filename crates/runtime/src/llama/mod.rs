@@ -287,28 +287,33 @@ impl Llama {
 
     /// Logits of the last position only: `[batch, vocab]` (the head runs on that position only).
     pub fn forward_last(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Ok(self.forward_tail(ids, cache, 1)?.squeeze(1)?)
+    }
+
+    /// Logits `[batch, n, vocab]` of the last `n` positions (the head computed for those only:
+    /// on SmolLM2 it costs more than the body over a prompt's every position).
+    pub fn forward_tail(&self, ids: &Tensor, cache: &mut KvCache, n: usize) -> Result<Tensor> {
         match &self.body {
             Pass::Candle(body) => {
                 if let Some(logits) = self.fixed_step(body, ids, cache)? {
-                    return Ok(logits.squeeze(1)?);
+                    return Ok(logits);
                 }
                 let x = self.hidden(body, ids, cache)?;
                 let t = x.dim(1)?;
-                Ok(body
-                    .head
-                    .forward(&x.narrow(1, t - 1, 1)?.contiguous()?)?
-                    .squeeze(1)?)
+                let n = n.clamp(1, t);
+                Ok(body.head.forward(&x.narrow(1, t - n, n)?.contiguous()?)?)
             }
             Pass::Cpu(m) => {
                 let (h, b, t) = self.cpu_hidden(m, ids, cache)?;
-                let n = self.cfg.hidden;
-                let last: Vec<f32> = (0..b)
-                    .flat_map(|r| &h[(r * t + t - 1) * n..(r * t + t) * n])
+                let width = self.cfg.hidden;
+                let n = n.clamp(1, t);
+                let tail: Vec<f32> = (0..b)
+                    .flat_map(|r| &h[(r * t + t - n) * width..(r * t + t) * width])
                     .copied()
                     .collect();
-                let logits = m.logits(&last, b);
-                let vocab = logits.len() / b.max(1);
-                Ok(Tensor::from_vec(logits, (b, vocab), &Device::Cpu)?)
+                let logits = m.logits(&tail, b * n);
+                let vocab = logits.len() / (b * n).max(1);
+                Ok(Tensor::from_vec(logits, (b, n, vocab), &Device::Cpu)?)
             }
         }
     }
