@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod paper;
 pub mod report;
+pub mod results;
 pub mod stages;
 pub mod study;
 pub mod tasks;

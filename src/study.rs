@@ -16,11 +16,15 @@ pub struct StudyRun {
     pub metrics: Vec<Row>,
 }
 
-/// Runs a pipeline (history recorded), then writes its run tables and its metrics.
+/// Runs a pipeline (history recorded), then writes its run tables and its metrics into a run
+/// folder of its own (`results::new_run`), published as the results folder's latest.
 pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) -> Result<StudyRun> {
     let report = exec::execute(pipeline, &REGISTRY, cache_dir, s)?;
     let fingerprint = Hardware::detect(s.threads).fingerprint(spec::Device::Cpu);
-    let mut tables = engine::table::write_run_tables(pipeline, &REGISTRY, &report, &fingerprint)?;
+    let results = pipeline.results_dir();
+    let run_dir = crate::results::new_run(&results)?;
+    let mut tables =
+        engine::table::write_run_tables(&run_dir, pipeline, &REGISTRY, &report, &fingerprint)?;
     // As rows: the views show any table's rows, `edge-eval report` those read back from Parquet.
     let metrics: Vec<Row> = crate::report::compute(pipeline, &report)
         .iter()
@@ -29,13 +33,14 @@ pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) ->
     if !metrics.is_empty() {
         let meta = engine::table::run_metadata(pipeline, &fingerprint);
         tables.extend(crate::report::write(
-            &pipeline.results_dir(),
+            &run_dir,
             &pipeline.name,
             &metrics,
             &report_metrics(pipeline),
             &meta,
         )?);
     }
+    crate::results::publish(&results, &run_dir)?;
     Ok(StudyRun {
         report,
         tables,

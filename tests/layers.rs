@@ -61,7 +61,7 @@ const MODULE_LAYERS: &[(&str, &[&str])] = &[
     (
         ".",
         &[
-            "tasks", "stages", "paper", "report", "study", "bench", "cli",
+            "tasks", "stages", "paper", "report", "results", "study", "bench", "cli",
         ],
     ),
 ];

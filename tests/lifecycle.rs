@@ -180,6 +180,45 @@ for q in [f16, q8_0] {
         text.contains("v[f16]") && text.contains("N_break"),
         "{text}"
     );
+
+    // Each run's tables are kept whole in out/runs/ID, the latest linked from out/.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("out/runs"))
+            .unwrap()
+            .count(),
+        2
+    );
+    let cmp = run(dir.path(), &["compare", "out"]);
+    let text = String::from_utf8_lossy(&cmp.stdout);
+    assert!(cmp.status.success(), "{text}");
+    assert!(
+        text.contains("same pipeline file, hardware, edge-eval version and variants"),
+        "{text}"
+    );
+    // The same answers in both runs: every score's paired change is 0, not a real one.
+    let cmp = run(dir.path(), &["compare", "out", "--json"]);
+    let cmp: Value = serde_json::from_slice(&cmp.stdout).unwrap();
+    let changes = cmp["changes"].as_array().unwrap();
+    let scores: Vec<&Value> = changes.iter().filter(|c| c["metric"] == "score").collect();
+    assert_eq!(scores.len(), 2, "{cmp}");
+    for s in scores {
+        let change = s["change"].as_str().unwrap();
+        assert!(
+            change.starts_with("+0.000 [+0.000, +0.000], 4 paired"),
+            "{s}"
+        );
+        assert_eq!(s["real"], "no");
+    }
+    // Exports of the metrics table.
+    let csv = run(dir.path(), &["report", "out", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(
+        csv.starts_with("variant,model,method,precision,task,"),
+        "{csv}"
+    );
+    let md = run(dir.path(), &["report", "out", "--format", "md"]);
+    assert!(String::from_utf8_lossy(&md.stdout).starts_with("| variant | task | score |"));
 }
 
 /// The tables read back with pyarrow with the expected column types (`tests/python`). CI installs

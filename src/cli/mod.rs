@@ -90,13 +90,31 @@ pub enum Command {
         /// Stage id, e.g. quantize[qa,q4_0]
         stage: String,
     },
-    /// Print the metrics table of a results folder and rewrite its report.html
+    /// Print the metrics table of a results folder's latest run (or of a run folder,
+    /// RESULTS/runs/ID) and rewrite its report.html; or export it
     Report {
-        /// Results folder (holds metrics.parquet)
+        /// Results folder (its latest run), or one run's folder
         dir: PathBuf,
         /// Metrics to show (default: all five)
         #[arg(long, value_delimiter = ',')]
         metrics: Vec<String>,
+        /// table: the terminal table (and report.html rewritten); md: the same cells as a
+        /// markdown table; csv, json: every column of metrics.parquet
+        #[arg(long, default_value = "table", value_parser = ["table", "md", "csv", "json"])]
+        format: String,
+    },
+    /// Two runs side by side: what differs (pipeline file, hardware, version, variants) and per
+    /// variant × task each metric, the change and whether it is real (paired over the records
+    /// both scored)
+    Compare {
+        /// A results folder (its latest run) or a run folder (RESULTS/runs/ID); with one
+        /// argument, a results folder: its two latest runs
+        a: PathBuf,
+        /// The run compared with A
+        b: Option<PathBuf>,
+        /// Print JSON instead
+        #[arg(long)]
+        json: bool,
     },
     /// List the stage kinds and model/task sources, with their parameters
     Stages,
@@ -246,6 +264,7 @@ pub fn main() -> i32 {
             | Command::Report { .. }
             | Command::Stages
             | Command::Paper { .. }
+            | Command::Compare { .. }
             | Command::Cache { .. }
             | Command::Bench { .. }
             | Command::BenchModel { .. }
@@ -394,11 +413,16 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Cache { action } => cache_cmd(&cli.cache, action),
-        Command::Report { dir, metrics } => report_cmd(&dir, &metrics),
+        Command::Report {
+            dir,
+            metrics,
+            format,
+        } => report_cmd(&dir, &metrics, &format),
         Command::Stages => {
             print!("{}", describe_stages());
             Ok(0)
         }
+        Command::Compare { a, b, json } => run::compare_cmd(&a, b.as_deref(), json),
         Command::Paper { dir, table, json } => {
             paper::paper_cmd(dir.as_deref(), table.as_deref(), json)
         }

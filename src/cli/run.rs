@@ -4,7 +4,9 @@
 use super::*;
 
 /// `edge-eval report DIR`: the metrics table of a finished run, and its HTML page rewritten.
-pub(super) fn report_cmd(dir: &Path, metrics: &[String]) -> Result<i32> {
+pub(super) fn report_cmd(dir: &Path, metrics: &[String], format: &str) -> Result<i32> {
+    let title = crate::results::title(dir);
+    let dir = &crate::results::resolve(dir);
     let path = dir.join("metrics.parquet");
     if !path.is_file() {
         eprintln!(
@@ -15,10 +17,17 @@ pub(super) fn report_cmd(dir: &Path, metrics: &[String]) -> Result<i32> {
         return Ok(2);
     }
     let rows = engine::table::read_rows(&path)?;
+    let export = match format {
+        "md" => Some(crate::report::export::markdown(&rows, metrics)),
+        "csv" => Some(crate::report::export::csv(&rows)),
+        "json" => Some(crate::report::export::json(&rows)),
+        _ => None,
+    };
+    if let Some(text) = export {
+        print_out(&text)?;
+        return Ok(0);
+    }
     print!("{}", crate::report::terminal_table(&rows, metrics));
-    let title = dir
-        .file_name()
-        .map_or("edge-eval".to_string(), |n| n.to_string_lossy().to_string());
     let page = dir.join("report.html");
     engine::cache::write_atomic_via(
         &dir.join(".report.html.tmp"),
@@ -26,6 +35,60 @@ pub(super) fn report_cmd(dir: &Path, metrics: &[String]) -> Result<i32> {
         crate::report::html(&title, &rows, metrics).as_bytes(),
     )?;
     eprintln!("wrote {}", page.display());
+    Ok(0)
+}
+
+/// `edge-eval compare A [B]`: two runs' metrics side by side.
+pub(super) fn compare_cmd(a: &Path, b: Option<&Path>, json: bool) -> Result<i32> {
+    let (a, b) = match b {
+        Some(b) => (crate::results::resolve(a), crate::results::resolve(b)),
+        None => {
+            let ids = crate::results::runs(a);
+            if ids.len() < 2 {
+                return Err(engine::InvalidInput(format!(
+                    "{} holds {} run(s): compare needs two (give two folders, or a results \
+                     folder with at least two runs in runs/)",
+                    a.display(),
+                    ids.len()
+                ))
+                .into());
+            }
+            let run = |id: &String| a.join(crate::results::RUNS).join(id);
+            (run(&ids[ids.len() - 2]), run(&ids[ids.len() - 1]))
+        }
+    };
+    let side = |dir: &Path| -> Result<crate::report::compare::Side> {
+        let metrics = dir.join("metrics.parquet");
+        if !metrics.is_file() {
+            return Err(engine::InvalidInput(format!(
+                "{} does not exist: compare reads the metrics of two runs",
+                metrics.display()
+            ))
+            .into());
+        }
+        let evaluate = dir.join("evaluate.parquet");
+        Ok(crate::report::compare::Side {
+            label: dir.display().to_string(),
+            meta: engine::table::read_metadata(&metrics)?,
+            metrics: engine::table::read_rows(&metrics)?,
+            evaluate: match evaluate.is_file() {
+                true => engine::table::read_rows(&evaluate)?,
+                false => vec![],
+            },
+        })
+    };
+    let (a, b) = (side(&a)?, side(&b)?);
+    if json {
+        let out = json!({
+            "a": a.label,
+            "b": b.label,
+            "differences": crate::report::compare::differences(&a, &b),
+            "changes": crate::report::compare::changes(&a, &b),
+        });
+        print_out(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
+    } else {
+        print_out(&crate::report::compare::text(&a, &b))?;
+    }
     Ok(0)
 }
 

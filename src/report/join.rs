@@ -163,8 +163,8 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
     let mut out = vec![];
     for (m, t) in subjects {
         let lin = lineage(p, report, m);
-        let eval: Option<Vec<EvaluateRow>> =
-            uses(p, EVALUATE, m, Some(t)).and_then(|i| rows_of(p, report, i));
+        let eval_node = uses(p, EVALUATE, m, Some(t));
+        let eval: Option<Vec<EvaluateRow>> = eval_node.and_then(|i| rows_of(p, report, i));
         let eval = eval.as_deref();
         let eval_sum = eval.and_then(|r| summary_of(r, |r| &r.row).next());
         let meas: Option<Vec<MeasureRow>> =
@@ -273,6 +273,9 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             score_ci_hi: e(|s| s.score_ci_hi),
             rouge_l: e(|s| s.rouge_l),
             samples: eval_sum.and_then(|s| s.samples),
+            evaluate_stage: eval_node
+                .filter(|_| eval.is_some())
+                .map(|i| p.nodes[i].id.clone()),
             q_ret_pct: value(&qr),
             q_ret_ci_lo: qr.lo,
             q_ret_ci_hi: qr.hi,

@@ -9,6 +9,8 @@
 //!
 //! [`join`] makes the rows, [`terminal`] prints them, [`html`] draws the page.
 
+pub mod compare;
+pub mod export;
 mod html;
 mod join;
 mod terminal;
@@ -49,6 +51,9 @@ engine::table_row! {
         rouge_l: Option<f64>,
         /// samples scored
         samples: Option<usize>,
+        /// the `evaluate` stage the score is of (its sample rows in evaluate.parquet have this
+        /// stage_id: what `edge-eval compare` pairs two runs' samples by)
+        evaluate_stage: Option<String>,
         /// quantization fidelity Q_ret: score retained against the baseline precision of the
         /// same model, on the samples both scored (%)
         q_ret_pct: Option<Extended>,
@@ -136,6 +141,32 @@ pub fn write(
 }
 
 // ---------------------------------------------------------------- cells, as both views show them
+
+/// Rows of cells as left-aligned columns two spaces apart, a line each (the first row is the
+/// header).
+pub(super) fn aligned(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(x, w)| format!("{x:<w$}", w = *w))
+            .collect();
+        out += line.join("  ").trim_end();
+        out += "\n";
+    }
+    out
+}
 
 /// A value as a table cell: numbers to 3 significant places, `inf` as ∞, null as "null".
 pub(super) fn cell(row: &Row, k: &str) -> String {

@@ -1,40 +1,17 @@
 //! The metrics table as the terminal shows it after a run (and `edge-eval report`).
 
-use super::{cell, cell_ci, shown};
+use super::{aligned, cell, cell_ci, shown};
 use crate::stages::Row;
 
 /// A plain-text table of the metrics.
 pub fn terminal_table(rows: &[Row], metrics: &[String]) -> String {
     let cols = shown(metrics);
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| cols.iter().map(|(k, _)| cell_ci(r, k)).collect())
-        .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, (_, h))| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .chain([h.chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |xs: Vec<String>| {
-        xs.iter()
-            .zip(&widths)
-            .map(|(x, w)| format!("{x:<w$}", w = *w))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(cols.iter().map(|(_, h)| h.to_string()).collect()) + "\n";
-    for c in cells {
-        out += &(line(c) + "\n");
-    }
+    let mut cells: Vec<Vec<String>> = vec![cols.iter().map(|(_, h)| h.to_string()).collect()];
+    cells.extend(
+        rows.iter()
+            .map(|r| cols.iter().map(|(k, _)| cell_ci(r, k)).collect()),
+    );
+    let mut out = aligned(&cells);
     out += "[lo, hi]: 95 % bootstrap intervals; energy sources are in metrics.parquet\n";
     let notes: Vec<String> = rows
         .iter()

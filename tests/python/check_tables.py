@@ -38,9 +38,16 @@ def main(results):
         assert t.num_rows > 0, f"{table}: no rows"
         meta = pq.ParquetFile(path).metadata.metadata or {}
         assert b"edge_eval.pipeline" in meta, f"{table}: no edge_eval metadata"
+        # ... and on the Arrow schema, where pyarrow's readers put it.
+        for schema in (pq.read_schema(path), t.schema):
+            assert b"edge_eval.pipeline" in (schema.metadata or {}), f"{table}: no schema metadata"
         for name, ty in columns.items():
             got = t.schema.field(name).type
             assert got == ty, f"{table}.{name}: {got}, expected {ty}"
+        # Every column of every table says what it holds.
+        for field in t.schema:
+            doc = (field.metadata or {}).get(b"description", b"")
+            assert doc.strip(), f"{table}.{field.name}: no description"
     # Stage tables describe their columns (with units) in the field metadata.
     doc = pq.read_schema(f"{results}/measure.parquet").field("energy_per_request_j").metadata
     assert doc and b"(J)" in doc.get(b"description", b""), f"measure.energy_per_request_j: {doc}"

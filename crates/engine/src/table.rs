@@ -203,8 +203,19 @@ pub fn write_parquet(
     {
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-        w.write(batch)?;
+        // The metadata on the Arrow schema too, where pyarrow's `read_schema(p).metadata` and
+        // `read_table(p).schema.metadata` look (DuckDB and polars read the footer's).
+        let schema = Arc::new(
+            batch.schema().as_ref().clone().with_metadata(
+                metadata
+                    .clone()
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            ),
+        );
+        let batch = batch.clone().with_schema(schema.clone())?;
+        let mut w = ArrowWriter::try_new(file, schema, Some(props))?;
+        w.write(&batch)?;
         let file = w.into_inner()?;
         file.sync_all()?;
     }
@@ -295,6 +306,24 @@ pub fn run_metadata(p: &Pipeline, hardware: &str) -> BTreeMap<String, String> {
     meta
 }
 
+/// The key-value metadata of a Parquet file's footer (the `edge_eval.*` keys of a run table).
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .with_context(|| format!("{} is not a Parquet file", path.display()))?;
+    Ok(reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .filter(|kv| kv.key != "ARROW:schema")
+        .filter_map(|kv| Some((kv.key.clone(), kv.value.clone()?)))
+        .collect())
+}
+
 /// Reads a Parquet file back into JSON rows (string, integer, float, boolean and timestamp
 /// columns — timestamps as microseconds; infinities as "inf"), e.g. `metrics.parquet` for
 /// `edge-eval report`. Columns of other types read as null.
@@ -365,12 +394,12 @@ const KEYS: [Column; 3] = [
 
 /// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows; returns the paths.
 pub fn write_run_tables(
+    dir: &Path,
     p: &Pipeline,
     stages: &Registry,
     report: &RunReport,
     hardware: &str,
 ) -> Result<Vec<PathBuf>> {
-    let dir = p.results_dir();
     let meta = run_metadata(p, hardware);
     let mut written = vec![];
 

@@ -253,7 +253,9 @@ fn strftime_now(fmt: &str) -> Result<String, Error> {
     Ok(strftime(fmt, secs))
 }
 
-fn strftime(fmt: &str, secs: u64) -> String {
+/// `secs` since the Unix epoch (UTC) in a Python `strftime` format (the directives of
+/// [`strftime_now`]); also what the command line prints times with.
+pub fn strftime(fmt: &str, secs: u64) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
