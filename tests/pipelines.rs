@@ -217,3 +217,55 @@ fn a_tasks_prompt_is_checked_and_keys_the_stages_that_prompt_with_it() {
         "{text}"
     );
 }
+
+#[test]
+fn check_stages_and_cache_ls_speak_json() {
+    let empty = tempfile::tempdir().unwrap();
+    let (code, text) = edge_eval(
+        &["check", "pipelines/quickstart.eep", "--json"],
+        empty.path(),
+    );
+    assert_eq!(code, 0, "{text}");
+    let ok: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (ok["ok"].as_bool(), ok["stages"].as_u64()),
+        (Some(true), Some(26))
+    );
+
+    let (code, text) = edge_eval(
+        &["check", "tests/diagnostics/unknown_parameter.eep", "--json"],
+        empty.path(),
+    );
+    assert_eq!(code, 2, "{text}");
+    let bad: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let e = &bad["errors"][0];
+    assert_eq!(e["message"], "`evaluate` has no parameter `sample`");
+    assert_eq!(
+        (e["at"]["line"].as_u64(), e["at"]["col"].as_u64()),
+        (Some(3), Some(17))
+    );
+    assert_eq!(e["hints"][0], "did you mean `samples`?");
+
+    let (code, text) = edge_eval(&["stages", "--json"], empty.path());
+    assert_eq!(code, 0);
+    let kinds: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let evaluate = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "evaluate")
+        .unwrap();
+    assert_eq!(evaluate["role"], "stage");
+    assert!(
+        evaluate["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "nli")
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let cache = cache.path().to_str().unwrap();
+    let (code, text) = edge_eval(&["--cache", cache, "cache", "ls", "--json"], empty.path());
+    assert_eq!((code, text.trim()), (0, "[]"));
+}

@@ -9,12 +9,31 @@ pub(super) fn fmt_time(us: i64) -> String {
 pub(super) fn cache_cmd(dir: &Path, action: CacheAction) -> Result<i32> {
     let cache = Cache::open(dir)?;
     match action {
-        CacheAction::Ls => {
+        CacheAction::Ls { json } => {
             let _lock = cache.lock(false)?;
             let mut ms = cache.manifests();
             ms.sort_by(|a, b| {
                 (&a.provenance.pipeline, &a.stage_id).cmp(&(&b.provenance.pipeline, &b.stage_id))
             });
+            if json {
+                let rows: Vec<_> = ms
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "key": m.key,
+                            "kind": m.kind,
+                            "pipeline": m.provenance.pipeline,
+                            "stage_id": m.stage_id,
+                            "bytes": m.files.values().map(|o| o.size).sum::<u64>(),
+                            "started": fmt_time(m.started_us),
+                            "seconds": m.seconds,
+                            "host": m.provenance.host,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(0);
+            }
             let mut total = 0u64;
             for m in &ms {
                 let bytes: u64 = m.files.values().map(|o| o.size).sum();

@@ -75,6 +75,9 @@ pub enum Command {
     Check {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Print one JSON object (the counts, or each error with its place and hints)
+        #[arg(long)]
+        json: bool,
     },
     /// Show every stage: cached or will run, and why
     Plan {
@@ -117,7 +120,11 @@ pub enum Command {
         json: bool,
     },
     /// List the stage kinds and model/task sources, with their parameters
-    Stages,
+    Stages {
+        /// Print JSON instead
+        #[arg(long)]
+        json: bool,
+    },
     /// The EDGE-EVAL paper's five metric tables recomputed from its raw result files and held
     /// to the published ones; its headline claims against its own files (docs/paper-comparison.md)
     Paper {
@@ -203,7 +210,11 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum CacheAction {
     /// List cached stage results
-    Ls,
+    Ls {
+        /// Print JSON instead
+        #[arg(long)]
+        json: bool,
+    },
     /// Rehash every object; remove (and report) damaged entries so they are recomputed
     Verify,
     /// Remove objects no cached result references, and stale temporary files
@@ -262,7 +273,7 @@ pub fn main() -> i32 {
             | Command::Plan { .. }
             | Command::Explain { .. }
             | Command::Report { .. }
-            | Command::Stages
+            | Command::Stages { .. }
             | Command::Paper { .. }
             | Command::Compare { .. }
             | Command::Cache { .. }
@@ -342,7 +353,8 @@ fn threads_for(p: &Pipeline, flag: Option<usize>) -> usize {
 
 fn dispatch(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Check { p } => {
+        Command::Check { p, json: true } => kinds::check_json(&p),
+        Command::Check { p, json: false } => {
             let pipeline = match load(&p) {
                 Ok(x) => x,
                 Err(code) => return Ok(code),
@@ -418,8 +430,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             metrics,
             format,
         } => report_cmd(&dir, &metrics, &format),
-        Command::Stages => {
-            print!("{}", describe_stages());
+        Command::Stages { json } => {
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&kinds::stages_json())?),
+                false => print!("{}", describe_stages()),
+            }
             Ok(0)
         }
         Command::Compare { a, b, json } => run::compare_cmd(&a, b.as_deref(), json),
