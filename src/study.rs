@@ -23,8 +23,15 @@ pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) ->
     let fingerprint = Hardware::detect(s.threads).fingerprint(spec::Device::Cpu);
     let results = pipeline.results_dir();
     let run_dir = crate::results::new_run(&results)?;
-    let mut tables =
-        engine::table::write_run_tables(&run_dir, pipeline, &REGISTRY, &report, &fingerprint)?;
+    let labels = crate::report::labels(pipeline, &report);
+    let mut tables = engine::table::write_run_tables(
+        &run_dir,
+        pipeline,
+        &REGISTRY,
+        &report,
+        &fingerprint,
+        &labels,
+    )?;
     // As rows: the views show any table's rows, `edge-eval report` those read back from Parquet.
     let metrics: Vec<Row> = crate::report::compute(pipeline, &report)
         .iter()

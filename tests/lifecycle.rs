@@ -125,6 +125,20 @@ for q in [f16, q8_0] {
     let summaries = by(&measure, "row", "summary");
     assert_eq!(summaries.len(), 4, "one summary per variant × batch size");
     for s in &summaries {
+        // What the row is about, from the pipeline: no parsing of stage ids.
+        let precision = s["precision"].as_str().unwrap();
+        assert_eq!(
+            s["variant"].as_str(),
+            Some(format!("v[{precision}]").as_str())
+        );
+        assert_eq!(
+            (s["task"].as_str(), s["device"].as_str()),
+            (Some("qa"), Some("cpu"))
+        );
+        assert_eq!(
+            (s["model"].as_str(), s["method"].as_str()),
+            (Some("smol"), Some("base"))
+        );
         assert!(s["tokens_per_s"].as_f64().unwrap() > 0.0);
         assert!(s["ttft_ms_p50"].as_f64().unwrap() > 0.0);
         assert!(s["energy_per_request_j"].as_f64().unwrap() > 0.0);

@@ -6,11 +6,15 @@ use crate::stages::kind::{COLD_LOAD, EVALUATE, FINETUNE, MEASURE, QUANTIZE};
 use crate::stages::{ColdLoadRow, EvaluateRow, MeasureRow};
 use engine::exec::RunReport;
 use engine::row::{Extended, TableRow};
+use engine::stage::{ColType, Column};
+use engine::table::NodeLabels;
 use lang::Pipeline;
 use metrics::{
     Metric, c_tax, differs_from_baseline, ipw, n_break, q_ret, retention_verdict, rho_sys,
 };
+use serde_json::json;
 use spec::{NodeIdx, Value};
+use std::collections::BTreeMap;
 
 /// The rows node `i` stored in this run, read as its table's row type `R` (a group such as
 /// [`Energy`] reads from any metered row). Rows that do not read as `R` leave the node out of
@@ -111,6 +115,67 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
         }
     }
     l
+}
+
+const fn label(name: &'static str, doc: &'static str) -> Column {
+    Column {
+        name,
+        ty: ColType::Str,
+        doc,
+    }
+}
+
+/// The columns every stage table gets besides its own (`engine::table::NodeLabels`): which
+/// variant a row is about, what it was made from, the task and the device — from the resolved
+/// pipeline, so nobody has to parse stage ids.
+pub const LABEL_COLUMNS: [Column; 6] = [
+    label(
+        "variant",
+        "the model the row is about: the stage's `model` input, or the model a quantize / finetune row produced (its node id names the variant)",
+    ),
+    label("model", "the source model it was made from"),
+    label("method", "base | lora | qlora"),
+    label(
+        "precision",
+        "the precision it was quantized to (source: not quantized)",
+    ),
+    label("task", "the task the stage used (null: none)"),
+    label("device", "where the stage ran: cpu | cuda(N)"),
+];
+
+/// The label columns' values of every stage node of the pipeline.
+pub fn labels(p: &Pipeline, report: &RunReport) -> NodeLabels {
+    let mut of = BTreeMap::new();
+    for (i, n) in p.nodes.iter().enumerate() {
+        if n.role() != lang::Role::Stage {
+            continue;
+        }
+        let subject = match n.kind() {
+            QUANTIZE | FINETUNE => Some(i),
+            _ => node_ref(p, i, "model"),
+        };
+        let mut row = crate::stages::Row::new();
+        if let Some(m) = subject {
+            let lin = lineage(p, report, m);
+            row.insert("variant".into(), json!(p.nodes[m].id));
+            row.insert("model".into(), json!(lin.source));
+            row.insert("method".into(), json!(lin.method));
+            row.insert("precision".into(), json!(lin.precision));
+        }
+        if let Some(t) = node_ref(p, i, "task") {
+            let task = &p.nodes[t].id;
+            row.insert(
+                "task".into(),
+                json!(task.split_once(':').map_or(task.as_str(), |x| x.1)),
+            );
+        }
+        row.insert("device".into(), json!(n.device().to_string()));
+        of.insert(i, row);
+    }
+    NodeLabels {
+        columns: LABEL_COLUMNS.to_vec(),
+        of,
+    }
 }
 
 /// Stage nodes of `kind` using model `m` (and task `t`, when given).

@@ -16,7 +16,7 @@ mod join;
 mod terminal;
 
 pub use html::{html, pareto};
-pub use join::compute;
+pub use join::{LABEL_COLUMNS, compute, labels};
 pub use terminal::terminal_table;
 
 use crate::stages::Row;

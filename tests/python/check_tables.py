@@ -26,7 +26,8 @@ EXPECTED = {
     },
     "evaluate": {
         "sample_id": pa.string(), "score": pa.float64(), "output": pa.string(),
-        "output_tokens": pa.int64(),
+        "output_tokens": pa.int64(), "variant": pa.string(), "precision": pa.string(),
+        "task": pa.string(), "method": pa.string(), "device": pa.string(),
     },
     "runs": {"stage_id": pa.string(), "started_at": pa.timestamp("us", tz="UTC")},
 }

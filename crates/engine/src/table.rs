@@ -392,13 +392,25 @@ const KEYS: [Column; 3] = [
     },
 ];
 
-/// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows; returns the paths.
+/// Columns that say what each stage row is about, filled by the caller per node (the layer
+/// above knows what a model's lineage is: the engine does not): every stage table gets them
+/// after its keys, unless it has a column of the same name itself.
+#[derive(Default)]
+pub struct NodeLabels {
+    pub columns: Vec<Column>,
+    /// Per node index, the values of some of `columns`.
+    pub of: BTreeMap<usize, Row>,
+}
+
+/// Writes `runs.parquet` and one `<kind>.parquet` per kind with rows into `dir`; returns the
+/// paths.
 pub fn write_run_tables(
     dir: &Path,
     p: &Pipeline,
     stages: &Registry,
     report: &RunReport,
     hardware: &str,
+    labels: &NodeLabels,
 ) -> Result<Vec<PathBuf>> {
     let meta = run_metadata(p, hardware);
     let mut written = vec![];
@@ -412,12 +424,24 @@ pub fn write_run_tables(
         let stage = stages.of(node);
         let columns = stage.table();
         if let (Some(m), false) = (&o.manifest, columns.is_empty()) {
+            let own: Vec<&str> = columns.iter().map(|c| c.name).collect();
+            let label_columns: Vec<Column> = labels
+                .columns
+                .iter()
+                .filter(|c| !own.contains(&c.name))
+                .copied()
+                .collect();
             let entry = per_kind
                 .entry(node.kind())
-                .or_insert_with(|| (columns, vec![]));
+                .or_insert_with(|| ([label_columns.as_slice(), &columns].concat(), vec![]));
             for r in &m.rows {
                 let mut row = r.clone();
                 row.retain(|k, _| !stage.internal_row_keys().contains(&k.as_str()));
+                for (k, v) in labels.of.get(&i).into_iter().flatten() {
+                    if label_columns.iter().any(|c| c.name == k) {
+                        row.insert(k.clone(), v.clone());
+                    }
+                }
                 row.insert("stage_id".into(), serde_json::json!(node.id));
                 row.insert("cache_key".into(), serde_json::json!(m.key));
                 row.insert("status".into(), serde_json::json!(o.status.as_str()));
