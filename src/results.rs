@@ -1,9 +1,11 @@
 //! A results folder's history of runs. Each run writes all its tables into a folder of its own,
-//! `runs/<id>/` (the id is the UTC time it was written, `2026-12-07T01-48-03Z`), then `latest`
-//! is pointed at it — a symlink replaced by a rename, so a reader sees one run's tables or the
-//! next run's, never a mix — and the results folder's own `*.parquet` and `report.html` are
-//! links through `latest`: `results/quickstart/metrics.parquet` is always the latest run's.
-//! Earlier runs stay where they were written, for `edge-eval compare`.
+//! `runs/<id>/` (the id is the UTC time it was written, `2026-12-07T01-48-03Z`), marks it
+//! published, then points `latest` at it — a symlink replaced by a rename, so `latest` names
+//! one whole run, the one before or the new one — and the results folder's own `*.parquet` and
+//! `report.html` are links through `latest`. Each of them is one whole run's table; two opened
+//! one after the other while a run publishes can be of two runs, so a reader of several tables
+//! resolves the folder once ([`resolve`], as `edge-eval report` and `compare` do) or reads a
+//! `runs/ID` folder. Earlier runs stay where they were written, for `edge-eval compare`.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,9 @@ use std::path::{Path, PathBuf};
 pub const RUNS: &str = "runs";
 /// The link to the latest run, inside a results folder.
 pub const LATEST: &str = "latest";
+/// The file [`publish`] leaves in a run folder: the run's tables were all written. A folder
+/// without it is a run that failed while writing, was killed, or is being written.
+const PUBLISHED: &str = ".published";
 
 /// A new, empty folder for this run's tables: `RESULTS/runs/<UTC time>` (`-2`, `-3` … when a
 /// run of the same second exists).
@@ -48,6 +53,8 @@ pub fn publish(results: &Path, run: &Path) -> Result<()> {
         .context("a run folder has a name")?
         .to_string_lossy()
         .to_string();
+    std::fs::write(run.join(PUBLISHED), "")
+        .with_context(|| format!("cannot write {}", run.join(PUBLISHED).display()))?;
     let target = Path::new(RUNS).join(&id);
     let tmp = results.join(format!(".{LATEST}.{id}.tmp"));
     let _ = std::fs::remove_file(&tmp);
@@ -77,9 +84,12 @@ pub fn publish(results: &Path, run: &Path) -> Result<()> {
     }
     for name in &names {
         let link = results.join(name);
-        if link.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(Path::new(LATEST).join(name), &link)
-                .with_context(|| format!("cannot create {}", link.display()))?;
+        // Every link is `latest/NAME`, so one a concurrent run made first is this one.
+        match std::os::unix::fs::symlink(Path::new(LATEST).join(name), &link) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("cannot create {}", link.display()));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -117,22 +127,53 @@ pub fn title(dir: &Path) -> String {
     }
 }
 
-/// The ids of the runs kept in a results folder, oldest first.
+/// The ids of the published runs of a results folder, oldest first (by time, then by the
+/// `-N` of runs of the same second).
 pub fn runs(results: &Path) -> Vec<String> {
     let mut ids: Vec<String> = std::fs::read_dir(results.join(RUNS))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().join(PUBLISHED).is_file())
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
-    ids.sort();
+    ids.sort_by_key(|id| order(id));
     ids
+}
+
+/// A run id as (time, n): `2026-12-07T01-48-03Z-10` after `…Z-2`.
+fn order(id: &str) -> (String, u64) {
+    match id.rsplit_once("Z-") {
+        Some((stamp, n)) if n.parse::<u64>().is_ok() => {
+            (format!("{stamp}Z"), n.parse().unwrap_or(0))
+        }
+        _ => (id.to_string(), 1),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_one_second_are_ordered_by_their_number() {
+        let mut ids = [
+            "2026-12-07T01-48-03Z-10",
+            "2026-12-07T01-48-04Z",
+            "2026-12-07T01-48-03Z-2",
+            "2026-12-07T01-48-03Z",
+        ];
+        ids.sort_by_key(|id| order(id));
+        assert_eq!(
+            ids,
+            [
+                "2026-12-07T01-48-03Z",
+                "2026-12-07T01-48-03Z-2",
+                "2026-12-07T01-48-03Z-10",
+                "2026-12-07T01-48-04Z"
+            ]
+        );
+    }
 
     #[test]
     fn each_run_is_published_whole_and_earlier_runs_stay() {
@@ -152,9 +193,9 @@ mod tests {
         // The older layout's table that this run does not have is gone, not left to mix.
         assert_eq!(read("measure.parquet"), None);
 
-        // A second run in the same second gets its own folder.
+        // A second run in the same second (or a later one) gets its own folder.
         let second = new_run(results).unwrap();
-        assert_ne!(first, second);
+        assert!(second.is_dir() && std::fs::read_dir(&second).unwrap().next().is_none());
         std::fs::write(second.join("runs.parquet"), "run 2").unwrap();
         publish(results, &second).unwrap();
         assert_eq!(read("runs.parquet").as_deref(), Some("run 2"));
@@ -163,6 +204,10 @@ mod tests {
             std::fs::read_to_string(first.join("metrics.parquet")).unwrap(),
             "run 1"
         );
+        assert_eq!(runs(results).len(), 2);
+        // A run that never finished writing is no run to compare.
+        let unfinished = new_run(results).unwrap();
+        std::fs::write(unfinished.join("runs.parquet"), "half").unwrap();
         assert_eq!(runs(results).len(), 2);
         assert_eq!(resolve(results), second.canonicalize().unwrap());
         assert_eq!(resolve(&first), first);

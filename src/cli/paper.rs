@@ -37,9 +37,10 @@ pub(super) fn paper_cmd(dir: Option<&Path>, table: Option<&str>, json: bool) -> 
     );
     let ratios: Vec<f64> = ours
         .iter()
-        .zip(&theirs)
-        .filter(|(a, b)| a.variant == b.variant && b.value.is_finite() && b.value > 0.0)
-        .map(|(a, b)| a.value / b.value)
+        .filter_map(|a| {
+            let b = theirs.iter().find(|b| b.variant == a.variant)?;
+            (b.value.is_finite() && b.value > 0.0).then(|| a.value / b.value)
+        })
         .collect();
     if json {
         let out = serde_json::json!({
@@ -72,14 +73,15 @@ pub(super) fn paper_cmd(dir: Option<&Path>, table: Option<&str>, json: bool) -> 
         }
         println!("{line}");
     }
-    println!(
-        "\nN_break as edge-eval defines it (the merge and quantize energy counted as well as the\n\
-         training): {} variants, {:.2}–{:.2}× the paper's figure (median {:.2}×).",
-        ratios.len(),
-        ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        metrics::stats::percentile(&ratios, 50.0).unwrap_or(f64::NAN)
-    );
+    if let Some(median) = metrics::stats::percentile(&ratios, 50.0) {
+        println!(
+            "\nN_break as edge-eval defines it (the merge and quantize energy counted as well as the\n\
+             training): {} variants, {:.2}–{:.2}× the paper's figure (median {median:.2}×).",
+            ratios.len(),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+    }
     println!(
         "Not in the paper's files, so not recomputable in edge-eval's definitions: measured model\n\
          memory (its ρ_sys divides by a table of sizes by parameter count and precision) and a\n\

@@ -451,7 +451,9 @@ impl Paper {
                         per_task.push((q / l, format!("{family}-{size} {task}")));
                     }
                 }
-                summed.push((qlora / lora, format!("{family}-{size}")));
+                if lora > 0.0 {
+                    summed.push((qlora / lora, format!("{family}-{size}")));
+                }
             }
         }
         let top = |v: &[(f64, String)]| {
@@ -526,11 +528,12 @@ fn parse_model(family: &str, model: &str) -> Variant {
     }
 }
 
-/// |a − b| / |b|; 0 when both are the same infinity, +∞ when only one is infinite.
+/// |a − b| / |b|; 0 when both are the same infinity, +∞ when only one is infinite or either is
+/// not a number (so that it can never pass for agreement).
 fn relative_error(a: f64, b: f64) -> f64 {
     if a == b {
         0.0
-    } else if a.is_infinite() || b.is_infinite() {
+    } else if a.is_infinite() || b.is_infinite() || a.is_nan() || b.is_nan() {
         f64::INFINITY
     } else {
         (a - b).abs() / b.abs().max(f64::MIN_POSITIVE)
@@ -603,6 +606,8 @@ mod tests {
     fn relative_errors_treat_equal_infinities_as_agreement() {
         assert_eq!(relative_error(f64::INFINITY, f64::INFINITY), 0.0);
         assert_eq!(relative_error(1.0, f64::INFINITY), f64::INFINITY);
+        assert_eq!(relative_error(f64::NAN, 1.0), f64::INFINITY);
+        assert_eq!(relative_error(1.0, f64::NAN), f64::INFINITY);
         assert!((relative_error(1.0 + 1e-12, 1.0) - 1e-12).abs() < 1e-15);
     }
 }

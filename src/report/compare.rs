@@ -2,8 +2,9 @@
 //! file, the hardware, the edge-eval version, the variants), then per variant × task each metric
 //! in both runs, the change, and whether it is real. A score's change is paired: the two runs'
 //! samples of the same records, a bootstrap interval of the mean difference; real when it
-//! excludes 0. Metrics with an interval in both runs (Q_ret, IPW) count as really changed when
-//! the two intervals do not overlap (a conservative reading); the others have none.
+//! excludes 0 (with at least [`MIN_PAIRS`] records). Metrics with an interval in both runs
+//! (Q_ret, IPW) count as really changed when the two intervals do not overlap (a conservative
+//! reading: overlapping intervals say only that these runs cannot show it); the others have none.
 
 use super::{aligned, cell, cell_ci};
 use crate::stages::Row;
@@ -18,6 +19,9 @@ pub struct Side {
     pub meta: BTreeMap<String, String>,
 }
 
+/// Fewer paired records than this give no verdict on a score's change.
+pub const MIN_PAIRS: usize = 5;
+
 /// One metric of one variant × task in both runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
@@ -26,9 +30,10 @@ pub struct Change {
     pub metric: String,
     pub a: String,
     pub b: String,
-    /// B − A (score: absolute; others: relative, %)
+    /// B − A: a score's paired difference with its interval, else the relative change (%)
     pub change: String,
-    /// yes | no | not shown | "" (nothing to tell it by)
+    /// yes | no (a score's paired interval covers 0) | overlap (the two intervals overlap) |
+    /// too few (fewer than MIN_PAIRS paired records) | "" (nothing to tell it by)
     pub real: String,
 }
 
@@ -79,18 +84,16 @@ pub fn changes(a: &Side, b: &Side) -> Vec<Change> {
             Some(pairs) if !pairs.is_empty() => {
                 let d: Vec<f64> = pairs.iter().map(|(x, y)| y - x).collect();
                 let m = metrics::stats::mean(&d).unwrap_or(0.0);
-                match metrics::stats::mean_interval(&d) {
+                match metrics::stats::mean_interval(&d).filter(|_| d.len() >= MIN_PAIRS) {
                     Some((lo, hi)) => (
                         format!("{m:+.3} [{lo:+.3}, {hi:+.3}], {} paired", d.len()),
                         if lo > 0.0 || hi < 0.0 { "yes" } else { "no" },
                     ),
-                    None => (format!("{m:+.3}, {} paired", d.len()), ""),
+                    None => (format!("{m:+.3}, {} paired", d.len()), "too few"),
                 }
             }
-            _ => (
-                relative(ra, rb, "score"),
-                "", // no shared samples to pair
-            ),
+            // No records scored in both runs: the relative change of the means, no verdict.
+            _ => (relative(ra, rb, "score"), ""),
         };
         if ra.get("score").is_some_and(|v| !v.is_null())
             || rb.get("score").is_some_and(|v| !v.is_null())
@@ -114,7 +117,7 @@ pub fn changes(a: &Side, b: &Side) -> Vec<Change> {
                     if hi_a < lo_b || hi_b < lo_a {
                         "yes"
                     } else {
-                        "not shown"
+                        "overlap"
                     }
                 }
                 _ => "",
@@ -196,8 +199,9 @@ pub fn text(a: &Side, b: &Side) -> String {
     out += "\n";
     out += &aligned(&rows);
     out += "score: B − A over the records both runs scored, 95 % paired bootstrap interval (real: it \
-            excludes 0); Q_ret, IPW: real when the two runs' 95 % intervals do not overlap (not \
-            shown: they overlap); others: relative change, no interval\n";
+            excludes 0; too few: under 5 records); Q_ret, IPW: real when the two runs' 95 % \
+            intervals do not overlap (overlap: these runs cannot show a change); others: relative \
+            change (%), no interval\n";
     out
 }
 
@@ -238,15 +242,15 @@ mod tests {
     #[test]
     fn a_paired_change_is_real_when_its_interval_excludes_zero() {
         // Every record gains 0.5 in B: the paired interval is [0.5, 0.5].
-        let a = side("a", 0.25, &[0.0, 0.5, 0.0, 0.5], (1.0, 2.0, 3.0));
-        let b = side("b", 0.75, &[0.5, 1.0, 0.5, 1.0], (4.0, 5.0, 6.0));
+        let a = side("a", 0.25, &[0.0, 0.5, 0.0, 0.5, 0.0, 0.5], (1.0, 2.0, 3.0));
+        let b = side("b", 0.75, &[0.5, 1.0, 0.5, 1.0, 0.5, 1.0], (4.0, 5.0, 6.0));
         let c = changes(&a, &b);
         let score = c.iter().find(|c| c.metric == "score").unwrap();
         assert_eq!(score.real, "yes", "{score:?}");
         assert!(
             score
                 .change
-                .starts_with("+0.500 [+0.500, +0.500], 4 paired"),
+                .starts_with("+0.500 [+0.500, +0.500], 6 paired"),
             "{score:?}"
         );
         let ipw = c.iter().find(|c| c.metric == "ipw").unwrap();
@@ -254,15 +258,23 @@ mod tests {
             (ipw.change.as_str(), ipw.real.as_str()),
             ("+150.0 %", "yes")
         );
-        // Gains and losses that cancel: no real change; overlapping intervals: not shown.
-        let b = side("b", 0.25, &[0.5, 0.0, 0.5, 0.0], (1.5, 2.5, 3.5));
+        // Gains and losses that cancel: no real change; overlapping intervals: overlap.
+        let b = side("b", 0.25, &[0.5, 0.0, 0.5, 0.0, 0.5, 0.0], (1.5, 2.5, 3.5));
         let c = changes(&a, &b);
         assert_eq!(c.iter().find(|c| c.metric == "score").unwrap().real, "no");
         assert_eq!(
             c.iter().find(|c| c.metric == "ipw").unwrap().real,
-            "not shown"
+            "overlap"
         );
         assert_eq!(differences(&a, &b), ["hardware: hw-a → hw-b"]);
+        // Too few records for a verdict.
+        let few = side("b", 0.75, &[0.5, 1.0, 0.5, 1.0], (1.5, 2.5, 3.5));
+        let short = side("a", 0.25, &[0.0, 0.5, 0.0, 0.5], (1.0, 2.0, 3.0));
+        let c = changes(&short, &few);
+        assert_eq!(
+            c.iter().find(|c| c.metric == "score").unwrap().real,
+            "too few"
+        );
         assert!(text(&a, &b).contains("v[qa,q4_0]  qa    score"));
     }
 }

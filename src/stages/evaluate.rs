@@ -258,7 +258,7 @@ impl Stage for Evaluate {
                     .collect::<Result<Vec<_>>>()?;
                 let gens = generate_batch(&model, &tok, &prompts, &opts)?;
                 let judgements = match &judge {
-                    Some((jm, jt)) => Some(judge_batch(jm, jt, chunk, &gens)?),
+                    Some((jm, jt)) => Some(judge_batch(jm, jt, &task, chunk, &gens)?),
                     None => None,
                 };
                 for (i, ((s, ids), g)) in chunk.iter().zip(&prompts).zip(gens).enumerate() {
@@ -349,6 +349,7 @@ impl Stage for Evaluate {
 fn judge_batch(
     judge: &Llama,
     tok: &Tokenizer,
+    task: &super::TaskInfo,
     samples: &[&Sample],
     gens: &[runtime::generate::Generation],
 ) -> Result<Vec<String>> {
@@ -363,7 +364,14 @@ fn judge_batch(
             role: "user".into(),
             content: text,
         };
-        prompts.push(tok.chat_ids(&[msg])?);
+        // Through the judge's chat template, with the task's pinned date if it has one.
+        let vars: Vec<(&str, &str)> = task
+            .prompting
+            .date
+            .as_deref()
+            .map(|d| vec![("date_string", d)])
+            .unwrap_or_default();
+        prompts.push(tok.chat_ids_with(&[msg], &vars)?);
     }
     let opts = GenOptions {
         max_tokens: 4,

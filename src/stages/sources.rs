@@ -445,7 +445,7 @@ impl Stage for JsonlTask {
             ParamSpec::optional(
                 "date",
                 Ty::Str,
-                "the date the chat template writes (its `date_string`, e.g. \"26 Jul 2024\" for Llama 3's \"Today Date\"), so prompts do not change from day to day (default: the template's own: today's date for Llama 3, as in transformers)",
+                "the date the chat template writes (its `date_string`, e.g. \"26 Jul 2024\" for Llama 3.2's \"Today Date\"), so prompts do not change from day to day (default: the template's own: today's date for Llama 3.2, as in transformers)",
             ),
         ]
     }

@@ -54,8 +54,9 @@ pub struct Prompting {
     /// Render the turns with the model's chat template; else the text is sent as it is, a
     /// completion prompt (what the paper's vLLM runs did).
     pub chat_template: bool,
-    /// The `date_string` the chat template sees (Llama 3's "Today Date"); `None`: the template's
-    /// own choice, which for Llama 3 is today's date (`strftime_now`), as in transformers.
+    /// The `date_string` the chat template sees (Llama 3.2's "Today Date"); `None`: the
+    /// template's own choice, which for Llama 3.2 is today's date (`strftime_now`), as in
+    /// transformers.
     pub date: Option<String>,
 }
 

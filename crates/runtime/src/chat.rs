@@ -141,35 +141,53 @@ impl ChatTemplate {
 fn without_generation_tags(source: &str) -> String {
     let mut out = String::with_capacity(source.len());
     let mut rest = source;
+    // Each `{%` is looked at on its own (one inside a string literal is just text), and only a
+    // whole `{%[-+] generation [-+]%}` or `endgeneration` tag is rewritten.
     while let Some(open) = rest.find("{%") {
         out.push_str(&rest[..open]);
         let tag = &rest[open..];
-        let Some(close) = tag.find("%}") else {
-            rest = tag;
-            break;
-        };
-        let inner = &tag[2..close];
-        let (lead, body) = match inner.strip_prefix(['-', '+']) {
-            Some(b) => (&inner[..1], b),
-            None => ("", inner),
-        };
-        let (body, trail) = match body.strip_suffix(['-', '+']) {
-            Some(b) => (b, &body[b.len()..]),
-            None => (body, ""),
-        };
-        let word = match body.trim() {
-            "generation" => Some("if true"),
-            "endgeneration" => Some("endif"),
-            _ => None,
-        };
-        match word {
-            Some(w) => out.push_str(&format!("{{%{lead} {w} {trail}%}}")),
-            None => out.push_str(&tag[..close + 2]),
+        match generation_tag(tag) {
+            Some((rewritten, len)) => {
+                out.push_str(&rewritten);
+                rest = &tag[len..];
+            }
+            None => {
+                out.push_str("{%");
+                rest = &tag[2..];
+            }
         }
-        rest = &tag[close + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// `tag` (starting at `{%`) as `{% if true %}` / `{% endif %}` with its whitespace control, and
+/// the length it spans, when it is a `generation` or `endgeneration` tag.
+fn generation_tag(tag: &str) -> Option<(String, usize)> {
+    let inner = &tag[2..];
+    let (lead, body) = match inner.strip_prefix(['-', '+']) {
+        Some(b) => (&inner[..1], b),
+        None => ("", inner),
+    };
+    let trimmed = body.trim_start();
+    let (word, after) = if let Some(a) = trimmed.strip_prefix("endgeneration") {
+        ("endif", a)
+    } else if let Some(a) = trimmed.strip_prefix("generation") {
+        ("if true", a)
+    } else {
+        return None;
+    };
+    let after_ws = after.trim_start();
+    let (trail, close) = match after_ws.strip_prefix(['-', '+']) {
+        Some(c) => (&after_ws[..1], c),
+        None => ("", after_ws),
+    };
+    // Anything else before `%}` (`generations`, arguments) is no such tag.
+    let end = close.strip_prefix("%}")?;
+    Some((
+        format!("{{%{lead} {word} {trail}%}}"),
+        tag.len() - end.len(),
+    ))
 }
 
 fn environment() -> Environment<'static> {
@@ -394,6 +412,15 @@ mod tests {
         assert_eq!(
             without_generation_tags("{% generation %}x{%+ endgeneration +%}{{ '{%' }}"),
             "{% if true %}x{%+ endif +%}{{ '{%' }}"
+        );
+        // A `{%` inside a string before a tag does not hide the tag.
+        assert_eq!(
+            without_generation_tags("{{ '{%' }}{%- generation -%}y{% endgeneration %}"),
+            "{{ '{%' }}{%- if true -%}y{% endif %}"
+        );
+        assert_eq!(
+            without_generation_tags("{% set generations = 1 %}"),
+            "{% set generations = 1 %}"
         );
     }
 

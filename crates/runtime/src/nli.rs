@@ -136,6 +136,12 @@ impl Nli {
     /// The pair's token ids, as transformers gives them: an empty hypothesis (a model that
     /// answered nothing) is no second sequence there, so the premise is encoded alone.
     pub fn encode(&self, premise: &str, hypothesis: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_typed(premise, hypothesis)?.0)
+    }
+
+    /// The pair's token ids and token type ids (0 for the premise, 1 for the hypothesis, as the
+    /// pair template of tokenizer.json says).
+    fn encode_typed(&self, premise: &str, hypothesis: &str) -> Result<(Vec<u32>, Vec<u32>)> {
         let err = |e: tokenizers::Error| anyhow::anyhow!("tokenizing an NLI pair: {e}");
         let mut a = self.tokenizer.encode(premise, false).map_err(err)?;
         let mut b = match hypothesis.is_empty() {
@@ -153,14 +159,17 @@ impl Nli {
             b.truncate(nb, 0, TruncationDirection::Right);
         }
         let enc = self.tokenizer.post_process(a, b, true).map_err(err)?;
-        Ok(enc.get_ids().to_vec())
+        Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
     /// The classifier's logits for a pair.
     pub fn logits(&self, premise: &str, hypothesis: &str) -> Result<Vec<f32>> {
-        let ids = self.encode(premise, hypothesis)?;
-        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &self.device)?;
-        let logits = self.model.forward(&input, None, None)?;
+        let (ids, types) = self.encode_typed(premise, hypothesis)?;
+        let n = ids.len();
+        let input = Tensor::from_vec(ids, (1, n), &self.device)?;
+        // Used by configs with token-type embeddings (type_vocab_size > 0), as transformers.
+        let types = Tensor::from_vec(types, (1, n), &self.device)?;
+        let logits = self.model.forward(&input, Some(types), None)?;
         Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?)
     }
 

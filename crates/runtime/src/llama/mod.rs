@@ -290,8 +290,8 @@ impl Llama {
         Ok(self.forward_tail(ids, cache, 1)?.squeeze(1)?)
     }
 
-    /// Logits `[batch, n, vocab]` of the last `n` positions (the head computed for those only:
-    /// on SmolLM2 it costs more than the body over a prompt's every position).
+    /// Logits `[batch, n, vocab]` of the last `n` positions, `n` clamped to 1..=tokens (the head
+    /// computed for those only).
     pub fn forward_tail(&self, ids: &Tensor, cache: &mut KvCache, n: usize) -> Result<Tensor> {
         match &self.body {
             Pass::Candle(body) => {
