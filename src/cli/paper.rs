@@ -73,7 +73,7 @@ pub(super) fn paper_cmd(dir: Option<&Path>, table: Option<&str>, json: bool) -> 
         }
         println!("{line}");
     }
-    if let Some(median) = metrics::stats::percentile(&ratios, 50.0) {
+    if let Some(median) = metrics::stats::median(&ratios) {
         println!(
             "\nN_break as edge-eval defines it (the merge and quantize energy counted as well as the\n\
              training): {} variants, {:.2}–{:.2}× the paper's figure (median {median:.2}×).",

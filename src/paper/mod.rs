@@ -545,7 +545,7 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn median(v: &[f64]) -> f64 {
-    metrics::stats::percentile(v, 50.0).unwrap_or(f64::NAN)
+    metrics::stats::median(v).unwrap_or(f64::NAN)
 }
 
 fn min(v: &[f64]) -> f64 {

@@ -262,22 +262,21 @@ impl Stage for Evaluate {
                     None => None,
                 };
                 for (i, ((s, ids), g)) in chunk.iter().zip(&prompts).zip(gens).enumerate() {
-                    let (mut sc, judge_reply) = match &judgements {
-                        Some(j) => (score::parse_judgement(&j[i]), Some(j[i].clone())),
-                        None => (
+                    let (sc, judge_reply, nli_label) = match (&judgements, &nli) {
+                        (Some(j), _) => (score::parse_judgement(&j[i]), Some(j[i].clone()), None),
+                        (None, Some(nli)) => {
+                            let premise = s.source.as_deref().with_context(|| {
+                                format!("sample `{}` has no context or document for NLI", s.id)
+                            })?;
+                            let label = nli.infer(premise, g.text.trim())?.label;
+                            (score::nli_score(&task.scorer, &label), None, Some(label))
+                        }
+                        (None, None) => (
                             score::score(&task.scorer, g.text.trim(), &s.references),
+                            None,
                             None,
                         ),
                     };
-                    let mut nli_label = None;
-                    if let Some(nli) = &nli {
-                        let premise = s.source.as_deref().with_context(|| {
-                            format!("sample `{}` has no context or document for NLI", s.id)
-                        })?;
-                        let label = nli.infer(premise, g.text.trim())?.label;
-                        sc = score::nli_score(&task.scorer, &label);
-                        nli_label = Some(label);
-                    }
                     let digest = blake3::hash(
                         &ids.iter()
                             .flat_map(|i| i.to_le_bytes())
@@ -364,14 +363,8 @@ fn judge_batch(
             role: "user".into(),
             content: text,
         };
-        // Through the judge's chat template, with the task's pinned date if it has one.
-        let vars: Vec<(&str, &str)> = task
-            .prompting
-            .date
-            .as_deref()
-            .map(|d| vec![("date_string", d)])
-            .unwrap_or_default();
-        prompts.push(tok.chat_ids_with(&[msg], &vars)?);
+        // Through the judge's chat template, with what the task pins (its date).
+        prompts.push(tok.chat_ids_with(&[msg], &task.template_vars())?);
     }
     let opts = GenOptions {
         max_tokens: 4,
@@ -439,10 +432,11 @@ fn fidelity(
     let first = prompt.len().saturating_sub(1);
     let n = ids.len().saturating_sub(first).max(1);
     let a = tail_logits(model, &ids, n)?;
-    let b = match reference {
-        Some((r, _)) => tail_logits(r, &ids, n)?,
-        None => a.clone(),
+    let other = match reference {
+        Some((r, _)) => Some(tail_logits(r, &ids, n)?),
+        None => None,
     };
+    let b = other.as_ref().unwrap_or(&a);
     let mut f = Fidelity::default();
     for i in 0..n - 1 {
         f.add(&b[i], &a[i]);

@@ -296,13 +296,20 @@ impl TaskInfo {
         messages: &[runtime::tokenizer::Message],
     ) -> Result<Vec<u32>> {
         if self.prompting.chat_template {
-            match &self.prompting.date {
-                Some(d) => tok.chat_ids_with(messages, &[("date_string", d)]),
-                None => tok.chat_ids(messages),
-            }
+            tok.chat_ids_with(messages, &self.template_vars())
         } else {
             tok.encode(&crate::tasks::Prompting::completion_text(messages))
         }
+    }
+
+    /// The chat-template variables the task pins (its `date` as `date_string`), for every
+    /// prompt rendered for it: the evaluated model's and a judge's.
+    pub fn template_vars(&self) -> Vec<(&'static str, &str)> {
+        self.prompting
+            .date
+            .as_deref()
+            .map(|d| vec![("date_string", d)])
+            .unwrap_or_default()
     }
 
     /// The token a trained answer ends with: the chat template's end of turn, or the end of

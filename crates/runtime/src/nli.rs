@@ -35,16 +35,6 @@ pub struct Inference {
     pub probs: Vec<f32>,
 }
 
-impl Inference {
-    /// The probability of the class named `label`, if the classifier has one.
-    pub fn prob(&self, labels: &[String], label: &str) -> Option<f32> {
-        labels
-            .iter()
-            .position(|l| l == label)
-            .map(|i| self.probs[i])
-    }
-}
-
 impl Nli {
     /// Loads the classifier from a model folder's files (file name → path, as a model artifact
     /// lists them) onto `device`.
