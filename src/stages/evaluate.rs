@@ -11,12 +11,13 @@ use super::device_param;
 use super::{Column, Role, Stage, StageCtx, StageOutput};
 use crate::tasks::Sample;
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
 use engine::row::TableRow;
 use metrics::fidelity::Fidelity;
 use metrics::{score, stats};
-use runtime::generate::{GenOptions, StopReason, generate_batch};
-use runtime::llama::{KvCache, Llama};
+use runtime::generate::{
+    GenOptions, StopReason, continuation_logits, generate_batch, generate_batch_scoring,
+};
+use runtime::llama::Llama;
 use runtime::tokenizer::Tokenizer;
 use serde_json::json;
 use spec::{Output, ParamSpec, Ty, Value};
@@ -250,18 +251,38 @@ impl Stage for Evaluate {
                 max_tokens: task.max_tokens,
                 ..Default::default()
             };
+            let reference_model = reference.as_ref().map(|(m, t)| (m, t));
             for chunk in todo.chunks(batch) {
                 ctx.check_cancelled()?;
                 let prompts = chunk
                     .iter()
                     .map(|s| prompt_ids(&task, &tok, &model, s, task.max_tokens))
                     .collect::<Result<Vec<_>>>()?;
-                let gens = generate_batch(&model, &tok, &prompts, &opts)?;
+                // With a reference, the gold answers are scored in the prompts' own pass.
+                let (gens, answer_logits) = match p.reference {
+                    Some(_) => {
+                        let answers = chunk
+                            .iter()
+                            .zip(&prompts)
+                            .map(|(s, ids)| {
+                                gold_answer(&model, &tok, reference_model, ids, &s.references[0])
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        let (g, l) =
+                            generate_batch_scoring(&model, &tok, &prompts, &answers, &opts)?;
+                        (g, l.into_iter().zip(answers).map(Some).collect())
+                    }
+                    None => (
+                        generate_batch(&model, &tok, &prompts, &opts)?,
+                        vec![None; chunk.len()],
+                    ),
+                };
                 let judgements = match &judge {
                     Some((jm, jt)) => Some(judge_batch(jm, jt, &task, chunk, &gens)?),
                     None => None,
                 };
-                for (i, ((s, ids), g)) in chunk.iter().zip(&prompts).zip(gens).enumerate() {
+                let rows = chunk.iter().zip(&prompts).zip(gens).zip(answer_logits);
+                for (i, (((s, ids), g), scored)) in rows.enumerate() {
                     let (sc, judge_reply, nli_label) = match (&judgements, &nli) {
                         (Some(j), _) => (score::parse_judgement(&j[i]), Some(j[i].clone()), None),
                         (None, Some(nli)) => {
@@ -302,9 +323,8 @@ impl Stage for Evaluate {
                         stop: Some(stop.into()),
                         ..Default::default()
                     };
-                    if p.reference.is_some() {
-                        let other = reference.as_ref().map(|(m, t)| (m, t));
-                        let f = fidelity(&model, &tok, other, ids, &s.references[0])?;
+                    if let Some((logits, answer)) = scored {
+                        let f = fidelity(logits, reference_model, ids, &answer)?;
                         row.kl_mean = f.mean_kl();
                         row.kl_p99 = f.p99_kl();
                         row.top1_agreement = f.top1_agreement();
@@ -397,25 +417,16 @@ fn prompt_ids(
     Ok(ids)
 }
 
-/// Logits `[n, vocab]` of the last `n` positions of one sequence.
-fn tail_logits(model: &Llama, ids: &[u32], n: usize) -> Result<Vec<Vec<f32>>> {
-    let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu)?;
-    let logits = model.forward_tail(&t, &mut KvCache::new(model.cfg.n_layer), n)?;
-    Ok(logits.squeeze(0)?.to_vec2()?)
-}
-
-/// Teacher-forced fidelity on prompt + gold answer: the positions that predict answer tokens.
-/// `reference` None: the model is its own reference (the same file), so its logits serve both.
-fn fidelity(
+/// The gold answer's tokens, as many as fit the context after `prompt` (of the model and of
+/// its reference, which must share its vocabulary).
+fn gold_answer(
     model: &Llama,
     tok: &Tokenizer,
     reference: Option<(&Llama, &Tokenizer)>,
     prompt: &[u32],
     answer: &str,
-) -> Result<Fidelity> {
-    let answer_ids = tok.encode_plain(answer)?;
-    let mut ids = prompt.to_vec();
-    ids.extend(&answer_ids);
+) -> Result<Vec<u32>> {
+    let mut answer_ids = tok.encode_plain(answer)?;
     let mut context = model.cfg.context;
     if let Some((r, rt)) = reference {
         if r.cfg.vocab != model.cfg.vocab || rt.encode_plain(answer)? != answer_ids {
@@ -426,20 +437,28 @@ fn fidelity(
         }
         context = context.min(r.cfg.context);
     }
-    ids.truncate(context);
-    // The positions that predict answer tokens, from the prompt's last one: the head runs on
-    // those only (and the one after the last answer token, which predicts nothing here).
-    let first = prompt.len().saturating_sub(1);
-    let n = ids.len().saturating_sub(first).max(1);
-    let a = tail_logits(model, &ids, n)?;
+    answer_ids.truncate(context.saturating_sub(prompt.len()));
+    Ok(answer_ids)
+}
+
+/// Teacher-forced fidelity on prompt + gold answer at the positions that predict answer tokens:
+/// the model's logits there (`logits`, from its generation pass) against the reference's, from
+/// a pass of the reference's own. `reference` None: the model is its own reference (the same
+/// file), so its logits serve both.
+fn fidelity(
+    logits: Vec<Vec<f32>>,
+    reference: Option<(&Llama, &Tokenizer)>,
+    prompt: &[u32],
+    answer: &[u32],
+) -> Result<Fidelity> {
     let other = match reference {
-        Some((r, _)) => Some(tail_logits(r, &ids, n)?),
+        Some((r, _)) => Some(continuation_logits(r, prompt, answer)?),
         None => None,
     };
-    let b = other.as_ref().unwrap_or(&a);
+    let b = other.as_ref().unwrap_or(&logits);
     let mut f = Fidelity::default();
-    for i in 0..n - 1 {
-        f.add(&b[i], &a[i]);
+    for (p, q) in b.iter().zip(&logits) {
+        f.add(p, q);
     }
     Ok(f)
 }

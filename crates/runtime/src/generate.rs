@@ -113,7 +113,72 @@ pub fn generate_batch(
     prompts: &[Vec<u32>],
     opts: &GenOptions,
 ) -> Result<Vec<Generation>> {
-    generate_inner(model, Some(tok), prompts, opts)
+    Ok(generate_inner(model, Some(tok), prompts, &[], opts)?.0)
+}
+
+/// The logits over one continuation: one vector per token, the `i`-th predicting token `i`.
+pub type Scored = Vec<Vec<f32>>;
+
+/// [`generate_batch`], and the model's teacher-forced logits over a given continuation of each
+/// prompt (`continuations[r]` after `prompts[r]`; row `r` gets `continuations[r].len()` vectors,
+/// the `i`-th predicting `continuations[r][i]`), computed in the same pass over the prompts:
+/// the continuations ride along in the prompts' forward pass and the cache is then cut back to
+/// the prompts, so scoring a reference answer costs its own tokens only. The logits and the
+/// generations are those that separate passes give (each row's products do not depend on the
+/// positions after it). A batch whose longest prompt plus longest continuation would not fit
+/// the context scores each continuation in a pass of its own instead.
+pub fn generate_batch_scoring(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    continuations: &[Vec<u32>],
+    opts: &GenOptions,
+) -> Result<(Vec<Generation>, Vec<Scored>)> {
+    anyhow::ensure!(
+        continuations.len() == prompts.len(),
+        "one continuation per prompt"
+    );
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let fed = continuations
+        .iter()
+        .map(|c| c.len().saturating_sub(1))
+        .max();
+    if longest + fed.unwrap_or(0) <= model.cfg.context {
+        return generate_inner(model, Some(tok), prompts, continuations, opts);
+    }
+    let mut scored = vec![];
+    for (p, c) in prompts.iter().zip(continuations) {
+        scored.push(continuation_logits(model, p, c)?);
+    }
+    Ok((
+        generate_inner(model, Some(tok), prompts, &[], opts)?.0,
+        scored,
+    ))
+}
+
+/// The logits predicting each token of `continuation` after `prompt`, in a pass of their own
+/// (the head on those positions only).
+pub fn continuation_logits(
+    model: &Llama,
+    prompt: &[u32],
+    continuation: &[u32],
+) -> Result<Scored> {
+    anyhow::ensure!(!prompt.is_empty(), "empty prompt");
+    let n = continuation.len();
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    let ids: Vec<u32> = prompt
+        .iter()
+        .chain(&continuation[..n - 1])
+        .copied()
+        .collect();
+    let t = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+    let logits = model.forward_tail(&t, &mut KvCache::new(model.cfg.n_layer), n)?;
+    Ok(logits
+        .squeeze(0)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec2()?)
 }
 
 /// [`generate_batch`] for a model without a tokenizer (synthetic weights): no end tokens, no
@@ -123,15 +188,18 @@ pub fn generate_batch_ids(
     prompts: &[Vec<u32>],
     opts: &GenOptions,
 ) -> Result<Vec<Generation>> {
-    generate_inner(model, None, prompts, opts)
+    Ok(generate_inner(model, None, prompts, &[], opts)?.0)
 }
 
+/// Generation from `prompts`; with `continuations` (one per prompt, or none), the logits over
+/// them from the prompts' pass ([`generate_batch_scoring`]; the caller checked the context).
 fn generate_inner(
     model: &Llama,
     tok: Option<&Tokenizer>,
     prompts: &[Vec<u32>],
+    continuations: &[Vec<u32>],
     opts: &GenOptions,
-) -> Result<Vec<Generation>> {
+) -> Result<(Vec<Generation>, Vec<Scored>)> {
     let no_stops = vec![];
     let stop_ids = tok.map_or(&no_stops, |t| &t.stop_ids);
     anyhow::ensure!(
@@ -141,20 +209,47 @@ fn generate_inner(
     let start = Instant::now();
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
-    let mut flat = Vec::with_capacity(prompts.len() * longest);
-    for (p, pad) in prompts.iter().zip(&pads) {
+    // Each continuation but its last token (which predicts nothing asked for) follows its
+    // prompt, right-padded with its row's last token: no position before it sees the padding.
+    let fed = continuations
+        .iter()
+        .map(|c| c.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let width = longest + fed;
+    let mut flat = Vec::with_capacity(prompts.len() * width);
+    for (r, (p, pad)) in prompts.iter().zip(&pads).enumerate() {
         flat.extend(std::iter::repeat_n(p[0], *pad));
         flat.extend_from_slice(p);
+        let c = continuations
+            .get(r)
+            .map_or(&[][..], |c| &c[..c.len().saturating_sub(1)]);
+        flat.extend_from_slice(c);
+        let last = flat.last().copied().expect("non-empty prompt");
+        flat.extend(std::iter::repeat_n(last, fed - c.len()));
     }
     let b = prompts.len();
     let mut cache = KvCache::with_padding(model.cfg.n_layer, pads);
     let mut rngs: Vec<Rng> = (0..b as u64)
         .map(|r| Rng(opts.seed.wrapping_add(r)))
         .collect();
-    let mut logits = model.forward_last(
-        &Tensor::from_vec(flat, (b, longest), &Device::Cpu)?,
+    // Logits from the prompts' last position on: generation starts from the first; the
+    // continuations' are the rest.
+    let tail = model.forward_tail(
+        &Tensor::from_vec(flat, (b, width), &Device::Cpu)?,
         &mut cache,
+        fed + 1,
     )?;
+    let mut logits = tail.narrow(1, 0, 1)?.squeeze(1)?;
+    let mut scored: Vec<Scored> = vec![];
+    if !continuations.is_empty() {
+        let rows: Vec<Scored> = tail.to_dtype(candle_core::DType::F32)?.to_vec3()?;
+        for (mut row, c) in rows.into_iter().zip(continuations) {
+            row.truncate(c.len());
+            scored.push(row);
+        }
+        cache.truncate(longest)?;
+    }
     let mut outs: Vec<Generation> = prompts
         .iter()
         .map(|p| Generation {
@@ -211,7 +306,7 @@ fn generate_inner(
             out.text = tok.decode(&out.tokens)?;
         }
     }
-    Ok(outs)
+    Ok((outs, scored))
 }
 
 /// Generates a continuation of `prompt` (token ids).

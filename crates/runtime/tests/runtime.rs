@@ -193,6 +193,54 @@ fn a_padded_batch_generates_what_each_prompt_generates_alone() {
     }
 }
 
+/// Scoring a continuation in the prompts' pass (evaluate's fidelity against a reference answer)
+/// changes nothing about the generation, and its logits are those of a pass of its own: rows of
+/// different prompt and continuation lengths, one continuation empty.
+#[test]
+fn continuations_scored_in_the_prompts_pass_equal_passes_of_their_own() {
+    let Some((model, tok)) = load() else { return };
+    let prompts: Vec<Vec<u32>> = ["What is the capital of France?", "Hi", "Name a colour."]
+        .iter()
+        .map(|q| chat_ids(&tok, q))
+        .collect();
+    let continuations: Vec<Vec<u32>> = ["Paris is the capital.", "", "Blue"]
+        .iter()
+        .map(|a| tok.encode_plain(a).unwrap())
+        .collect();
+    let options = GenOptions {
+        max_tokens: 8,
+        ..Default::default()
+    };
+    let (gens, scored) =
+        runtime::generate::generate_batch_scoring(&model, &tok, &prompts, &continuations, &options)
+            .unwrap();
+    let plain = runtime::generate::generate_batch(&model, &tok, &prompts, &options).unwrap();
+    for (((p, c), (g, s)), alone) in prompts
+        .iter()
+        .zip(&continuations)
+        .zip(gens.iter().zip(&scored))
+        .zip(&plain)
+    {
+        assert_eq!(g.tokens, alone.tokens, "{:?} vs {:?}", g.text, alone.text);
+        let own = runtime::generate::continuation_logits(&model, p, c).unwrap();
+        assert_eq!(s.len(), c.len());
+        assert_eq!(s, &own, "the logits over the continuation");
+    }
+    assert!(scored[0].len() > 1 && scored[1].is_empty());
+    // The first logits predict the continuation's first token: the prompt's last position.
+    let first = model
+        .forward_last(
+            &Tensor::from_vec(prompts[0].clone(), (1, prompts[0].len()), &Device::Cpu).unwrap(),
+            &mut KvCache::new(model.cfg.n_layer),
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(scored[0][0], first);
+}
+
 /// SmolLM2's GGUF written out as a Hugging Face folder (f32 safetensors in HF layout, q/k rows
 /// un-permuted, tokenizer.json, configs), converted back with `hf::to_gguf`: every tensor comes
 /// back bit-identical, the tokenizer agrees, and the converted model still answers.

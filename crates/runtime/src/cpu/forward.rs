@@ -42,6 +42,17 @@ pub struct Cache {
     v: Vec<Vec<Vec<f32>>>,
 }
 
+impl Cache {
+    /// Keeps the first `len` of the `held` positions of every (row, KV head).
+    pub(crate) fn truncate(&mut self, held: usize, len: usize) {
+        for per_head in self.k.iter_mut().chain(self.v.iter_mut()).flatten() {
+            // `held` positions × head size values.
+            let d = per_head.len() / held.max(1);
+            per_head.truncate(len * d);
+        }
+    }
+}
+
 /// One forward call: `b` rows of `t` new positions starting at `pos`; `pads[r]` positions of
 /// left padding in row `r` (empty: none).
 pub(crate) struct Step<'a> {

@@ -51,6 +51,27 @@ impl KvCache {
         }
     }
 
+    /// Forgets the positions from `len` on, as if only the first `len` had been seen (a
+    /// continuation scored after a prompt, then generation from the prompt).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len >= self.len {
+            return Ok(());
+        }
+        if self.fixed.is_some() {
+            bail!("a cache in fixed decode buffers cannot be cut back");
+        }
+        self.cpu.truncate(self.len, len);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            // CPU buffers are read up to `len` only; a GPU cache is exactly its positions.
+            if !k.device().is_cpu() {
+                *k = k.narrow(2, 0, len)?;
+                *v = v.narrow(2, 0, len)?;
+            }
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// The cache with decode steps of candle's pass run as `mode` says, whatever the device.
     pub fn with_decode(mut self, mode: Decode) -> KvCache {
         self.decode = Some(mode);
