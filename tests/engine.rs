@@ -535,6 +535,38 @@ fn explain_shows_key_components_and_what_changed() {
         text.contains("`emit` changed: \"plain\" → \"sweet\""),
         "{text}"
     );
+    // The same, as one JSON object.
+    let out = env.exec(&[
+        "explain",
+        "p.eep",
+        "derived[x]",
+        "--set",
+        "flavour=\"sweet\"",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let e: Value = serde_json::from_slice(&out.stdout).expect("explain --json prints JSON");
+    assert_eq!(e["id"], "derived[x]");
+    assert_eq!(e["status"], "will_run");
+    assert_eq!(e["parameters"]["emit"], "\"sweet\"");
+    assert_eq!(e["key_components"]["params"]["emit"], "sweet");
+    assert_eq!(e["key"].as_str().map(str::len), Some(64));
+    assert_eq!(e["last_run"]["same"], false);
+    let changes = e["last_run"]["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c == "`emit` changed: \"plain\" → \"sweet\""),
+        "{changes:?}"
+    );
+    // Unchanged: the last run's components, same key.
+    let out = env.exec(&["explain", "p.eep", "derived[x]", "--json"]);
+    let e: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (e["status"].as_str(), e["last_run"]["same"].as_bool()),
+        (Some("cached"), Some(true))
+    );
+    assert!(e["computed"]["seconds"].is_number());
     let out = env.exec(&["explain", "p.eep", "derived[z]"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `derived[x]`?"));

@@ -92,6 +92,9 @@ pub enum Command {
         p: PipelineArgs,
         /// Stage id, e.g. quantize[qa,q4_0]
         stage: String,
+        /// Print one JSON object: status, parameters, key, key components, last run's changes
+        #[arg(long)]
+        json: bool,
     },
     /// Print the metrics table of a results folder's latest run (or of a run folder,
     /// RESULTS/runs/ID) and rewrite its report.html; or export it
@@ -384,13 +387,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             print_plan(&pipeline, &states, &executor, json);
             Ok(0)
         }
-        Command::Explain { p, stage } => {
+        Command::Explain { p, stage, json } => {
             let (pipeline, cache, _lock, hw) =
                 match read_only(&cli.cache, cli.remote_cache.as_deref(), &p)? {
                     Ok(x) => x,
                     Err(code) => return Ok(code),
                 };
-            explain(&pipeline, &cache, &hw, &stage)
+            explain(&pipeline, &cache, &hw, &stage, json)
         }
         Command::Run {
             p,
