@@ -451,7 +451,7 @@ fn meter_overhead(
         meter::open(
             "auto",
             device,
-            Some(15.0),
+            meter::CpuPower::Declared(15.0),
             cores,
             meter::Scope::Process,
             interval,

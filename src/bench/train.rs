@@ -147,7 +147,8 @@ pub fn train(model: &str, b: &TrainBench) -> Result<i32> {
     let meter = meter::open(
         "auto",
         b.device,
-        b.cpu_power,
+        b.cpu_power
+            .map_or(meter::CpuPower::Undeclared, meter::CpuPower::Declared),
         cores,
         Scope::Process,
         Duration::from_millis(20),

@@ -41,7 +41,7 @@ engine::table_row! {
     /// What only a GPU meter fills (power samples, NVML device state), and the host's share of
     /// the window.
     pub struct Device {
-        /// the window's energy from integrated power samples (GPU), beside the counter's
+        /// the window's energy from integrated power samples (GPU), beside the counter's (J)
         energy_sampled_j: Option<f64>,
         /// highest sampled power in the window (W)
         peak_power_w: Option<f64>,

@@ -68,11 +68,12 @@ engine::table_row! {
 impl Stage for ColdLoad {
     engine::stage_meta!(
         super::kind::COLD_LOAD,
-        5,
+        6,
         Role::Stage,
         Output::Record,
         "time and energy from nothing in memory to the first token"
     );
+    super::estimates_presented!();
     fn params(&self) -> Vec<ParamSpec> {
         let p = vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "model to load"),

@@ -96,11 +96,12 @@ struct Params {
 impl Stage for Finetune {
     engine::stage_meta!(
         super::kind::FINETUNE,
-        7,
+        8,
         Role::Stage,
         Output::Model,
         "LoRA / QLoRA fine-tuning on a task's train split"
     );
+    super::estimates_presented!();
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "base model"),

@@ -110,11 +110,12 @@ engine::table_row! {
 impl Stage for Measure {
     engine::stage_meta!(
         super::kind::MEASURE,
-        6,
+        7,
         Role::Stage,
         Output::Record,
         "throughput, latency, energy and memory of serving a task"
     );
+    super::estimates_presented!();
     fn params(&self) -> Vec<ParamSpec> {
         let p = vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "model to measure"),

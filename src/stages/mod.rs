@@ -21,6 +21,24 @@ macro_rules! holds_the_machine {
 }
 use holds_the_machine;
 
+/// `presentation_params` and `present` of a stage with an energy meter: an estimate's declared
+/// watts are applied when rows are shown ([`present_estimates`]), not in the cache key.
+macro_rules! estimates_presented {
+    () => {
+        fn presentation_params(&self) -> &'static [&'static str] {
+            super::METER_PRESENTATION
+        }
+        fn present(
+            &self,
+            params: &std::collections::BTreeMap<String, spec::Value>,
+            rows: &mut [super::Row],
+        ) {
+            super::present_estimates(params, rows)
+        }
+    };
+}
+use estimates_presented;
+
 pub mod cells;
 
 /// The names of the stage kinds that other parts of the program look for (the report's join).
@@ -250,14 +268,19 @@ pub fn meter_params() -> Vec<ParamSpec> {
     ]
 }
 
+/// The meter parameters that only change how rows are shown: an estimate is measured per
+/// declared watt ([`open_meter`]) and multiplied by `cpu_power` when a run's tables are written
+/// ([`present_estimates`]), so the declared watts are in no cache key.
+pub const METER_PRESENTATION: &[&str] = &["cpu_power"];
+
 /// The meter the stage's parameters ask for (see [`meter_params`]); an estimate counts the CPU
-/// time of `scope`.
+/// time of `scope`, per declared watt ([`present_estimates`] applies the watts).
 pub fn open_meter(ctx: &StageCtx, scope: meter::Scope) -> meter::Metered {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let meter = meter::open(
         ctx.param("meter").as_str().unwrap_or("auto"),
         ctx.device,
-        ctx.param("cpu_power").as_f64(),
+        meter::CpuPower::PerWatt,
         cores,
         scope,
         std::time::Duration::from_secs_f64(
@@ -269,6 +292,51 @@ pub fn open_meter(ctx: &StageCtx, scope: meter::Scope) -> meter::Metered {
     );
     let idle = ctx.param("idle_window").as_f64().unwrap_or(0.0).max(0.0);
     meter::Metered::new(meter, std::time::Duration::from_secs_f64(idle))
+}
+
+/// Whether a column holds joules or watts (its name ends `_j`, `_w`, or `_j_reps` for the
+/// per-repetition lists): an estimate's value there is per declared watt until presented.
+/// `tests/lifecycle.rs` checks that every metered table's J and W columns are so named.
+pub fn scales_with_power(column: &str) -> bool {
+    column.ends_with("_j") || column.ends_with("_w") || column.ends_with("_j_reps")
+}
+
+/// A metered stage's rows as shown: in each row whose energy is an estimate, the joules and
+/// watts (per declared watt as measured, [`open_meter`]) multiplied by the pipeline's
+/// `cpu_power`, and the meter's description given the watts; with no `cpu_power` declared,
+/// those columns are null with the reason.
+pub fn present_estimates(params: &BTreeMap<String, Value>, rows: &mut [Row]) {
+    use serde_json::Value as J;
+    let watts = params.get("cpu_power").and_then(Value::as_f64);
+    for row in rows {
+        if row.get("energy_source").and_then(J::as_str) != Some(meter::Source::Estimated.as_str()) {
+            continue;
+        }
+        let scale = |v: &mut J| match (v.as_f64(), watts) {
+            (Some(x), Some(w)) => *v = serde_json::json!(x * w),
+            _ => *v = J::Null,
+        };
+        for (_, v) in row.iter_mut().filter(|(k, _)| scales_with_power(k)) {
+            match v {
+                J::Array(xs) => xs.iter_mut().for_each(scale),
+                v => scale(v),
+            }
+        }
+        match watts {
+            Some(w) => {
+                if let Some(J::String(m)) = row.get_mut("meter") {
+                    *m = m.replacen(meter::PER_DECLARED_WATT, &format!("{w} W"), 1);
+                }
+            }
+            None => {
+                row.insert("energy_source".into(), J::Null);
+                row.insert(
+                    "energy_null_reason".into(),
+                    meter::NO_COUNTER_NO_POWER.into(),
+                );
+            }
+        }
+    }
 }
 
 /// The task artifact behind `param`: its kind, scorer, generation budget, prompting and record
@@ -355,6 +423,83 @@ pub fn task_info(ctx: &StageCtx, param: &str) -> Result<TaskInfo> {
 #[cfg(test)]
 mod tests {
     use super::SyntheticIds;
+
+    /// Every joule and watt column of a stage whose estimates are presented is named so that
+    /// `present_estimates` scales it, and every column so named holds joules or watts: a new
+    /// energy column cannot be left per declared watt in the tables.
+    #[test]
+    fn the_presented_energy_columns_are_exactly_the_joule_and_watt_ones() {
+        let unit = |doc: &str| ["(J)", "(J,", "(J;", "(W)"].iter().any(|u| doc.contains(u));
+        let mut seen = 0;
+        for stage in super::REGISTRY.all() {
+            if !stage.presentation_params().contains(&"cpu_power") {
+                continue;
+            }
+            for c in stage.table() {
+                assert_eq!(
+                    super::scales_with_power(c.name),
+                    unit(c.doc),
+                    "{}.{}: {:?}",
+                    stage.kind(),
+                    c.name,
+                    c.doc
+                );
+                seen += usize::from(unit(c.doc));
+            }
+        }
+        assert!(seen > 20, "{seen} energy columns");
+    }
+
+    #[test]
+    fn an_estimate_is_presented_at_the_declared_watts_or_null_with_the_reason() {
+        use serde_json::json;
+        let row = |source: &str| {
+            json!({
+                "energy_source": source,
+                "energy_j": 2.0,
+                "energy_per_request_j_reps": [1.0, null],
+                "idle_power_w": 0.5,
+                "energy_j_cv": 0.1,
+                "tokens_per_s": 7.0,
+                "meter": format!("estimated: declared {} × process CPU time", meter::PER_DECLARED_WATT),
+            })
+            .as_object()
+            .unwrap()
+            .clone()
+        };
+        let watts = |w: Option<f64>| {
+            w.map(|w| {
+                [(
+                    "cpu_power".to_string(),
+                    spec::Value::Quantity {
+                        value: w,
+                        dim: spec::Dim::Power,
+                    },
+                )]
+                .into_iter()
+                .collect()
+            })
+            .unwrap_or_default()
+        };
+        let mut rows = vec![row("estimated"), row("rapl")];
+        super::present_estimates(&watts(Some(12.0)), &mut rows);
+        assert_eq!(rows[0]["energy_j"], 24.0);
+        assert_eq!(rows[0]["energy_per_request_j_reps"], json!([12.0, null]));
+        assert_eq!(rows[0]["idle_power_w"], 6.0);
+        assert_eq!(rows[0]["energy_j_cv"], 0.1, "a ratio is no energy");
+        assert_eq!(rows[0]["tokens_per_s"], 7.0);
+        assert_eq!(
+            rows[0]["meter"],
+            "estimated: declared 12 W × process CPU time"
+        );
+        assert_eq!(rows[1], row("rapl"), "a counter's row is as measured");
+        let mut rows = vec![row("estimated")];
+        super::present_estimates(&watts(None), &mut rows);
+        assert!(rows[0]["energy_j"].is_null() && rows[0]["energy_source"].is_null());
+        assert!(rows[0]["energy_per_request_j_reps"][0].is_null());
+        let why = rows[0]["energy_null_reason"].as_str().unwrap();
+        assert!(why.contains("cpu_power"), "{why}");
+    }
 
     #[test]
     fn gpu_out_of_memory_says_what_is_free_and_what_was_placed() {

@@ -57,11 +57,12 @@ fn is_quantized(t: &str) -> bool {
 impl Stage for Quantize {
     engine::stage_meta!(
         super::kind::QUANTIZE,
-        3,
+        4,
         Role::Stage,
         Output::Model,
         "convert a model to a precision (GGUF out, metadata kept)"
     );
+    super::estimates_presented!();
     fn params(&self) -> Vec<ParamSpec> {
         vec![
             ParamSpec::required("model", Ty::Ref(Output::Model), "model to convert"),

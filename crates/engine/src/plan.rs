@@ -60,8 +60,9 @@ impl State {
     }
 }
 
-/// The key components of `node` given its inputs' output digests; a measuring stage's include
-/// the fingerprint of the hardware behind `device` (on this host).
+/// The key components of `node` given its inputs' output digests (its parameters but those that
+/// only change how its rows are shown, [`Stage::presentation_params`]); a measuring stage's
+/// include the fingerprint of the hardware behind `device` (on this host).
 pub fn key_components(
     stage: &dyn Stage,
     node: &Node,
@@ -72,6 +73,7 @@ pub fn key_components(
     let params = node
         .params
         .iter()
+        .filter(|(k, _)| !stage.presentation_params().contains(&k.as_str()))
         .map(|(k, v)| {
             let json = v.to_json(&|n| serde_json::json!({ "digest": digest_of(n) }));
             (k.clone(), json)

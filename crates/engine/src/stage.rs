@@ -220,6 +220,15 @@ pub trait Stage: Send + Sync {
     fn internal_row_keys(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Parameters that change only how the stage's rows are shown, not what it computes (an
+    /// estimated energy's declared watts): left out of the cache key, so a change of them reruns
+    /// nothing, and applied by [`Stage::present`] to the rows of every run, cached or not.
+    fn presentation_params(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The rows as this run shows them (tables, metrics), from the rows the stage computed and
+    /// the cache holds, given the node's parameters (see `presentation_params`).
+    fn present(&self, _params: &BTreeMap<String, Value>, _rows: &mut [Row]) {}
     fn run(&self, ctx: &StageCtx) -> Result<StageOutput>;
     /// What a user needs to know beside a failure of `run` (e.g. how much GPU memory was free
     /// when it ran out); by default the error as it is.

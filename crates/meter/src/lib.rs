@@ -107,23 +107,49 @@ pub enum Scope {
     Thread,
 }
 
+/// What an estimate multiplies the CPU time by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CpuPower {
+    /// The declared power of the whole CPU (W).
+    Declared(f64),
+    /// One watt: the joules are per declared watt, multiplied by the declared power when the
+    /// results are shown (so a change of it reruns nothing); the meter's description says
+    /// [`PER_DECLARED_WATT`] where the watts go.
+    PerWatt,
+    /// None declared: no estimate.
+    Undeclared,
+}
+
+/// What an estimate per watt ([`CpuPower::PerWatt`]) says in its description where a declared
+/// estimate says its watts.
+pub const PER_DECLARED_WATT: &str = "cpu_power";
+
+/// Why energy is null where no counter is readable and no power is declared.
+pub const NO_COUNTER_NO_POWER: &str = "no energy counter is readable here and no `cpu_power` \
+     is declared (set `hardware { cpu_power = 15 W }` for an estimate)";
+
 /// Declared watts × the CPU time used, over the share of the machine it could use:
-/// `cpu_power` is the declared power of the whole CPU when all `cores` are busy.
+/// `cpu_power` is the declared power of the whole CPU when all `cores` are busy (None: per
+/// declared watt, see [`CpuPower::PerWatt`]).
 pub struct Estimated {
-    pub cpu_power_w: f64,
+    pub cpu_power_w: Option<f64>,
     pub cores: usize,
     scope: Scope,
     start: f64,
 }
 
 impl Estimated {
-    pub fn new(cpu_power_w: f64, cores: usize, scope: Scope) -> Result<Estimated> {
+    pub fn new(cpu_power_w: Option<f64>, cores: usize, scope: Scope) -> Result<Estimated> {
         Ok(Estimated {
             cpu_power_w,
             cores: cores.max(1),
             scope,
             start: memory::cpu_seconds(scope)?,
         })
+    }
+
+    fn watts(&self) -> f64 {
+        self.cpu_power_w.unwrap_or(1.0)
     }
 }
 
@@ -135,21 +161,25 @@ impl Meter for Estimated {
         // The CPU-time clock's step at the declared power; the estimate's real error (declared
         // watts vs what the chip draws) is far larger, which the `estimated` label says.
         let step = memory::cpu_clock_resolution(self.scope).unwrap_or(1e-6);
-        self.cpu_power_w * step / self.cores as f64
+        self.watts() * step / self.cores as f64
     }
     fn describe(&self) -> String {
         let whose = match self.scope {
             Scope::Process => "process",
             Scope::Thread => "thread",
         };
+        let watts = match self.cpu_power_w {
+            Some(w) => format!("{w} W"),
+            None => PER_DECLARED_WATT.to_string(),
+        };
         format!(
-            "estimated: declared {} W × {whose} CPU time / {} cores (no energy counter on this machine)",
-            self.cpu_power_w, self.cores
+            "estimated: declared {watts} × {whose} CPU time / {} cores (no energy counter on this machine)",
+            self.cores
         )
     }
     fn joules(&mut self) -> Result<f64> {
         let busy = memory::cpu_seconds(self.scope)? - self.start;
-        Ok(self.cpu_power_w * busy / self.cores as f64)
+        Ok(self.watts() * busy / self.cores as f64)
     }
 }
 
@@ -327,20 +357,20 @@ impl Metered {
 pub fn open(
     choice: &str,
     device: spec::Device,
-    cpu_power_w: Option<f64>,
+    cpu_power: CpuPower,
     cores: usize,
     scope: Scope,
     sample_interval: Duration,
 ) -> Result<Box<dyn Meter>, String> {
-    let estimated = || match cpu_power_w {
-        Some(w) => Estimated::new(w, cores, scope)
+    let estimated = || {
+        let watts = match cpu_power {
+            CpuPower::Declared(w) => Some(w),
+            CpuPower::PerWatt => None,
+            CpuPower::Undeclared => return Err(NO_COUNTER_NO_POWER.to_string()),
+        };
+        Estimated::new(watts, cores, scope)
             .map(|e| Box::new(e) as Box<dyn Meter>)
-            .map_err(|e| format!("{e:#}")),
-        None => Err(
-            "no energy counter is readable here and no `cpu_power` is declared \
-                     (set `hardware { cpu_power = 15 W }` for an estimate)"
-                .to_string(),
-        ),
+            .map_err(|e| format!("{e:#}"))
     };
     if let spec::Device::Cuda(i) = device {
         return match choice {
@@ -563,7 +593,7 @@ pub(crate) mod tests {
     #[test]
     fn estimated_meter_counts_busy_cpu_time() {
         // Thread scope: other tests running in this process do not disturb the figures.
-        let mut m = Estimated::new(10.0, 2, Scope::Thread).unwrap();
+        let mut m = Estimated::new(Some(10.0), 2, Scope::Thread).unwrap();
         let e0 = m.joules().unwrap();
         std::thread::sleep(Duration::from_millis(30));
         let idle = m.joules().unwrap() - e0;
@@ -574,7 +604,7 @@ pub(crate) mod tests {
         assert!(busy > 0.99 && busy < 1.1, "busy {busy}");
         assert_eq!(m.source(), Source::Estimated);
         // Process scope counts every thread: at least the 0.2 s another thread spins.
-        let mut p = Estimated::new(10.0, 2, Scope::Process).unwrap();
+        let mut p = Estimated::new(Some(10.0), 2, Scope::Process).unwrap();
         let p0 = p.joules().unwrap();
         std::thread::spawn(|| spin(Duration::from_millis(200)))
             .join()
@@ -583,26 +613,60 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_estimate_per_watt_is_the_declared_estimate_over_its_watts() {
+        let per_watt = Estimated::new(None, 2, Scope::Thread).unwrap();
+        let declared = Estimated::new(Some(12.0), 2, Scope::Thread).unwrap();
+        assert_eq!(
+            declared.resolution_j() / per_watt.resolution_j(),
+            12.0,
+            "the clock step, in joules per declared watt"
+        );
+        let d = per_watt.describe();
+        assert!(
+            d.contains(&format!("declared {PER_DECLARED_WATT} ×")),
+            "{d}"
+        );
+        assert!(declared.describe().contains("declared 12 W ×"));
+    }
+
+    #[test]
     fn meter_choice_says_why_when_nothing_can_be_had() {
         let cpu = spec::Device::Cpu;
         let ms = Duration::from_millis(20);
-        let err = open("estimated", cpu, None, 2, Scope::Process, ms)
-            .err()
-            .unwrap();
+        let err = open(
+            "estimated",
+            cpu,
+            CpuPower::Undeclared,
+            2,
+            Scope::Process,
+            ms,
+        )
+        .err()
+        .unwrap();
         assert!(err.contains("cpu_power"), "{err}");
-        assert!(open("estimated", cpu, Some(12.0), 2, Scope::Process, ms).is_ok());
-        let e = open("nvml", cpu, Some(12.0), 2, Scope::Process, ms)
+        assert!(
+            open(
+                "estimated",
+                cpu,
+                CpuPower::Declared(12.0),
+                2,
+                Scope::Process,
+                ms
+            )
+            .is_ok()
+        );
+        let e = open("nvml", cpu, CpuPower::Declared(12.0), 2, Scope::Process, ms)
             .err()
             .unwrap();
         assert!(e.contains("GPU"), "{e}");
         let gpu = spec::Device::Cuda(0);
-        let e = open("rapl", gpu, Some(12.0), 2, Scope::Process, ms)
+        let e = open("rapl", gpu, CpuPower::Declared(12.0), 2, Scope::Process, ms)
             .err()
             .unwrap();
         assert!(e.contains("cuda(0)"), "{e}");
         // On a machine without the NVIDIA driver, a GPU stage's meter says "no NVML".
         if !std::path::Path::new("/proc/driver/nvidia").exists() {
-            let e = open("auto", gpu, None, 2, Scope::Process, ms)
+            let e = open("auto", gpu, CpuPower::Undeclared, 2, Scope::Process, ms)
                 .err()
                 .unwrap();
             assert!(e.contains("no NVML"), "{e}");
@@ -611,7 +675,7 @@ pub(crate) mod tests {
 
     #[test]
     fn thread_scope_ignores_other_threads() {
-        let mut m = Estimated::new(10.0, 1, Scope::Thread).unwrap();
+        let mut m = Estimated::new(Some(10.0), 1, Scope::Thread).unwrap();
         let e0 = m.joules().unwrap();
         std::thread::spawn(|| spin(Duration::from_millis(150)))
             .join()

@@ -158,11 +158,7 @@ pub fn generate_batch_scoring(
 
 /// The logits predicting each token of `continuation` after `prompt`, in a pass of their own
 /// (the head on those positions only).
-pub fn continuation_logits(
-    model: &Llama,
-    prompt: &[u32],
-    continuation: &[u32],
-) -> Result<Scored> {
+pub fn continuation_logits(model: &Llama, prompt: &[u32], continuation: &[u32]) -> Result<Scored> {
     anyhow::ensure!(!prompt.is_empty(), "empty prompt");
     let n = continuation.len();
     if n == 0 {

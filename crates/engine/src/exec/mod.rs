@@ -478,13 +478,26 @@ pub fn execute(
         threads: s.threads,
         quiet: s.quiet,
     };
-    match &s.executor {
+    let mut report = match &s.executor {
         Executor::Local => rt.block_on(run_local(pipeline, stages, &cache, &hw, &opts)),
         Executor::Slurm(o) => {
             let mut slurm = slurm::Slurm::connect(o.clone())?;
             rt.block_on(batch::run_scheduled(
                 pipeline, stages, &cache, &hw, &opts, &mut slurm,
             ))
+        }
+    }?;
+    present(pipeline, stages, &mut report);
+    Ok(report)
+}
+
+/// Each outcome's rows as this run shows them ([`Stage::present`]): the cache keeps what the
+/// stages computed, the report (tables, metrics) what this pipeline's presentation parameters
+/// make of it.
+pub fn present(pipeline: &Pipeline, stages: &Registry, report: &mut RunReport) {
+    for (node, outcome) in pipeline.nodes.iter().zip(&mut report.outcomes) {
+        if let Some(m) = outcome.as_mut().and_then(|o| o.manifest.as_mut()) {
+            stages.of(node).present(&node.params, &mut m.rows);
         }
     }
 }
