@@ -170,6 +170,13 @@ for q in [f16, q8_0] {
             let v = m[k].as_f64().unwrap_or_else(|| panic!("{k} null: {m:?}"));
             assert!(v > 0.0 && v.is_finite(), "{k} = {v}");
         }
+        // Two cold loads and two serving windows per batch size: intervals around the medians.
+        for k in ["rho_sys", "c_tax", "n_break"] {
+            let v = m[k].as_f64().unwrap();
+            let ci = |end: &str| m[&format!("{k}_ci_{end}")].as_f64().unwrap();
+            let (lo, hi) = (ci("lo"), ci("hi"));
+            assert!(lo <= v && v <= hi && lo < hi, "{k}: {v} [{lo}, {hi}]");
+        }
         let sources = m["energy_sources"].as_str().unwrap();
         assert!(sources.contains("measure=estimated"), "{sources}");
         assert!(sources.contains("quantize=estimated"), "{sources}");

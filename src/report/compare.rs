@@ -158,9 +158,16 @@ fn paired_scores(a: &Side, ra: &Row, b: &Side, rb: &Row) -> Option<Vec<(f64, f64
 
 fn interval(r: &Row, metric: &str) -> Option<(f64, f64)> {
     let base = metric.trim_end_matches("_pct");
-    let lo = r.get(&format!("{base}_ci_lo"))?.as_f64()?;
-    let hi = r.get(&format!("{base}_ci_hi"))?.as_f64()?;
-    Some((lo, hi))
+    // An end may be infinite (N_break's: some resamples never break even), stored as "inf".
+    let end = |k: String| {
+        let v = r.get(&k)?;
+        v.as_f64().or_else(|| {
+            serde_json::from_value::<engine::row::Extended>(v.clone())
+                .ok()
+                .map(|e| e.0)
+        })
+    };
+    Some((end(format!("{base}_ci_lo"))?, end(format!("{base}_ci_hi"))?))
 }
 
 /// B's value relative to A's, in %.

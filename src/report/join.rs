@@ -10,7 +10,7 @@ use engine::stage::{ColType, Column};
 use engine::table::NodeLabels;
 use lang::Pipeline;
 use metrics::{
-    Metric, c_tax, differs_from_baseline, ipw, n_break, q_ret, retention_verdict, rho_sys,
+    Metric, c_tax, differs_from_baseline, ipw, n_break, q_ret, retention_verdict, rho_sys, stats,
 };
 use serde_json::json;
 use spec::{NodeIdx, Value};
@@ -199,6 +199,12 @@ fn summary_of<R>(rows: &[R], row: impl Fn(&R) -> &str) -> impl Iterator<Item = &
     rows.iter().filter(move |r| row(r) == "summary")
 }
 
+/// A repetition cell's values, when every repetition has one (else none: the summary's median
+/// is null then too).
+fn complete<'a>(cells: impl Iterator<Item = Option<f64>> + 'a) -> Vec<f64> {
+    cells.collect::<Option<Vec<f64>>>().unwrap_or_default()
+}
+
 /// A metric's value as its column stores it (infinity included).
 fn value(m: &Metric) -> Option<Extended> {
     m.value.map(Extended)
@@ -242,9 +248,9 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             // Nothing measured or scored for this pair in this run (failed or interrupted).
             continue;
         }
-        let cold: Option<Vec<ColdLoadRow>> =
+        let loads: Option<Vec<ColdLoadRow>> =
             uses(p, COLD_LOAD, m, None).and_then(|i| rows_of(p, report, i));
-        let cold = cold
+        let cold = loads
             .as_deref()
             .and_then(|r| summary_of(r, |r| &r.row).next());
         let synthetic = meas_sum.is_some_and(|s| s.synthetic) || cold.is_some_and(|c| c.synthetic);
@@ -293,12 +299,49 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         };
         let ip = ipw(&scores, &energy_reps);
         let net: Vec<f64> = per_req_net.into_iter().collect();
-        let rho = rho_sys(tps, resident.map(|b| b as f64));
+        // The repetitions behind the summaries' medians: the serving windows at the batch the
+        // figures are of, and the cold loads.
+        let windows: Vec<&MeasureRow> = meas
+            .iter()
+            .flatten()
+            .filter(|r| r.row == "repeat" && Some(r.batch) == meas_sum.map(|s| s.batch))
+            .collect();
+        let tps_reps = complete(windows.iter().map(|r| r.tokens_per_s));
+        let req_reps = complete(windows.iter().map(|r| r.energy_per_request_j));
+        let load_rows: Vec<&ColdLoadRow> = loads
+            .iter()
+            .flatten()
+            .filter(|r| r.row == "repeat")
+            .collect();
+        let mem_reps = complete(
+            load_rows
+                .iter()
+                .map(|c| c.gpu_resident_bytes.or(c.resident_bytes).map(|b| b as f64)),
+        );
+        let load_reps = complete(load_rows.iter().map(|c| c.energy.energy_j));
+        let with_reps = |m: Metric, groups: &[&[f64]], f: &dyn Fn(&[f64]) -> Metric| match m.value {
+            Some(_) => {
+                let ci = stats::repetitions_interval(groups, |x| f(x).value);
+                m.with_interval(ci)
+            }
+            None => m,
+        };
+        let rho = with_reps(
+            rho_sys(tps, resident.map(|b| b as f64)),
+            &[&tps_reps, &mem_reps],
+            &|x| rho_sys(Some(x[0]), Some(x[1])),
+        );
         let load = cold.and_then(|c| c.energy.energy_j);
-        let tax = c_tax(load, per_req);
+        let tax = with_reps(c_tax(load, per_req), &[&load_reps, &req_reps], &|x| {
+            c_tax(Some(x[0]), Some(x[1]))
+        });
         let nb = match (&lin.train_why, lin.train_j) {
             (Some(why), _) => Metric::null(why.clone()),
-            _ => n_break(lin.train_j, per_req, price, api),
+            _ => with_reps(
+                n_break(lin.train_j, per_req, price, api),
+                &[&req_reps],
+                &|x| n_break(lin.train_j, Some(x[0]), price, api),
+            ),
         };
         let mut sources = lin.sources.clone();
         let measured = [
@@ -361,11 +404,17 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             ipw_ci_hi: ip.hi,
             ipw_net: ipw(&scores, &net).value,
             rho_sys: value(&rho),
+            rho_sys_ci_lo: rho.lo,
+            rho_sys_ci_hi: rho.hi,
             rho_sys_peak: rho_sys(tps, peak.map(|b| b as f64)).value,
             load_energy_j: load,
             c_tax: value(&tax),
+            c_tax_ci_lo: tax.lo,
+            c_tax_ci_hi: tax.hi,
             train_energy_j: lin.train_j,
             n_break: value(&nb),
+            n_break_ci_lo: nb.lo.map(Extended),
+            n_break_ci_hi: nb.hi.map(Extended),
             energy_sources: sources.join(", "),
             null_reasons: (!reasons.is_empty()).then(|| reasons.join("; ")),
         };

@@ -99,17 +99,30 @@ engine::table_row! {
         ipw_net: Option<f64>,
         /// system density ρ_sys: tokens/s per GB of resident model memory
         rho_sys: Option<Extended>,
+        /// 95 % interval of ρ_sys over the serving windows' and cold loads' repetitions, low
+        rho_sys_ci_lo: Option<f64>,
+        /// 95 % interval of ρ_sys, high
+        rho_sys_ci_hi: Option<f64>,
         /// ρ_sys on the peak memory of the load
         rho_sys_peak: Option<f64>,
         /// energy of a cold load (J)
         load_energy_j: Option<f64>,
         /// cold-start tax C_tax: a cold load's energy in requests' worth
         c_tax: Option<Extended>,
+        /// 95 % interval of C_tax over the cold loads' and serving windows' repetitions, low
+        c_tax_ci_lo: Option<f64>,
+        /// 95 % interval of C_tax, high
+        c_tax_ci_hi: Option<f64>,
         /// energy that produced the variant: fine-tuning and quantization (J)
         train_energy_j: Option<f64>,
         /// economic break-even N_break: requests after which serving locally has paid for its
         /// training against the API (inf: never)
         n_break: Option<Extended>,
+        /// 95 % interval of N_break over the serving windows' repetitions (the training energy
+        /// is one measurement), low
+        n_break_ci_lo: Option<Extended>,
+        /// 95 % interval of N_break, high (inf: some resamples never break even)
+        n_break_ci_hi: Option<Extended>,
         /// how each energy figure was obtained (stage=counter|sampled|rapl|estimated)
         energy_sources: String,
         /// why the null metrics are null
@@ -188,20 +201,17 @@ pub(super) fn cell(row: &Row, k: &str) -> String {
     }
 }
 
-/// A cell with its 95 % interval when the row has one (`score`, `q_ret_pct`, `ipw`).
+/// A cell with its 95 % interval when the row has one (`score`, `q_ret_pct`, `ipw`, `rho_sys`,
+/// `c_tax`, `n_break`).
 pub(super) fn cell_ci(row: &Row, k: &str) -> String {
     let base = k.trim_end_matches("_pct");
-    let lo = row.get(&format!("{base}_ci_lo")).and_then(|v| v.as_f64());
-    let hi = row.get(&format!("{base}_ci_hi")).and_then(|v| v.as_f64());
+    let (lo, hi) = (format!("{base}_ci_lo"), format!("{base}_ci_hi"));
+    let known = |k: &str| row.get(k).is_some_and(|v| !v.is_null());
     let v = cell(row, k);
-    match (lo, hi) {
-        (Some(lo), Some(hi)) if v != "null" => {
-            let mut r = Row::new();
-            r.insert("lo".into(), serde_json::json!(lo));
-            r.insert("hi".into(), serde_json::json!(hi));
-            format!("{v} [{}, {}]", cell(&r, "lo"), cell(&r, "hi"))
-        }
-        _ => v,
+    if known(&lo) && known(&hi) && v != "null" {
+        format!("{v} [{}, {}]", cell(row, &lo), cell(row, &hi))
+    } else {
+        v
     }
 }
 

@@ -42,7 +42,8 @@ impl Metric {
             null_reason: None,
         }
     }
-    fn with_interval(mut self, ci: Option<(f64, f64)>) -> Metric {
+    /// The metric with a 95 % interval (none: as it is).
+    pub fn with_interval(mut self, ci: Option<(f64, f64)>) -> Metric {
         if let Some((lo, hi)) = ci {
             self.lo = Some(lo);
             self.hi = Some(hi);

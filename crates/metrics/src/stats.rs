@@ -51,7 +51,13 @@ pub fn percentile(xs: &[f64], p: f64) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let rank = p / 100.0 * (v.len() - 1) as f64;
     let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
-    Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
+    let frac = rank - lo as f64;
+    // Equal neighbours (infinite ones included: ∞ − ∞ is NaN) need no interpolation.
+    Some(if frac == 0.0 || v[lo] == v[hi] {
+        v[lo]
+    } else {
+        v[lo] + (v[hi] - v[lo]) * frac
+    })
 }
 
 pub fn median(xs: &[f64]) -> Option<f64> {
@@ -70,6 +76,38 @@ pub fn bootstrap(n: usize, stat: impl Fn(&[usize]) -> Option<f64>) -> Option<(f6
     for _ in 0..BOOTSTRAP_RESAMPLES {
         idx.iter_mut().for_each(|i| *i = rng.below(n));
         if let Some(v) = stat(&idx).filter(|v| v.is_finite()) {
+            values.push(v);
+        }
+    }
+    if values.len() < BOOTSTRAP_RESAMPLES / 2 {
+        return None;
+    }
+    Some((percentile(&values, 2.5)?, percentile(&values, 97.5)?))
+}
+
+/// 95 % percentile-bootstrap interval of `stat` applied to the medians of independent resamples
+/// of each group's repetitions (separate measurements: serving windows, cold loads; the
+/// summaries the point estimates use are medians). A group of one value stays fixed; there is
+/// no interval unless some group has two or more. Infinite statistics are kept (a break-even
+/// that never comes), undefined ones (None, NaN) dropped; if most are, there is no interval.
+pub fn repetitions_interval(
+    groups: &[&[f64]],
+    stat: impl Fn(&[f64]) -> Option<f64>,
+) -> Option<(f64, f64)> {
+    if groups.iter().any(|g| g.is_empty()) || groups.iter().all(|g| g.len() < 2) {
+        return None;
+    }
+    let mut rng = Rng(BOOTSTRAP_SEED);
+    let mut values = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let mut resample = vec![];
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        let mut medians = Vec::with_capacity(groups.len());
+        for g in groups {
+            resample.clear();
+            resample.extend((0..g.len()).map(|_| g[rng.below(g.len())]));
+            medians.push(median(&resample)?);
+        }
+        if let Some(v) = stat(&medians).filter(|v| !v.is_nan()) {
             values.push(v);
         }
     }
@@ -129,6 +167,30 @@ mod tests {
         // Constant data: a degenerate interval at the value.
         assert_eq!(mean_interval(&[0.5; 10]), Some((0.5, 0.5)));
         assert_eq!(mean_interval(&[0.5]), None);
+    }
+
+    #[test]
+    fn repetition_intervals_resample_each_measurement_apart() {
+        let ratio = |m: &[f64]| Some(m[0] / m[1]);
+        // Three windows and three loads: the interval spans what their medians can give.
+        let (lo, hi) =
+            repetitions_interval(&[&[9.0, 10.0, 12.0], &[2.0, 2.0, 2.5]], ratio).unwrap();
+        assert!(lo <= 10.0 / 2.0 && 10.0 / 2.0 <= hi, "[{lo}, {hi}]");
+        assert!(lo >= 9.0 / 2.5 && hi <= 12.0 / 2.0, "[{lo}, {hi}]");
+        // One value per group: nothing to resample.
+        assert_eq!(repetitions_interval(&[&[3.0], &[1.0]], ratio), None);
+        assert_eq!(repetitions_interval(&[&[3.0, 4.0], &[]], ratio), None);
+        // A group of one stays fixed while the other varies.
+        let (lo, hi) = repetitions_interval(&[&[4.0, 6.0], &[2.0]], ratio).unwrap();
+        assert_eq!((lo, hi), (2.0, 3.0));
+        // An infinite statistic (never breaking even) is kept, and an interval can end there.
+        let never = |m: &[f64]| Some(if m[0] > 1.0 { f64::INFINITY } else { m[0] });
+        let (lo, hi) = repetitions_interval(&[&[0.5, 2.0]], never).unwrap();
+        assert_eq!((lo, hi), (0.5, f64::INFINITY));
+        assert_eq!(
+            percentile(&[1.0, f64::INFINITY, f64::INFINITY], 90.0),
+            Some(f64::INFINITY)
+        );
     }
 
     #[test]
