@@ -4,7 +4,7 @@
 //! interrupted evaluation resumes where it stopped.
 
 use engine::table::read_rows;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -177,9 +177,22 @@ for q in [f16, q8_0] {
             let (lo, hi) = (ci("lo"), ci("hi"));
             assert!(lo <= v && v <= hi && lo < hi, "{k}: {v} [{lo}, {hi}]");
         }
-        let sources = m["energy_sources"].as_str().unwrap();
-        assert!(sources.contains("measure=estimated"), "{sources}");
-        assert!(sources.contains("quantize=estimated"), "{sources}");
+        // How each stage behind the row had its energy, by stage id: the variant's quantize,
+        // its cold load and its measure.
+        let sources = m["energy_sources"].as_object().unwrap();
+        let variant = m["variant"].as_str().unwrap();
+        assert_eq!(
+            sources.get(variant),
+            Some(&json!("estimated")),
+            "{sources:?}"
+        );
+        for kind in ["measure", "cold_load"] {
+            let of_kind = sources.iter().filter(|(id, _)| id.starts_with(kind));
+            assert!(
+                of_kind.map(|(_, s)| s.as_str()).eq([Some("estimated")]),
+                "{sources:?}"
+            );
+        }
     }
     pyarrow_reads(&dir.path().join("out"));
     let page = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
@@ -315,11 +328,11 @@ measure(v, qa, repeats = 1, requests = 1, warmup = 0, min_window = 0 s)"#;
     }
     // Throughput and memory are still measured, so density is not null.
     assert!(m["rho_sys"].as_f64().unwrap() > 0.0);
-    let reasons = m["null_reasons"].as_str().unwrap();
-    assert!(
-        reasons.contains("ipw") && reasons.contains("cpu_power"),
-        "{reasons}"
-    );
+    // By metric: what was not measured, and what to declare.
+    let reasons = m["null_reasons"].as_object().unwrap();
+    assert!(reasons["ipw"].is_string(), "{reasons:?}");
+    let why = reasons["n_break"].as_str().unwrap();
+    assert!(why.contains("cpu_power"), "{reasons:?}");
 
     // Declaring the watts afterwards reruns nothing: the estimate was measured per declared
     // watt, and the tables are written at 10 W, then at 20 W — every joule and watt doubled.

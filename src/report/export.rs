@@ -67,7 +67,7 @@ mod tests {
         r.insert("score_ci_hi".into(), json!(0.75));
         r.insert(
             "null_reasons".into(),
-            json!("ipw: energy per request is null"),
+            json!({"ipw": "energy per request is null"}),
         );
         let text = csv(std::slice::from_ref(&r));
         let mut lines = text.lines();

@@ -197,21 +197,20 @@ pub fn html(title: &str, rows: &[Row], metrics: &[String]) -> String {
     let notes: String = rows
         .iter()
         .filter_map(|r| {
+            r.get("null_reasons").filter(|v| !v.is_null())?;
             Some(format!(
                 "<li><b>{} [{}]</b>: {}</li>",
                 esc(&cell(r, "variant")),
                 esc(&cell(r, "task")),
-                esc(r.get("null_reasons")?.as_str()?)
+                esc(&cell(r, "null_reasons"))
             ))
         })
         .collect();
+    // How the energy figures were obtained, over every stage of every row.
     let sources: std::collections::BTreeSet<String> = rows
         .iter()
-        .filter_map(|r| {
-            r.get("energy_sources")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        })
+        .filter_map(|r| r.get("energy_sources").and_then(|v| v.as_object()))
+        .flat_map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)))
         .collect();
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>{t0} — edge-eval report</title>

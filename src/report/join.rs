@@ -49,7 +49,8 @@ struct Lineage {
     quantized_from: Option<NodeIdx>,
     train_j: Option<f64>,
     train_why: Option<String>,
-    sources: Vec<String>,
+    /// How the energy of each stage of the lineage was obtained, by stage id.
+    sources: BTreeMap<String, String>,
 }
 
 fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
@@ -60,7 +61,7 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
         quantized_from: None,
         train_j: Some(0.0),
         train_why: None,
-        sources: vec![],
+        sources: BTreeMap::new(),
     };
     for _ in 0..64 {
         let node = &p.nodes[i];
@@ -97,7 +98,7 @@ fn lineage(p: &Pipeline, report: &RunReport, mut i: NodeIdx) -> Lineage {
                     _ => {}
                 }
                 if let Some(s) = energy.and_then(|e| e.energy_source.as_deref()) {
-                    l.sources.push(format!("{}={s}", node.kind()));
+                    l.sources.insert(node.id.clone(), s.to_string());
                 }
                 match node_ref(p, i, "model") {
                     Some(up) => i = up,
@@ -238,8 +239,8 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         let eval: Option<Vec<EvaluateRow>> = eval_node.and_then(|i| rows_of(p, report, i));
         let eval = eval.as_deref();
         let eval_sum = eval.and_then(|r| summary_of(r, |r| &r.row).next());
-        let meas: Option<Vec<MeasureRow>> =
-            uses(p, MEASURE, m, Some(t)).and_then(|i| rows_of(p, report, i));
+        let meas_node = uses(p, MEASURE, m, Some(t));
+        let meas: Option<Vec<MeasureRow>> = meas_node.and_then(|i| rows_of(p, report, i));
         // The smallest batch measured: single-stream serving, the paper's setting.
         let meas_sum = meas
             .as_deref()
@@ -248,8 +249,8 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             // Nothing measured or scored for this pair in this run (failed or interrupted).
             continue;
         }
-        let loads: Option<Vec<ColdLoadRow>> =
-            uses(p, COLD_LOAD, m, None).and_then(|i| rows_of(p, report, i));
+        let cold_node = uses(p, COLD_LOAD, m, None);
+        let loads: Option<Vec<ColdLoadRow>> = cold_node.and_then(|i| rows_of(p, report, i));
         let cold = loads
             .as_deref()
             .and_then(|r| summary_of(r, |r| &r.row).next());
@@ -345,15 +346,15 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         };
         let mut sources = lin.sources.clone();
         let measured = [
-            (MEASURE, meas_sum.map(|s| &s.energy)),
-            (COLD_LOAD, cold.map(|c| &c.energy)),
+            (meas_node, meas_sum.map(|s| &s.energy)),
+            (cold_node, cold.map(|c| &c.energy)),
         ];
-        for (name, energy) in measured {
-            if let Some(s) = energy.and_then(|e| e.energy_source.as_deref()) {
-                sources.push(format!("{name}={s}"));
+        for (node, energy) in measured {
+            if let (Some(i), Some(s)) = (node, energy.and_then(|e| e.energy_source.as_deref())) {
+                sources.insert(p.nodes[i].id.clone(), s.to_string());
             }
         }
-        let reasons: Vec<String> = [
+        let reasons: BTreeMap<String, String> = [
             ("q_ret_pct", &qr),
             ("ipw", &ip),
             ("rho_sys", &rho),
@@ -361,7 +362,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             ("n_break", &nb),
         ]
         .iter()
-        .filter_map(|(name, m)| Some(format!("{name}: {}", m.null_reason.as_ref()?)))
+        .filter_map(|(name, m)| Some((name.to_string(), m.null_reason.clone()?)))
         .collect();
         let e = |cell: fn(&EvaluateRow) -> Option<f64>| eval_sum.and_then(cell);
         let row = MetricsRow {
@@ -415,8 +416,8 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             n_break: value(&nb),
             n_break_ci_lo: nb.lo.map(Extended),
             n_break_ci_hi: nb.hi.map(Extended),
-            energy_sources: sources.join(", "),
-            null_reasons: (!reasons.is_empty()).then(|| reasons.join("; ")),
+            energy_sources: sources,
+            null_reasons: (!reasons.is_empty()).then_some(reasons),
         };
         out.push(row);
     }

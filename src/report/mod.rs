@@ -123,10 +123,10 @@ engine::table_row! {
         n_break_ci_lo: Option<Extended>,
         /// 95 % interval of N_break, high (inf: some resamples never break even)
         n_break_ci_hi: Option<Extended>,
-        /// how each energy figure was obtained (stage=counter|sampled|rapl|estimated)
-        energy_sources: String,
-        /// why the null metrics are null
-        null_reasons: Option<String>,
+        /// how each energy figure was obtained, by stage: counter | sampled | rapl | estimated
+        energy_sources: BTreeMap<String, String>,
+        /// why the null metrics are null, by metric
+        null_reasons: Option<BTreeMap<String, String>>,
     }
 }
 
@@ -197,6 +197,12 @@ pub(super) fn cell(row: &Row, k: &str) -> String {
         Some(serde_json::Value::String(s)) if s == "inf" => "∞".into(),
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Bool(b)) => b.to_string(),
+        // A map column (null_reasons, energy_sources): `name: text; …`.
+        Some(serde_json::Value::Object(o)) => o
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("null")))
+            .collect::<Vec<_>>()
+            .join("; "),
         _ => "null".into(),
     }
 }
@@ -252,12 +258,12 @@ mod tests {
         r.insert("n_break".into(), json!("inf"));
         r.insert(
             "null_reasons".into(),
-            json!("ipw: energy per request is null"),
+            json!({"ipw": "energy per request is null"}),
         );
         let t = terminal_table(&[r.clone()], &["n_break".into(), "ipw".into()]);
         assert!(t.contains("∞"), "{t}");
         assert!(t.contains("null"), "{t}");
-        assert!(t.contains("energy per request is null"), "{t}");
+        assert!(t.contains("ipw: energy per request is null"), "{t}");
         let page = html("quick<start>", &[r], &[]);
         assert!(page.contains("quick&lt;start&gt;"));
         assert!(page.contains("<svg") && !page.contains("<script"));

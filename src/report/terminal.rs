@@ -16,9 +16,10 @@ pub fn terminal_table(rows: &[Row], metrics: &[String]) -> String {
     let notes: Vec<String> = rows
         .iter()
         .filter_map(|r| {
-            r.get("null_reasons")
-                .and_then(|v| v.as_str())
-                .map(|why| format!("  {} [{}]: {why}", cell(r, "variant"), cell(r, "task")))
+            r.get("null_reasons").filter(|v| !v.is_null()).map(|_| {
+                let why = cell(r, "null_reasons");
+                format!("  {} [{}]: {why}", cell(r, "variant"), cell(r, "task"))
+            })
         })
         .collect();
     if !notes.is_empty() {

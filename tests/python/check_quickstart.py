@@ -32,7 +32,10 @@ for m in metrics:
         assert m[k] is not None and m[k] > 0, f"{where}: {k} = {m[k]} ({m['null_reasons']})"
     assert m["n_break"] is not None and (m["n_break"] >= 0 or math.isinf(m["n_break"])), where
     assert m["q_ret_pct"] is not None, where
-    assert "estimated" in m["energy_sources"], f"{where}: {m['energy_sources']}"
+    # A map column reads as (key, value) pairs: each stage behind the row, how its energy was had.
+    sources = dict(m["energy_sources"])
+    assert sources and set(sources.values()) == {"estimated"}, f"{where}: {sources}"
+    assert any(s.startswith("measure[") for s in sources), f"{where}: {sources}"
     if m["precision"] == "f16":
         assert m["q_ret_pct"] == 100.0, where
 

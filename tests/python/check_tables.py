@@ -13,7 +13,10 @@ EXPECTED = {
         "synthetic": pa.bool_(), "score": pa.float64(), "samples": pa.int64(),
         "q_ret_pct": pa.float64(), "kl_mean": pa.float64(), "ipw": pa.float64(),
         "rho_sys": pa.float64(), "c_tax": pa.float64(), "n_break": pa.float64(),
-        "memory_resident_bytes": pa.int64(), "energy_sources": pa.string(),
+        "memory_resident_bytes": pa.int64(),
+        "energy_sources": pa.map_(pa.string(), pa.string()),
+        "null_reasons": pa.map_(pa.string(), pa.string()),
+        "rho_sys_ci_lo": pa.float64(), "n_break_ci_hi": pa.float64(),
     },
     "measure": {
         "row": pa.string(), "batch": pa.int64(), "tokens_per_s": pa.float64(),
@@ -29,7 +32,10 @@ EXPECTED = {
         "output_tokens": pa.int64(), "variant": pa.string(), "precision": pa.string(),
         "task": pa.string(), "method": pa.string(), "device": pa.string(),
     },
-    "runs": {"stage_id": pa.string(), "started_at": pa.timestamp("us", tz="UTC")},
+    "runs": {
+        "stage_id": pa.string(), "started_at": pa.timestamp("us", tz="UTC"),
+        "hardware": pa.map_(pa.string(), pa.string()),
+    },
 }
 
 def main(results):
@@ -44,7 +50,13 @@ def main(results):
             assert b"edge_eval.pipeline" in (schema.metadata or {}), f"{table}: no schema metadata"
         for name, ty in columns.items():
             got = t.schema.field(name).type
-            assert got == ty, f"{table}.{name}: {got}, expected {ty}"
+            if pa.types.is_map(ty):
+                # Writers name a map's entry fields differently (keys/values, key/value).
+                same = pa.types.is_map(got) and (got.key_type, got.item_type) == (
+                    ty.key_type, ty.item_type)
+            else:
+                same = got == ty
+            assert same, f"{table}.{name}: {got}, expected {ty}"
         # Every column of every table says what it holds.
         for field in t.schema:
             doc = (field.metadata or {}).get(b"description", b"")

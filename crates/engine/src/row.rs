@@ -53,6 +53,10 @@ cell_types!(
     i64 => Int, u64 => Int, i32 => Int, u32 => Int, usize => Int,
 );
 
+impl CellType for std::collections::BTreeMap<String, String> {
+    const TYPE: ColType = ColType::Map;
+}
+
 /// Microseconds since the Unix epoch, UTC: a timestamp column.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]

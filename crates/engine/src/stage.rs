@@ -58,6 +58,9 @@ pub enum ColType {
     Bool,
     /// Microseconds since the epoch, UTC (a `Micros` field of a row struct).
     Time,
+    /// Names to texts (a `BTreeMap<String, String>` field; a JSON object of strings in a row):
+    /// Parquet's map of strings.
+    Map,
 }
 
 #[derive(Debug, Clone, Copy)]

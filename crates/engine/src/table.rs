@@ -9,9 +9,10 @@ use crate::row::{Micros, TableRow};
 use crate::stage::{ColType, Column, Registry, Row};
 use anyhow::{Context, Result};
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use lang::Pipeline;
 use parquet::arrow::ArrowWriter;
@@ -29,6 +30,11 @@ enum Builder {
     Float(Float64Builder),
     Bool(BooleanBuilder),
     Time(TimestampMicrosecondBuilder),
+    Map(Box<MapBuilder<StringBuilder, StringBuilder>>),
+}
+
+fn map_builder() -> MapBuilder<StringBuilder, StringBuilder> {
+    MapBuilder::new(None, StringBuilder::new(), StringBuilder::new())
 }
 
 /// A table assembled row by row from JSON-like cells, typed by its declared columns.
@@ -45,6 +51,8 @@ pub enum Ty {
     Bool,
     /// Microseconds since the epoch, UTC.
     Time,
+    /// Strings to strings.
+    Map,
 }
 
 impl From<ColType> for Ty {
@@ -55,6 +63,7 @@ impl From<ColType> for Ty {
             ColType::Float => Ty::Float,
             ColType::Bool => Ty::Bool,
             ColType::Time => Ty::Time,
+            ColType::Map => Ty::Map,
         }
     }
 }
@@ -92,6 +101,11 @@ impl Table {
                     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                     Builder::Time(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
                 ),
+                // The type exactly as the builder makes it (its entry fields' names, nullability).
+                Ty::Map => (
+                    map_builder().finish().data_type().clone(),
+                    Builder::Map(Box::new(map_builder())),
+                ),
             };
             fields.push(Field::new(*name, dt, true));
             builders.push(b);
@@ -121,6 +135,7 @@ impl Table {
                 (Builder::Float(_), J::Number(_)) => true,
                 (Builder::Float(_), J::String(s)) => float_word(s).is_some(),
                 (Builder::Bool(_), J::Bool(_)) => true,
+                (Builder::Map(_), J::Object(o)) => o.values().all(J::is_string),
                 _ => false,
             };
             anyhow::ensure!(
@@ -140,6 +155,15 @@ impl Table {
                     b.append_option(cell.as_f64().or_else(|| cell.as_str().and_then(float_word)))
                 }
                 Builder::Bool(b) => b.append_option(cell.as_bool()),
+                Builder::Map(b) => {
+                    if let Some(o) = cell.as_object() {
+                        for (k, v) in o {
+                            b.keys().append_value(k);
+                            b.values().append_option(v.as_str());
+                        }
+                    }
+                    b.append(cell.is_object())?;
+                }
             }
         }
         Ok(())
@@ -156,6 +180,7 @@ impl Table {
                     Builder::Float(b) => Arc::new(b.finish()),
                     Builder::Bool(b) => Arc::new(b.finish()),
                     Builder::Time(b) => Arc::new(b.finish()),
+                    Builder::Map(b) => Arc::new(b.finish()),
                 }
             })
             .collect();
@@ -258,8 +283,8 @@ crate::table_row! {
         computed_on: Option<String>,
         /// the edge-eval version that computed the result
         computed_by_version: Option<String>,
-        /// the hardware fingerprint in the key of a measuring stage
-        hardware: Option<String>,
+        /// the hardware in the key of a measuring stage, by part (cpu, threads; gpuN, driver)
+        hardware: Option<BTreeMap<String, String>>,
     }
 }
 
@@ -286,7 +311,7 @@ fn outcome_row(p: &Pipeline, stages: &Registry, i: usize, o: &Outcome) -> RunRow
         hardware: m
             .and_then(|m| m.components.get("hardware"))
             .and_then(|h| h.as_str())
-            .map(str::to_string),
+            .map(meter::hw::fingerprint_parts),
     }
 }
 
@@ -324,12 +349,12 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
         .collect())
 }
 
-/// Reads a Parquet file back into JSON rows (string, integer, float, boolean and timestamp
-/// columns — timestamps as microseconds; infinities as "inf"), e.g. `metrics.parquet` for
-/// `edge-eval report`. Columns of other types read as null.
+/// Reads a Parquet file back into JSON rows (string, integer, float, boolean, timestamp and
+/// string-map columns — timestamps as microseconds, maps as objects; infinities as "inf"), e.g.
+/// `metrics.parquet` for `edge-eval report`. Columns of other types read as null.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
     use arrow_array::{
-        Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+        BooleanArray, Float64Array, Int64Array, MapArray, StringArray, TimestampMicrosecondArray,
     };
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file =
@@ -362,6 +387,23 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>> {
                     serde_json::json!(a.value(r))
                 } else if let Some(a) = col.as_any().downcast_ref::<TimestampMicrosecondArray>() {
                     serde_json::json!(a.value(r))
+                } else if let Some(a) = col.as_any().downcast_ref::<MapArray>() {
+                    let entries = a.value(r);
+                    let text = |i: usize| {
+                        entries
+                            .column(i)
+                            .as_any()
+                            .downcast_ref::<StringArray>()
+                            .map(|s| (0..s.len()).map(|j| s.is_valid(j).then(|| s.value(j))))
+                    };
+                    match (text(0), text(1)) {
+                        (Some(keys), Some(values)) => serde_json::Value::Object(
+                            keys.zip(values)
+                                .filter_map(|(k, v)| Some((k?.to_string(), serde_json::json!(v))))
+                                .collect(),
+                        ),
+                        _ => serde_json::Value::Null,
+                    }
                 } else {
                     serde_json::Value::Null
                 };
@@ -527,5 +569,30 @@ mod tests {
         assert_eq!(rows[0]["t"], 17);
         assert_eq!(rows[1]["x"], 0.25);
         assert!(rows[1]["s"].is_null());
+    }
+
+    #[test]
+    fn string_maps_read_back_as_objects_and_null_stays_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Table::new(&[("why", Ty::Map), ("n", Ty::Int)]);
+        let row = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let reasons = serde_json::json!({"ipw": "energy is null", "c_tax": "no load"});
+        t.push(&row(serde_json::json!({"why": reasons, "n": 1})))
+            .unwrap();
+        t.push(&row(serde_json::json!({"n": 2}))).unwrap();
+        t.push(&row(serde_json::json!({"why": {}, "n": 3})))
+            .unwrap();
+        // A map of anything but texts is a stage bug, named.
+        let e = t
+            .push(&row(serde_json::json!({"why": {"ipw": 1}})))
+            .unwrap_err();
+        assert!(e.to_string().contains("column `why`"), "{e}");
+        let path = dir.path().join("m.parquet");
+        write_parquet(&path, &t.finish().unwrap(), &BTreeMap::new()).unwrap();
+        let rows = read_rows(&path).unwrap();
+        assert_eq!(rows[0]["why"], reasons);
+        assert!(rows[1]["why"].is_null());
+        assert_eq!(rows[2]["why"], serde_json::json!({}));
+        assert_eq!(rows[2]["n"], 3);
     }
 }

@@ -77,6 +77,19 @@ impl Hardware {
     }
 }
 
+/// The parts of a [`Hardware::fingerprint`] (`cpu`, `threads`; on a GPU `gpuN`, `driver`): its
+/// `name=value` pairs, `; `-separated (a part without `=` is kept under its position).
+pub fn fingerprint_parts(fingerprint: &str) -> std::collections::BTreeMap<String, String> {
+    fingerprint
+        .split("; ")
+        .enumerate()
+        .map(|(i, part)| match part.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (format!("part{i}"), part.to_string()),
+        })
+        .collect()
+}
+
 /// The driver's (NVML's, /proc's) index of the GPU that CUDA calls `cuda(i)` in this process:
 /// CUDA numbers only the devices `CUDA_VISIBLE_DEVICES` lists (as a Slurm job's allocation sets
 /// it), NVML numbers them all. Without the variable, or with entries that are not indices
@@ -102,6 +115,29 @@ fn cuda_visible_devices_maps_cuda_indices_to_driver_indices() {
     assert_eq!(visible_gpus(Some("GPU-8f3a…")), None);
     assert_eq!(visible_gpus(Some("")), None);
     assert_eq!(visible_gpus(None), None);
+}
+
+#[cfg(test)]
+#[test]
+fn a_fingerprint_reads_back_as_its_parts() {
+    let hw = Hardware {
+        cpu_model: "AMD EPYC 7B13".into(),
+        threads: 2,
+        gpus: vec![("NVIDIA H200".into(), "580.1".into())],
+    };
+    let parts = |d| fingerprint_parts(&hw.fingerprint(d));
+    let cpu = parts(Device::Cpu);
+    assert_eq!(cpu.len(), 2);
+    assert_eq!(
+        (cpu["cpu"].as_str(), cpu["threads"].as_str()),
+        ("AMD EPYC 7B13", "2")
+    );
+    let gpu = parts(Device::Cuda(0));
+    assert_eq!(
+        (gpu["gpu0"].as_str(), gpu["driver"].as_str()),
+        ("NVIDIA H200", "580.1")
+    );
+    assert_eq!(gpu["cpu"], "AMD EPYC 7B13");
 }
 
 /// Number of CPU threads available to this process.
