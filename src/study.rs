@@ -9,11 +9,16 @@ use meter::hw::Hardware;
 use spec::Value;
 use std::path::{Path, PathBuf};
 
-/// What a run produced: the per-stage report, the files written, and the metrics rows.
+/// `report { compare = … }`: the EDGE-EVAL paper's Tesla T4 study.
+pub const PAPER: &str = "edge_eval_paper";
+
+/// What a run produced: the per-stage report, the files written, the metrics rows, and with
+/// `report { compare = edge_eval_paper }` each of them beside the paper's.
 pub struct StudyRun {
     pub report: exec::RunReport,
     pub tables: Vec<PathBuf>,
     pub metrics: Vec<Row>,
+    pub beside: Vec<crate::report::beside::BesideRow>,
 }
 
 /// Runs a pipeline (history recorded), then writes its run tables and its metrics into a run
@@ -33,10 +38,15 @@ pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) ->
         &labels,
     )?;
     // As rows: the views show any table's rows, `edge-eval report` those read back from Parquet.
-    let metrics: Vec<Row> = crate::report::compute(pipeline, &report)
-        .iter()
-        .map(engine::row::TableRow::to_row)
-        .collect();
+    let computed = crate::report::compute(pipeline, &report);
+    let metrics: Vec<Row> = computed.iter().map(engine::row::TableRow::to_row).collect();
+    let beside = match pipeline.setting("report.compare").and_then(Value::as_str) {
+        Some(PAPER) => {
+            let paper = crate::paper::Paper::embedded()?;
+            crate::report::beside::beside(pipeline, &computed, &paper)?
+        }
+        _ => vec![],
+    };
     if !metrics.is_empty() {
         let meta = engine::table::run_metadata(pipeline, &fingerprint);
         tables.extend(crate::report::write(
@@ -45,6 +55,7 @@ pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) ->
             &metrics,
             &report_metrics(pipeline),
             &meta,
+            &beside,
         )?);
     }
     crate::results::publish(&results, &run_dir)?;
@@ -52,6 +63,7 @@ pub fn run_and_report(pipeline: &Pipeline, cache_dir: &Path, s: &RunSettings) ->
         report,
         tables,
         metrics,
+        beside,
     })
 }
 

@@ -584,43 +584,14 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Reads a Parquet table into JSON-like rows (strings, integers, floats, timestamps as µs).
+/// Reads a Parquet table into JSON-like rows (as `engine::table::read_rows` reads them:
+/// timestamps as µs, maps as objects).
 fn read_table(path: &Path) -> Vec<BTreeMap<String, Value>> {
-    use arrow_array::{
-        Array, BooleanArray, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
-    };
-    let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    engine::table::read_rows(path)
         .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = vec![];
-    for batch in reader {
-        let batch = batch.unwrap();
-        for i in 0..batch.num_rows() {
-            let mut row = BTreeMap::new();
-            for (f, col) in batch.schema().fields().iter().zip(batch.columns()) {
-                let v = if col.is_null(i) {
-                    Value::Null
-                } else if let Some(a) = col.as_any().downcast_ref::<StringArray>() {
-                    Value::from(a.value(i))
-                } else if let Some(a) = col.as_any().downcast_ref::<Int64Array>() {
-                    Value::from(a.value(i))
-                } else if let Some(a) = col.as_any().downcast_ref::<Float64Array>() {
-                    Value::from(a.value(i))
-                } else if let Some(a) = col.as_any().downcast_ref::<BooleanArray>() {
-                    Value::from(a.value(i))
-                } else if let Some(a) = col.as_any().downcast_ref::<TimestampMicrosecondArray>() {
-                    Value::from(a.value(i))
-                } else {
-                    panic!("unexpected column type {}", f.data_type())
-                };
-                row.insert(f.name().clone(), v);
-            }
-            rows.push(row);
-        }
-    }
-    rows
+        .into_iter()
+        .map(|r| r.into_iter().collect())
+        .collect()
 }
 
 /// The object files the cached result of stage `id` names (from its manifest).

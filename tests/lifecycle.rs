@@ -74,7 +74,8 @@ for q in [f16, q8_0] {
   cold_load(v[q], repeats = 2)
   evaluate(v[q], qa, samples = 4, reference = v[f16])
   measure(v[q], qa, batch = [1, 2], repeats = 2, requests = 2, warmup = 1, min_window = 1 s)
-}"#;
+}
+report { compare = edge_eval_paper }"#;
     std::fs::write(dir.path().join("p.eep"), pipeline(&model, ECONOMICS, body)).unwrap();
     let out = run(dir.path(), &["run", "p.eep"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -194,9 +195,58 @@ for q in [f16, q8_0] {
             );
         }
     }
+    // Beside the paper: SmolLM2-135M is no Llama or Qwen, so by shape the paper's smallest, and
+    // its base model beside the paper's LoRA ones.
+    assert!(stdout.contains("beside the EDGE-EVAL paper"), "{stdout}");
+    let beside = rows(dir.path(), "paper");
+    assert_eq!(beside.len(), metrics.len());
+    for b in &beside {
+        let precision = if b["variant"] == "v[f16]" {
+            "FP16"
+        } else {
+            "INT8"
+        };
+        assert_eq!(b["paper_variant"], format!("Llama-1B LoRA rag {precision}"));
+        let how = b["matched_by"].as_str().unwrap();
+        assert!(
+            how.starts_with("by shape: Llama 1B") && how.contains("base beside LoRA"),
+            "{how}"
+        );
+        assert!(b["paper_ipw"].as_f64().unwrap() > 0.0, "{b:?}");
+        assert_eq!(
+            b["ipw"],
+            by(&metrics, "variant", b["variant"].as_str().unwrap())[0]["ipw"]
+        );
+    }
     pyarrow_reads(&dir.path().join("out"));
     let page = std::fs::read_to_string(dir.path().join("out/report.html")).unwrap();
     assert!(page.contains("<svg") && page.contains("v[q8_0]"));
+    // As a browser renders it: no script or console error, and every part of the page there.
+    if let Some((dom, log)) = rendered(&dir.path().join("out/report.html")) {
+        for bad in ["Uncaught", ":CONSOLE", "SyntaxError"] {
+            assert!(!log.contains(bad), "the browser logged {bad}: {log}");
+        }
+        assert_eq!(
+            dom.matches("<svg").count(),
+            3,
+            "two frontiers and throughput by batch"
+        );
+        for part in [
+            r#"<dl class="run">"#,
+            r#"id="estimated""#,
+            r#"id="frontier-energy""#,
+            r#"id="frontier-density""#,
+            r#"id="throughput""#,
+            r#"class="serving""#,
+            r#"class="metrics""#,
+            r#"class="ci""#,
+            r#"class="paper""#,
+            "v[q8_0]",
+            "Llama-1B LoRA rag INT8",
+        ] {
+            assert!(dom.contains(part), "{part} is not on the page");
+        }
+    }
 
     // A second run computes nothing and rewrites the same metrics.
     let t = Instant::now();
@@ -255,6 +305,45 @@ for q in [f16, q8_0] {
 
 /// The tables read back with pyarrow with the expected column types (`tests/python`). CI installs
 /// pyarrow; locally the check is skipped with a notice when it is missing.
+/// The DOM of an HTML page after headless Chromium loaded it, and what the browser logged; None
+/// (skipped with a notice) where no Chromium is installed — under CI it must be
+/// (`.ci/run` installs Debian's `chromium`).
+fn rendered(page: &Path) -> Option<(String, String)> {
+    let browser = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(browser) = browser else {
+        assert!(std::env::var_os("CI").is_none(), "CI must install chromium");
+        eprintln!("skipping the browser check: no chromium installed");
+        return None;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.canonicalize().unwrap().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 fn pyarrow_reads(results: &Path) {
     let has = Command::new("python3")
         .args(["-c", "import pyarrow"])

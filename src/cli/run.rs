@@ -28,12 +28,7 @@ pub(super) fn report_cmd(dir: &Path, metrics: &[String], format: &str) -> Result
         return Ok(0);
     }
     print!("{}", crate::report::terminal_table(&rows, metrics));
-    let page = dir.join("report.html");
-    engine::cache::write_atomic_via(
-        &dir.join(".report.html.tmp"),
-        &page,
-        crate::report::html(&title, &rows, metrics).as_bytes(),
-    )?;
+    let page = crate::report::write_page(dir, &title, metrics)?;
     eprintln!("wrote {}", page.display());
     Ok(0)
 }
@@ -103,6 +98,7 @@ pub fn run(
         report,
         tables,
         metrics,
+        beside,
     } = crate::study::run_and_report(pipeline, cache_dir, settings)?;
     let count = |s: Status| {
         report
@@ -170,8 +166,11 @@ pub fn run(
             eprintln!("  wrote {}", t.display());
         }
         if !metrics.is_empty() {
-            let table =
+            let mut table =
                 crate::report::terminal_table(&metrics, &crate::study::report_metrics(pipeline));
+            if !beside.is_empty() {
+                table += &format!("\n{}", crate::report::beside::terminal(&beside));
+            }
             if let Err(e) = print_out(&format!("\n{table}")) {
                 return unprinted(e);
             }

@@ -90,6 +90,17 @@ pub struct Row {
     pub value: f64,
 }
 
+/// The variant of row `i` of a published metric table (its Family … Quantization columns).
+fn published_variant(t: &Table, i: usize) -> Result<Variant> {
+    Ok(Variant {
+        family: t.str(i, "Family")?.into(),
+        size: t.str(i, "Size")?.into(),
+        method: t.str(i, "Method")?.into(),
+        task: t.str(i, "Task")?.into(),
+        quantization: t.str(i, "Quantization")?.into(),
+    })
+}
+
 /// The paper's files, read.
 pub struct Paper {
     tables: BTreeMap<String, Table>,
@@ -341,13 +352,7 @@ impl Paper {
         let mut rows = (0..t.rows.len())
             .map(|i| {
                 Ok(Row {
-                    variant: Variant {
-                        family: t.str(i, "Family")?.into(),
-                        size: t.str(i, "Size")?.into(),
-                        method: t.str(i, "Method")?.into(),
-                        task: t.str(i, "Task")?.into(),
-                        quantization: t.str(i, "Quantization")?.into(),
-                    },
+                    variant: published_variant(t, i)?,
                     model: t.str(i, "Model_Name")?.into(),
                     value: t.num(i, column)?,
                 })
@@ -355,6 +360,21 @@ impl Paper {
             .collect::<Result<Vec<_>>>()?;
         rows.sort_by(|a, b| a.variant.cmp(&b.variant));
         Ok(rows)
+    }
+
+    /// Per variant, the normalised score (0–1) and the energy per request (J) that its IPW
+    /// divides (`ipw.csv`): where it stands on a score-vs-energy frontier.
+    pub fn score_and_energy(&self) -> Result<BTreeMap<Variant, (f64, f64)>> {
+        let t = self.table("ipw.csv");
+        (0..t.rows.len())
+            .map(|i| {
+                let at = (
+                    t.num(i, "Normalized_Score_0_1")?,
+                    t.num(i, "Energy_per_Req_J")?,
+                );
+                Ok((published_variant(t, i)?, at))
+            })
+            .collect()
     }
 
     /// How a recomputed metric table compares with the published one.

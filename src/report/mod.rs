@@ -7,15 +7,17 @@
 //! source) gives the identifying columns and the energy spent producing it; its baseline is the
 //! `quantize` of the same upstream model at the `report { baseline = ... }` precision.
 //!
-//! [`join`] makes the rows, [`terminal`] prints them, [`html`] draws the page.
+//! [`join`] makes the rows, [`terminal`] prints them, [`html`] draws the page; with
+//! `report { compare = edge_eval_paper }`, [`beside`] sets each row beside the paper's.
 
+pub mod beside;
 pub mod compare;
 pub mod export;
 mod html;
 mod join;
 mod terminal;
 
-pub use html::{html, pareto};
+pub use html::{Page, html, pareto, ticks};
 pub use join::{LABEL_COLUMNS, compute, labels};
 pub use terminal::terminal_table;
 
@@ -130,13 +132,15 @@ engine::table_row! {
     }
 }
 
-/// Writes `metrics.parquet` and `report.html` into `dir`; returns their paths.
+/// Writes `metrics.parquet`, with `paper` rows `paper.parquet`, and `report.html` into `dir`
+/// (the run's folder, its stage tables already there); returns their paths.
 pub fn write(
     dir: &std::path::Path,
     title: &str,
     rows: &[Row],
     metrics: &[String],
     meta: &BTreeMap<String, String>,
+    paper: &[beside::BesideRow],
 ) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut t = engine::table::Table::of(&MetricsRow::columns());
     for r in rows {
@@ -144,13 +148,42 @@ pub fn write(
     }
     let pq = dir.join("metrics.parquet");
     engine::table::write_parquet(&pq, &t.finish()?, meta)?;
-    let page = dir.join("report.html");
-    engine::cache::write_atomic_via(
-        &dir.join(".report.html.tmp"),
-        &page,
-        html(title, rows, metrics).as_bytes(),
-    )?;
-    Ok(vec![pq, page])
+    let mut written = vec![pq];
+    if !paper.is_empty() {
+        written.push(beside::write(dir, paper, meta)?);
+    }
+    written.push(write_page(dir, title, metrics)?);
+    Ok(written)
+}
+
+/// (Re)writes `report.html` of a run's folder from the tables in it (metrics.parquet, and
+/// measure.parquet and paper.parquet where the run has them).
+pub fn write_page(
+    dir: &std::path::Path,
+    title: &str,
+    metrics: &[String],
+) -> anyhow::Result<std::path::PathBuf> {
+    let table = |name: &str| -> anyhow::Result<Vec<Row>> {
+        let path = dir.join(name);
+        match path.is_file() {
+            true => engine::table::read_rows(&path),
+            false => Ok(vec![]),
+        }
+    };
+    let rows = table("metrics.parquet")?;
+    let meta = engine::table::read_metadata(&dir.join("metrics.parquet"))?;
+    let (serving, paper) = (table("measure.parquet")?, table("paper.parquet")?);
+    let page = Page {
+        title,
+        rows: &rows,
+        metrics,
+        meta: &meta,
+        serving: &serving,
+        paper: &paper,
+    };
+    let path = dir.join("report.html");
+    engine::cache::write_atomic_via(&dir.join(".report.html.tmp"), &path, html(&page).as_bytes())?;
+    Ok(path)
 }
 
 // ---------------------------------------------------------------- cells, as both views show them
@@ -264,7 +297,15 @@ mod tests {
         assert!(t.contains("∞"), "{t}");
         assert!(t.contains("null"), "{t}");
         assert!(t.contains("ipw: energy per request is null"), "{t}");
-        let page = html("quick<start>", &[r], &[]);
+        let meta = BTreeMap::new();
+        let page = html(&Page {
+            title: "quick<start>",
+            rows: &[r],
+            metrics: &[],
+            meta: &meta,
+            serving: &[],
+            paper: &[],
+        });
         assert!(page.contains("quick&lt;start&gt;"));
         assert!(page.contains("<svg") && !page.contains("<script"));
     }

@@ -328,6 +328,11 @@ pub fn run_metadata(p: &Pipeline, hardware: &str) -> BTreeMap<String, String> {
         env!("CARGO_PKG_VERSION").to_string(),
     );
     meta.insert("edge_eval.hardware".to_string(), hardware.to_string());
+    // When the run's tables were written: microseconds since the epoch, UTC.
+    meta.insert(
+        "edge_eval.written_at_us".to_string(),
+        crate::cache::now_us().to_string(),
+    );
     meta
 }
 

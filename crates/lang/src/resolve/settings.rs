@@ -93,6 +93,11 @@ pub fn block_schema(block: &str) -> Option<Vec<ParamSpec>> {
                 ]))),
                 "metrics reported",
             ),
+            ParamSpec::optional(
+                "compare",
+                Ty::Enum(&["edge_eval_paper"]),
+                "set each variant beside the EDGE-EVAL paper's Tesla T4 row that matches it (paper.parquet)",
+            ),
         ],
         _ => return None,
     })
