@@ -303,8 +303,6 @@ report { compare = edge_eval_paper }"#;
     assert!(String::from_utf8_lossy(&md.stdout).starts_with("| variant | task | score |"));
 }
 
-/// The tables read back with pyarrow with the expected column types (`tests/python`). CI installs
-/// pyarrow; locally the check is skipped with a notice when it is missing.
 /// The DOM of an HTML page after headless Chromium loaded it, and what the browser logged; None
 /// (skipped with a notice) where no Chromium is installed — under CI it must be
 /// (`.ci/run` installs Debian's `chromium`).
@@ -344,6 +342,8 @@ fn rendered(page: &Path) -> Option<(String, String)> {
     ))
 }
 
+/// The tables read back with pyarrow with the expected column types (`tests/python`). CI installs
+/// pyarrow; locally the check is skipped with a notice when it is missing.
 fn pyarrow_reads(results: &Path) {
     let has = Command::new("python3")
         .args(["-c", "import pyarrow"])

@@ -252,7 +252,13 @@ pub fn beside(
             ..Default::default()
         };
         match best_match(&variants, &subject(p, m)) {
-            Ok((v, how)) => {
+            Ok((v, mut how)) => {
+                if m.synthetic {
+                    how += "; random weights: valid for speed, energy and memory, not the score";
+                }
+                if m.precision == "source" {
+                    how += "; not quantized by this run: the source's precision taken as FP16";
+                }
                 let value = |metric: &str| values.get(&(v.clone(), metric)).copied().map(Extended);
                 row.paper_q_ret_pct = value("q_ret");
                 row.paper_ipw = value("ipw");

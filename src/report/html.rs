@@ -61,10 +61,16 @@ pub fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
     if log {
         let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
         let steps: &[f64] = if b - a <= 2 { &[1.0, 2.0, 5.0] } else { &[1.0] };
-        return (a..=b)
+        let t: Vec<f64> = (a..=b)
             .flat_map(|e| steps.iter().map(move |m| m * 10f64.powi(e)))
             .filter(|v| *v >= lo * 0.999 && *v <= hi * 1.001)
             .collect();
+        // Less than a decade with no 1, 2 or 5 inside (600–900): round numbers as on a linear
+        // axis.
+        if t.len() >= 2 {
+            return t;
+        }
+        return ticks(lo, hi, false);
     }
     let raw = (hi - lo) / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
@@ -170,7 +176,12 @@ fn scatter(points: &[Point], axes: &Axes, empty: &str) -> String {
         let (a, b) = ys
             .iter()
             .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
-        let pad = ((b - a) * 0.08).max(1e-9);
+        // One value (or all equal): a range around it, so the ticks are distinct.
+        let pad = if b > a {
+            (b - a) * 0.08
+        } else {
+            a.abs().max(1.0) * 0.1
+        };
         (a - pad, b + pad)
     });
     let (pw, ph) = (w - left - right, h - top - bottom);
@@ -408,16 +419,30 @@ fn frontier(page: &Page, x: &str, paper_x: &str, lower_is_better: bool, axes: &A
     )
 }
 
-/// Throughput (y) by batch size (x, log) of each variant: its measure summaries, a line each.
+/// Throughput (y) by batch size (x, log) of each variant × task: its measure summaries, a line
+/// each (named by the variant alone where it served one task).
 fn throughput_by_batch(serving: &[Row]) -> String {
+    let tasks_of = |variant: &str| {
+        let mut tasks: Vec<String> = serving
+            .iter()
+            .filter(|r| cell(r, "variant") == variant)
+            .map(|r| cell(r, "task"))
+            .collect();
+        tasks.sort();
+        tasks.dedup();
+        tasks.len()
+    };
     let points: Vec<Point> = serving
         .iter()
         .filter(|r| r.get("row").and_then(|v| v.as_str()) == Some("summary"))
         .filter_map(|r| {
             Some(Point {
-                // One line per variant (its id names the task); the legend names the lines.
+                // One line per variant × task; the legend names the lines.
                 label: String::new(),
-                group: cell(r, "variant"),
+                group: match tasks_of(&cell(r, "variant")) {
+                    1 => cell(r, "variant"),
+                    _ => format!("{} [{}]", cell(r, "variant"), cell(r, "task")),
+                },
                 x: num(r, "batch")?,
                 y: num(r, "tokens_per_s")?,
                 x_ci: None,
@@ -510,10 +535,24 @@ pub fn html(page: &Page) -> String {
         .filter_map(|r| r.get("energy_sources").and_then(|v| v.as_object()))
         .flat_map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)))
         .collect();
-    let banner = if sources.contains("estimated") {
-        r#"<p class="banner" id="estimated">Energy here is <b>estimated</b>, not measured: the declared <code>cpu_power</code> × the CPU time the work used (no energy counter was readable). IPW, C_tax and N_break rest on it: compare these variants with each other, not with figures from a meter.</p>"#
+    // Which stages' energy is an estimate (metrics.parquet's energy_sources, by stage id).
+    let estimated: std::collections::BTreeSet<String> = page
+        .rows
+        .iter()
+        .filter_map(|r| r.get("energy_sources").and_then(|v| v.as_object()))
+        .flat_map(|m| {
+            m.iter()
+                .filter(|(_, s)| *s == "estimated")
+                .map(|(id, _)| id.clone())
+        })
+        .collect();
+    let banner = if estimated.is_empty() {
+        String::new()
     } else {
-        ""
+        format!(
+            r#"<p class="banner" id="estimated">Energy is <b>estimated</b>, not measured, for {}: the declared <code>cpu_power</code> × the CPU time the work used (no energy counter was readable). The metrics resting on those stages' energy compare variants with each other, not with figures from a meter.</p>"#,
+            esc(&estimated.into_iter().collect::<Vec<_>>().join(", "))
+        )
     };
     let meta = |k: &str| page.meta.get(&format!("edge_eval.{k}")).cloned();
     let written = meta("written_at_us")
@@ -613,6 +652,7 @@ mod tests {
         assert_eq!(ticks(0.013, 0.047, false), vec![0.02, 0.03, 0.04]);
         assert_eq!(ticks(8.0, 9000.0, true), vec![10.0, 100.0, 1000.0]);
         assert_eq!(ticks(11.0, 430.0, true), vec![20.0, 50.0, 100.0, 200.0]);
+        assert_eq!(ticks(600.0, 900.0, true), vec![600.0, 700.0, 800.0, 900.0]);
         assert_eq!(tick_text(0.2), "0.2");
         assert_eq!(tick_text(1000.0), "1000");
     }

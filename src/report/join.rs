@@ -314,11 +314,9 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
             .flatten()
             .filter(|r| r.row == "repeat")
             .collect();
-        let mem_reps = complete(
-            load_rows
-                .iter()
-                .map(|c| c.gpu_resident_bytes.or(c.resident_bytes).map(|b| b as f64)),
-        );
+        // The memory ρ_sys divides by stays the summary's: on a GPU it is the largest load's
+        // (later loads in one process add little), so its repetitions are no sample of it.
+        let memory: Vec<f64> = resident.map(|b| b as f64).into_iter().collect();
         let load_reps = complete(load_rows.iter().map(|c| c.energy.energy_j));
         let with_reps = |m: Metric, groups: &[&[f64]], f: &dyn Fn(&[f64]) -> Metric| match m.value {
             Some(_) => {
@@ -329,7 +327,7 @@ pub fn compute(p: &Pipeline, report: &RunReport) -> Vec<MetricsRow> {
         };
         let rho = with_reps(
             rho_sys(tps, resident.map(|b| b as f64)),
-            &[&tps_reps, &mem_reps],
+            &[&tps_reps, &memory],
             &|x| rho_sys(Some(x[0]), Some(x[1])),
         );
         let load = cold.and_then(|c| c.energy.energy_j);

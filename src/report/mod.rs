@@ -101,7 +101,8 @@ engine::table_row! {
         ipw_net: Option<f64>,
         /// system density ρ_sys: tokens/s per GB of resident model memory
         rho_sys: Option<Extended>,
-        /// 95 % interval of ρ_sys over the serving windows' and cold loads' repetitions, low
+        /// 95 % interval of ρ_sys over the serving windows' repetitions (the memory as
+        /// measured), low
         rho_sys_ci_lo: Option<f64>,
         /// 95 % interval of ρ_sys, high
         rho_sys_ci_hi: Option<f64>,

@@ -100,7 +100,7 @@ const RESUME_FILE: &str = "samples.jsonl";
 impl Stage for Evaluate {
     engine::stage_meta!(
         super::kind::EVALUATE,
-        4,
+        5,
         Role::Stage,
         Output::Record,
         "score a model on a task (and its fidelity against a reference model)"

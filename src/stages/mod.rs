@@ -296,7 +296,7 @@ pub fn open_meter(ctx: &StageCtx, scope: meter::Scope) -> meter::Metered {
 
 /// Whether a column holds joules or watts (its name ends `_j`, `_w`, or `_j_reps` for the
 /// per-repetition lists): an estimate's value there is per declared watt until presented.
-/// `tests/lifecycle.rs` checks that every metered table's J and W columns are so named.
+/// A unit test below checks that every metered table's J and W columns are so named.
 pub fn scales_with_power(column: &str) -> bool {
     column.ends_with("_j") || column.ends_with("_w") || column.ends_with("_j_reps")
 }
@@ -329,11 +329,13 @@ pub fn present_estimates(params: &BTreeMap<String, Value>, rows: &mut [Row]) {
                 }
             }
             None => {
+                // The meter's own words say why no counter measured (e.g. RAPL's error).
+                let why = match row.remove("meter") {
+                    Some(J::String(m)) => format!("{} — {m}", meter::NO_COUNTER_NO_POWER),
+                    _ => meter::NO_COUNTER_NO_POWER.to_string(),
+                };
                 row.insert("energy_source".into(), J::Null);
-                row.insert(
-                    "energy_null_reason".into(),
-                    meter::NO_COUNTER_NO_POWER.into(),
-                );
+                row.insert("energy_null_reason".into(), why.into());
             }
         }
     }

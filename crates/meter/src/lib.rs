@@ -136,6 +136,8 @@ pub struct Estimated {
     pub cores: usize,
     scope: Scope,
     start: f64,
+    /// Why no counter measures instead (in the description).
+    no_counter: String,
 }
 
 impl Estimated {
@@ -145,7 +147,14 @@ impl Estimated {
             cores: cores.max(1),
             scope,
             start: memory::cpu_seconds(scope)?,
+            no_counter: "no energy counter on this machine".into(),
         })
+    }
+
+    /// The estimate, saying why no counter was had (e.g. RAPL's error).
+    pub fn because(mut self, no_counter: String) -> Estimated {
+        self.no_counter = no_counter;
+        self
     }
 
     fn watts(&self) -> f64 {
@@ -173,8 +182,8 @@ impl Meter for Estimated {
             None => PER_DECLARED_WATT.to_string(),
         };
         format!(
-            "estimated: declared {watts} × {whose} CPU time / {} cores (no energy counter on this machine)",
-            self.cores
+            "estimated: declared {watts} × {whose} CPU time / {} cores ({})",
+            self.cores, self.no_counter
         )
     }
     fn joules(&mut self) -> Result<f64> {
@@ -362,13 +371,17 @@ pub fn open(
     scope: Scope,
     sample_interval: Duration,
 ) -> Result<Box<dyn Meter>, String> {
-    let estimated = || {
+    let estimated = |no_counter: Option<String>| {
         let watts = match cpu_power {
             CpuPower::Declared(w) => Some(w),
             CpuPower::PerWatt => None,
             CpuPower::Undeclared => return Err(NO_COUNTER_NO_POWER.to_string()),
         };
         Estimated::new(watts, cores, scope)
+            .map(|e| match no_counter {
+                Some(why) => e.because(why),
+                None => e,
+            })
             .map(|e| Box::new(e) as Box<dyn Meter>)
             .map_err(|e| format!("{e:#}"))
     };
@@ -386,10 +399,11 @@ pub fn open(
     match choice {
         "nvml" => Err("`meter = nvml` measures a GPU, but this stage runs on the CPU".into()),
         "rapl" => Rapl::open_system().map(|r| Box::new(r) as Box<dyn Meter>),
-        "estimated" => estimated(),
+        "estimated" => estimated(None),
         _ => match Rapl::open_system() {
             Ok(r) => Ok(Box::new(r)),
-            Err(rapl_why) => estimated().map_err(|e| format!("{e}; RAPL: {rapl_why}")),
+            Err(rapl_why) => estimated(Some(format!("no energy counter: RAPL: {rapl_why}")))
+                .map_err(|e| format!("{e}; RAPL: {rapl_why}")),
         },
     }
 }

@@ -116,6 +116,9 @@ pub fn generate_batch(
     Ok(generate_inner(model, Some(tok), prompts, &[], opts)?.0)
 }
 
+/// The most logits [`generate_batch_scoring`] holds for a batch's continuations at once.
+const SHARED_LOGITS: usize = 1 << 28;
+
 /// The logits over one continuation: one vector per token, the `i`-th predicting token `i`.
 pub type Scored = Vec<Vec<f32>>;
 
@@ -126,7 +129,8 @@ pub type Scored = Vec<Vec<f32>>;
 /// the prompts, so scoring a reference answer costs its own tokens only. The logits and the
 /// generations are those that separate passes give (each row's products do not depend on the
 /// positions after it). A batch whose longest prompt plus longest continuation would not fit
-/// the context scores each continuation in a pass of its own instead.
+/// the context, or whose logits would be too many to hold, scores each continuation in a pass
+/// of its own instead.
 pub fn generate_batch_scoring(
     model: &Llama,
     tok: &Tokenizer,
@@ -142,8 +146,13 @@ pub fn generate_batch_scoring(
     let fed = continuations
         .iter()
         .map(|c| c.len().saturating_sub(1))
-        .max();
-    if longest + fed.unwrap_or(0) <= model.cfg.context {
+        .max()
+        .unwrap_or(0);
+    // The batch's logits over the continuations, padded to the longest, are held at once: past
+    // SHARED_LOGITS values (1 GiB of f32: a 128k vocabulary × 4 rows × 500 tokens) each
+    // continuation gets a pass of its own instead.
+    let logits = prompts.len() * (fed + 1) * model.cfg.vocab;
+    if longest + fed <= model.cfg.context && logits <= SHARED_LOGITS {
         return generate_inner(model, Some(tok), prompts, continuations, opts);
     }
     let mut scored = vec![];
