@@ -536,22 +536,36 @@ pub fn html(page: &Page) -> String {
         .flat_map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)))
         .collect();
     // Which stages' energy is an estimate (metrics.parquet's energy_sources, by stage id).
-    let estimated: std::collections::BTreeSet<String> = page
+    let by_stage: BTreeMap<&str, &str> = page
         .rows
         .iter()
         .filter_map(|r| r.get("energy_sources").and_then(|v| v.as_object()))
         .flat_map(|m| {
             m.iter()
-                .filter(|(_, s)| *s == "estimated")
-                .map(|(id, _)| id.clone())
+                .filter_map(|(id, s)| Some((id.as_str(), s.as_str()?)))
         })
         .collect();
+    let estimated: Vec<&str> = by_stage
+        .iter()
+        .filter(|(_, s)| **s == "estimated")
+        .map(|(id, _)| *id)
+        .collect();
+    let which = match (estimated.len(), by_stage.len()) {
+        (e, all) if e == all => format!("all {all} stages behind these rows"),
+        (e, all) if e <= 6 => format!(
+            "{e} of the {all} stages behind these rows ({})",
+            estimated.join(", ")
+        ),
+        (e, all) => format!(
+            "{e} of the {all} stages behind these rows (energy_sources in metrics.parquet says which)"
+        ),
+    };
     let banner = if estimated.is_empty() {
         String::new()
     } else {
         format!(
-            r#"<p class="banner" id="estimated">Energy is <b>estimated</b>, not measured, for {}: the declared <code>cpu_power</code> × the CPU time the work used (no energy counter was readable). The metrics resting on those stages' energy compare variants with each other, not with figures from a meter.</p>"#,
-            esc(&estimated.into_iter().collect::<Vec<_>>().join(", "))
+            r#"<p class="banner" id="estimated">Energy is <b>estimated</b>, not measured, for {}: the declared <code>cpu_power</code> × the CPU time the work used (no energy counter was readable). The metrics resting on that energy compare variants with each other, not with figures from a meter.</p>"#,
+            esc(&which)
         )
     };
     let meta = |k: &str| page.meta.get(&format!("edge_eval.{k}")).cloned();
@@ -643,6 +657,40 @@ mod tests {
         let pts = [(0.9, 10.0), (0.8, 5.0), (0.7, 6.0), (0.9, 12.0), (0.5, 1.0)];
         assert_eq!(pareto(&pts), vec![true, true, false, false, true]);
         assert_eq!(pareto(&[(0.5, 1.0), (0.5, 1.0)]), vec![true, true]);
+    }
+
+    #[test]
+    fn the_banner_says_which_stages_energy_is_estimated() {
+        let row = |sources: serde_json::Value| {
+            serde_json::json!({"variant": "v", "task": "qa", "energy_sources": sources})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let meta = BTreeMap::new();
+        let page = |rows: &[Row]| {
+            html(&Page {
+                title: "t",
+                rows,
+                metrics: &[],
+                meta: &meta,
+                serving: &[],
+                paper: &[],
+            })
+        };
+        let mixed = page(&[row(
+            serde_json::json!({"measure[v]": "estimated", "v": "counter"}),
+        )]);
+        assert!(
+            mixed.contains("for 1 of the 2 stages behind these rows (measure[v])"),
+            "{mixed}"
+        );
+        let metered = page(&[row(serde_json::json!({"measure[v]": "counter"}))]);
+        assert!(!metered.contains(r#"id="estimated""#));
+        assert!(
+            metered.contains("<dd>unknown</dd>"),
+            "missing run facts say so"
+        );
     }
 
     #[test]
