@@ -520,13 +520,14 @@ for i in ["1", "2", "3", "4"] { test_stage(emit = i, sleep_ms = 200) }
 fn explain_shows_key_components_and_what_changed() {
     let env = Env::new(CHAIN);
     env.run(&[]);
-    let out = env.exec(&[
+    let sweet = [
         "explain",
         "p.eep",
         "derived[x]",
         "--set",
         "flavour=\"sweet\"",
-    ]);
+    ];
+    let out = env.exec(&sweet);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("status: will run"), "{text}");
@@ -536,14 +537,7 @@ fn explain_shows_key_components_and_what_changed() {
         "{text}"
     );
     // The same, as one JSON object.
-    let out = env.exec(&[
-        "explain",
-        "p.eep",
-        "derived[x]",
-        "--set",
-        "flavour=\"sweet\"",
-        "--json",
-    ]);
+    let out = env.exec(&[&sweet[..], &["--json"]].concat());
     assert!(out.status.success());
     let e: Value = serde_json::from_slice(&out.stdout).expect("explain --json prints JSON");
     assert_eq!(e["id"], "derived[x]");

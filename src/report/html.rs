@@ -528,14 +528,7 @@ pub fn html(page: &Page) -> String {
             ))
         })
         .collect();
-    // How the energy figures were obtained, over every stage of every row.
-    let sources: std::collections::BTreeSet<String> = page
-        .rows
-        .iter()
-        .filter_map(|r| r.get("energy_sources").and_then(|v| v.as_object()))
-        .flat_map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)))
-        .collect();
-    // Which stages' energy is an estimate (metrics.parquet's energy_sources, by stage id).
+    // How each stage behind the rows had its energy (metrics.parquet's energy_sources).
     let by_stage: BTreeMap<&str, &str> = page
         .rows
         .iter()
@@ -545,6 +538,7 @@ pub fn html(page: &Page) -> String {
                 .filter_map(|(id, s)| Some((id.as_str(), s.as_str()?)))
         })
         .collect();
+    let sources: std::collections::BTreeSet<&str> = by_stage.values().copied().collect();
     let estimated: Vec<&str> = by_stage
         .iter()
         .filter(|(_, s)| **s == "estimated")

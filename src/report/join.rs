@@ -202,7 +202,7 @@ fn summary_of<R>(rows: &[R], row: impl Fn(&R) -> &str) -> impl Iterator<Item = &
 
 /// A repetition cell's values, when every repetition has one (else none: the summary's median
 /// is null then too).
-fn complete<'a>(cells: impl Iterator<Item = Option<f64>> + 'a) -> Vec<f64> {
+fn complete(cells: impl Iterator<Item = Option<f64>>) -> Vec<f64> {
     cells.collect::<Option<Vec<f64>>>().unwrap_or_default()
 }
 

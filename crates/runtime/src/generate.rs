@@ -143,11 +143,7 @@ pub fn generate_batch_scoring(
         "one continuation per prompt"
     );
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let fed = continuations
-        .iter()
-        .map(|c| c.len().saturating_sub(1))
-        .max()
-        .unwrap_or(0);
+    let fed = fed_tokens(continuations);
     // The batch's logits over the continuations, padded to the longest, are held at once: past
     // SHARED_LOGITS values (1 GiB of f32: a 128k vocabulary × 4 rows × 500 tokens) each
     // continuation gets a pass of its own instead.
@@ -165,6 +161,16 @@ pub fn generate_batch_scoring(
     ))
 }
 
+/// The positions the longest continuation adds to a batch's prompt pass: all its tokens but the
+/// last, which predicts nothing asked for.
+fn fed_tokens(continuations: &[Vec<u32>]) -> usize {
+    continuations
+        .iter()
+        .map(|c| c.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0)
+}
+
 /// The logits predicting each token of `continuation` after `prompt`, in a pass of their own
 /// (the head on those positions only).
 pub fn continuation_logits(model: &Llama, prompt: &[u32], continuation: &[u32]) -> Result<Scored> {
@@ -178,7 +184,8 @@ pub fn continuation_logits(model: &Llama, prompt: &[u32], continuation: &[u32]) 
         .chain(&continuation[..n - 1])
         .copied()
         .collect();
-    let t = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+    let len = ids.len();
+    let t = Tensor::from_vec(ids, (1, len), &Device::Cpu)?;
     let logits = model.forward_tail(&t, &mut KvCache::new(model.cfg.n_layer), n)?;
     Ok(logits
         .squeeze(0)?
@@ -216,11 +223,7 @@ fn generate_inner(
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     // Each continuation but its last token (which predicts nothing asked for) follows its
     // prompt, right-padded with its row's last token: no position before it sees the padding.
-    let fed = continuations
-        .iter()
-        .map(|c| c.len().saturating_sub(1))
-        .max()
-        .unwrap_or(0);
+    let fed = fed_tokens(continuations);
     let width = longest + fed;
     let mut flat = Vec::with_capacity(prompts.len() * width);
     for (r, (p, pad)) in prompts.iter().zip(&pads).enumerate() {
